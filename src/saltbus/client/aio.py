@@ -1,0 +1,239 @@
+"""The asyncio client, for programs that live in an event loop.
+
+    async with AsyncClient(config) as bus:
+        async for event in bus.subscribe("salt/auth"):
+            ...
+        await bus.fire("app/ready", {"ok": True})
+
+Each subscription has its own bounded queue (as in nats.py): a subscription
+that is not read fast enough drops events and its next read raises
+:class:`SlowConsumerError` once, saying how many, instead of growing without
+bound or slowing the other subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final
+
+from saltbus.client.sockets import RETRY_INTERVAL, describe
+from saltbus.config import Address, Config
+from saltbus.errors import (
+    BusClosedError,
+    BusTimeoutError,
+    NoPublisherError,
+    RemoteProtocolError,
+    SlowConsumerError,
+)
+from saltbus.event import Event, MatchType, TagMatcher, tag_matcher, utc_stamp
+from saltbus.wire import FrameDecoder, check_event_size, encode_frame, pack_body, unpack_body
+
+log = logging.getLogger("saltbus.client")
+
+READ_SIZE: Final = 256 * 1024
+DEFAULT_MAX_PENDING: Final = 65_536
+
+
+class Subscription:
+    """Events matching one tag filter. Read with ``await sub.next(timeout)`` or
+    ``async for event in sub``."""
+
+    def __init__(self, client: AsyncClient, matcher: TagMatcher, max_pending: int) -> None:
+        self._client = client
+        self._matcher = matcher
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(max_pending)
+        self._dropped = 0
+        self._closed: BaseException | None = None
+        self._wakeup = asyncio.Event()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _offer(self, event: Event) -> None:
+        if not self._matcher(event.tag):
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._dropped += 1
+        self._wakeup.set()
+
+    def _close(self, reason: BaseException) -> None:
+        self._closed = reason
+        self._wakeup.set()
+
+    async def next(self, timeout: float | None = None) -> Event:
+        """The next event. Raises :class:`BusTimeoutError` after ``timeout``
+        seconds, :class:`SlowConsumerError` once after events were dropped, and
+        :class:`BusClosedError` when the connection is gone and the queue empty."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                raise SlowConsumerError(
+                    f"subscription dropped {dropped} events: its queue of "
+                    f"{self._queue.maxsize} was full"
+                )
+            if not self._queue.empty():
+                return self._queue.get_nowait()
+            if self._closed is not None:
+                raise BusClosedError(str(self._closed)) from self._closed
+            self._wakeup.clear()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise BusTimeoutError(f"no event within {timeout} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.next()
+        except BusClosedError:
+            raise StopAsyncIteration from None
+
+    def unsubscribe(self) -> None:
+        self._client._subscriptions.discard(self)
+        self._close(BusClosedError("unsubscribed"))
+
+
+class AsyncClient:
+    """A connection to one bus: subscriptions on its publish socket, firing on
+    its pull socket (opened on the first :meth:`fire`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._subscriptions: set[Subscription] = set()
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pub_writer: asyncio.StreamWriter | None = None
+        self._pull_writer: asyncio.StreamWriter | None = None
+        self._fire_lock = asyncio.Lock()
+
+    async def connect(self, timeout: float = 0.0) -> None:
+        """Connect to the publish socket, retrying for ``timeout`` seconds."""
+        if self._reader_task is not None:
+            return
+        reader, writer = await _open(self.config.pub_address, timeout)
+        self._pub_writer = writer
+        self._reader_task = asyncio.create_task(self._read(reader), name="saltbus-reader")
+
+    def subscribe(
+        self,
+        tag: str = "",
+        match_type: MatchType | str | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> Subscription:
+        """A new subscription; events received from now on that match are queued for it."""
+        matcher = tag_matcher(tag, MatchType.parse(match_type, self.config.event_match_type))
+        subscription = Subscription(self, matcher, max_pending)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def fire(self, tag: str, data: Mapping[str, Any], timeout: float = 1.0) -> None:
+        """Fire one event (``_stamp`` added to a copy of ``data``)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"event data must be a mapping, not {type(data).__name__}")
+        stamped = dict(data)
+        stamped["_stamp"] = utc_stamp(self.config.generation.stamp_has_offset)
+        body = pack_body(tag, stamped)
+        check_event_size(body, self.config.max_event_size)
+        frame = encode_frame(body, framing=self.config.generation.pull_framing)
+        async with self._fire_lock:
+            for attempt in (1, 2):
+                if self._pull_writer is None:
+                    _, self._pull_writer = await _open(self.config.pull_address, timeout)
+                try:
+                    self._pull_writer.write(frame)
+                    await asyncio.wait_for(self._pull_writer.drain(), timeout)
+                    return
+                except TimeoutError:
+                    await self._close_pull()
+                    raise BusTimeoutError(
+                        f"the publisher did not take the event within {timeout} s"
+                    ) from None
+                except OSError as exc:
+                    await self._close_pull()
+                    if attempt == 2:
+                        raise NoPublisherError(f"cannot send to the publisher: {exc}") from None
+
+    async def close(self) -> None:
+        task, self._reader_task = self._reader_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._pub_writer is not None:
+            self._pub_writer.close()
+            self._pub_writer = None
+        await self._close_pull()
+        for subscription in list(self._subscriptions):
+            subscription._close(BusClosedError("client closed"))
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _close_pull(self) -> None:
+        writer, self._pull_writer = self._pull_writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        decoder = FrameDecoder(max_frame_size=self.config.max_frame_size)
+        reason: BaseException = BusClosedError(
+            f"the publisher at {describe(self.config.pub_address)} closed the connection"
+        )
+        try:
+            while data := await reader.read(READ_SIZE):
+                decoder.receive_data(data)
+                while (frame := decoder.next_frame()) is not None:
+                    try:
+                        tag, payload = unpack_body(frame.body)
+                    except RemoteProtocolError as exc:
+                        log.warning("skipping an event that cannot be decoded: %s", exc)
+                        continue
+                    seq = frame.head.get("seq")
+                    event = Event(tag, payload, seq if isinstance(seq, int) else None)
+                    for subscription in self._subscriptions:
+                        subscription._offer(event)
+        except (OSError, RemoteProtocolError) as exc:
+            reason = exc
+        for subscription in list(self._subscriptions):
+            subscription._close(reason)
+
+
+async def _open(
+    address: Address, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if isinstance(address, tuple):
+                return await asyncio.open_connection(*address, limit=READ_SIZE)
+            return await asyncio.open_unix_connection(os.fspath(address), limit=READ_SIZE)
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            if time.monotonic() + RETRY_INTERVAL > deadline:
+                raise NoPublisherError(
+                    f"no publisher listening at {describe(address)} ({exc.strerror}); "
+                    "is `saltbus serve` (or a Salt daemon) running with this sock_dir?"
+                ) from None
+            await asyncio.sleep(RETRY_INTERVAL)

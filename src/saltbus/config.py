@@ -1,0 +1,241 @@
+"""Settings: one typed, frozen :class:`Config`, with Salt's option names.
+
+Sources, later ones winning: defaults, a YAML file (Salt's own master and
+minion config files work: keys saltbus does not know are ignored), ``SALTBUS_*``
+environment variables, then explicit overrides (CLI flags, or the ``opts`` dict
+of the Salt-style API).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, TypeAlias
+
+import yaml
+
+from saltbus.errors import ConfigError
+from saltbus.event import MatchType
+from saltbus.wire import (
+    DEFAULT_GENERATION,
+    DEFAULT_MAX_EVENT_SIZE,
+    FRAME_OVERHEAD,
+    GENERATIONS,
+    Generation,
+)
+
+Node: TypeAlias = Literal["master", "minion"]
+IpcMode: TypeAlias = Literal["ipc", "tcp"]
+# A unix socket path, or a (host, port) pair in ipc_mode tcp.
+Address: TypeAlias = Path | tuple[str, int]
+
+ENV_PREFIX: Final = "SALTBUS_"
+TCP_HOST: Final = "127.0.0.1"
+UNIX_PATH_MAX: Final = 107
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a publisher or a client needs to find and speak to one bus."""
+
+    sock_dir: Path
+    node: Node = "master"
+    id: str | None = None
+    hash_id: str | None = None
+    hash_type: str = "sha256"
+    ipc_mode: IpcMode = "ipc"
+    tcp_master_pub_port: int = 4512
+    tcp_master_pull_port: int = 4513
+    tcp_pub_port: int = 4510
+    tcp_pull_port: int = 4511
+    max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    event_match_type: MatchType = MatchType.STARTSWITH
+    salt_version: str = DEFAULT_GENERATION
+    # Per-subscriber queue bounds: with a reader that stopped reading, the
+    # publisher holds at most this much for it (plus the kernel's socket buffer).
+    subscriber_queue_events: int = 100_000
+    subscriber_queue_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.node not in ("master", "minion"):
+            raise ConfigError(f"node must be 'master' or 'minion', not {self.node!r}")
+        if self.ipc_mode not in ("ipc", "tcp"):
+            raise ConfigError(f"ipc_mode must be 'ipc' or 'tcp', not {self.ipc_mode!r}")
+        if self.node == "minion" and not (self.id or self.hash_id):
+            raise ConfigError("a minion bus needs an id (--id, or 'id' in the config file)")
+        for name in ("subscriber_queue_events", "subscriber_queue_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.max_event_size <= 0:
+            raise ConfigError(f"max_event_size must be positive, not {self.max_event_size}")
+        if self.salt_version not in GENERATIONS:
+            known = ", ".join(GENERATIONS)
+            raise ConfigError(f"salt_version must be one of {known}, not {self.salt_version!r}")
+        if self.hash_type not in hashlib.algorithms_available:
+            raise ConfigError(f"hash_type {self.hash_type!r} is not a hashlib algorithm")
+        for name in (
+            "tcp_master_pub_port",
+            "tcp_master_pull_port",
+            "tcp_pub_port",
+            "tcp_pull_port",
+        ):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be a TCP port, not {port}")
+
+    # -- derived ---------------------------------------------------------
+
+    @property
+    def generation(self) -> Generation:
+        return GENERATIONS[self.salt_version]
+
+    @property
+    def max_frame_size(self) -> int:
+        return self.max_event_size + FRAME_OVERHEAD
+
+    @property
+    def socket_prefix(self) -> str:
+        if self.node == "master":
+            return "master_event"
+        ident = self.hash_id or self.id or ""
+        digest = hashlib.new(self.hash_type, ident.encode("utf-8")).hexdigest()
+        return f"minion_event_{digest[:10]}"
+
+    @property
+    def pub_address(self) -> Address:
+        """Where the publisher sends events to listeners."""
+        if self.ipc_mode == "tcp":
+            port = self.tcp_master_pub_port if self.node == "master" else self.tcp_pub_port
+            return (TCP_HOST, port)
+        return self._socket_path("pub")
+
+    @property
+    def pull_address(self) -> Address:
+        """Where firing clients send events to the publisher."""
+        if self.ipc_mode == "tcp":
+            port = self.tcp_master_pull_port if self.node == "master" else self.tcp_pull_port
+            return (TCP_HOST, port)
+        return self._socket_path("pull")
+
+    def _socket_path(self, kind: str) -> Path:
+        path = self.sock_dir / f"{self.socket_prefix}_{kind}.ipc"
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise ConfigError(
+                f"socket path {path} is {len(os.fsencode(path))} bytes, over the "
+                f"{UNIX_PATH_MAX}-byte limit of unix sockets; use a shorter sock_dir"
+            )
+        return path
+
+    def replace(self, **changes: Any) -> Config:
+        return load_config(overrides=changes, base=self)
+
+    # -- loading ---------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Config:
+        """Defaults, then the YAML file, then ``SALTBUS_*`` variables, then overrides.
+
+        Overrides whose value is None are ignored, so CLI flags that were not
+        given can be passed straight through.
+        """
+        values: dict[str, Any] = {}
+        if config_file is not None:
+            values.update(_read_yaml(Path(config_file)))
+        values.update(_from_env(os.environ if env is None else env))
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return _build(values)
+
+
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(Config)}
+_INT_FIELDS: Final = frozenset(
+    (
+        "subscriber_queue_events",
+        "subscriber_queue_bytes",
+        "tcp_master_pub_port",
+        "tcp_master_pull_port",
+        "tcp_pub_port",
+        "tcp_pull_port",
+        "max_event_size",
+    )
+)
+
+
+def load_config(overrides: Mapping[str, Any], base: Config) -> Config:
+    values = {name: getattr(base, name) for name in _FIELDS}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(values)
+
+
+def default_sock_dir(node: str = "master") -> Path:
+    """Salt's own directory as root; otherwise a directory the user can create."""
+    if os.geteuid() == 0:
+        return Path("/var/run/salt") / node
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "saltbus"
+    return Path(f"/tmp/saltbus-{os.geteuid()}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+    return {k: v for k, v in loaded.items() if k in _FIELDS}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        name: env[ENV_PREFIX + name.upper()]
+        for name in _FIELDS
+        if env.get(ENV_PREFIX + name.upper(), "") != ""
+    }
+
+
+def _build(values: Mapping[str, Any]) -> Config:
+    converted: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        converted[name] = _convert(name, value)
+    if "sock_dir" not in converted:
+        converted["sock_dir"] = default_sock_dir(str(converted.get("node", "master")))
+    return Config(**converted)
+
+
+def _convert(name: str, value: Any) -> Any:
+    if name in _INT_FIELDS:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, not {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, not {value!r}") from None
+    if name == "sock_dir":
+        return Path(os.path.expanduser(str(value)))
+    if name == "event_match_type":
+        return MatchType.parse(str(value))
+    if name == "salt_version":
+        # YAML reads 3007 as an int; "3007.8" names the same generation.
+        return str(value).split(".", 1)[0]
+    if name in ("id", "hash_id"):
+        return str(value)
+    return value

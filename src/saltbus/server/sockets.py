@@ -1,0 +1,137 @@
+"""Binding the bus's two sockets safely: the directory, stale and live sockets, modes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Final
+
+from saltbus.config import Address, Config
+from saltbus.errors import ConfigError, PublisherRunningError
+
+SOCK_DIR_MODE: Final = 0o700
+SOCKET_MODE: Final = 0o600
+LISTEN_BACKLOG: Final = 1024
+
+
+def ensure_sock_dir(path: Path) -> None:
+    """Create ``sock_dir`` 0700 when missing. An existing directory keeps its
+    mode: it may be Salt's own, shared on purpose."""
+    try:
+        path.mkdir(mode=SOCK_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create sock_dir {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise ConfigError(f"sock_dir {path} exists and is not a directory")
+
+
+class BusLock:
+    """An advisory lock next to the sockets, so two saltbus daemons starting at
+    once cannot both decide the sockets are stale. The kernel drops it when the
+    holder dies, so a kill -9 leaves nothing to clean up."""
+
+    def __init__(self, config: Config) -> None:
+        self.path = config.sock_dir / f".{config.socket_prefix}.saltbus.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PublisherRunningError(
+                f"another saltbus publisher holds {self.path}; is `saltbus serve` already running?"
+            ) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def _is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        # EAGAIN: the backlog of a live, busy publisher is full.
+        return exc.errno == errno.EAGAIN
+    finally:
+        probe.close()
+    return True
+
+
+def bind_listener(address: Address) -> socket.socket:
+    """A listening socket at ``address``: refuses a live publisher's socket,
+    removes a dead one's, and leaves the socket file at mode 0600."""
+    if isinstance(address, tuple):
+        return _bind_tcp(address)
+    if address.exists() or address.is_symlink():
+        if not stat.S_ISSOCK(address.lstat().st_mode):
+            raise ConfigError(f"{address} exists and is not a socket; refusing to replace it")
+        if _is_live(address):
+            raise PublisherRunningError(f"a publisher is already serving {address}")
+        address.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(os.fspath(address))
+        os.chmod(address, SOCKET_MODE)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {address}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_tcp(address: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PublisherRunningError(
+                f"{address[0]}:{address[1]} is already in use; is a publisher running there?"
+            ) from None
+        raise ConfigError(f"cannot bind {address[0]}:{address[1]}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def remove_socket_file(address: Address) -> None:
+    if isinstance(address, Path):
+        with contextlib.suppress(FileNotFoundError):
+            address.unlink()
+
+
+def peer_label(sock: socket.socket | None) -> str:
+    """Who is on the other end, for log lines: pid and uid over unix sockets."""
+    if sock is None:
+        return "unknown peer"
+    if sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        except OSError:
+            return "unix peer"
+        pid, uid, _gid = (int.from_bytes(creds[i : i + 4], "little") for i in (0, 4, 8))
+        return f"pid {pid} uid {uid}"
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "tcp peer"
+    return f"{host}:{port}"

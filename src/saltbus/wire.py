@@ -1,0 +1,338 @@
+"""Salt's event protocol as a sans-I/O codec: no sockets, no asyncio.
+
+Both bus sockets carry a stream of msgpack maps ``{"head": {...}, "body": bin}``;
+``body`` is ``TAG + b"\\n\\n" + msgpack(DATA)``. Salt generations differ only in
+how frames are delimited (WIRE.md): bare msgpack values one after another, or
+each frame preceded by its 4-byte big-endian length. :class:`FrameDecoder`
+takes bytes in any chunking and yields frames; :func:`encode_frame` makes them.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Final, TypeVar
+
+import msgpack
+
+from saltbus.errors import (
+    FrameTooLargeError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+
+TAG_END: Final = b"\n\n"
+DEFAULT_MAX_EVENT_SIZE: Final = 1_048_576
+# Room for the tag and the frame's own keys on top of an event's data.
+FRAME_OVERHEAD: Final = 65_536
+_T = TypeVar("_T")
+_LENGTH = struct.Struct(">I")
+_INT64_MIN: Final = -(2**63)
+_UINT64_MAX: Final = 2**64 - 1
+
+
+class Framing(enum.Enum):
+    """How frames are delimited on a socket."""
+
+    BARE = "bare"
+    LENGTH_PREFIXED = "length-prefixed"
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What one Salt release does on the wire (WIRE.md, "Salt generations")."""
+
+    name: str
+    pull_framing: Framing
+    pub_framing: Framing
+    stamp_has_offset: bool
+    pub_mode: int
+    pull_mode: int
+
+
+GENERATIONS: Final[Mapping[str, Generation]] = {
+    "3006": Generation(
+        "3006", Framing.LENGTH_PREFIXED, Framing.LENGTH_PREFIXED, False, 0o600, 0o600
+    ),
+    "3007": Generation("3007", Framing.BARE, Framing.BARE, False, 0o660, 0o600),
+    "3008": Generation("3008", Framing.LENGTH_PREFIXED, Framing.BARE, True, 0o660, 0o600),
+}
+DEFAULT_GENERATION: Final = "3007"
+
+
+def generation(name: str) -> Generation:
+    try:
+        return GENERATIONS[str(name)]
+    except KeyError:
+        known = ", ".join(GENERATIONS)
+        raise LocalProtocolError(f"unknown Salt generation {name!r}; use one of: {known}") from None
+
+
+# -- body --------------------------------------------------------------------
+
+
+def _to_msgpack_safe(value: Any) -> Any:
+    """Replace what msgpack cannot carry the way Salt's serialiser does."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if _INT64_MIN <= value <= _UINT64_MAX else str(value)
+    if isinstance(value, Mapping):
+        return {_to_msgpack_safe(k): _to_msgpack_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_to_msgpack_safe(v) for v in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return value
+
+
+def _default(value: Any) -> Any:
+    converted = _to_msgpack_safe(value)
+    if converted is value:
+        raise TypeError(f"cannot serialise {type(value).__name__} in event data")
+    return converted
+
+
+def pack_data(data: Mapping[str, Any]) -> bytes:
+    """msgpack an event's data as Salt does (str as str, bytes as bin)."""
+    try:
+        return msgpack.packb(data, use_bin_type=True, default=_default)  # type: ignore[no-any-return]
+    except OverflowError:
+        # Ints beyond 64 bits travel as decimal strings, as in Salt.
+        return msgpack.packb(  # type: ignore[no-any-return]
+            _to_msgpack_safe(data), use_bin_type=True, default=_default
+        )
+    except (TypeError, ValueError) as exc:
+        raise LocalProtocolError(f"event data cannot be encoded: {exc}") from exc
+
+
+def pack_body(tag: str, data: Mapping[str, Any]) -> bytes:
+    """The body of a frame: ``TAG + b"\\n\\n" + msgpack(DATA)``."""
+    if not isinstance(tag, str) or not tag:
+        raise LocalProtocolError("an event needs a non-empty str tag")
+    if "\n\n" in tag:
+        raise LocalProtocolError(f"a tag cannot contain a blank line: {tag!r}")
+    if not isinstance(data, Mapping):
+        raise LocalProtocolError(f"event data must be a mapping, not {type(data).__name__}")
+    return tag.encode("utf-8") + TAG_END + pack_data(data)
+
+
+def body_tag(body: bytes) -> str:
+    """The tag of a body, without decoding its data."""
+    end = body.find(TAG_END)
+    if end < 0:
+        raise RemoteProtocolError("frame body has no tag separator (\\n\\n)")
+    try:
+        return body[:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"event tag is not UTF-8: {exc}") from None
+
+
+def unpack_body(body: bytes) -> tuple[str, dict[str, Any]]:
+    """Split a body into its tag and decoded data."""
+    tag = body_tag(body)
+    try:
+        data = msgpack.unpackb(
+            body[len(tag.encode("utf-8")) + 2 :], raw=False, strict_map_key=False
+        )
+    except Exception as exc:  # msgpack raises a wide family; all mean the same here
+        raise RemoteProtocolError(f"event data of {tag!r} is not valid msgpack: {exc}") from None
+    if not isinstance(data, dict):
+        raise RemoteProtocolError(f"event data of {tag!r} is {type(data).__name__}, not a map")
+    return tag, data
+
+
+# -- frames ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame: Salt reads only ``body``; saltbus keeps its extensions in ``head``."""
+
+    body: bytes
+    head: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        return body_tag(self.body)
+
+
+_FRAME_START: Final = b"\x82\xa4head"
+_BODY_KEY: Final = b"\xa4body"
+_EMPTY_HEAD: Final = b"\x80"
+
+
+def _bin_header(size: int) -> bytes:
+    if size < 0x100:
+        return b"\xc4" + bytes((size,))
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def encode_frame(
+    body: bytes, head: Mapping[str, Any] | None = None, framing: Framing = Framing.BARE
+) -> bytes:
+    """Frame a body. Built by hand: this is the publisher's hot path, and the
+    layout is fixed (a two-key map, str keys, bin body), so it is byte-for-byte
+    what ``msgpack.packb({"head": head, "body": body}, use_bin_type=True)`` gives."""
+    packed_head = msgpack.packb(head, use_bin_type=True) if head else _EMPTY_HEAD
+    frame = b"".join((_FRAME_START, packed_head, _BODY_KEY, _bin_header(len(body)), body))
+    if framing is Framing.LENGTH_PREFIXED:
+        return _LENGTH.pack(len(frame)) + frame
+    return frame
+
+
+def detect_framing(first_byte: int) -> Framing:
+    """Tell the framing of a stream from its first byte (WIRE.md): a length
+    prefix of a frame under 16 MiB starts with 0x00, a bare frame with a map."""
+    if first_byte == 0x00:
+        return Framing.LENGTH_PREFIXED
+    if 0x80 <= first_byte <= 0x8F or first_byte in (0xDE, 0xDF):
+        return Framing.BARE
+    raise RemoteProtocolError(
+        f"stream starts with byte 0x{first_byte:02x}: neither a msgpack map "
+        "(Salt 3007 framing) nor a 4-byte length (Salt 3006/3008 framing)"
+    )
+
+
+class FrameDecoder:
+    """Incremental frame reader: ``receive_data(bytes)``, then ``next_frame()``
+    until it returns None.
+
+    With ``framing=None`` the framing is detected from the first byte of the
+    stream. A frame over ``max_frame_size`` raises :class:`RemoteProtocolError`
+    before it is buffered whole. After any error the decoder is unusable: the
+    stream has lost its place.
+    """
+
+    def __init__(
+        self,
+        framing: Framing | None = None,
+        max_frame_size: int = DEFAULT_MAX_EVENT_SIZE + FRAME_OVERHEAD,
+    ) -> None:
+        self.max_frame_size = max_frame_size
+        self._framing = framing
+        self._chunks: deque[bytes] = deque()
+        self._buffer = bytearray()  # length-prefixed framing only
+        self._unpacker: msgpack.Unpacker | None = None
+        self._failed: RemoteProtocolError | None = None
+
+    @property
+    def framing(self) -> Framing | None:
+        """The framing in use, once known."""
+        return self._framing
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as frames (approximate for bare framing)."""
+        return len(self._buffer) + sum(len(c) for c in self._chunks)
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._framing is None:
+            self._framing = self._fail_on(lambda: detect_framing(data[0]))
+        self._chunks.append(bytes(data))
+
+    def next_frame(self) -> Frame | None:
+        if self._failed is not None:
+            raise self._failed
+        if self._framing is Framing.LENGTH_PREFIXED:
+            return self._fail_on(self._next_prefixed)
+        if self._framing is Framing.BARE:
+            return self._fail_on(self._next_bare)
+        return None
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    def _fail_on(self, step: Callable[[], _T]) -> _T:
+        try:
+            return step()
+        except RemoteProtocolError as exc:
+            self._failed = exc
+            raise
+
+    def _next_prefixed(self) -> Frame | None:
+        buffer = self._buffer
+        while self._chunks:
+            buffer += self._chunks.popleft()
+        if len(buffer) < 4:
+            return None
+        (size,) = _LENGTH.unpack_from(buffer)
+        if size > self.max_frame_size:
+            raise RemoteProtocolError(
+                f"frame of {size} bytes declared, over the limit of {self.max_frame_size}"
+            )
+        if len(buffer) < 4 + size:
+            return None
+        payload = bytes(buffer[4 : 4 + size])
+        del buffer[: 4 + size]
+        try:
+            value = msgpack.unpackb(payload, raw=False)
+        except Exception as exc:
+            raise RemoteProtocolError(
+                f"length-prefixed frame is not one msgpack value: {exc}"
+            ) from None
+        return _to_frame(value)
+
+    def _next_bare(self) -> Frame | None:
+        if self._unpacker is None:
+            limit = self.max_frame_size
+            # Feeding at most `limit` bytes at a time after the unpacker ran dry
+            # bounds its buffer by one partial frame plus one chunk.
+            self._unpacker = msgpack.Unpacker(
+                raw=False, max_buffer_size=2 * limit, max_bin_len=limit, max_str_len=limit
+            )
+        unpacker = self._unpacker
+        while True:
+            try:
+                value = unpacker.unpack()
+            except msgpack.OutOfData:
+                if not self._chunks:
+                    return None
+                chunk = self._chunks.popleft()
+                if len(chunk) > self.max_frame_size:
+                    self._chunks.appendleft(chunk[self.max_frame_size :])
+                    chunk = chunk[: self.max_frame_size]
+                try:
+                    unpacker.feed(chunk)
+                except msgpack.BufferFull:
+                    raise RemoteProtocolError(
+                        f"frame larger than the limit of {self.max_frame_size} bytes"
+                    ) from None
+                continue
+            except ValueError as exc:
+                # msgpack reports size-limit breaches and malformed data as ValueError
+                # (FormatError, StackError and ExtraData are subclasses).
+                raise RemoteProtocolError(f"invalid frame: {exc}") from None
+            except Exception as exc:
+                raise RemoteProtocolError(f"invalid frame: {exc}") from None
+            return _to_frame(value)
+
+
+def _to_frame(value: Any) -> Frame:
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(f"frame is a {type(value).__name__}, not a map")
+    body = value.get("body")
+    if not isinstance(body, bytes):
+        kind = type(body).__name__ if body is not None else "missing"
+        raise RemoteProtocolError(f"frame body is {kind}, not bin")
+    head = value.get("head", {})
+    if not isinstance(head, dict):
+        raise RemoteProtocolError(f"frame head is a {type(head).__name__}, not a map")
+    return Frame(body=body, head=head)
+
+
+def check_event_size(body: bytes, max_event_size: int) -> None:
+    """Refuse, rather than trim, an event larger than ``max_event_size``."""
+    if len(body) > max_event_size:
+        raise FrameTooLargeError(len(body), max_event_size)

@@ -1,0 +1,32 @@
+"""Fixtures shared by every test module.
+
+Unix socket paths are limited to 107 bytes, and pytest's ``tmp_path`` can be
+long, so socket directories come from a short, fresh directory under the
+system temporary directory instead, removed after the test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A fresh, short, empty directory for a bus's sockets (not created 0700 on purpose:
+    the publisher is expected to fix the mode of a directory it creates, not of this one)."""
+    path = Path(tempfile.mkdtemp(prefix="sb-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def new_sock_dir(sock_dir: Path) -> Path:
+    """A path under a short directory that does not exist yet: the publisher creates it."""
+    return sock_dir / "bus"
