@@ -83,7 +83,7 @@ class Server:
             if self._lock is not None:
                 self._lock.release()
             raise
-        log.info(
+        log.debug(
             "saltbus publisher (%s node, Salt %s framing) serving %s and %s",
             cfg.node,
             cfg.salt_version,
@@ -126,7 +126,7 @@ class Server:
         if self._lock is not None:
             self._lock.release()
         await asyncio.sleep(0)  # let the transports run their connection_lost
-        log.info("saltbus publisher stopped; %d events published", self.fanout.next_seq - 1)
+        log.debug("saltbus publisher stopped; %d events published", self.fanout.next_seq - 1)
 
     async def __aenter__(self) -> Server:
         await self.startup()

@@ -1,0 +1,1 @@
+"""The ``saltbus`` command line."""

@@ -1,0 +1,83 @@
+"""``saltbus fire``: fire one event."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.client.blocking import Sender
+from saltbus.errors import ConfigError
+
+HELP = "fire an event onto a bus"
+DESCRIPTION = """\
+Fire one event with tag TAG. DATA is a JSON object, or key=value pairs whose
+values are read as JSON when they parse (so n=1 is a number and ok=true a
+boolean) and as text otherwise; both forms may be combined. A `_stamp` is added
+as Salt's clients add it.
+
+examples:
+  saltbus fire salt/auth '{"id": "web1", "act": "accept"}'
+  saltbus fire app/deploy version=1.2 hosts='["a", "b"]'
+"""
+
+
+def add_parser(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "fire",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("tag", metavar="TAG", help="the event's tag, e.g. salt/auth")
+    parser.add_argument(
+        "data", metavar="DATA", nargs="*", help="a JSON object and/or key=value pairs"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1.0,
+        help="seconds to wait for a publisher to take the event (default 1)",
+    )
+    add_bus_options(parser)
+    parser.set_defaults(run=run)
+
+
+def parse_data(items: list[str]) -> dict[str, Any]:
+    """A JSON object and/or key=value pairs, merged left to right."""
+    data: dict[str, Any] = {}
+    for item in items:
+        if item.lstrip().startswith("{"):
+            try:
+                value = json.loads(item)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"DATA is not valid JSON: {exc}") from None
+            data.update(value)
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            if item.lstrip().startswith(("[", '"')) or _is_json_scalar(item):
+                raise ConfigError(f"DATA must be a JSON object or key=value pairs, not {item!r}")
+            raise ConfigError(f"expected key=value or a JSON object, got {item!r}")
+        try:
+            data[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            data[key] = raw
+    return data
+
+
+def _is_json_scalar(item: str) -> bool:
+    try:
+        json.loads(item)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    data = parse_data(args.data)
+    config = config_from_args(args)
+    with Sender(config) as sender:
+        sender.fire(args.tag, data, timeout=args.timeout)
+    return 0

@@ -1,0 +1,75 @@
+"""``saltbus``: the entry point. Each command lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from saltbus.cli import fire, listen, serve
+from saltbus.errors import ConfigError, SaltbusError
+
+DESCRIPTION = """\
+saltbus: a standalone event bus that speaks SaltStack's event protocol.
+It serves Salt's own clients, and its clients and tools work against a real
+Salt master's or minion's sock_dir.
+"""
+EPILOG = "Run `saltbus COMMAND --help` for a command's options."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saltbus",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"saltbus {_version()}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="log verbosity (default info)",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for command in (serve, listen, fire):
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="saltbus: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"saltbus: error: {exc}", file=sys.stderr)
+        return 2
+    except SaltbusError as exc:
+        print(f"saltbus: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`): not an error.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _version() -> str:
+    try:
+        return version("saltbus")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
