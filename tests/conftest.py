@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from saltbus.config import Config
+from saltbus.server import EmbeddedPublisher
+
 
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
@@ -30,3 +33,16 @@ def sock_dir() -> Iterator[Path]:
 def new_sock_dir(sock_dir: Path) -> Path:
     """A path under a short directory that does not exist yet: the publisher creates it."""
     return sock_dir / "bus"
+
+
+@pytest.fixture
+def bus_config(sock_dir: Path) -> Config:
+    """A master bus's settings, in a fresh directory, untouched by the environment."""
+    return Config.load(env={}, overrides={"sock_dir": sock_dir / "bus"})
+
+
+@pytest.fixture
+def publisher(bus_config: Config) -> Iterator[EmbeddedPublisher]:
+    """A publisher serving ``bus_config`` in this process for the test."""
+    with EmbeddedPublisher(bus_config) as running:
+        yield running

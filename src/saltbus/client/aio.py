@@ -115,6 +115,7 @@ class AsyncClient:
         self._subscriptions: set[Subscription] = set()
         self._reader_task: asyncio.Task[None] | None = None
         self._pub_writer: asyncio.StreamWriter | None = None
+        self._pull_reader: asyncio.StreamReader | None = None
         self._pull_writer: asyncio.StreamWriter | None = None
         self._fire_lock = asyncio.Lock()
 
@@ -148,9 +149,15 @@ class AsyncClient:
         check_event_size(body, self.config.max_event_size)
         frame = encode_frame(body, framing=self.config.generation.pull_framing)
         async with self._fire_lock:
+            if self._pull_reader is not None and self._pull_reader.at_eof():
+                # The publisher closed this connection (it never writes on it);
+                # a write now would be taken by the kernel and lost.
+                await self._close_pull()
             for attempt in (1, 2):
                 if self._pull_writer is None:
-                    _, self._pull_writer = await _open(self.config.pull_address, timeout)
+                    self._pull_reader, self._pull_writer = await _open(
+                        self.config.pull_address, timeout
+                    )
                 try:
                     self._pull_writer.write(frame)
                     await asyncio.wait_for(self._pull_writer.drain(), timeout)
@@ -192,6 +199,7 @@ class AsyncClient:
 
     async def _close_pull(self) -> None:
         writer, self._pull_writer = self._pull_writer, None
+        self._pull_reader = None
         if writer is not None:
             writer.close()
             with contextlib.suppress(OSError):

@@ -5,6 +5,7 @@ loop and no thread. They raise :class:`~saltbus.errors.SaltbusError` subclasses;
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import socket
 import time
@@ -167,6 +168,10 @@ class Sender:
 
     def send_frame(self, frame: bytes, timeout: float = 1.0) -> None:
         """Send an encoded frame, reconnecting once if the publisher was restarted."""
+        if self._sock is not None and _peer_closed(self._sock):
+            # A write to a connection the publisher already closed is taken by
+            # the kernel without error and lost; reconnect before writing instead.
+            self.close()
         for attempt in (1, 2):
             if self._sock is None:
                 self._sock = connect(self.config.pull_address, timeout)
@@ -200,3 +205,17 @@ class Sender:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the publisher has closed this pull connection. It never writes on
+    one, so a readable pull socket means end of stream (or an error)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

@@ -1,0 +1,130 @@
+"""The asyncio client against an in-process publisher."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from saltbus import (
+    AsyncClient,
+    BusClosedError,
+    BusTimeoutError,
+    Config,
+    NoPublisherError,
+    SlowConsumerError,
+)
+from saltbus.server import EmbeddedPublisher, Server
+
+
+def test_fire_and_iterate(bus_config: Config, publisher: EmbeddedPublisher):
+    async def main() -> list[int]:
+        async with AsyncClient(bus_config) as bus:
+            sub = bus.subscribe("app/")
+            for n in range(10):
+                await bus.fire("noise/x", {"n": n})
+                await bus.fire("app/evt", {"n": n})
+            got = []
+            async for event in sub:
+                got.append(event.data["n"])
+                assert event.seq is not None
+                if len(got) == 10:
+                    break
+            return got
+
+    assert asyncio.run(main()) == list(range(10))
+
+
+def test_next_times_out(bus_config: Config, publisher: EmbeddedPublisher):
+    async def main() -> None:
+        async with AsyncClient(bus_config) as bus:
+            sub = bus.subscribe()
+            with pytest.raises(BusTimeoutError):
+                await sub.next(timeout=0.1)
+
+    asyncio.run(main())
+
+
+def test_match_type_regex(bus_config: Config, publisher: EmbeddedPublisher):
+    async def main() -> str:
+        async with AsyncClient(bus_config) as bus:
+            sub = bus.subscribe(r"salt/job/\d+/ret", "regex")
+            await bus.fire("salt/job/abc/ret", {})
+            await bus.fire("salt/job/42/ret/web1", {})
+            return (await sub.next(timeout=5)).tag
+
+    assert asyncio.run(main()) == "salt/job/42/ret/web1"
+
+
+def test_slow_consumer_is_told_how_many_were_dropped(
+    bus_config: Config, publisher: EmbeddedPublisher
+):
+    async def main() -> tuple[str, list[int]]:
+        async with AsyncClient(bus_config) as bus:
+            slow = bus.subscribe("s/", max_pending=5)
+            fast = bus.subscribe("s/")
+            for n in range(20):
+                await bus.fire("s/evt", {"n": n})
+            seen_fast = [(await fast.next(timeout=5)).data["n"] for _ in range(20)]
+            with pytest.raises(SlowConsumerError) as caught:
+                await slow.next(timeout=5)
+            kept = [(await slow.next(timeout=5)).data["n"] for _ in range(5)]
+            assert seen_fast == list(range(20))
+            return str(caught.value), kept
+
+    message, kept = asyncio.run(main())
+    assert "dropped 15 events" in message
+    assert kept == [0, 1, 2, 3, 4]
+
+
+def test_subscription_ends_when_the_publisher_stops(bus_config: Config):
+    async def main() -> None:
+        async with Server(bus_config) as server, AsyncClient(bus_config) as bus:
+            sub = bus.subscribe()
+            await bus.fire("last/one", {})
+            assert (await sub.next(timeout=5)).tag == "last/one"
+            server.request_exit()
+            await server.shutdown()
+            with pytest.raises(BusClosedError):
+                await sub.next(timeout=5)
+
+    asyncio.run(main())
+
+
+def test_connect_without_publisher_raises(sock_dir: Path):
+    config = Config.load(env={}, overrides={"sock_dir": sock_dir})
+
+    async def main() -> None:
+        with pytest.raises(NoPublisherError, match="no publisher"):
+            await AsyncClient(config).connect(timeout=0.1)
+
+    asyncio.run(main())
+
+
+def test_fire_rejects_bad_input(bus_config: Config, publisher: EmbeddedPublisher):
+    async def main() -> None:
+        async with AsyncClient(bus_config) as bus:
+            with pytest.raises(ValueError, match="non-empty"):
+                await bus.fire("", {})
+            with pytest.raises(TypeError, match="mapping"):
+                await bus.fire("a/b", [1])  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def test_fire_reconnects_after_a_publisher_restart(bus_config: Config):
+    async def main() -> str:
+        bus = AsyncClient(bus_config)
+        try:
+            async with Server(bus_config):
+                await bus.fire("first/evt", {})
+            async with Server(bus_config), AsyncClient(bus_config) as listener:
+                sub = listener.subscribe()
+                await asyncio.sleep(0.05)  # the old pull connection's EOF arrives
+                await bus.fire("second/evt", {})
+                return (await sub.next(timeout=5)).tag
+        finally:
+            await bus.close()
+
+    assert asyncio.run(main()) == "second/evt"
