@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from typing import Any
 
 from saltbus.cli.common import add_bus_options, config_from_args
-from saltbus.client.blocking import Sender
-from saltbus.errors import ConfigError
+from saltbus.client.blocking import Listener, Sender
+from saltbus.config import Config
+from saltbus.errors import ConfigError, SaltbusError
+from saltbus.event import Event
 
 HELP = "fire an event onto a bus"
 DESCRIPTION = """\
@@ -38,7 +42,15 @@ def add_parser(commands: Any) -> None:
         "--timeout",
         type=float,
         default=1.0,
-        help="seconds to wait for a publisher to take the event (default 1)",
+        help="seconds to wait for a publisher to take the event, and to see it published "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="do not check that the event comes out of the publish socket (by default "
+        "fire listens for it, so an event a Salt publisher dropped because of a "
+        "--salt-version mismatch is reported instead of lost silently)",
     )
     add_bus_options(parser)
     parser.set_defaults(run=run)
@@ -78,6 +90,44 @@ def _is_json_scalar(item: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     data = parse_data(args.data)
     config = config_from_args(args)
-    with Sender(config) as sender:
-        sender.fire(args.tag, data, timeout=args.timeout)
+    listener = None if args.no_verify else _verifying_listener(config)
+    try:
+        with Sender(config) as sender:
+            sent = sender.fire(args.tag, data, timeout=args.timeout)
+        if listener is not None and not _seen(listener, sent, args.timeout):
+            print(
+                f"saltbus: error: the event was sent but not seen on the publish socket within "
+                f"{args.timeout} s; the publisher may speak another Salt generation's framing "
+                f"than {config.salt_version} (run `saltbus doctor` to find out), or it "
+                "dropped the event",
+                file=sys.stderr,
+            )
+            return 1
+    finally:
+        if listener is not None:
+            listener.close()
     return 0
+
+
+def _verifying_listener(config: Config) -> Listener | None:
+    """A listener on the publish socket, or None where this user cannot have one."""
+    listener = Listener(config)
+    try:
+        listener.connect()
+    except SaltbusError:
+        return None
+    return listener
+
+
+def _seen(listener: Listener, sent: Event, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            event = listener.receive(remaining)
+        except SaltbusError:
+            return False
+        if event is None:
+            return False
+        if event.tag == sent.tag and event.data == sent.data:
+            return True
+    return False

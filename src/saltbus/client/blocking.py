@@ -154,10 +154,12 @@ class Sender:
         self.config = config
         self._sock: socket.socket | None = None
 
-    def fire(self, tag: str, data: Mapping[str, Any], timeout: float = 1.0) -> None:
-        """Send one event. Raises :class:`NoPublisherError` when no publisher
-        listens, :class:`BusTimeoutError` when it does not take the event in
-        ``timeout`` seconds, ``ValueError`` (a LocalProtocolError) for bad input."""
+    def fire(self, tag: str, data: Mapping[str, Any], timeout: float = 1.0) -> Event:
+        """Send one event and return it as sent (with its ``_stamp``).
+
+        Raises :class:`NoPublisherError` when no publisher listens,
+        :class:`BusTimeoutError` when it does not take the event in ``timeout``
+        seconds, ``ValueError`` (a LocalProtocolError) for bad input."""
         if not isinstance(data, Mapping):
             raise TypeError(f"event data must be a mapping, not {type(data).__name__}")
         stamped = dict(data)
@@ -165,6 +167,7 @@ class Sender:
         body = pack_body(tag, stamped)
         check_event_size(body, self.config.max_event_size)
         self.send_frame(encode_frame(body, framing=self.config.generation.pull_framing), timeout)
+        return Event(tag, stamped)
 
     def send_frame(self, frame: bytes, timeout: float = 1.0) -> None:
         """Send an encoded frame, reconnecting once if the publisher was restarted."""
