@@ -118,9 +118,17 @@ def pack_body(tag: str, data: Mapping[str, Any]) -> bytes:
         raise LocalProtocolError("an event needs a non-empty str tag")
     if "\n\n" in tag:
         raise LocalProtocolError(f"a tag cannot contain a blank line: {tag!r}")
+    if tag.endswith("\n"):
+        # Readers split at the first "\n\n": the tag would lose its last "\n"
+        # and the data would start with it.
+        raise LocalProtocolError(f"a tag cannot end with a newline: {tag!r}")
     if not isinstance(data, Mapping):
         raise LocalProtocolError(f"event data must be a mapping, not {type(data).__name__}")
-    return tag.encode("utf-8") + TAG_END + pack_data(data)
+    try:
+        encoded_tag = tag.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"event tag cannot be encoded as UTF-8: {exc}") from None
+    return encoded_tag + TAG_END + pack_data(data)
 
 
 def body_tag(body: bytes) -> str:
