@@ -65,11 +65,20 @@ def tagify(suffix: str | Iterable[str] = "", prefix: str = "", base: str = "salt
     'salt/job/abc/new'
     """
     parts: list[object] = [base, _TAG_PREFIXES.get(prefix, prefix)]
-    if isinstance(suffix, str):
+    if isinstance(suffix, str | bytes | bytearray) or not isinstance(suffix, Iterable):
         parts.append(suffix)
     else:
         parts.extend(suffix)
-    return TAG_SEPARATOR.join(str(part) for part in parts if part)
+    # As Salt: every part becomes a str first, and only then are empty ones
+    # dropped, so 0, None and False are kept as "0", "None" and "False".
+    return TAG_SEPARATOR.join(text for text in map(_tag_part, parts) if text)
+
+
+def _tag_part(part: object) -> str:
+    # Salt's to_str: bytes are decoded, anything else goes through str().
+    if isinstance(part, bytes | bytearray):
+        return part.decode("utf-8")
+    return str(part)
 
 
 def utc_stamp(with_offset: bool = False) -> str:
@@ -126,13 +135,15 @@ def tag_matcher(pattern: str, match_type: MatchType = MatchType.STARTSWITH) -> T
     """
     if not pattern:
         return _match_all
-    if match_type is MatchType.STARTSWITH:
+    # "==", not "is": the cache treats "regex" and MatchType.REGEX as one key,
+    # so a plain str must select the same matcher as its MatchType.
+    if match_type == MatchType.STARTSWITH:
         return lambda tag: tag.startswith(pattern)
-    if match_type is MatchType.ENDSWITH:
+    if match_type == MatchType.ENDSWITH:
         return lambda tag: tag.endswith(pattern)
-    if match_type is MatchType.FIND:
+    if match_type == MatchType.FIND:
         return lambda tag: pattern in tag
-    if match_type is MatchType.REGEX:
+    if match_type == MatchType.REGEX:
         search = _anchored_regex(pattern).search
         return lambda tag: search(tag) is not None
     return functools.partial(_fnmatch, pattern=pattern)
