@@ -75,7 +75,7 @@ class Config:
         if self.salt_version not in GENERATIONS:
             known = ", ".join(GENERATIONS)
             raise ConfigError(f"salt_version must be one of {known}, not {self.salt_version!r}")
-        if self.hash_type not in hashlib.algorithms_available:
+        if not _usable_hash_type(self.hash_type):
             raise ConfigError(f"hash_type {self.hash_type!r} is not a hashlib algorithm")
         for name in (
             "tcp_master_pub_port",
@@ -151,9 +151,10 @@ class Config:
         values: dict[str, Any] = {}
         if config_file is not None:
             values.update(_read_yaml(Path(config_file)))
-        values.update(_from_env(os.environ if env is None else env))
+        environ = os.environ if env is None else env
+        values.update(_from_env(environ))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return _build(values)
+        return _build(values, environ)
 
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(Config)}
@@ -171,16 +172,17 @@ _INT_FIELDS: Final = frozenset(
 
 
 def load_config(overrides: Mapping[str, Any], base: Config) -> Config:
-    values = {name: getattr(base, name) for name in _FIELDS}
+    # Unset (None) fields stay unset: through _convert, None would become "None".
+    values = {name: getattr(base, name) for name in _FIELDS if getattr(base, name) is not None}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return _build(values)
 
 
-def default_sock_dir(node: str = "master") -> Path:
+def default_sock_dir(node: str = "master", env: Mapping[str, str] | None = None) -> Path:
     """Salt's own directory as root; otherwise a directory the user can create."""
     if os.geteuid() == 0:
         return Path("/var/run/salt") / node
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = (os.environ if env is None else env).get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "saltbus"
     return Path(f"/tmp/saltbus-{os.geteuid()}")
@@ -191,6 +193,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8: {exc}") from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -199,7 +203,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
-    return {k: v for k, v in loaded.items() if k in _FIELDS}
+    # A key with no value ("id:") is as if it were absent, as with overrides.
+    return {k: v for k, v in loaded.items() if k in _FIELDS and v is not None}
+
+
+def _usable_hash_type(name: object) -> bool:
+    # Salt hexdigests with hashlib.<hash_type>; the shake_* digests need a length.
+    if not isinstance(name, str):
+        return False
+    try:
+        hashlib.new(name, b"").hexdigest()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -210,14 +226,14 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _build(values: Mapping[str, Any]) -> Config:
+def _build(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
     converted: dict[str, Any] = {}
     for name, value in values.items():
         if name not in _FIELDS:
             raise ConfigError(f"unknown setting {name!r}")
         converted[name] = _convert(name, value)
     if "sock_dir" not in converted:
-        converted["sock_dir"] = default_sock_dir(str(converted.get("node", "master")))
+        converted["sock_dir"] = default_sock_dir(str(converted.get("node", "master")), env)
     return Config(**converted)
 
 
