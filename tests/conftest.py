@@ -37,8 +37,11 @@ def new_sock_dir(sock_dir: Path) -> Path:
 
 @pytest.fixture
 def bus_config(sock_dir: Path) -> Config:
-    """A master bus's settings, in a fresh directory, untouched by the environment."""
-    return Config.load(env={}, overrides={"sock_dir": sock_dir / "bus"})
+    """A master bus's settings, in a fresh directory, untouched by the environment,
+    with its journal (the default, batch durability) in that directory too."""
+    return Config.load(
+        env={}, overrides={"sock_dir": sock_dir / "bus", "data_dir": sock_dir / "data"}
+    )
 
 
 @pytest.fixture

@@ -61,8 +61,17 @@ def test_no_publisher_raises(sock_dir: Path):
     assert time.monotonic() - started < 2
 
 
+def test_listener_waits_for_the_publisher_to_return_by_default(bus_config: Config):
+    with EmbeddedPublisher(bus_config), Listener(bus_config) as listener:
+        assert listener.receive(timeout=0.01) is None
+    started = time.monotonic()
+    assert listener.receive(timeout=0.3) is None
+    assert time.monotonic() - started >= 0.25
+    listener.close()
+
+
 def test_listener_raises_when_the_publisher_stops(bus_config: Config):
-    listener = Listener(bus_config)
+    listener = Listener(bus_config, reconnect=False)
     try:
         with EmbeddedPublisher(bus_config):
             listener.connect()

@@ -251,7 +251,7 @@ def test_auto_reconnect_across_a_publisher_restart(bus_config: Config):
 
 
 def test_ctrl_c_returns_the_exit_event(event: saltbus.MasterEvent, monkeypatch: pytest.MonkeyPatch):
-    def interrupted(*_args: object) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(event._listener, "receive", interrupted)

@@ -30,6 +30,7 @@ from saltbus.wire import (
 
 Node: TypeAlias = Literal["master", "minion"]
 IpcMode: TypeAlias = Literal["ipc", "tcp"]
+Journaling: TypeAlias = Literal["none", "batch", "fsync"]
 # A unix socket path, or a (host, port) pair in ipc_mode tcp.
 Address: TypeAlias = Path | tuple[str, int]
 
@@ -59,6 +60,14 @@ class Config:
     # publisher holds at most this much for it (plus the kernel's socket buffer).
     subscriber_queue_events: int = 100_000
     subscriber_queue_bytes: int = 16 * 1024 * 1024
+    # The journal: none, batch (group commit; survives a crash of the process)
+    # or fsync (on disk before an event is acknowledged). One SQLite file per
+    # bus under data_dir (default: /var/lib/saltbus as root, else
+    # $XDG_DATA_HOME/saltbus).
+    journal: Journaling = "batch"
+    data_dir: Path | None = None
+    journal_max_age: float = 7 * 24 * 3600.0
+    journal_max_bytes: int = 1024**3
 
     def __post_init__(self) -> None:
         if self.node not in ("master", "minion"):
@@ -70,6 +79,10 @@ class Config:
         for name in ("subscriber_queue_events", "subscriber_queue_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.journal not in ("none", "batch", "fsync"):
+            raise ConfigError(f"journal must be none, batch or fsync, not {self.journal!r}")
+        if self.journal_max_age <= 0 or self.journal_max_bytes <= 0:
+            raise ConfigError("journal_max_age and journal_max_bytes must be positive")
         if self.max_event_size <= 0:
             raise ConfigError(f"max_event_size must be positive, not {self.max_event_size}")
         if self.salt_version not in GENERATIONS:
@@ -104,6 +117,12 @@ class Config:
         ident = self.hash_id or self.id or ""
         digest = hashlib.new(self.hash_type, ident.encode("utf-8")).hexdigest()
         return f"minion_event_{digest[:10]}"
+
+    @property
+    def lock_path(self) -> Path:
+        """The file a saltbus publisher holds locked while it serves this bus;
+        its presence tells clients the publisher is saltbus, not Salt."""
+        return self.sock_dir / f".{self.socket_prefix}.saltbus.lock"
 
     @property
     def pub_address(self) -> Address:
@@ -167,6 +186,7 @@ _INT_FIELDS: Final = frozenset(
         "tcp_pub_port",
         "tcp_pull_port",
         "max_event_size",
+        "journal_max_bytes",
     )
 )
 
@@ -245,8 +265,15 @@ def _convert(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer, not {value!r}") from None
-    if name == "sock_dir":
+    if name in ("sock_dir", "data_dir"):
         return Path(os.path.expanduser(str(value)))
+    if name == "journal_max_age":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if name == "journal" and value is False:
+        return "none"  # YAML reads a bare `none`... as a string, but `off`/`no` as False
     if name == "event_match_type":
         return MatchType.parse(str(value))
     if name == "salt_version":

@@ -60,9 +60,19 @@ class BusClosedError(BusError):
     """The connection to the publisher was closed (by us or by the publisher)."""
 
 
+class LaggedError(BusClosedError):
+    """The publisher disconnected this listener because it fell too far behind;
+    reconnecting with resume catches up from the journal."""
+
+
 class BusTimeoutError(BusError, TimeoutError):
     """An operation on the bus did not complete in the time allowed."""
 
 
 class SlowConsumerError(BusError):
     """A subscription's bounded queue overflowed because it was not read fast enough."""
+
+
+class JournalError(SaltbusError):
+    """The event journal could not be opened, written or read, or was asked to
+    store events out of sequence."""

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from saltbus.cli.common import add_bus_options, config_from_args
-from saltbus.client.blocking import Listener, Sender
+from saltbus.client.listener import Listener
+from saltbus.client.sender import Sender
 from saltbus.config import Config
 from saltbus.errors import ConfigError, SaltbusError
 from saltbus.event import Event

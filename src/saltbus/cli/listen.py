@@ -9,7 +9,7 @@ import time
 from typing import Any, TextIO
 
 from saltbus.cli.common import add_bus_options, add_filter_options, config_from_args, to_json
-from saltbus.client.blocking import Listener
+from saltbus.client.listener import Listener
 from saltbus.errors import BusClosedError, NoPublisherError
 from saltbus.event import Event
 

@@ -2,8 +2,9 @@
 (:class:`AsyncClient`), and Salt's API (:class:`MasterEvent`, ...)."""
 
 from saltbus.client.aio import AsyncClient, Subscription
-from saltbus.client.blocking import Listener, Sender
+from saltbus.client.listener import Listener
 from saltbus.client.saltstyle import MasterEvent, MinionEvent, SaltEvent, get_event
+from saltbus.client.sender import Sender
 
 __all__ = [
     "AsyncClient",

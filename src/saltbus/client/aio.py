@@ -22,31 +22,38 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final
 
+from saltbus.client.session import SubscriberSession
 from saltbus.client.sockets import RETRY_INTERVAL, describe
 from saltbus.config import Address, Config
+from saltbus.control import Ack, ack_request_head, decode_control
 from saltbus.errors import (
     BusClosedError,
     BusTimeoutError,
+    LaggedError,
     NoPublisherError,
     RemoteProtocolError,
     SlowConsumerError,
 )
-from saltbus.event import Event, MatchType, TagMatcher, tag_matcher, utc_stamp
-from saltbus.wire import FrameDecoder, check_event_size, encode_frame, pack_body, unpack_body
+from saltbus.event import Event, MatchType, tag_matcher, utc_stamp
+from saltbus.wire import FrameDecoder, check_event_size, encode_frame, pack_body
 
 log = logging.getLogger("saltbus.client")
 
 READ_SIZE: Final = 256 * 1024
 DEFAULT_MAX_PENDING: Final = 65_536
+SUBSCRIBE_TIMEOUT: Final = 2.0
 
 
 class Subscription:
     """Events matching one tag filter. Read with ``await sub.next(timeout)`` or
     ``async for event in sub``."""
 
-    def __init__(self, client: AsyncClient, matcher: TagMatcher, max_pending: int) -> None:
+    def __init__(
+        self, client: AsyncClient, pattern: tuple[str, MatchType], max_pending: int
+    ) -> None:
         self._client = client
-        self._matcher = matcher
+        self.pattern = pattern
+        self._matcher = tag_matcher(*pattern)
         self._queue: asyncio.Queue[Event] = asyncio.Queue(max_pending)
         self._dropped = 0
         self._closed: BaseException | None = None
@@ -103,6 +110,7 @@ class Subscription:
 
     def unsubscribe(self) -> None:
         self._client._subscriptions.discard(self)
+        self._client._update_filter()
         self._close(BusClosedError("unsubscribed"))
 
 
@@ -110,22 +118,36 @@ class AsyncClient:
     """A connection to one bus: subscriptions on its publish socket, firing on
     its pull socket (opened on the first :meth:`fire`)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reconnect: bool = True, since: int | None = None) -> None:
         self.config = config
+        self.reconnect = reconnect
+        self.session = SubscriberSession(
+            [("", MatchType.STARTSWITH)], config.generation.pub_framing, since=since
+        )
         self._subscriptions: set[Subscription] = set()
         self._reader_task: asyncio.Task[None] | None = None
         self._pub_writer: asyncio.StreamWriter | None = None
         self._pull_reader: asyncio.StreamReader | None = None
         self._pull_writer: asyncio.StreamWriter | None = None
         self._fire_lock = asyncio.Lock()
+        self._subscribed = asyncio.Event()
+        self._ack_decoder = FrameDecoder()
+        self._next_ack_id = 1
 
     async def connect(self, timeout: float = 0.0) -> None:
         """Connect to the publish socket, retrying for ``timeout`` seconds."""
         if self._reader_task is not None:
             return
         reader, writer = await _open(self.config.pub_address, timeout)
+        writer.write(self.session.hello())
         self._pub_writer = writer
-        self._reader_task = asyncio.create_task(self._read(reader), name="saltbus-reader")
+        self._subscribed.clear()
+        self._reader_task = asyncio.create_task(self._run(reader), name="saltbus-reader")
+        if self.config.ipc_mode == "ipc" and self.config.lock_path.exists():
+            # A saltbus publisher confirms the subscription (a Salt one does
+            # not): after that, no event fired is missed for want of an accept.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed.wait(), max(timeout, SUBSCRIBE_TIMEOUT))
 
     def subscribe(
         self,
@@ -134,43 +156,86 @@ class AsyncClient:
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> Subscription:
         """A new subscription; events received from now on that match are queued for it."""
-        matcher = tag_matcher(tag, MatchType.parse(match_type, self.config.event_match_type))
-        subscription = Subscription(self, matcher, max_pending)
+        pattern = (tag, MatchType.parse(match_type, self.config.event_match_type))
+        subscription = Subscription(self, pattern, max_pending)
         self._subscriptions.add(subscription)
+        self._update_filter()
         return subscription
 
-    async def fire(self, tag: str, data: Mapping[str, Any], timeout: float = 1.0) -> None:
-        """Fire one event (``_stamp`` added to a copy of ``data``)."""
+    def _update_filter(self) -> None:
+        """Tell the publisher the union of what the subscriptions want."""
+        frame = self.session.set_patterns([s.pattern for s in self._subscriptions])
+        if self._pub_writer is not None and not self._pub_writer.is_closing():
+            self._pub_writer.write(frame)
+
+    async def fire(
+        self, tag: str, data: Mapping[str, Any], timeout: float = 1.0, *, ack: bool = False
+    ) -> Event:
+        """Fire one event (``_stamp`` added to a copy of ``data``) and return it
+        as sent. With ``ack``, wait until the publisher journaled it and return
+        it with its sequence number (:class:`BusTimeoutError` after ``timeout``)."""
         if not isinstance(data, Mapping):
             raise TypeError(f"event data must be a mapping, not {type(data).__name__}")
         stamped = dict(data)
         stamped["_stamp"] = utc_stamp(self.config.generation.stamp_has_offset)
         body = pack_body(tag, stamped)
         check_event_size(body, self.config.max_event_size)
-        frame = encode_frame(body, framing=self.config.generation.pull_framing)
+        framing = self.config.generation.pull_framing
         async with self._fire_lock:
-            if self._pull_reader is not None and self._pull_reader.at_eof():
-                # The publisher closed this connection (it never writes on it);
-                # a write now would be taken by the kernel and lost.
+            if not ack:
+                await self._send(encode_frame(body, framing=framing), timeout)
+                return Event(tag, stamped)
+            request_id = self._next_ack_id
+            self._next_ack_id += 1
+            await self._send(encode_frame(body, ack_request_head(request_id), framing), timeout)
+            try:
+                seq = await asyncio.wait_for(self._ack(request_id), timeout)
+            except TimeoutError:
                 await self._close_pull()
-            for attempt in (1, 2):
-                if self._pull_writer is None:
-                    self._pull_reader, self._pull_writer = await _open(
-                        self.config.pull_address, timeout
-                    )
-                try:
-                    self._pull_writer.write(frame)
-                    await asyncio.wait_for(self._pull_writer.drain(), timeout)
-                    return
-                except TimeoutError:
-                    await self._close_pull()
-                    raise BusTimeoutError(
-                        f"the publisher did not take the event within {timeout} s"
-                    ) from None
-                except OSError as exc:
-                    await self._close_pull()
-                    if attempt == 2:
-                        raise NoPublisherError(f"cannot send to the publisher: {exc}") from None
+                raise BusTimeoutError(
+                    f"no acknowledgement within {timeout} s; a Salt publisher never "
+                    "acknowledges (acknowledged fire needs saltbus's publisher)"
+                ) from None
+            return Event(tag, stamped, seq)
+
+    async def _send(self, frame: bytes, timeout: float) -> None:
+        if self._pull_reader is not None and self._pull_reader.at_eof():
+            # The publisher closed this connection (it writes on it only to
+            # acknowledge); a write now would be taken by the kernel and lost.
+            await self._close_pull()
+        for attempt in (1, 2):
+            if self._pull_writer is None:
+                self._pull_reader, self._pull_writer = await _open(
+                    self.config.pull_address, timeout
+                )
+                self._ack_decoder = FrameDecoder()
+            try:
+                self._pull_writer.write(frame)
+                await asyncio.wait_for(self._pull_writer.drain(), timeout)
+                return
+            except TimeoutError:
+                await self._close_pull()
+                raise BusTimeoutError(
+                    f"the publisher did not take the event within {timeout} s"
+                ) from None
+            except OSError as exc:
+                await self._close_pull()
+                if attempt == 2:
+                    raise NoPublisherError(f"cannot send to the publisher: {exc}") from None
+
+    async def _ack(self, request_id: int) -> int:
+        reader = self._pull_reader
+        assert reader is not None
+        while True:
+            for frame in self._ack_decoder:
+                message = decode_control(frame)
+                if isinstance(message, Ack) and message.id == request_id:
+                    return message.seq
+            data = await reader.read(65536)
+            if not data:
+                await self._close_pull()
+                raise NoPublisherError("the publisher closed the connection before acknowledging")
+            self._ack_decoder.receive_data(data)
 
     async def close(self) -> None:
         task, self._reader_task = self._reader_task, None
@@ -205,28 +270,49 @@ class AsyncClient:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    async def _run(self, reader: asyncio.StreamReader) -> None:
+        """Read events; with ``reconnect``, reopen a lost connection and resume."""
+        while True:
+            reason = await self._read(reader)
+            if not self.reconnect:
+                break
+            log.info("%s; reconnecting", reason)
+            reader = await self._reopen()
+        for subscription in list(self._subscriptions):
+            subscription._close(reason)
+
+    async def _reopen(self) -> asyncio.StreamReader:
+        if self._pub_writer is not None:
+            self._pub_writer.close()
+        while True:
+            try:
+                reader, writer = await _open(self.config.pub_address, 0.0)
+            except NoPublisherError:
+                await asyncio.sleep(RETRY_INTERVAL)
+                continue
+            writer.write(self.session.hello())
+            self._pub_writer = writer
+            return reader
+
+    async def _read(self, reader: asyncio.StreamReader) -> BaseException:
+        """Dispatch events until the connection ends; returns why it ended."""
         decoder = FrameDecoder(max_frame_size=self.config.max_frame_size)
-        reason: BaseException = BusClosedError(
-            f"the publisher at {describe(self.config.pub_address)} closed the connection"
-        )
+        session = self.session
         try:
             while data := await reader.read(READ_SIZE):
                 decoder.receive_data(data)
                 while (frame := decoder.next_frame()) is not None:
-                    try:
-                        tag, payload = unpack_body(frame.body)
-                    except RemoteProtocolError as exc:
-                        log.warning("skipping an event that cannot be decoded: %s", exc)
-                        continue
-                    seq = frame.head.get("seq")
-                    event = Event(tag, payload, seq if isinstance(seq, int) else None)
-                    for subscription in self._subscriptions:
-                        subscription._offer(event)
-        except (OSError, RemoteProtocolError) as exc:
-            reason = exc
-        for subscription in list(self._subscriptions):
-            subscription._close(reason)
+                    event = session.handle(frame)
+                    if session.subscribed:
+                        self._subscribed.set()
+                    if event is not None:
+                        for subscription in self._subscriptions:
+                            subscription._offer(event)
+        except (OSError, RemoteProtocolError, LaggedError) as exc:
+            return exc
+        return BusClosedError(
+            f"the publisher at {describe(self.config.pub_address)} closed the connection"
+        )
 
 
 async def _open(

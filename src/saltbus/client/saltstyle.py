@@ -17,15 +17,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from saltbus.client.blocking import Listener, Sender
+from saltbus.client.listener import Listener
+from saltbus.client.sender import Sender
 from saltbus.config import Config
-from saltbus.errors import BusClosedError, NoPublisherError, SaltbusError
+from saltbus.errors import NoPublisherError, SaltbusError
 from saltbus.event import Event, MatchType, TagMatcher, tag_matcher
 
 log = logging.getLogger("saltbus.client")
 
 EXIT_EVENT: Final = {"tag": "salt/event/exit", "data": {}}
-RECONNECT_INTERVAL: Final = 0.1
 
 
 def _config_from(node: str, sock_dir: str | Path | None, opts: Mapping[str, Any] | None) -> Config:
@@ -162,25 +162,14 @@ class SaltEvent:
     def _read(
         self, matcher: TagMatcher, timeout: float | None, auto_reconnect: bool
     ) -> Event | None:
+        # Unless asked to raise, wait for the publisher to come (back) until
+        # `wait` passes, resuming where the listener was; Salt returns None at
+        # once here and loses its subscription.
+        reconnect = auto_reconnect or not self.raise_errors
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                if not self._listener.connected:
-                    self._listener.connect()
-                event = self._listener.receive(remaining)
-            except (NoPublisherError, BusClosedError):
-                if self.raise_errors and not auto_reconnect:
-                    raise
-                if remaining is not None and remaining <= 0:
-                    return None
-                # Wait for the publisher to come (back) until `wait` passes; Salt
-                # returns None at once here and drops the subscription.
-                pause = (
-                    RECONNECT_INTERVAL if remaining is None else min(RECONNECT_INTERVAL, remaining)
-                )
-                time.sleep(pause)
-                continue
+            event = self._listener.receive(remaining, reconnect=reconnect)
             if event is None:
                 return None
             if matcher(event.tag):

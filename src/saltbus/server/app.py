@@ -4,25 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import socket
+import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from saltbus.config import Address, Config
-from saltbus.server.connections import ConnectionRegistry, PullConnection, SubscriberConnection
-from saltbus.server.fanout import FanOut, SubscriberStats
+from saltbus.control import Subscribe, Subscribed, encode_control
+from saltbus.event import tag_matcher
+from saltbus.journal.paths import default_data_dir, journal_path
+from saltbus.journal.store import Journal
+from saltbus.journal.writer import JournalWriter
+from saltbus.server.connections import PullConnection, SubscriberConnection
+from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
+from saltbus.server.intake import Intake
+from saltbus.server.replay import first_available, replay
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
+from saltbus.wire import pack_body
 
 log = logging.getLogger("saltbus.server")
 
 # How long shutdown waits for listeners to read what was already published to them.
 DRAIN_TIMEOUT: Final = 2.0
+SHUTDOWN_GRACE: Final = 0.05
+# A Salt listener that drops events is reported at most this often.
+LAG_REPORT_INTERVAL: Final = 1.0
+LAGGED_TAG: Final = "saltbus/subscriber/lagged"
+EPOCH_CURSOR: Final = "saltbus:epoch"
 
 
 class Server:
-    """One bus: a pull socket in, a publish socket out.
+    """One bus: a pull socket in, a publish socket out, and the journal between.
 
     Use ``await server.serve()`` (until :meth:`request_exit`), or
     ``async with Server(config) as server:`` to run it alongside other tasks.
@@ -31,65 +47,92 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.fanout = FanOut(config.generation.pub_framing)
-        self._registry = ConnectionRegistry()
+        self.pull_connections: set[PullConnection] = set()
+        self.subscriber_connections: set[SubscriberConnection] = set()
+        self.journal_path: Path | None = None
+        if config.journal != "none":
+            data_dir = config.data_dir or default_data_dir()
+            self.journal_path = journal_path(data_dir, config.sock_dir, config.socket_prefix)
+        self._writer: JournalWriter | None = None
+        self.intake = Intake(self.fanout, None, self.pull_connections)  # type: ignore[arg-type]
+        self.epoch = secrets.randbits(63)
         self._lock = BusLock(config) if config.ipc_mode == "ipc" else None
         self._listeners: list[asyncio.Server] = []
         self._exit: asyncio.Event | None = None
+        self._replays: set[asyncio.Task[None]] = set()
+        self._dropped_unreported: dict[Subscriber, int] = {}
+        self._lag_report: asyncio.TimerHandle | None = None
+        self._started = time.monotonic()
         self.pub_address: Address = config.pub_address
         self.pull_address: Address = config.pull_address
+
+    @property
+    def intake_paused(self) -> bool:
+        return self.intake._paused
 
     # -- lifecycle ---------------------------------------------------------
 
     async def startup(self) -> None:
         loop = asyncio.get_running_loop()
         self._exit = asyncio.Event()
-        if self.config.ipc_mode == "ipc":
-            ensure_sock_dir(self.config.sock_dir)
+        cfg = self.config
+        if cfg.ipc_mode == "ipc":
+            ensure_sock_dir(cfg.sock_dir)
         if self._lock is not None:
             self._lock.acquire()
         try:
-            pull_sock = bind_listener(self.config.pull_address)
+            if self.journal_path is not None:
+                await asyncio.to_thread(self._open_journal, self.journal_path)
+            pull_sock = bind_listener(cfg.pull_address)
             try:
-                pub_sock = bind_listener(self.config.pub_address)
+                pub_sock = bind_listener(cfg.pub_address)
             except BaseException:
                 pull_sock.close()
-                remove_socket_file(self.config.pull_address)
+                remove_socket_file(cfg.pull_address)
                 raise
-            cfg = self.config
-            registry = self._registry
-            self._listeners.append(
-                await _serve(
-                    loop,
-                    lambda: SubscriberConnection(
-                        self.fanout,
-                        registry,
-                        cfg.subscriber_queue_events,
-                        cfg.subscriber_queue_bytes,
-                    ),
-                    pub_sock,
-                )
-            )
-            self._listeners.append(
-                await _serve(
-                    loop,
-                    lambda: PullConnection(self.fanout, registry, cfg.max_frame_size),
-                    pull_sock,
-                )
-            )
+            self._listeners.append(await _serve(loop, lambda: SubscriberConnection(self), pub_sock))
+            self._listeners.append(await _serve(loop, lambda: PullConnection(self), pull_sock))
             self.pub_address = _bound_address(pub_sock, cfg.pub_address)
             self.pull_address = _bound_address(pull_sock, cfg.pull_address)
         except BaseException:
             await self._close_listeners()
+            self._close_journal()
             if self._lock is not None:
                 self._lock.release()
             raise
+        self._started = time.monotonic()
         log.debug(
-            "saltbus publisher (%s node, Salt %s framing) serving %s and %s",
+            "saltbus publisher (%s node, Salt %s framing, journal %s) serving %s and %s",
             cfg.node,
             cfg.salt_version,
+            self.journal_path or "off",
             self.pub_address,
             self.pull_address,
         )
+
+    def _open_journal(self, path: Path) -> None:
+        with Journal.open(path) as journal:
+            epoch = journal.get_cursor(EPOCH_CURSOR)
+            if epoch is None:
+                epoch = secrets.randbits(63)
+                journal.set_cursor(EPOCH_CURSOR, epoch)
+        self.epoch = epoch
+        writer = JournalWriter(
+            path,
+            durability="fsync" if self.config.journal == "fsync" else "batch",
+            max_age=self.config.journal_max_age,
+            max_bytes=self.config.journal_max_bytes,
+        )
+        last_seq = writer.start()
+        self._writer = writer
+        self.fanout.next_seq = last_seq + 1
+        self.intake.writer = writer
+
+    def _close_journal(self) -> None:
+        writer, self._writer = self._writer, None
+        self.intake.writer = None
+        if writer is not None:
+            writer.close()
 
     async def serve(self) -> None:
         await self.startup()
@@ -113,20 +156,33 @@ class Server:
             loop.add_signal_handler(sig, self.request_exit)
 
     async def shutdown(self) -> None:
-        # Stop taking new connections and events first; then give listeners a
-        # moment to read what was already published to them.
+        # Let connections already in the backlog be accepted (closing a listening
+        # socket discards them, and their clients' writes vanish without an
+        # error); stop taking connections; let what firing clients sent be read
+        # and committed; give listeners a moment to read it; then close.
+        await asyncio.sleep(SHUTDOWN_GRACE)
         await self._close_listeners()
-        for pull in list(self._registry.pull):
+        await asyncio.sleep(SHUTDOWN_GRACE)
+        for pull in list(self.pull_connections):
             pull.close()
+        try:
+            await asyncio.wait_for(self.intake.drained(), DRAIN_TIMEOUT)
+        except TimeoutError:
+            log.error("journal did not finish committing within %s s", DRAIN_TIMEOUT)
+        for task in list(self._replays):
+            task.cancel()
         await self._drain_subscribers()
-        for sub in list(self._registry.subscribers):
+        for sub in list(self.subscriber_connections):
             sub.close()
+        if self._lag_report is not None:
+            self._lag_report.cancel()
+        await asyncio.to_thread(self._close_journal)
         remove_socket_file(self.config.pub_address)
         remove_socket_file(self.config.pull_address)
         if self._lock is not None:
             self._lock.release()
         await asyncio.sleep(0)  # let the transports run their connection_lost
-        log.debug("saltbus publisher stopped; %d events published", self.fanout.next_seq - 1)
+        log.debug("saltbus publisher stopped; last seq %d", self.fanout.last_seq)
 
     async def __aenter__(self) -> Server:
         await self.startup()
@@ -140,10 +196,108 @@ class Server:
     ) -> None:
         await self.shutdown()
 
+    # -- subscribers -------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber, request: Subscribe) -> None:
+        """Apply a saltbus listener's filter and, when asked, replay from the journal."""
+        subscriber.resumable = True
+        matchers = [tag_matcher(p, m) for p, m in request.patterns]
+        subscriber.matcher = (
+            None
+            if not matchers
+            else matchers[0]
+            if len(matchers) == 1
+            else (lambda tag: any(m(tag) for m in matchers))
+        )
+        since = request.since
+        can_replay = (
+            since is not None
+            and self.journal_path is not None
+            and request.epoch in (None, self.epoch)
+            and since < self.fanout.last_seq
+        )
+        if not can_replay or since is None:
+            subscriber.write_direct(
+                encode_control(Subscribed(self.fanout.last_seq, self.epoch), subscriber.framing)
+            )
+            return
+        # Everything up to `until` was delivered live before the hold: the
+        # replay covers it, and live events after it wait in the queue.
+        until = self.fanout.last_seq
+        subscriber.hold()
+        task = asyncio.create_task(self._replay(subscriber, since, until))
+        self._replays.add(task)
+        task.add_done_callback(self._replays.discard)
+
+    async def _replay(self, subscriber: Subscriber, since: int, until: int) -> None:
+        assert self.journal_path is not None
+        path = self.journal_path
+        try:
+            first = await asyncio.to_thread(first_available, path)
+            subscriber.write_direct(
+                encode_control(Subscribed(until, self.epoch, True, first), subscriber.framing)
+            )
+            sent = await replay(subscriber, path, since, until)
+            log.debug("replayed %d events to %s", sent, subscriber.peer)
+        except Exception as exc:
+            log.error("replay to %s failed: %s", subscriber.peer, exc)
+            subscriber.transport.close()
+            return
+        subscriber.release()
+
+    def report_dropped(self, subscriber: Subscriber, count: int) -> None:
+        """Count a Salt listener's dropped events; fire one lagged event a second."""
+        self._dropped_unreported[subscriber] = self._dropped_unreported.get(subscriber, 0) + count
+        if self._lag_report is None:
+            loop = asyncio.get_running_loop()
+            self._lag_report = loop.call_later(LAG_REPORT_INTERVAL, self._fire_lag_reports)
+
+    def _fire_lag_reports(self) -> None:
+        self._lag_report = None
+        reports, self._dropped_unreported = self._dropped_unreported, {}
+        bodies = [
+            pack_body(
+                LAGGED_TAG,
+                {"peer": sub.peer, "dropped": count, "total_dropped": sub.dropped},
+            )
+            for sub, count in reports.items()
+        ]
+        if bodies:
+            self.intake.accept(bodies, [LAGGED_TAG] * len(bodies))
+
     # -- inspection --------------------------------------------------------
 
     def subscriber_stats(self) -> list[SubscriberStats]:
         return [s.stats() for s in self.fanout.subscribers]
+
+    def stats(self) -> dict[str, Any]:
+        uptime = time.monotonic() - self._started
+        return {
+            "node": self.config.node,
+            "sock_dir": str(self.config.sock_dir),
+            "salt_version": self.config.salt_version,
+            "epoch": self.epoch,
+            "last_seq": self.fanout.last_seq,
+            "received": self.intake.received,
+            "uptime": round(uptime, 3),
+            "events_per_second": round(self.intake.received / uptime, 1) if uptime else 0.0,
+            "journal": str(self.journal_path) if self.journal_path else None,
+            "journal_in_flight": self.intake.in_flight,
+            "journal_failures": self.intake.commit_failures,
+            "pull_connections": len(self.pull_connections),
+            "subscribers": [
+                {
+                    "peer": s.peer,
+                    "delivered": s.delivered,
+                    "dropped": s.dropped,
+                    "queued_events": s.queued_events,
+                    "queued_bytes": s.queued_bytes,
+                    "resumable": s.resumable,
+                    "filtered": s.filtered,
+                }
+                for s in self.subscriber_stats()
+            ],
+        }
 
     # -- helpers -----------------------------------------------------------
 
@@ -158,7 +312,7 @@ class Server:
     async def _drain_subscribers(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT
-        while loop.time() < deadline and any(s.pending_bytes for s in self._registry.subscribers):
+        while loop.time() < deadline and any(s.pending_bytes for s in self.subscriber_connections):
             await asyncio.sleep(0.01)
 
 

@@ -1,60 +1,86 @@
-"""The asyncio protocols: thin wrappers that feed the codec and the fan-out."""
+"""The asyncio protocols: thin wrappers that feed the codec, the intake and the fan-out."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
+from saltbus.control import (
+    Ack,
+    Stats,
+    StatsRequest,
+    Subscribe,
+    ack_request_id,
+    decode_control,
+    encode_control,
+)
 from saltbus.errors import RemoteProtocolError
-from saltbus.server.fanout import FanOut, Subscriber
+from saltbus.server.fanout import Subscriber
 from saltbus.server.sockets import peer_label
-from saltbus.wire import FrameDecoder, body_tag
+from saltbus.wire import FrameDecoder, Framing, body_tag
+
+if TYPE_CHECKING:
+    from saltbus.server.app import Server
 
 log = logging.getLogger("saltbus.server")
 
 
-class ConnectionRegistry:
-    """The open connections of one server, so shutdown can close them all."""
-
-    def __init__(self) -> None:
-        self.pull: set[PullConnection] = set()
-        self.subscribers: set[SubscriberConnection] = set()
-
-
 class PullConnection(asyncio.Protocol):
-    """A firing client: frames in, bodies to the fan-out. A bad frame closes
-    this connection only, after the good frames before it were published."""
+    """A firing client: frames in, events to the intake. A bad frame closes
+    this connection only, after the good frames before it were taken."""
 
-    def __init__(self, fanout: FanOut, registry: ConnectionRegistry, max_frame_size: int) -> None:
-        self._fanout = fanout
-        self._registry = registry
-        self._decoder = FrameDecoder(max_frame_size=max_frame_size)
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._decoder = FrameDecoder(max_frame_size=server.config.max_frame_size)
         self._transport: asyncio.Transport | None = None
         self.peer = "unknown peer"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self.peer = peer_label(transport.get_extra_info("socket"))
-        self._registry.pull.add(self)
+        self._server.pull_connections.add(self)
+        if self._server.intake_paused:
+            self._transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
         bodies: list[bytes] = []
+        tags: list[str] = []
+        acks: list[tuple[int, int]] = []
         try:
             decoder.receive_data(data)
             while (frame := decoder.next_frame()) is not None:
-                body_tag(frame.body)  # a body Salt's listeners could not split is refused here
+                # A body Salt's listeners could not split is refused here.
+                tags.append(body_tag(frame.body))
                 bodies.append(frame.body)
+                if frame.head and (request_id := ack_request_id(frame)) is not None:
+                    acks.append((len(bodies) - 1, request_id))
         except RemoteProtocolError as exc:
             log.warning("closing pull connection from %s: %s", self.peer, exc)
             self.close()
         finally:
             if bodies:
-                self._fanout.publish(bodies)
+                self._server.intake.accept(bodies, tags, acks, self)
+
+    def send_acks(self, acks: Sequence[tuple[int, int]]) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        framing = self._decoder.framing or Framing.BARE
+        transport.write(b"".join(encode_control(Ack(i, s), framing) for i, s in acks))
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._registry.pull.discard(self)
+        self._server.pull_connections.discard(self)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -62,32 +88,46 @@ class PullConnection(asyncio.Protocol):
 
 
 class SubscriberConnection(asyncio.Protocol):
-    """A listener on the publish socket. What it writes is read and ignored,
-    as Salt's publisher does."""
+    """A listener on the publish socket. A Salt listener writes nothing (and
+    whatever it writes is ignored, as Salt's publisher does); a saltbus
+    listener sends control frames: its filter, where to resume, a stats request."""
 
-    def __init__(
-        self, fanout: FanOut, registry: ConnectionRegistry, max_events: int, max_bytes: int
-    ) -> None:
-        self._fanout = fanout
-        self._registry = registry
-        self._max_events = max_events
-        self._max_bytes = max_bytes
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._decoder: FrameDecoder | None = FrameDecoder(max_frame_size=64 * 1024)
         self.subscriber: Subscriber | None = None
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        config = self._server.config
         self.subscriber = Subscriber(
             self._transport,
             peer_label(transport.get_extra_info("socket")),
-            max_events=self._max_events,
-            max_bytes=self._max_bytes,
+            max_events=config.subscriber_queue_events,
+            max_bytes=config.subscriber_queue_bytes,
+            framing=self._server.fanout.framing,
+            on_dropped=self._server.report_dropped,
         )
-        self._fanout.add(self.subscriber)
-        self._registry.subscribers.add(self)
+        self._server.fanout.add(self.subscriber)
+        self._server.subscriber_connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        pass
+        decoder = self._decoder
+        if decoder is None or self.subscriber is None:
+            return
+        try:
+            decoder.receive_data(data)
+            while (frame := decoder.next_frame()) is not None:
+                message = decode_control(frame) if not frame.body else None
+                if isinstance(message, Subscribe):
+                    self._server.subscribe(self.subscriber, message)
+                elif isinstance(message, StatsRequest):
+                    stats = encode_control(Stats(self._server.stats()), self.subscriber.framing)
+                    self.subscriber.write_direct(stats)
+        except RemoteProtocolError:
+            # Not a saltbus listener: ignore what it writes from now on.
+            self._decoder = None
 
     def pause_writing(self) -> None:
         if self.subscriber is not None:
@@ -99,8 +139,9 @@ class SubscriberConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.subscriber is not None:
-            self._fanout.remove(self.subscriber)
-        self._registry.subscribers.discard(self)
+            self.subscriber.closed = True
+            self._server.fanout.remove(self.subscriber)
+        self._server.subscriber_connections.discard(self)
 
     @property
     def pending_bytes(self) -> int:

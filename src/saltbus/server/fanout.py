@@ -1,17 +1,21 @@
-"""Fan-out: numbering events and handing them to every subscriber's bounded queue.
+"""Fan-out: handing numbered events to every subscriber's bounded queue.
 
 No sockets here, only a write-transport per subscriber, so the policy (order,
-bounds, what is dropped when a reader stalls) can be tested on its own.
+bounds, what happens when a reader stalls) can be tested on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from saltbus.control import Lagged, encode_control
 from saltbus.event import TagMatcher
+from saltbus.journal.records import JournalRecord
 from saltbus.wire import Framing, body_tag, encode_frame
 
 log = logging.getLogger("saltbus.server")
@@ -29,15 +33,20 @@ class SubscriberStats:
     dropped: int
     queued_events: int
     queued_bytes: int
+    resumable: bool = False
+    filtered: bool = False
 
 
 class Subscriber:
     """One listener: a bounded queue in front of its transport.
 
     While the transport accepts data, frames go straight to it. When it pauses
-    (the reader is not keeping up), frames queue here; past ``max_events`` or
-    ``max_bytes`` the oldest are dropped and counted, so a stalled reader costs
-    a bounded amount of memory and never delays anyone else.
+    (the reader is not keeping up) or a replay is being sent, frames queue
+    here. Past ``max_events`` or ``max_bytes``, a Salt subscriber loses its
+    oldest queued events (counted, and reported through ``on_dropped``); a
+    resumable saltbus subscriber is sent a :class:`Lagged` notice and
+    disconnected instead, and resumes from the journal without loss. Either
+    way a stalled reader costs bounded memory and never delays anyone else.
     """
 
     def __init__(
@@ -48,23 +57,36 @@ class Subscriber:
         max_events: int,
         max_bytes: int,
         matcher: TagMatcher | None = None,
+        framing: Framing = Framing.BARE,
+        on_dropped: Callable[[Subscriber, int], None] | None = None,
     ) -> None:
         self.transport = transport
         self.peer = peer
         self.matcher = matcher
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.framing = framing
+        self.resumable = False
         self.delivered = 0
         self.dropped = 0
+        self.closed = False
+        self._on_dropped = on_dropped
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._paused = False
+        self._holding = False  # a replay is being written; live frames wait
         self._lagging = False
+        self._writable = asyncio.Event()
+        self._writable.set()
         transport.set_write_buffer_limits(high=TRANSPORT_HIGH_WATER)
+
+    # -- live frames ---------------------------------------------------------
 
     def offer(self, frames: list[bytes], blob: bytes | None = None) -> None:
         """Deliver frames (``blob`` is their concatenation, when already made)."""
-        if not self._queue and not self._paused:
+        if self.closed:
+            return
+        if not self._queue and not self._paused and not self._holding:
             self.transport.write(blob if blob is not None else b"".join(frames))
             self.delivered += len(frames)
             return
@@ -73,32 +95,60 @@ class Subscriber:
         self._trim()
 
     def _trim(self) -> None:
+        if len(self._queue) <= self.max_events and self._queued_bytes <= self.max_bytes:
+            return
+        if self.resumable:
+            self.disconnect_lagged()
+            return
         dropped = 0
         while len(self._queue) > self.max_events or self._queued_bytes > self.max_bytes:
             self._queued_bytes -= len(self._queue.popleft())
             dropped += 1
-        if dropped:
-            self.dropped += dropped
-            if not self._lagging:
-                self._lagging = True
-                log.warning(
-                    "subscriber %s is not reading; dropping its oldest events (queue full: "
-                    "%d events, %d bytes)",
-                    self.peer,
-                    self.max_events,
-                    self.max_bytes,
-                )
+        self.dropped += dropped
+        if not self._lagging:
+            self._lagging = True
+            log.warning(
+                "subscriber %s is not reading; dropping its oldest events (queue full: "
+                "%d events or %d bytes)",
+                self.peer,
+                self.max_events,
+                self.max_bytes,
+            )
+        if self._on_dropped is not None:
+            self._on_dropped(self, dropped)
+
+    def disconnect_lagged(self) -> None:
+        """Tell a resumable subscriber it fell behind, and close its connection."""
+        log.warning(
+            "subscriber %s fell behind (%d events queued); disconnecting it to resume "
+            "from the journal",
+            self.peer,
+            len(self._queue),
+        )
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.closed = True
+        self.transport.write(encode_control(Lagged(self.delivered), self.framing))
+        self.transport.close()
+
+    # -- flow control ----------------------------------------------------------
 
     def pause(self) -> None:
         self._paused = True
+        self._writable.clear()
 
     def resume(self) -> None:
         self._paused = False
-        self._flush()
+        self._writable.set()
+        if not self._holding:
+            self._flush()
+
+    async def writable(self) -> None:
+        await self._writable.wait()
 
     def _flush(self) -> None:
         queue = self._queue
-        while queue and not self._paused:
+        while queue and not self._paused and not self.closed:
             chunk: list[bytes] = []
             size = 0
             while queue and size < FLUSH_CHUNK:
@@ -115,19 +165,50 @@ class Subscriber:
                 "subscriber %s caught up; %d events dropped so far", self.peer, self.dropped
             )
 
+    # -- replay ----------------------------------------------------------------
+
+    def hold(self) -> None:
+        """Queue live frames from now on (a replay is about to be written)."""
+        self._holding = True
+
+    def write_direct(self, data: bytes, count: int = 0) -> None:
+        """Write ahead of the queue: a control frame, or replayed events."""
+        if not self.closed:
+            self.transport.write(data)
+            self.delivered += count
+
+    def release(self) -> None:
+        """The replay is written: send what queued meanwhile, then go live."""
+        self._holding = False
+        self._flush()
+
     def stats(self) -> SubscriberStats:
         return SubscriberStats(
-            self.peer, self.delivered, self.dropped, len(self._queue), self._queued_bytes
+            self.peer,
+            self.delivered,
+            self.dropped,
+            len(self._queue),
+            self._queued_bytes,
+            self.resumable,
+            self.matcher is not None,
         )
 
 
+def event_frame(record: JournalRecord, framing: Framing) -> bytes:
+    return encode_frame(record.body, {"seq": record.seq, "time": record.time}, framing)
+
+
 class FanOut:
-    """Numbers each event and offers it to every subscriber, in arrival order."""
+    """Numbers events and offers them to every subscriber, in arrival order."""
 
     def __init__(self, framing: Framing, *, first_seq: int = 1) -> None:
         self.framing = framing
         self.next_seq = first_seq
         self.subscribers: set[Subscriber] = set()
+
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
 
     def add(self, subscriber: Subscriber) -> None:
         self.subscribers.add(subscriber)
@@ -135,30 +216,43 @@ class FanOut:
     def remove(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
 
-    def publish(self, bodies: list[bytes]) -> int:
-        """Frame and fan out a batch of bodies; returns the last sequence number used.
+    def number(
+        self, bodies: Sequence[bytes], tags: Sequence[str] | None = None
+    ) -> list[JournalRecord]:
+        """Give each body the next sequence number and the receive time."""
+        seq = self.next_seq
+        now = time.time()
+        tags = tags if tags is not None else [body_tag(b) for b in bodies]
+        records = [
+            JournalRecord(seq + i, now, tag, body)
+            for i, (tag, body) in enumerate(zip(tags, bodies, strict=True))
+        ]
+        self.next_seq = seq + len(records)
+        return records
+
+    def publish(self, bodies: Sequence[bytes]) -> int:
+        """Number and deliver at once (no journal); returns the last sequence number."""
+        self.deliver(self.number(bodies))
+        return self.last_seq
+
+    def deliver(self, records: Sequence[JournalRecord]) -> None:
+        """Offer numbered records to every subscriber.
 
         Each frame is encoded once and shared by every subscriber's queue; an
         unfiltered subscriber gets the whole batch in one write.
         """
-        seq = self.next_seq
+        if not records:
+            return
         framing = self.framing
-        frames = [encode_frame(body, {"seq": seq + i}, framing) for i, body in enumerate(bodies)]
-        self.next_seq = seq + len(frames)
-        if not frames:
-            return seq - 1
+        frames = [event_frame(r, framing) for r in records]
         blob: bytes | None = None
-        tags: list[str] | None = None
-        for subscriber in self.subscribers:
+        for subscriber in list(self.subscribers):
             matcher = subscriber.matcher
             if matcher is None:
                 if blob is None:
                     blob = b"".join(frames)
                 subscriber.offer(frames, blob)
                 continue
-            if tags is None:
-                tags = [body_tag(body) for body in bodies]
-            wanted = [f for f, t in zip(frames, tags, strict=True) if matcher(t)]
+            wanted = [f for f, r in zip(frames, records, strict=True) if matcher(r.tag)]
             if wanted:
                 subscriber.offer(wanted)
-        return self.next_seq - 1

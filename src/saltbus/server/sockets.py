@@ -36,7 +36,7 @@ class BusLock:
     holder dies, so a kill -9 leaves nothing to clean up."""
 
     def __init__(self, config: Config) -> None:
-        self.path = config.sock_dir / f".{config.socket_prefix}.saltbus.lock"
+        self.path = config.lock_path
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -1,0 +1,126 @@
+"""The state of one subscription across reconnects, without I/O.
+
+Both the blocking and the asyncio listener feed it the frames they read. It
+makes the ``Subscribe`` frame to send after each connect (tag filters for the
+publisher, and the point to resume from), drops what a resume would deliver
+twice, and remembers the last sequence number delivered. Against a Salt
+publisher, which numbers nothing and ignores what listeners send, it passes
+every event through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from saltbus.control import (
+    Lagged,
+    Stats,
+    Subscribe,
+    Subscribed,
+    decode_control,
+    encode_control,
+    event_seq,
+)
+from saltbus.errors import LaggedError, RemoteProtocolError
+from saltbus.event import Event, MatchType, tag_matcher
+from saltbus.wire import Frame, Framing, unpack_body
+
+log = logging.getLogger("saltbus.client")
+
+
+class SubscriberSession:
+    def __init__(
+        self,
+        patterns: Sequence[tuple[str, MatchType]],
+        framing: Framing,
+        *,
+        resume: bool = True,
+        since: int | None = None,
+    ) -> None:
+        self.patterns = _filter_patterns(patterns)
+        self._matchers = [tag_matcher(p, m) for p, m in self.patterns]
+        self.framing = framing
+        self.resume = resume
+        self.last_seq = since
+        self.epoch: int | None = None
+        self.lost = 0  # events known to be gone (retention, or a publisher that lost its journal)
+        self.stats: Stats | None = None
+        self._awaiting_subscribed = False
+        self.subscribed = False  # the publisher confirmed the last hello
+
+    def set_patterns(self, patterns: Sequence[tuple[str, MatchType]]) -> bytes:
+        """Change the filter; returns the frame that tells a connected publisher."""
+        self.patterns = _filter_patterns(patterns)
+        self._matchers = [tag_matcher(p, m) for p, m in self.patterns]
+        return encode_control(Subscribe(self.patterns, None, self.epoch), self.framing)
+
+    def hello(self) -> bytes:
+        """The frame to send right after connecting."""
+        since = self.last_seq if self.resume else None
+        self._awaiting_subscribed = since is not None
+        self.subscribed = False
+        return encode_control(Subscribe(self.patterns, since, self.epoch), self.framing)
+
+    def handle(self, frame: Frame) -> Event | None:
+        """The event a frame delivers, or None (a control frame, a duplicate,
+        a non-matching or undecodable event). Raises :class:`LaggedError`."""
+        if not frame.body:
+            self._on_control(frame)
+            return None
+        seq = event_seq(frame)
+        if seq is not None:
+            # Until the publisher confirms a resume, live events it sent are
+            # the ones the replay is about to send again, in order.
+            if self._awaiting_subscribed:
+                return None
+            if self.last_seq is not None and seq <= self.last_seq:
+                return None
+            self.last_seq = seq
+        try:
+            tag, data = unpack_body(frame.body)
+        except RemoteProtocolError as exc:
+            log.warning("skipping an event that cannot be decoded: %s", exc)
+            return None
+        if self._matchers and not any(match(tag) for match in self._matchers):
+            return None
+        return Event(tag, data, seq)
+
+    def _on_control(self, frame: Frame) -> None:
+        message = decode_control(frame)
+        if isinstance(message, Subscribed):
+            self._on_subscribed(message)
+        elif isinstance(message, Lagged):
+            raise LaggedError(
+                "the publisher disconnected this listener because it fell behind "
+                f"(after {message.delivered} events); resuming catches up"
+            )
+        elif isinstance(message, Stats):
+            self.stats = message
+
+    def _on_subscribed(self, message: Subscribed) -> None:
+        self._awaiting_subscribed = False
+        self.subscribed = True
+        if self.epoch is not None and message.epoch != self.epoch and self.last_seq is not None:
+            log.warning(
+                "the publisher's numbering started again (new journal, or restarted "
+                "without one): events fired while this listener was away are lost"
+            )
+            self.last_seq = None
+        elif message.replaying and self.last_seq is not None and message.first is not None:
+            gone = message.first - self.last_seq - 1
+            if gone > 0:
+                self.lost += gone
+                log.warning("%d events after seq %d are no longer journaled", gone, self.last_seq)
+        self.epoch = message.epoch
+        if self.last_seq is None and self.resume:
+            self.last_seq = message.seq
+
+
+def _filter_patterns(
+    patterns: Sequence[tuple[str, MatchType]],
+) -> tuple[tuple[str, MatchType], ...]:
+    # An empty pattern matches everything, which makes the whole filter moot.
+    if not patterns or any(not p for p, _ in patterns):
+        return ()
+    return tuple(dict.fromkeys(patterns))

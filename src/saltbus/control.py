@@ -1,0 +1,186 @@
+"""saltbus's extensions to Salt's protocol: control messages in a frame's head.
+
+They ride where Salt's peers ignore them (DESIGN.md, "Protocol"): Salt's
+subscribers read only ``body``, and Salt's publisher reads and ignores what a
+subscriber writes. A control frame has an empty body and its message under the
+head key ``"saltbus"``; an event frame from a saltbus publisher carries its
+sequence number and receive time as ``head["seq"]`` and ``head["time"]``.
+
+Messages, by direction:
+
+- subscriber → publisher: :class:`Subscribe` (tag filters for server-side
+  filtering, and ``since`` to resume after a sequence number); :class:`StatsRequest`.
+- publisher → subscriber: :class:`Subscribed` (what follows is the replay, then
+  live events), :class:`Lagged` (the subscriber fell too far behind and is being
+  disconnected; it should resume), :class:`Stats`.
+- firing client → publisher: an *event* frame whose head asks for an
+  acknowledgement, ``{"saltbus": {"op": "ack", "id": N}}``.
+- publisher → firing client: :class:`Ack` (the event's sequence number, once
+  it is journaled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from saltbus.errors import RemoteProtocolError
+from saltbus.event import MatchType
+from saltbus.wire import Frame, Framing, encode_frame
+
+CONTROL_KEY: Final = "saltbus"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Filter what this subscriber is sent, and optionally resume after ``since``."""
+
+    patterns: tuple[tuple[str, MatchType], ...] = ()
+    since: int | None = None
+    epoch: int | None = None  # the publisher's epoch ``since`` counts in
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """Sent once a Subscribe took effect: events up to ``seq`` that the
+    subscriber asked to resume come first (replayed), then live ones. ``first``
+    is the oldest sequence number the publisher could still replay: when it is
+    above ``since + 1``, events in between are gone for good (retention).
+    ``epoch`` names the publisher's numbering: it changes when sequence numbers
+    start again (a new journal, or no journal and a restart), and a ``since``
+    from another epoch is not replayed."""
+
+    seq: int
+    epoch: int = 0
+    replaying: bool = False
+    first: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lagged:
+    """The subscriber's queue overflowed; the connection is being closed."""
+
+    delivered: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An acknowledged event's sequence number (``id`` is the client's request id)."""
+
+    id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+
+ControlMessage = Subscribe | Subscribed | Lagged | Ack | StatsRequest | Stats
+
+
+def encode_control(message: ControlMessage, framing: Framing) -> bytes:
+    return encode_frame(b"", {CONTROL_KEY: _to_dict(message)}, framing)
+
+
+def _to_dict(message: ControlMessage) -> dict[str, Any]:
+    if isinstance(message, Subscribe):
+        return {
+            "op": "subscribe",
+            "patterns": [[p, str(m)] for p, m in message.patterns],
+            "since": message.since,
+            "epoch": message.epoch,
+        }
+    if isinstance(message, Subscribed):
+        return {
+            "op": "subscribed",
+            "seq": message.seq,
+            "epoch": message.epoch,
+            "replaying": message.replaying,
+            "first": message.first,
+        }
+    if isinstance(message, Lagged):
+        return {"op": "lagged", "delivered": message.delivered}
+    if isinstance(message, Ack):
+        return {"op": "acked", "id": message.id, "seq": message.seq}
+    if isinstance(message, StatsRequest):
+        return {"op": "stats"}
+    return {"op": "stats-reply", "stats": dict(message.stats)}
+
+
+def ack_request_head(request_id: int) -> dict[str, Any]:
+    """The head of an event frame that asks for an :class:`Ack`."""
+    return {CONTROL_KEY: {"op": "ack", "id": request_id}}
+
+
+def ack_request_id(frame: Frame) -> int | None:
+    """The acknowledgement id an event frame asks for, if any."""
+    control = frame.head.get(CONTROL_KEY)
+    if isinstance(control, dict) and control.get("op") == "ack":
+        request_id = control.get("id")
+        if isinstance(request_id, int):
+            return request_id
+    return None
+
+
+def decode_control(frame: Frame) -> ControlMessage | None:
+    """The control message a frame carries, or None for an event frame."""
+    if frame.body:
+        return None
+    control = frame.head.get(CONTROL_KEY)
+    if not isinstance(control, dict):
+        raise RemoteProtocolError("frame with an empty body carries no saltbus control message")
+    try:
+        return _from_dict(control)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteProtocolError(f"malformed saltbus control message {control!r}: {exc}") from None
+
+
+def _from_dict(control: Mapping[str, Any]) -> ControlMessage:
+    op = control.get("op")
+    if op == "subscribe":
+        patterns = tuple((str(p), MatchType(m)) for p, m in control.get("patterns") or ())
+        return Subscribe(
+            patterns, _optional_int(control.get("since")), _optional_int(control.get("epoch"))
+        )
+    if op == "subscribed":
+        return Subscribed(
+            _int(control["seq"]),
+            _int(control.get("epoch", 0)),
+            bool(control.get("replaying")),
+            _optional_int(control.get("first")),
+        )
+    if op == "lagged":
+        return Lagged(_int(control.get("delivered", 0)))
+    if op == "acked":
+        return Ack(_int(control["id"]), _int(control["seq"]))
+    if op == "stats":
+        return StatsRequest()
+    if op == "stats-reply":
+        stats = control.get("stats")
+        if not isinstance(stats, dict):
+            raise TypeError("stats must be a map")
+        return Stats(stats)
+    raise ValueError(f"unknown op {op!r}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
+
+
+def event_seq(frame: Frame) -> int | None:
+    """The sequence number a saltbus publisher gave an event frame (None from Salt)."""
+    seq = frame.head.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None

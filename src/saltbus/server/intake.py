@@ -1,0 +1,119 @@
+"""From the pull socket to the subscribers: number, journal, then deliver and acknowledge.
+
+With a journal, an event is delivered only after it is committed: a listener
+that saw sequence number N can resume after N from the journal even if the
+publisher is killed the next instant, and a restarted publisher never gives N
+to another event. Commits happen on the journal's own thread, in groups; the
+event loop only hands batches over and gets them back in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+from saltbus.journal.records import JournalRecord
+from saltbus.journal.writer import JournalWriter
+from saltbus.server.fanout import FanOut
+
+log = logging.getLogger("saltbus.server")
+
+# Events handed to the journal and not yet committed: past the high mark the
+# pull connections stop being read (firing clients then block in their sends)
+# until the journal is back under the low mark. Memory stays bounded.
+IN_FLIGHT_HIGH: Final = 50_000
+IN_FLIGHT_LOW: Final = 10_000
+
+
+class AckTarget(Protocol):
+    def send_acks(self, acks: Sequence[tuple[int, int]]) -> None: ...
+
+
+class PausableReader(Protocol):
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class Intake:
+    def __init__(
+        self,
+        fanout: FanOut,
+        writer: JournalWriter | None,
+        readers: set[PausableReader],
+    ) -> None:
+        self.fanout = fanout
+        self.writer = writer
+        self.readers = readers
+        self.in_flight = 0
+        self.received = 0
+        self.commit_failures = 0
+        self._paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    def accept(
+        self,
+        bodies: Sequence[bytes],
+        tags: Sequence[str],
+        acks: Sequence[tuple[int, int]] = (),
+        source: AckTarget | None = None,
+    ) -> None:
+        """Take a batch from one connection. ``acks`` pairs an index in the
+        batch with the client's request id."""
+        records = self.fanout.number(bodies, tags)
+        self.received += len(records)
+        if self.writer is None:
+            self._committed(records, acks, source)
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        self.in_flight += len(records)
+        self._drained.clear()
+        if self.in_flight > IN_FLIGHT_HIGH and not self._paused:
+            self._paused = True
+            for reader in self.readers:
+                reader.pause_reading()
+
+        def committed(batch: Sequence[JournalRecord]) -> None:
+            loop.call_soon_threadsafe(self._committed, batch, acks, source)
+
+        def failed(batch: Sequence[JournalRecord], error: BaseException) -> None:
+            loop.call_soon_threadsafe(self._failed, batch, error)
+
+        self.writer.submit(records, committed, on_failed=failed)
+
+    def _committed(
+        self,
+        records: Sequence[JournalRecord],
+        acks: Sequence[tuple[int, int]],
+        source: AckTarget | None,
+    ) -> None:
+        self._settle(len(records))
+        self.fanout.deliver(records)
+        if acks and source is not None:
+            source.send_acks([(request_id, records[index].seq) for index, request_id in acks])
+
+    def _failed(self, records: Sequence[JournalRecord], error: BaseException) -> None:
+        # The bus keeps working without durability rather than stopping: the
+        # events go out, and their firing clients get no acknowledgement.
+        self.commit_failures += 1
+        log.error("journal commit of %d events failed: %s", len(records), error)
+        self._settle(len(records))
+        self.fanout.deliver(records)
+
+    def _settle(self, count: int) -> None:
+        self.in_flight -= count
+        if self._paused and self.in_flight < IN_FLIGHT_LOW:
+            self._paused = False
+            for reader in self.readers:
+                reader.resume_reading()
+        if self.in_flight == 0:
+            self._drained.set()
+
+    async def drained(self) -> None:
+        """Wait until every event handed to the journal was delivered."""
+        await self._drained.wait()
