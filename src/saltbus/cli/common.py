@@ -9,6 +9,7 @@ from typing import Any
 
 from saltbus.config import Config
 from saltbus.event import MatchType
+from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.wire import GENERATIONS
 
 
@@ -43,6 +44,22 @@ def add_bus_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_journal_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("journal")
+    group.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where journals are kept (default /var/lib/saltbus as root, else "
+        "$XDG_DATA_HOME/saltbus)",
+    )
+
+
+def journal_file(config: Config) -> Path:
+    """The journal file of the bus ``config`` names (it may not exist)."""
+    data_dir = config.data_dir or default_data_dir()
+    return journal_path(data_dir, config.sock_dir, config.socket_prefix)
+
+
 def add_filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag", default="", help="only events whose tag matches (default: all)")
     parser.add_argument(
@@ -54,6 +71,7 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, **extra: Any) -> Config:
     overrides: dict[str, Any] = {
+        "data_dir": getattr(args, "data_dir", None),
         "sock_dir": args.sock_dir,
         "node": args.node,
         "id": args.id,

@@ -47,6 +47,11 @@ def add_parser(commands: Any) -> None:
         "(default 1)",
     )
     parser.add_argument(
+        "--ack",
+        action="store_true",
+        help="wait until the publisher has journaled the event, and print its sequence number",
+    )
+    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="do not check that the event comes out of the publish socket (by default "
@@ -91,10 +96,13 @@ def _is_json_scalar(item: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     data = parse_data(args.data)
     config = config_from_args(args)
-    listener = None if args.no_verify else _verifying_listener(config)
+    # An acknowledged event needs no check: the publisher said it has it.
+    listener = None if args.no_verify or args.ack else _verifying_listener(config)
     try:
         with Sender(config) as sender:
-            sent = sender.fire(args.tag, data, timeout=args.timeout)
+            sent = sender.fire(args.tag, data, timeout=args.timeout, ack=args.ack)
+        if args.ack:
+            print(sent.seq, flush=True)
         if listener is not None and not _seen(listener, sent, args.timeout):
             print(
                 f"saltbus: error: the event was sent but not seen on the publish socket within "

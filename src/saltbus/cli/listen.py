@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any, TextIO
 
-from saltbus.cli.common import add_bus_options, add_filter_options, config_from_args, to_json
+from saltbus.cli.common import (
+    add_bus_options,
+    add_filter_options,
+    add_journal_options,
+    config_from_args,
+    journal_file,
+    to_json,
+)
+from saltbus.cli.positions import PositionStore
 from saltbus.client.listener import Listener
-from saltbus.errors import BusClosedError, NoPublisherError
 from saltbus.event import Event
 
 HELP = "print events from a bus as they arrive"
@@ -19,10 +25,12 @@ Print each event as it arrives. By default one line per event,
 TAG<TAB>JSON, exactly as `salt-run state.event` prints; --pretty as
 `state.event pretty=True`; --json one {"tag", "data"} object per line, for jq.
 
-If the publisher goes away, listen waits for it and reconnects by itself.
-Ctrl-C exits 0.
+If the publisher goes away, listen waits for it and reconnects by itself; from
+a saltbus publisher it then resumes from the journal, losing nothing. With
+--resume NAME the position is also kept on disk under NAME, so a listener
+stopped (or killed) and started again with the same NAME continues where it
+stopped. Ctrl-C exits 0.
 """
-RECONNECT_INTERVAL = 0.2
 
 
 def add_parser(commands: Any) -> None:
@@ -34,36 +42,45 @@ def add_parser(commands: Any) -> None:
     )
     add_filter_options(parser)
     parser.add_argument("--count", type=int, metavar="N", help="exit after N events")
+    parser.add_argument(
+        "--resume", metavar="NAME", help="keep this listener's position under NAME and resume it"
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--pretty", action="store_true", help="indented JSON, sorted keys")
     output.add_argument("--json", action="store_true", help="one JSON object per line")
     add_bus_options(parser)
+    add_journal_options(parser)
     parser.set_defaults(run=run)
 
 
-def format_event(event: Event, *, pretty: bool = False, as_json: bool = False) -> str:
+def format_event(
+    event: Event, *, pretty: bool = False, as_json: bool = False, with_seq: bool = False
+) -> str:
     if as_json:
-        return json.dumps({"tag": event.tag, "data": event.data}, default=str, ensure_ascii=False)
+        record: dict[str, Any] = {"tag": event.tag, "data": event.data}
+        if with_seq:
+            record["seq"] = event.seq
+        return json.dumps(record, default=str, ensure_ascii=False)
     return f"{event.tag}\t{to_json(event.data, pretty=pretty)}"
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     config = config_from_args(args)
-    listener = Listener(config, args.tag, args.match_type)
+    positions = PositionStore(journal_file(config), args.resume) if args.resume else None
+    saved = positions.load() if positions else None
+    epoch, since = saved if saved else (None, None)
+    listener = Listener(config, args.tag, args.match_type, since=since, epoch=epoch)
     remaining = args.count
     try:
         listener.connect()
         while remaining is None or remaining > 0:
-            try:
-                event = listener.receive(None)
-            except BusClosedError as exc:
-                print(f"saltbus: {exc}; reconnecting", file=sys.stderr, flush=True)
-                _reconnect(listener)
-                continue
+            event = listener.receive(None)
             if event is None:
                 continue
             print(format_event(event, pretty=args.pretty, as_json=args.json), file=out, flush=True)
+            if positions is not None and event.seq is not None:
+                positions.save(listener.session.epoch, event.seq)
             if remaining is not None:
                 remaining -= 1
     except KeyboardInterrupt:
@@ -71,14 +88,3 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     finally:
         listener.close()
     return 0
-
-
-def _reconnect(listener: Listener) -> None:
-    while True:
-        try:
-            listener.connect()
-        except NoPublisherError:
-            time.sleep(RECONNECT_INTERVAL)
-            continue
-        print("saltbus: reconnected", file=sys.stderr, flush=True)
-        return

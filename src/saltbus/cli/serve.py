@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
 from saltbus.server import Server
 
@@ -32,11 +32,18 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_bus_options(parser)
+    add_journal_options(parser)
+    parser.add_argument(
+        "--journal",
+        choices=("none", "batch", "fsync"),
+        help="durability of the journal: batch (default; group commit, survives a crash "
+        "of the process), fsync (on disk before an event is acknowledged), none",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, journal=args.journal)
     _event_loop_runner()(_serve(config))
     return 0
 
@@ -46,9 +53,10 @@ async def _serve(config: Config) -> None:
     await server.startup()
     server.install_signal_handlers()
     where = config.sock_dir if config.ipc_mode == "ipc" else f"{server.pub_address}"
+    journal = server.journal_path or "off"
     print(
         f"saltbus: serving the {config.node} bus in {where} "
-        f"(Salt {config.salt_version} framing); Ctrl-C to stop",
+        f"(Salt {config.salt_version} framing; journal {journal}); Ctrl-C to stop",
         file=sys.stderr,
         flush=True,
     )
@@ -56,9 +64,7 @@ async def _serve(config: Config) -> None:
         await server.wait_for_exit()
     finally:
         await server.shutdown()
-    print(
-        f"saltbus: stopped after {server.fanout.next_seq - 1} events", file=sys.stderr, flush=True
-    )
+    print(f"saltbus: stopped at seq {server.fanout.last_seq}", file=sys.stderr, flush=True)
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:

@@ -37,7 +37,8 @@ class Listener:
     here). With ``reconnect`` (the default), a lost connection is reopened
     within the time ``receive`` was given, and with ``resume`` the publisher
     replays from its journal what was fired meanwhile: nothing is lost or
-    delivered twice. ``since`` starts the first connection from a sequence number.
+    delivered twice. ``since`` (with the publisher's ``epoch``, when known)
+    starts the first connection after that sequence number.
     """
 
     def __init__(
@@ -49,12 +50,13 @@ class Listener:
         resume: bool = True,
         reconnect: bool = True,
         since: int | None = None,
+        epoch: int | None = None,
     ) -> None:
         self.config = config
         self.reconnect = reconnect
         pattern = (tag, MatchType.parse(match_type, config.event_match_type))
         self.session = SubscriberSession(
-            [pattern], config.generation.pub_framing, resume=resume, since=since
+            [pattern], config.generation.pub_framing, resume=resume, since=since, epoch=epoch
         )
         self._sock: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None

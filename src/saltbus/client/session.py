@@ -37,13 +37,14 @@ class SubscriberSession:
         *,
         resume: bool = True,
         since: int | None = None,
+        epoch: int | None = None,
     ) -> None:
         self.patterns = _filter_patterns(patterns)
         self._matchers = [tag_matcher(p, m) for p, m in self.patterns]
         self.framing = framing
         self.resume = resume
         self.last_seq = since
-        self.epoch: int | None = None
+        self.epoch = epoch
         self.lost = 0  # events known to be gone (retention, or a publisher that lost its journal)
         self.stats: Stats | None = None
         self._awaiting_subscribed = False

@@ -1,0 +1,158 @@
+"""``saltbus history``: query a bus's journal, and optionally follow live events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from saltbus.cli.common import (
+    add_bus_options,
+    add_filter_options,
+    add_journal_options,
+    config_from_args,
+    journal_file,
+)
+from saltbus.cli.listen import format_event
+from saltbus.client.listener import Listener
+from saltbus.errors import ConfigError, RemoteProtocolError
+from saltbus.event import Event, MatchType
+from saltbus.journal.records import JournalRecord
+from saltbus.journal.store import Journal
+from saltbus.wire import unpack_body
+
+EPOCH_CURSOR = "saltbus:epoch"
+HELP = "print events from a bus's journal (and, with --follow, live ones after them)"
+DESCRIPTION = """\
+Print journaled events of the bus serving --sock-dir, oldest first, in the
+formats of `saltbus listen` (--json adds "seq"). The journal is read from the
+data directory, whether the publisher runs or not. With --follow, history
+then goes on with live events, with no gap and no duplicate at the seam.
+
+examples:
+  saltbus history --tag salt/job/ --limit 20
+  saltbus history --after 2026-11-27T10:00 --until 2026-11-27T11:00 --json
+  saltbus history --since 1200 --follow
+"""
+
+
+def add_parser(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "history",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_filter_options(parser)
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--since", type=int, metavar="SEQ", help="events after this sequence number")
+    start.add_argument(
+        "--after", metavar="ISO-TIME", help="events received at or after this time (UTC if no zone)"
+    )
+    parser.add_argument(
+        "--until",
+        metavar="SEQ|ISO-TIME",
+        help="events up to this sequence number, or before this time",
+    )
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N events")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--pretty", action="store_true", help="indented JSON, sorted keys")
+    output.add_argument("--json", action="store_true", help="one JSON object per line, with seq")
+    parser.add_argument(
+        "--follow", action="store_true", help="after the journal, go on with live events"
+    )
+    add_bus_options(parser)
+    add_journal_options(parser)
+    parser.set_defaults(run=run)
+
+
+def parse_time(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an ISO-8601 time (e.g. 2026-11-27T10:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _until(text: str | None) -> tuple[int | None, float | None]:
+    if text is None:
+        return None, None
+    if text.isdigit():
+        return int(text), None
+    return None, parse_time(text)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    config = config_from_args(args)
+    path = journal_file(config)
+    if not path.exists():
+        raise ConfigError(
+            f"no journal at {path} for the bus in {config.sock_dir}; has `saltbus serve` run "
+            "there with its journal on (and the same --data-dir)?"
+        )
+    until_seq, before_time = _until(args.until)
+    if args.follow and args.until is not None:
+        raise ConfigError("--follow goes on with live events; it cannot take --until")
+    match_type = MatchType.parse(args.match_type, config.event_match_type)
+    printed = 0
+    with Journal.open(path, readonly=True) as journal:
+        epoch = journal.get_cursor(EPOCH_CURSOR)
+        # The seam with live events: everything up to this snapshot comes from
+        # the journal, everything after it from the publisher.
+        snapshot = journal.last_seq()
+        end = snapshot if until_seq is None else min(until_seq, snapshot)
+        records = journal.iter_read(
+            since=args.since or 0,
+            until=end,
+            limit=args.limit,
+            tag=args.tag,
+            match_type=match_type,
+            after_time=parse_time(args.after) if args.after else None,
+            before_time=before_time,
+        )
+        for record in records:
+            event = _event(record)
+            if event is not None:
+                _print(event, args, out)
+                printed += 1
+    if not args.follow or (args.limit is not None and printed >= args.limit):
+        return 0
+    return _follow(args, config, max(snapshot, args.since or 0), epoch, printed, out)
+
+
+def _follow(
+    args: argparse.Namespace, config: Any, last: int, epoch: int | None, printed: int, out: TextIO
+) -> int:
+    listener = Listener(config, args.tag, args.match_type, since=last, epoch=epoch)
+    try:
+        while args.limit is None or printed < args.limit:
+            event = listener.receive(None)
+            if event is not None:
+                _print(event, args, out)
+                printed += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        listener.close()
+    return 0
+
+
+def _event(record: JournalRecord) -> Event | None:
+    try:
+        tag, data = unpack_body(record.body)
+    except RemoteProtocolError as exc:
+        print(f"saltbus: skipping journaled event {record.seq}: {exc}", file=sys.stderr)
+        return None
+    return Event(tag, data, record.seq)
+
+
+def _print(event: Event, args: argparse.Namespace, out: TextIO) -> None:
+    print(
+        format_event(event, pretty=args.pretty, as_json=args.json, with_seq=True),
+        file=out,
+        flush=True,
+    )

@@ -1,0 +1,61 @@
+"""``saltbus stats``: what a running saltbus publisher is doing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.client.admin import fetch_stats
+
+HELP = "show a running publisher's subscribers, queues, drops and rate"
+DESCRIPTION = """\
+Ask the saltbus publisher serving --sock-dir for its statistics: events
+received and the rate, the journal, and each subscriber with its queue depth
+and how many events it dropped. (Salt's own publisher keeps no statistics.)
+"""
+
+
+def add_parser(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "stats",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="the raw statistics as JSON")
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    add_bus_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    stats = fetch_stats(config_from_args(args), args.timeout)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True), file=out)
+        return 0
+    print(
+        f"bus: {stats['node']} in {stats['sock_dir']} (Salt {stats['salt_version']} framing)",
+        file=out,
+    )
+    print(
+        f"events: {stats['received']} received, last seq {stats['last_seq']}, "
+        f"{stats['events_per_second']}/s over {stats['uptime']} s",
+        file=out,
+    )
+    journal = stats.get("journal") or "off"
+    print(f"journal: {journal} ({stats.get('journal_in_flight', 0)} in flight)", file=out)
+    print(f"pull connections: {stats['pull_connections']}", file=out)
+    subscribers = stats.get("subscribers", [])
+    print(f"subscribers: {len(subscribers)}", file=out)
+    for sub in subscribers:
+        kind = "saltbus" if sub.get("resumable") else "salt"
+        print(
+            f"  {sub['peer']:24} {kind:8} delivered {sub['delivered']:>10}  "
+            f"queued {sub['queued_events']:>7} ({sub['queued_bytes']} B)  dropped {sub['dropped']}",
+            file=out,
+        )
+    return 0
