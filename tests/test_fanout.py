@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import msgpack
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from saltbus.control import Lagged, decode_control
 from saltbus.event import MatchType, tag_matcher
 from saltbus.server.fanout import FLUSH_CHUNK, TRANSPORT_HIGH_WATER, FanOut, Subscriber
 from saltbus.wire import Frame, FrameDecoder, Framing, encode_frame, pack_body
@@ -35,11 +37,13 @@ class FakeTransport:
         self.limits: dict[str, int | None] = {}
         self.pause_after = pause_after
         self.subscriber: Subscriber | None = None
+        self.closed = False
         self._unread = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         data = bytes(data)
         assert data, "empty write"
+        assert not self.closed, "write after close"
         self.writes.append(data)
         self._unread += len(data)
         if (
@@ -54,6 +58,12 @@ class FakeTransport:
 
     def get_write_buffer_size(self) -> int:
         return self._unread
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
 
     def drain(self) -> None:
         """The reader caught up: the buffer is empty again (call resume() yourself)."""
@@ -71,6 +81,7 @@ def make_subscriber(
     matcher: Any = None,
     pause_after: int | None = None,
     peer: str = "pid 1 uid 0",
+    on_dropped: Callable[[Subscriber, int], None] | None = None,
 ) -> tuple[Subscriber, FakeTransport]:
     transport = FakeTransport(pause_after)
     sub = Subscriber(
@@ -79,6 +90,7 @@ def make_subscriber(
         max_events=max_events,
         max_bytes=max_bytes,
         matcher=matcher,
+        on_dropped=on_dropped,
     )
     transport.subscriber = sub
     return sub, transport
@@ -164,15 +176,20 @@ def test_sequence_numbers_keep_counting_with_no_subscriber() -> None:
 
 
 def test_frame_bytes_are_salts_frame_with_seq_in_head() -> None:
-    """A Salt listener reads only ``body``: it must arrive byte for byte."""
+    """A Salt listener reads only ``body``: it must arrive byte for byte, in
+    Salt's two-key frame; saltbus's extras ride in ``head``."""
     fanout = FanOut(Framing.BARE)
     sub, transport = make_subscriber()
     fanout.add(sub)
     b = body("salt/auth", 1)
+    before = time.time()
     fanout.publish([b])
-    assert transport.data == encode_frame(b, {"seq": 1}, Framing.BARE)
     value = msgpack.unpackb(transport.data, raw=False)
-    assert value == {"head": {"seq": 1}, "body": b}
+    assert list(value) == ["head", "body"]
+    assert value["body"] == b
+    assert value["head"]["seq"] == 1
+    assert before <= value["head"]["time"] <= time.time()
+    assert transport.data == encode_frame(b, value["head"], Framing.BARE)
 
 
 @pytest.mark.parametrize("framing", [Framing.BARE, Framing.LENGTH_PREFIXED])
@@ -184,7 +201,8 @@ def test_framing_of_published_frames(framing: Framing) -> None:
     data = transport.data
     if framing is Framing.LENGTH_PREFIXED:
         assert data[0] == 0x00
-        assert int.from_bytes(data[:4], "big") == len(encode_frame(body("f/x", 0), {"seq": 1}))
+        first = decode(data, framing)[0]
+        assert int.from_bytes(data[:4], "big") == len(encode_frame(first.body, first.head))
     else:
         assert data[0] == 0x82
     assert ns(decode(data, framing)) == list(range(5))
@@ -234,11 +252,10 @@ def test_queued_while_paused_and_flushed_in_order_on_resume() -> None:
     assert len(transport.writes) == 1  # nothing while paused
     stats = sub.stats()
     assert stats.queued_events == 30
-    assert stats.queued_bytes == sum(
-        len(encode_frame(b, {"seq": i + 2})) for i, b in enumerate(sent)
-    )
     assert stats.delivered == 1
     sub.resume()
+    assert len(transport.writes) == 2  # the whole backlog in one write (< one chunk)
+    assert stats.queued_bytes == len(transport.writes[1])
     assert ns(decode(transport.data)) == list(range(31))
     assert seqs(decode(transport.data)) == list(range(1, 32))
     stats = sub.stats()
@@ -284,8 +301,12 @@ def test_drop_oldest_past_max_events_within_one_batch() -> None:
 
 def test_drop_oldest_past_max_bytes() -> None:
     fanout = FanOut(Framing.BARE)
-    # Same-sized frames: the tag and data have fixed widths and seq < 128.
-    frame_size = len(encode_frame(body("b", 10, pad=100), {"seq": 1}))
+    # Same-sized frames: the tag and data have fixed widths, seq < 128, time a float64.
+    probe, probe_transport = make_subscriber()
+    fanout.add(probe)
+    fanout.publish([body("b", 10, pad=100)])
+    fanout.remove(probe)
+    frame_size = len(probe_transport.data)
     sub, transport = make_subscriber(max_events=10_000, max_bytes=3 * frame_size + frame_size // 2)
     fanout.add(sub)
     sub.pause()
@@ -297,7 +318,9 @@ def test_drop_oldest_past_max_bytes() -> None:
     assert stats.queued_bytes <= sub.max_bytes
     assert stats.dropped == 17
     sub.resume()
-    assert ns(decode(transport.data)) == [27, 28, 29]
+    frames = decode(transport.data)
+    assert ns(frames) == [27, 28, 29]
+    assert seqs(frames) == [19, 20, 21]
 
 
 def test_a_frame_larger_than_max_bytes_is_dropped_while_paused() -> None:
@@ -419,6 +442,74 @@ def test_lag_is_logged_once_naming_the_peer_and_again_on_catch_up(
     caught = [r.getMessage() for r in caplog.records if "caught up" in r.getMessage()]
     assert len(caught) == 1
     assert "48 events dropped" in caught[0]
+
+
+def test_on_dropped_reports_each_overflow_with_its_count() -> None:
+    reports: list[tuple[Subscriber, int]] = []
+    fanout = FanOut(Framing.BARE)
+    sub, _transport = make_subscriber(max_events=3, on_dropped=lambda s, n: reports.append((s, n)))
+    fanout.add(sub)
+    sub.pause()
+    fanout.publish([body("r", i) for i in range(5)])  # 2 over
+    fanout.publish([body("r", 5)])  # 1 over
+    assert [(s is sub, n) for s, n in reports] == [(True, 2), (True, 1)]
+    assert sum(n for _s, n in reports) == sub.stats().dropped == 3
+
+
+def test_resumable_subscriber_is_sent_lagged_and_closed_instead_of_losing_events() -> None:
+    reports: list[int] = []
+    fanout = FanOut(Framing.BARE)
+    sub, transport = make_subscriber(max_events=3, on_dropped=lambda _s, n: reports.append(n))
+    sub.resumable = True
+    other, other_transport = make_subscriber(max_events=3)
+    fanout.add(sub)
+    fanout.add(other)
+    fanout.publish([body("z", 0)])
+    sub.pause()
+    fanout.publish([body("z", i) for i in range(1, 5)])  # 4 queued: over the bound
+    assert transport.closed
+    frames = decode(transport.data)
+    assert ns(frames[:1]) == [0]
+    assert decode_control(frames[-1]) == Lagged(delivered=1)
+    stats = sub.stats()
+    assert stats.dropped == 0 and stats.queued_events == 0 and stats.resumable
+    assert reports == []
+    # Nothing more is written to it (FakeTransport asserts no write after close).
+    fanout.publish([body("z", 5)])
+    sub.resume()
+    assert ns(decode(other_transport.data)) == [0, 1, 2, 3, 4, 5]
+
+
+def test_hold_queues_live_frames_behind_direct_writes_until_release() -> None:
+    """A replay is written with write_direct while live frames wait; on release
+    they follow in order."""
+    fanout = FanOut(Framing.BARE)
+    sub, transport = make_subscriber()
+    fanout.add(sub)
+    sub.hold()
+    fanout.publish([body("live", 10), body("live", 11)])
+    assert transport.writes == []
+    replayed = b"".join(encode_frame(body("old", i), {"seq": 100 + i}) for i in range(3))
+    sub.write_direct(replayed, 3)
+    sub.resume()  # a resume while holding must not let live frames overtake the replay
+    fanout.publish([body("live", 12)])
+    assert transport.data == replayed
+    sub.release()
+    assert ns(decode(transport.data)) == [0, 1, 2, 10, 11, 12]
+    assert sub.stats().delivered == 6
+    fanout.publish([body("live", 13)])
+    assert ns(decode(transport.writes[-1])) == [13]
+
+
+def test_closed_subscriber_takes_nothing() -> None:
+    fanout = FanOut(Framing.BARE)
+    sub, transport = make_subscriber()
+    fanout.add(sub)
+    sub.closed = True
+    fanout.publish([body("c", 1)])
+    sub.write_direct(b"x", 1)
+    assert transport.writes == []
+    assert sub.stats().queued_events == 0
 
 
 # -- property: whatever the pauses, a reader sees an in-order subsequence ----------
