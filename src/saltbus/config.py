@@ -59,7 +59,7 @@ class Config:
     # Per-subscriber queue bounds: with a reader that stopped reading, the
     # publisher holds at most this much for it (plus the kernel's socket buffer).
     subscriber_queue_events: int = 100_000
-    subscriber_queue_bytes: int = 16 * 1024 * 1024
+    subscriber_queue_bytes: int = 8 * 1024 * 1024
     # The journal: none, batch (group commit; survives a crash of the process)
     # or fsync (on disk before an event is acknowledged). One SQLite file per
     # bus under data_dir (default: /var/lib/saltbus as root, else

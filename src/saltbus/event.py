@@ -111,6 +111,7 @@ class MatchType(enum.StrEnum):
 
 
 TagMatcher = Callable[[str], bool]
+_MATCH_TYPES = frozenset(m.value for m in MatchType)
 
 
 def _match_all(_tag: str) -> bool:
@@ -135,6 +136,8 @@ def tag_matcher(pattern: str, match_type: MatchType = MatchType.STARTSWITH) -> T
     """
     if not pattern:
         return _match_all
+    if match_type not in _MATCH_TYPES:
+        raise ConfigError(f"unknown match type {match_type!r}")
     # "==", not "is": the cache treats "regex" and MatchType.REGEX as one key,
     # so a plain str must select the same matcher as its MatchType.
     if match_type == MatchType.STARTSWITH:

@@ -243,6 +243,9 @@ class FrameDecoder:
         return len(self._buffer) + sum(len(c) for c in self._chunks)
 
     def receive_data(self, data: bytes) -> None:
+        if self._failed is not None:
+            # The stream has lost its place: buffering more would only grow memory.
+            raise self._failed
         if not data:
             return
         if self._framing is None:

@@ -25,6 +25,8 @@ log = logging.getLogger("saltbus.server")
 # until the journal is back under the low mark. Memory stays bounded.
 IN_FLIGHT_HIGH: Final = 50_000
 IN_FLIGHT_LOW: Final = 10_000
+IN_FLIGHT_HIGH_BYTES: Final = 4 * 1024 * 1024
+IN_FLIGHT_LOW_BYTES: Final = 1024 * 1024
 
 
 class AckTarget(Protocol):
@@ -48,6 +50,7 @@ class Intake:
         self.writer = writer
         self.readers = readers
         self.in_flight = 0
+        self.in_flight_bytes = 0
         self.received = 0
         self.commit_failures = 0
         self._paused = False
@@ -67,22 +70,25 @@ class Intake:
         records = self.fanout.number(bodies, tags)
         self.received += len(records)
         if self.writer is None:
-            self._committed(records, acks, source)
+            self._committed(records, acks, source, 0)
             return
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         self.in_flight += len(records)
+        size = sum(len(body) for body in bodies)
+        self.in_flight_bytes += size
         self._drained.clear()
-        if self.in_flight > IN_FLIGHT_HIGH and not self._paused:
+        over = self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES
+        if over and not self._paused:
             self._paused = True
             for reader in self.readers:
                 reader.pause_reading()
 
         def committed(batch: Sequence[JournalRecord]) -> None:
-            loop.call_soon_threadsafe(self._committed, batch, acks, source)
+            loop.call_soon_threadsafe(self._committed, batch, acks, source, size)
 
         def failed(batch: Sequence[JournalRecord], error: BaseException) -> None:
-            loop.call_soon_threadsafe(self._failed, batch, error)
+            loop.call_soon_threadsafe(self._failed, batch, error, size)
 
         self.writer.submit(records, committed, on_failed=failed)
 
@@ -91,23 +97,29 @@ class Intake:
         records: Sequence[JournalRecord],
         acks: Sequence[tuple[int, int]],
         source: AckTarget | None,
+        size: int,
     ) -> None:
-        self._settle(len(records))
+        self._settle(len(records), size)
         self.fanout.deliver(records)
         if acks and source is not None:
             source.send_acks([(request_id, records[index].seq) for index, request_id in acks])
 
-    def _failed(self, records: Sequence[JournalRecord], error: BaseException) -> None:
+    def _failed(self, records: Sequence[JournalRecord], error: BaseException, size: int) -> None:
         # The bus keeps working without durability rather than stopping: the
         # events go out, and their firing clients get no acknowledgement.
         self.commit_failures += 1
         log.error("journal commit of %d events failed: %s", len(records), error)
-        self._settle(len(records))
+        self._settle(len(records), size)
         self.fanout.deliver(records)
 
-    def _settle(self, count: int) -> None:
+    def _settle(self, count: int, size: int) -> None:
         self.in_flight -= count
-        if self._paused and self.in_flight < IN_FLIGHT_LOW:
+        self.in_flight_bytes -= size
+        if (
+            self._paused
+            and self.in_flight < IN_FLIGHT_LOW
+            and self.in_flight_bytes < IN_FLIGHT_LOW_BYTES
+        ):
             self._paused = False
             for reader in self.readers:
                 reader.resume_reading()

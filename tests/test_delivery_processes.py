@@ -1,0 +1,154 @@
+"""The delivery promises with real processes: `saltbus serve` killed with
+SIGKILL mid-stream, and a subscriber that never reads a flood of events."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from saltbus import Config, Listener, NoPublisherError, Sender
+from saltbus.errors import BusError
+
+SALTBUS = Path(sys.executable).with_name("saltbus")
+WAIT = 30.0
+
+
+@contextlib.contextmanager
+def serve(config: Config, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`saltbus serve` for ``config``, ready when its lock file exists."""
+    proc = subprocess.Popen(
+        [
+            str(SALTBUS), "serve", "--sock-dir", str(config.sock_dir),
+            "--data-dir", str(config.data_dir), *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + WAIT
+        while not (Path(str(config.pub_address)).exists() and config.lock_path.exists()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+            time.sleep(0.01)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(WAIT)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
+    total, kill_at = 100_000, 40_000
+    acked: dict[int, int] = {}  # n -> seq
+    received: list[tuple[int, int]] = []  # (seq, n)
+    listener = Listener(bus_config, "kill/")
+    done = threading.Event()
+
+    def listen() -> None:
+        # Reads until every acked event has been seen, resuming by itself
+        # across the publisher's death and restart.
+        while not done.is_set() or len(received) < len(acked):
+            event = listener.receive(timeout=0.5)
+            if event is not None:
+                received.append((event.seq, event.data["n"]))
+
+    with serve(bus_config) as first:
+        listener.connect(timeout=5)
+        reader = threading.Thread(target=listen)
+        reader.start()
+        try:
+            n = 0
+            with Sender(bus_config) as sender:
+                while n < total:
+                    if n == kill_at:
+                        os.kill(first.pid, signal.SIGKILL)
+                        first.wait(WAIT)
+                        break
+                    try:
+                        acked[n] = sender.fire("kill/evt", {"n": n}, timeout=5, ack=True).seq
+                    except BusError:
+                        pass
+                    n += 1
+            assert first.returncode == -signal.SIGKILL
+            with serve(bus_config), Sender(bus_config) as sender:
+                for n in range(kill_at, total):
+                    acked[n] = sender.fire("kill/evt", {"n": n}, timeout=5, ack=True).seq
+                done.set()
+                reader.join(120)
+        finally:
+            done.set()
+            listener.close()
+    assert not reader.is_alive()
+    seqs = [s for s, _ in received]
+    assert seqs == sorted(set(seqs)), "events out of order or delivered twice"
+    by_n = {n: s for s, n in received}
+    missing = [n for n in acked if n not in by_n]
+    assert not missing, f"{len(missing)} acknowledged events never arrived, e.g. {missing[:5]}"
+    assert all(by_n[n] == s for n, s in acked.items())
+    assert len(acked) == total
+
+
+def test_stuck_reader_keeps_publisher_memory_bounded(bus_config: Config):
+    total, pad = 500_000, "z" * 1000
+    with serve(bus_config) as proc:
+        stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(str(bus_config.pub_address))
+        # The normal subscriber runs in its own process so that it keeps up.
+        counter = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                from saltbus import Config, Listener
+                config = Config.load(env={{}}, overrides={{"sock_dir": {str(bus_config.sock_dir)!r}}})
+                expected = 1
+                with Listener(config, "flood/") as listener:
+                    print("READY", flush=True)
+                    for _ in range({total}):
+                        event = listener.receive(timeout=60)
+                        assert event is not None, "timed out"
+                        assert event.data["n"] == expected - 1, (event.data["n"], expected)
+                        expected += 1
+                print("OK", expected - 1, flush=True)
+            """)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert counter.stdout is not None
+        assert counter.stdout.readline().strip() == "READY"
+        peak = 0
+        with Sender(bus_config) as sender:
+            for n in range(total):
+                sender.fire("flood/evt", {"n": n, "pad": pad}, timeout=10)
+                if n % 10_000 == 0:
+                    peak = max(peak, rss_bytes(proc.pid))
+        result = counter.communicate(timeout=300)[0]
+        peak = max(peak, rss_bytes(proc.pid))
+        stuck.close()
+    assert counter.returncode == 0 and result.split() == ["OK", str(total)]
+    print(f"publisher peak RSS {peak / 2**20:.1f} MiB for {total} events of 1 KB")
+    assert peak < 100 * 2**20
+
+
+def test_no_publisher_error_is_clear(sock_dir: Path):
+    config = Config.load(env={}, overrides={"sock_dir": sock_dir})
+    with pytest.raises(NoPublisherError, match="no publisher"):
+        Sender(config).fire("a/b", {}, timeout=0.1, ack=True)
