@@ -1,0 +1,195 @@
+"""Opening a journal file: directories, permissions, pragmas and the schema.
+
+Everything about *how* the SQLite file is set up lives here, so that the
+store's methods can assume a connection in WAL mode with the current schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Final, Literal
+
+from saltbus.errors import JournalError
+
+Durability = Literal["batch", "fsync"]
+
+SCHEMA_VERSION: Final = 1
+
+# synchronous=NORMAL in WAL mode syncs only at checkpoints: a commit survives
+# the process being killed (the WAL is in the OS page cache) but not a power
+# cut. FULL syncs the WAL at every commit, so a commit is on disk when it returns.
+_SYNCHRONOUS: Final[dict[str, str]] = {"batch": "NORMAL", "fsync": "FULL"}
+
+# Checkpoint every ~16 MB of WAL (4096 pages of 4 KB) rather than SQLite's
+# 4 MB: at 100,000 events/s of ~250 bytes the default would checkpoint several
+# times a second, each one copying pages the next batch dirties again.
+WAL_AUTOCHECKPOINT_PAGES: Final = 4096
+# After a checkpoint, truncate the WAL file back to this size, so that a burst
+# does not leave a large WAL on disk for good.
+JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+# How long a statement waits for another connection's lock (a checkpoint, or
+# a second process creating the schema) before failing.
+BUSY_TIMEOUT_MS: Final = 5000
+# 16 MB of page cache (negative = KiB): the tag index's upper levels and the
+# table's right edge stay hot under a steady append load.
+CACHE_SIZE_KIB: Final = -16384
+
+_SCHEMA_V1: Final = """
+CREATE TABLE events (
+    seq  INTEGER PRIMARY KEY,  -- the rowid itself: appends go to the B-tree's right edge
+    time REAL    NOT NULL,     -- server receive time, Unix epoch seconds
+    tag  TEXT    NOT NULL,
+    body BLOB    NOT NULL      -- the frame body as received, never decoded here
+);
+-- (tag) is implicitly (tag, seq): SQLite appends the rowid to every index entry,
+-- so a tag-prefix query is a covering range scan.
+CREATE INDEX events_tag ON events (tag);
+-- One row of running totals, kept in the same transactions as the events, so
+-- that last_seq survives retention deleting every event and counting needs no scan.
+CREATE TABLE meta (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    bytes    INTEGER NOT NULL
+);
+INSERT INTO meta (id, last_seq, count, bytes) VALUES (1, 0, 0, 0);
+CREATE TABLE cursors (
+    name    TEXT    PRIMARY KEY,
+    seq     INTEGER NOT NULL,
+    updated REAL    NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Index i holds the script that takes a file from version i to version i + 1.
+_MIGRATIONS: Final[tuple[str, ...]] = (_SCHEMA_V1,)
+
+
+def connect(path: Path, *, durability: Durability, readonly: bool) -> sqlite3.Connection:
+    """A connection to the journal at ``path``, ready for the store to use.
+
+    Raises :class:`JournalError` when the file cannot be opened, is not a
+    journal, or was written by a newer saltbus.
+    """
+    if durability not in _SYNCHRONOUS:
+        raise JournalError(f"unknown durability {durability!r}; use 'batch' or 'fsync'")
+    try:
+        if readonly:
+            return _connect_readonly(path)
+        return _connect_writable(path, durability)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {path}: {exc}") from exc
+
+
+def _connect_writable(path: Path, durability: Durability) -> sqlite3.Connection:
+    _make_private_dirs(path.parent)
+    _create_private_file(path)
+    # isolation_level=None: the store issues BEGIN/COMMIT itself, so that an
+    # append is exactly one transaction and reads take no write lock.
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(f"journal {path} cannot use WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability]}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        conn.execute(f"PRAGMA cache_size = {CACHE_SIZE_KIB}")
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise JournalError(f"no journal at {path}")
+    # mode=ro: this connection can never write, so ``saltbus history`` can read
+    # a live daemon's journal without any risk to it. WAL lets it read while
+    # the daemon commits, seeing each commit as soon as it is made.
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        _check_version(version, path)
+        if version < SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {path} has schema version {version}; open it writable once "
+                f"(start the daemon) to upgrade it to {SCHEMA_VERSION}"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    # BEGIN IMMEDIATE takes the write lock before reading the version, so two
+    # processes opening a new file at once cannot both create the schema.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        _check_version(version, path)
+        if version == 0 and _has_tables(conn):
+            raise JournalError(f"{path} is an SQLite file but not a saltbus journal")
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _statements(_MIGRATIONS[step]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {path} has schema version {version}, newer than this saltbus "
+            f"understands ({SCHEMA_VERSION}); upgrade saltbus"
+        )
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    row = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+    return bool(row[0])
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT the open transaction first; splitting keeps
+    # the whole migration inside one transaction. The scripts hold no ';' in
+    # literals or comments, so a plain split is exact.
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents 0700 (``mkdir -p`` would
+    leave the parents at the umask's mode). Existing directories are left alone."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            each.mkdir(mode=0o700)
+    if not directory.is_dir():
+        raise JournalError(f"journal directory {directory} is not a directory")
+
+
+def _create_private_file(path: Path) -> None:
+    # The journal holds every event of the bus, which only the bus's user may
+    # read (DESIGN.md, Security). SQLite would create the file 0644; making it
+    # first, empty, 0600 is enough, and SQLite gives its -wal and -shm files
+    # the database file's mode.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise JournalError(f"cannot create journal {path}: {exc}") from exc
+    os.close(fd)

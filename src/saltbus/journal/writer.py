@@ -1,0 +1,332 @@
+"""Group commit on a dedicated thread, so that the publisher's event loop never
+waits for the disk.
+
+The publisher numbers events, :meth:`JournalWriter.submit`s them in batches,
+and fans a batch out only when its ``on_committed`` callback has run. The
+writer thread takes *everything* queued while its previous commit ran and
+appends it in one transaction: under load the groups grow by themselves and
+the per-transaction cost (an fsync under ``"fsync"``) is shared by all their
+events; when idle, a lone batch is committed at once, with no timer to wait for.
+
+Callbacks run on the writer thread, in submission order, after the commit
+returned: an asyncio caller wraps them with ``loop.call_soon_threadsafe``.
+
+Error path: each batch ends in exactly one of its two callbacks. When a group
+fails to commit, its batches are retried one transaction each, so that one
+bad batch (a seq not above the journal's last, a tag SQLite cannot store)
+fails alone: it gets ``on_failed(records, error)`` and is not in the journal;
+the batches around it are committed as usual, and the writer goes on with
+later batches. The journal's last seq does not move for a failed batch, so
+the publisher may resubmit the same records, or give up on them (not fan them
+out, answer an acked fire with an error). A callback that raises is logged
+and does not stop the writer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from saltbus.errors import JournalError
+from saltbus.journal.records import JournalRecord
+from saltbus.journal.store import Durability, Journal
+
+log = logging.getLogger(__name__)
+
+CommittedCallback = Callable[[Sequence[JournalRecord]], None]
+FailedCallback = Callable[[Sequence[JournalRecord], JournalError], None]
+
+# A bound on one transaction, so that a large backlog (after a stall of the
+# disk) is committed, and its callbacks run, in steps rather than all at the end.
+DEFAULT_MAX_GROUP_RECORDS: Final = 65_536
+# Retention deletes at most this many events per transaction, serving queued
+# batches in between, so that a large first clean-up never stalls appends.
+RETENTION_STEP_ROWS: Final = 20_000
+START_TIMEOUT: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    records: Sequence[JournalRecord]
+    on_committed: CommittedCallback
+    on_failed: FailedCallback
+
+
+# What close() puts on the queue: everything before it is committed first.
+_CLOSE: Final = None
+
+
+class JournalWriter:
+    """Appends submitted batches to the journal at ``path`` from its own thread.
+
+    ``start()`` opens the journal and returns its last seq; ``submit()``
+    queues a batch; ``close()`` commits everything queued and stops. Also a
+    context manager (entering starts it unless already started).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: Durability,
+        max_age: float | None = None,
+        max_bytes: int | None = None,
+        retention_interval: float = 60.0,
+        max_group_records: int = DEFAULT_MAX_GROUP_RECORDS,
+    ) -> None:
+        if not retention_interval > 0:
+            raise JournalError(f"retention_interval must be positive, not {retention_interval}")
+        if max_group_records < 1:
+            raise JournalError(f"max_group_records must be at least 1, not {max_group_records}")
+        self.path = path
+        self._durability: Durability = durability
+        self._max_age = max_age
+        self._max_bytes = max_bytes
+        self._retention_interval = retention_interval
+        self._max_group = max_group_records
+        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        # Guards the state against submit() racing close(): nothing can be
+        # queued after the close marker, so nothing is left without a callback.
+        self._lock = threading.Lock()
+        self._state = "new"  # new -> running -> closed
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        self._last_seq = 0
+        self._transactions = 0
+        self._records_committed = 0
+
+    # -- what callers may read (written only by the writer thread) ----------
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq committed (after start(): the journal's last seq)."""
+        return self._last_seq
+
+    @property
+    def transactions(self) -> int:
+        """How many append transactions have committed: fewer than the batches
+        submitted whenever group commit has grouped them."""
+        return self._transactions
+
+    @property
+    def records_committed(self) -> int:
+        return self._records_committed
+
+    # -- lifetime -------------------------------------------------------------
+
+    def start(self, timeout: float = START_TIMEOUT) -> int:
+        """Open the journal on the writer thread and return its last seq, so
+        that the publisher numbers new events after it. Raises JournalError
+        when the journal cannot be opened (within ``timeout`` seconds)."""
+        with self._lock:
+            if self._state != "new":
+                raise JournalError(f"journal writer for {self.path} was already started")
+            self._state = "running"
+            self._thread = threading.Thread(
+                target=self._run, name=f"saltbus-journal:{self.path.name}", daemon=True
+            )
+            self._thread.start()
+        if not self._opened.wait(timeout):
+            # The thread may still open the journal later; the close marker
+            # makes it close it again and exit.
+            with self._lock:
+                self._queue.put(_CLOSE)
+                self._state = "closed"
+            raise JournalError(f"journal {self.path} did not open within {timeout} s")
+        if self._open_error is not None:
+            with self._lock:
+                self._state = "closed"
+            error = JournalError(f"cannot start the journal writer: {self._open_error}")
+            self._fail_queued(error)  # batches another thread raced in
+            raise error from self._open_error
+        return self._last_seq
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+    ) -> None:
+        """Queue ``records`` (seqs strictly increasing, above every seq
+        submitted before) to be committed. Exactly one callback will be called
+        for them, from the writer thread, in submission order among all
+        batches: ``on_committed(records)`` once they are committed, or
+        ``on_failed(records, error)`` if they could not be. Never blocks on
+        the disk. Raises JournalError if the writer is not running."""
+        batch = _Batch(records, on_committed, on_failed)
+        with self._lock:
+            if self._state != "running":
+                raise JournalError(f"journal writer for {self.path} is {self._state}, not running")
+            self._queue.put(batch)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Commit everything submitted so far, run its callbacks, close the
+        journal and join the thread. Idempotent. Raises JournalError if the
+        thread has not finished within ``timeout`` seconds (None: wait)."""
+        with self._lock:
+            if self._state == "running":
+                self._queue.put(_CLOSE)
+            self._state = "closed"
+        if self._thread is None or self._thread is threading.current_thread():
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise JournalError(f"journal writer for {self.path} did not stop within {timeout} s")
+
+    def __enter__(self) -> JournalWriter:
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the writer thread ----------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            journal = Journal.open(
+                self.path,
+                durability=self._durability,
+                max_age=self._max_age,
+                max_bytes=self._max_bytes,
+            )
+            self._last_seq = journal.last_seq()
+        except BaseException as exc:  # reported to start(), which raises it
+            self._open_error = exc
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            self._serve(journal)
+        except BaseException as exc:
+            # A bug here must not leave submitters waiting for ever: refuse new
+            # batches and fail those already queued.
+            log.exception("journal writer for %s stopped", self.path)
+            with self._lock:
+                self._state = "closed"
+            self._fail_queued(JournalError(f"journal writer stopped: {exc!r}"))
+        finally:
+            journal.close()
+
+    def _serve(self, journal: Journal) -> None:
+        retains = journal.max_age is not None or journal.max_bytes is not None
+        next_retention = time.monotonic() if retains else math.inf
+        closing = False
+        while not closing:
+            if next_retention <= time.monotonic():
+                next_retention = self._retention_step(journal)
+            wait = None if next_retention == math.inf else next_retention - time.monotonic()
+            try:
+                first = self._queue.get(timeout=None if wait is None else max(wait, 0.0))
+            except queue.Empty:
+                continue
+            group, closing = self._take_group(first)
+            if group:
+                self._commit(journal, group)
+
+    def _take_group(self, first: _Batch | None) -> tuple[list[_Batch], bool]:
+        """``first`` and whatever else is queued now (up to the group bound);
+        True once the close marker was taken."""
+        if first is _CLOSE:
+            return [], True
+        group = [first]
+        size = len(first.records)
+        while size < self._max_group:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _CLOSE:
+                return group, True
+            group.append(item)
+            size += len(item.records)
+        return group, False
+
+    def _commit(self, journal: Journal, group: list[_Batch]) -> None:
+        records = list(itertools.chain.from_iterable(batch.records for batch in group))
+        try:
+            journal.append(records)
+        except Exception as exc:
+            if len(group) == 1:
+                self._finish(group[0], _as_journal_error(exc))
+                return
+            # Find the culprit(s): one transaction per batch, in order.
+            for batch in group:
+                try:
+                    journal.append(batch.records)
+                except Exception as batch_exc:
+                    self._finish(batch, _as_journal_error(batch_exc))
+                else:
+                    self._committed(len(batch.records), batch.records)
+                    self._finish(batch, None)
+            return
+        self._committed(len(records), records)
+        for batch in group:
+            self._finish(batch, None)
+
+    def _committed(self, count: int, records: Sequence[JournalRecord]) -> None:
+        self._transactions += 1
+        self._records_committed += count
+        if records:
+            self._last_seq = records[-1].seq
+
+    def _finish(self, batch: _Batch, error: JournalError | None) -> None:
+        try:
+            if error is None:
+                batch.on_committed(batch.records)
+            else:
+                batch.on_failed(batch.records, error)
+        except Exception:
+            log.exception("journal callback for seqs %s failed", _seq_range(batch.records))
+
+    def _retention_step(self, journal: Journal) -> float:
+        """Delete one step of expired events; return when to run again."""
+        try:
+            deleted = journal.enforce_retention(max_rows=RETENTION_STEP_ROWS)
+        except Exception:
+            log.exception("journal retention on %s failed; retrying later", self.path)
+            deleted = 0
+        if deleted >= RETENTION_STEP_ROWS:
+            # More to delete: go on right after serving what is queued.
+            return time.monotonic()
+        return time.monotonic() + self._retention_interval
+
+    def _fail_queued(self, error: JournalError) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _CLOSE:
+                self._finish(item, error)
+
+
+def _as_journal_error(exc: Exception) -> JournalError:
+    if isinstance(exc, JournalError):
+        return exc
+    error = JournalError(f"cannot journal the batch: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _seq_range(records: Sequence[JournalRecord]) -> str:
+    if not records:
+        return "(none)"
+    return f"{records[0].seq}..{records[-1].seq}"
