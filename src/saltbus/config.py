@@ -118,6 +118,12 @@ class Config:
         digest = hashlib.new(self.hash_type, ident.encode("utf-8")).hexdigest()
         return f"minion_event_{digest[:10]}"
 
+    def served_by_saltbus(self) -> bool:
+        """Whether a saltbus publisher serves this bus now (it holds the lock
+        file). Clients speak saltbus's extensions only then: Salt 3007 and 3008
+        log a traceback for every frame a listener writes to them."""
+        return self.lock_path.exists()
+
     @property
     def lock_path(self) -> Path:
         """The file a saltbus publisher holds locked while it serves this bus;

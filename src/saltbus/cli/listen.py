@@ -15,8 +15,8 @@ from saltbus.cli.common import (
     journal_file,
     to_json,
 )
-from saltbus.cli.positions import PositionStore
 from saltbus.client.listener import Listener
+from saltbus.client.positions import PositionStore
 from saltbus.event import Event
 
 HELP = "print events from a bus as they arrive"

@@ -139,11 +139,13 @@ class AsyncClient:
         if self._reader_task is not None:
             return
         reader, writer = await _open(self.config.pub_address, timeout)
-        writer.write(self.session.hello())
+        saltbus = self.config.served_by_saltbus()
+        if saltbus:
+            writer.write(self.session.hello())
         self._pub_writer = writer
         self._subscribed.clear()
         self._reader_task = asyncio.create_task(self._run(reader), name="saltbus-reader")
-        if self.config.ipc_mode == "ipc" and self.config.lock_path.exists():
+        if saltbus:
             # A saltbus publisher confirms the subscription (a Salt one does
             # not): after that, no event fired is missed for want of an accept.
             with contextlib.suppress(TimeoutError):
@@ -165,8 +167,9 @@ class AsyncClient:
     def _update_filter(self) -> None:
         """Tell the publisher the union of what the subscriptions want."""
         frame = self.session.set_patterns([s.pattern for s in self._subscriptions])
-        if self._pub_writer is not None and not self._pub_writer.is_closing():
-            self._pub_writer.write(frame)
+        writer = self._pub_writer
+        if writer is not None and not writer.is_closing() and self.config.served_by_saltbus():
+            writer.write(frame)
 
     async def fire(
         self, tag: str, data: Mapping[str, Any], timeout: float = 1.0, *, ack: bool = False
@@ -290,7 +293,8 @@ class AsyncClient:
             except NoPublisherError:
                 await asyncio.sleep(RETRY_INTERVAL)
                 continue
-            writer.write(self.session.hello())
+            if self.config.served_by_saltbus():
+                writer.write(self.session.hello())
             self._pub_writer = writer
             return reader
 

@@ -77,17 +77,19 @@ class Listener:
         if self._sock is not None:
             return
         sock = connect(self.config.pub_address, timeout)
-        try:
-            sock.sendall(self.session.hello())
-        except OSError as exc:
-            sock.close()
-            raise BusClosedError(f"the publisher closed the connection at once: {exc}") from None
+        saltbus = self.config.served_by_saltbus()
+        if saltbus:
+            try:
+                sock.sendall(self.session.hello())
+            except OSError as exc:
+                sock.close()
+                raise BusClosedError(f"the publisher closed the connection: {exc}") from None
         sock.setblocking(False)
         selector = selectors.DefaultSelector()
         selector.register(sock, selectors.EVENT_READ)
         self._sock, self._selector = sock, selector
         self._decoder = FrameDecoder(max_frame_size=self.config.max_frame_size)
-        if self.config.ipc_mode == "ipc" and self.config.lock_path.exists():
+        if saltbus:
             # A saltbus publisher confirms the subscription; waiting for that
             # means an event fired after connect() returns is not missed because
             # the publisher had not yet accepted this connection. (A Salt

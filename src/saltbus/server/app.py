@@ -56,12 +56,14 @@ class Server:
         self._writer: JournalWriter | None = None
         self.intake = Intake(self.fanout, None, self.pull_connections)  # type: ignore[arg-type]
         self.epoch = secrets.randbits(63)
-        self._lock = BusLock(config) if config.ipc_mode == "ipc" else None
+        # The lock file also marks the bus as saltbus's, in tcp mode too.
+        self._lock = BusLock(config)
         self._listeners: list[asyncio.Server] = []
         self._exit: asyncio.Event | None = None
         self._replays: set[asyncio.Task[None]] = set()
         self._dropped_unreported: dict[Subscriber, int] = {}
         self._lag_report: asyncio.TimerHandle | None = None
+        self._lag_events_last_fired = 0
         self._started = time.monotonic()
         self.pub_address: Address = config.pub_address
         self.pull_address: Address = config.pull_address
@@ -76,10 +78,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._exit = asyncio.Event()
         cfg = self.config
-        if cfg.ipc_mode == "ipc":
-            ensure_sock_dir(cfg.sock_dir)
-        if self._lock is not None:
-            self._lock.acquire()
+        ensure_sock_dir(cfg.sock_dir)
+        self._lock.acquire()
         try:
             if self.journal_path is not None:
                 await asyncio.to_thread(self._open_journal, self.journal_path)
@@ -97,8 +97,7 @@ class Server:
         except BaseException:
             await self._close_listeners()
             self._close_journal()
-            if self._lock is not None:
-                self._lock.release()
+            self._lock.release()
             raise
         self._started = time.monotonic()
         log.debug(
@@ -179,8 +178,7 @@ class Server:
         await asyncio.to_thread(self._close_journal)
         remove_socket_file(self.config.pub_address)
         remove_socket_file(self.config.pull_address)
-        if self._lock is not None:
-            self._lock.release()
+        self._lock.release()
         await asyncio.sleep(0)  # let the transports run their connection_lost
         log.debug("saltbus publisher stopped; last seq %d", self.fanout.last_seq)
 
@@ -255,13 +253,20 @@ class Server:
     def _fire_lag_reports(self) -> None:
         self._lag_report = None
         reports, self._dropped_unreported = self._dropped_unreported, {}
+        # The lagged events fired last time are events too: each may have pushed
+        # one more event out of every stuck listener's full queue. Drops no more
+        # than that are the reports' own echo; reporting them would fire one
+        # event a second for as long as a listener stays stuck, with no traffic.
+        echo = self._lag_events_last_fired
         bodies = [
             pack_body(
                 LAGGED_TAG,
                 {"peer": sub.peer, "dropped": count, "total_dropped": sub.dropped},
             )
             for sub, count in reports.items()
+            if count > echo
         ]
+        self._lag_events_last_fired = len(bodies)
         if bodies:
             self.intake.accept(bodies, [LAGGED_TAG] * len(bodies))
 
