@@ -68,6 +68,19 @@ class Config:
     data_dir: Path | None = None
     journal_max_age: float = 7 * 24 * 3600.0
     journal_max_bytes: int = 1024**3
+    # Event returners, with Salt's option names: the returners fed from the
+    # journal, batching (event_return_queue events, 0: each as soon as it is
+    # journaled; event_return_queue_max_seconds, 0: no timer), fnmatch filters
+    # on tags (whitelist first, then blacklist), and each returner's options
+    # (returner_options: {name: {...}}, or Salt's flat returner.NAME.OPTION keys).
+    event_return: tuple[str, ...] = ()
+    event_return_queue: int = 0
+    event_return_queue_max_seconds: float = 0.0
+    event_return_whitelist: tuple[str, ...] = ()
+    event_return_blacklist: tuple[str, ...] = ()
+    returner_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # saltbus's: a failing returner is retried with backoff doubling up to this.
+    event_return_retry_max_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.node not in ("master", "minion"):
@@ -99,6 +112,7 @@ class Config:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be a TCP port, not {port}")
+        _check_returner_settings(self)
 
     # -- derived ---------------------------------------------------------
 
@@ -193,6 +207,7 @@ _INT_FIELDS: Final = frozenset(
         "tcp_pull_port",
         "max_event_size",
         "journal_max_bytes",
+        "event_return_queue",
     )
 )
 
@@ -230,7 +245,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
     # A key with no value ("id:") is as if it were absent, as with overrides.
-    return {k: v for k, v in loaded.items() if k in _FIELDS and v is not None}
+    values = {k: v for k, v in loaded.items() if k in _FIELDS and v is not None}
+    return _with_salt_returner_options(loaded, values)
 
 
 def _usable_hash_type(name: object) -> bool:
@@ -287,4 +303,89 @@ def _convert(name: str, value: Any) -> Any:
         return str(value).split(".", 1)[0]
     if name in ("id", "hash_id"):
         return str(value)
+    if name in _RETURNER_FIELDS:
+        return _convert_returner_setting(name, value)
     return value
+
+
+# -- event returners ---------------------------------------------------------
+
+_RETURNER_FIELDS: Final = frozenset(
+    (
+        "event_return",
+        "event_return_queue_max_seconds",
+        "event_return_whitelist",
+        "event_return_blacklist",
+        "returner_options",
+        "event_return_retry_max_seconds",
+    )
+)
+
+
+def _convert_returner_setting(name: str, value: Any) -> Any:
+    if name in ("event_return_queue_max_seconds", "event_return_retry_max_seconds"):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if name == "returner_options":
+        if isinstance(value, str):  # from SALTBUS_RETURNER_OPTIONS: YAML or JSON
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(opts, Mapping) or opts is None for opts in value.values()
+        ):
+            raise ConfigError(f"returner_options must map returner names to mappings: {value!r}")
+        return {str(ret): dict(opts or {}) for ret, opts in value.items()}
+    # Salt takes a string or a list; a string may also list names with commas.
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(f"{name} must be a string or a list of strings, not {value!r}")
+    if name == "event_return":
+        items = [part.strip() for item in items for part in item.split(",")]
+    return tuple(item for item in items if item)
+
+
+def _check_returner_settings(config: Config) -> None:
+    if config.event_return_queue < 0:
+        raise ConfigError(f"event_return_queue must be 0 or more, not {config.event_return_queue}")
+    if not 0 <= config.event_return_queue_max_seconds < float("inf"):
+        raise ConfigError(
+            "event_return_queue_max_seconds must be 0 (off) or a number of seconds, "
+            f"not {config.event_return_queue_max_seconds}"
+        )
+    if not 0 < config.event_return_retry_max_seconds < float("inf"):
+        raise ConfigError(
+            "event_return_retry_max_seconds must be positive, "
+            f"not {config.event_return_retry_max_seconds}"
+        )
+    if len(set(config.event_return)) != len(config.event_return):
+        raise ConfigError(f"event_return names a returner twice: {list(config.event_return)}")
+
+
+def _with_salt_returner_options(
+    loaded: Mapping[str, Any], values: dict[str, Any]
+) -> dict[str, Any]:
+    """Fold Salt's ``returner.NAME.OPTION: value`` and ``returner.NAME: {...}``
+    keys into ``returner_options`` (whose own entries win)."""
+    gathered: dict[str, dict[str, Any]] = {}
+    for key, value in loaded.items():
+        if not isinstance(key, str) or not key.startswith("returner.") or value is None:
+            continue
+        name, _, option = key[len("returner.") :].partition(".")
+        if option:
+            gathered.setdefault(name, {})[option] = value
+        elif isinstance(value, Mapping):
+            gathered.setdefault(name, {}).update({str(k): v for k, v in value.items()})
+    if not gathered:
+        return values
+    own = values.get("returner_options")
+    if own is not None and not isinstance(own, Mapping):
+        return values  # _convert reports it
+    if own is not None:
+        for name, opts in own.items():
+            if isinstance(opts, Mapping):
+                gathered.setdefault(str(name), {}).update(opts)
+    values["returner_options"] = gathered
+    return values
