@@ -14,6 +14,7 @@ from saltbus.client.sender import Sender
 from saltbus.config import Config
 from saltbus.errors import ConfigError, SaltbusError
 from saltbus.event import Event
+from saltbus.wire import pack_data
 
 HELP = "fire an event onto a bus"
 DESCRIPTION = """\
@@ -137,6 +138,15 @@ def _seen(listener: Listener, sent: Event, timeout: float) -> bool:
             return False
         if event is None:
             return False
-        if event.tag == sent.tag and event.data == sent.data:
+        if _same_event(event, sent):
             return True
     return False
+
+
+def _same_event(received: Event, sent: Event) -> bool:
+    """Whether ``received`` is ``sent`` as it came back through msgpack, which
+    carries some values differently (ints past 64 bits as strings, as Salt
+    does) or as values that never equal themselves (NaN): compare the bytes."""
+    if received.tag != sent.tag:
+        return False
+    return received.data == sent.data or pack_data(received.data) == pack_data(sent.data)

@@ -21,6 +21,9 @@ arrival order. Salt's own clients (salt.utils.event) work against it.
 The sock_dir is created 0700 when missing and the sockets are bound 0600, so
 only this user can use the bus. A stale socket left by a dead publisher is
 removed; a live publisher's sockets are never taken over.
+
+Ctrl-C (SIGINT) or SIGTERM stops it: listeners get what was already
+published, the sockets are removed, and it exits 0.
 """
 
 

@@ -1,0 +1,731 @@
+"""The ``saltbus`` command line (saltbus.cli): serve, listen and fire as the
+user runs them, as subprocesses of the venv's console script.
+
+Every wait is bounded: a publisher is ready when its sockets exist and take a
+connection; a listener is ready when the publisher's own statistics show its
+process subscribed. Whatever a test starts is killed when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import re
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saltbus.cli.fire import parse_data
+from saltbus.cli.main import build_parser, main
+from saltbus.client.admin import fetch_stats
+from saltbus.client.sender import Sender
+from saltbus.config import Config
+from saltbus.errors import ConfigError, SaltbusError
+from saltbus.wire import FrameDecoder, Framing
+
+WAIT = 10.0  # the bound of every wait in this module
+SALTBUS = Path(sys.executable).with_name("saltbus")
+if not SALTBUS.exists():  # pragma: no cover - a venv always has the console script
+    SALTBUS = Path(shutil.which("saltbus") or "saltbus")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?$")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without SALTBUS_* settings (and without a user config)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALTBUS_")}
+    env.update(extra)
+    return env
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Any:
+    return subprocess.run(
+        [os.fspath(SALTBUS), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or clean_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def assert_clean_stderr(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+    assert "KeyboardInterrupt" not in stderr, stderr
+
+
+class Bus:
+    """Where one bus lives: sock_dir and data_dir under a short temporary root."""
+
+    def __init__(self, root: Path, salt_version: str | None = None) -> None:
+        self.root = root
+        self.sock_dir = root / "bus"
+        self.data_dir = root / "data"
+        overrides: dict[str, Any] = {"sock_dir": self.sock_dir, "data_dir": self.data_dir}
+        if salt_version:
+            overrides["salt_version"] = salt_version
+        self.config = Config.load(env={}, overrides=overrides)
+        self.pub = Path(self.config.pub_address)  # type: ignore[arg-type]
+        self.pull = Path(self.config.pull_address)  # type: ignore[arg-type]
+
+    @property
+    def flags(self) -> list[str]:
+        return ["--sock-dir", os.fspath(self.sock_dir)]
+
+    def listening(self) -> bool:
+        if not all(p.exists() and stat.S_ISSOCK(p.stat().st_mode) for p in (self.pub, self.pull)):
+            return False
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(os.fspath(self.pub))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False  # stale files of a dead publisher
+        finally:
+            probe.close()
+        return True
+
+    def subscribed(self, pid: int, *, count: int = 1) -> bool:
+        """Whether process ``pid`` has ``count`` subscriptions the publisher applied."""
+        try:
+            stats = fetch_stats(self.config, 1.0)
+        except SaltbusError:
+            return False
+        mine = [
+            s
+            for s in stats["subscribers"]
+            if s["peer"].startswith(f"pid {pid} ") and s.get("resumable")
+        ]
+        return len(mine) >= count
+
+
+class Proc:
+    """A background saltbus process: stdout lines through a queue, stderr to a file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None) -> None:
+        self.log = log
+        with open(log, "w") as stderr:
+            self.popen = subprocess.Popen(
+                [os.fspath(SALTBUS), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env or clean_env(),
+            )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stdout = self.popen.stdout
+        assert stdout is not None
+        for raw in iter(stdout.readline, b""):
+            self.lines.put(raw.decode("utf-8"))
+        self.lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def line(self, timeout: float = WAIT) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(
+                f"no output line within {timeout} s; stderr: {self.stderr()}"
+            ) from None
+        assert line is not None, f"output ended; exit {self.popen.poll()}: {self.stderr()}"
+        return line
+
+    def rest(self, timeout: float = WAIT) -> list[str]:
+        """Every remaining line, until the process closes its output."""
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"output not closed within {timeout} s"
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                return lines
+            lines.append(line)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        return self.popen.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(WAIT)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(list(args), tmp_path / f"proc-{len(started)}.log", env)
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in reversed(started):
+            proc.kill()
+
+
+@pytest.fixture
+def bus(sock_dir: Path) -> Bus:
+    return Bus(sock_dir)
+
+
+def start_serve(procs: Callable[..., Proc], bus: Bus, *extra: str, **kw: Any) -> Proc:
+    serve = procs(
+        "serve",
+        *bus.flags,
+        "--data-dir",
+        os.fspath(bus.data_dir),
+        *extra,
+        **kw,
+    )
+
+    def ready() -> bool:
+        if serve.popen.poll() is not None:
+            raise AssertionError(f"serve exited {serve.popen.returncode}: {serve.stderr()}")
+        return bus.listening()
+
+    wait_until(ready, "saltbus serve's sockets")
+    return serve
+
+
+def start_listen(procs: Callable[..., Proc], bus: Bus, *args: str, **kw: Any) -> Proc:
+    listen = procs("listen", *args, **kw)
+
+    def ready() -> bool:
+        if listen.popen.poll() is not None:
+            raise AssertionError(f"listen exited {listen.popen.returncode}: {listen.stderr()}")
+        return bus.subscribed(listen.pid)
+
+    wait_until(ready, "saltbus listen to subscribe")
+    return listen
+
+
+def fire(bus: Bus, *args: str, env: dict[str, str] | None = None) -> None:
+    result = run("fire", *bus.flags, *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_clean_stderr(result.stderr)
+
+
+def split_line(line: str) -> tuple[str, str]:
+    assert line.endswith("\n")
+    tag, sep, rest = line[:-1].partition("\t")
+    assert sep, line
+    return tag, rest
+
+
+# -- help --------------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    out = result.stdout
+    for command in ("serve", "listen", "fire"):
+        assert re.search(rf"^\s+{command}\s+\S", out, re.MULTILINE), out
+    assert "Salt" in out
+    assert result.stderr == ""
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("saltbus ")
+
+
+def _commands() -> list[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return sorted(sub.choices)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_each_command_help_exits_0_and_explains(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: saltbus {command}")
+    assert len(out.splitlines()) > 5
+    if command in ("serve", "listen", "fire"):
+        for flag in ("--sock-dir", "--config", "--salt-version", "--ipc-mode"):
+            assert flag in out, f"{command} --help does not mention {flag}"
+        assert "SALTBUS_" in out  # where else a setting may come from
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ("serve", ["0700", "0600", "stale", "SIGTERM", "--data-dir"]),
+        ("listen", ["TAG", "--tag", "--match-type", "--count", "--pretty", "--json", "Ctrl-C"]),
+        ("fire", ["TAG", "DATA", "key=value", "_stamp", "--timeout"]),
+    ],
+)
+def test_command_help_in_a_subprocess(command: str, words: list[str]) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for word in words:
+        assert word in text, f"{command} --help does not mention {word}"
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+
+def test_serve_listen_fire_end_to_end(procs: Callable[..., Proc], bus: Bus) -> None:
+    serve = start_serve(procs, bus)
+    listen = start_listen(
+        procs, bus, "--tag", "salt/auth", "--match-type", "startswith", "--count", "2", *bus.flags
+    )
+    fire(bus, "salt/auth", '{"id": "web1", "act": "accept"}')
+    fire(bus, "salt/job/20240101/new", "fun=test.ping")  # does not match
+    fire(bus, "salt/auth/extra", "n=2", "tags=[1, 2]", "name=web 2")
+    assert listen.wait() == 0, listen.stderr()
+    lines = listen.rest()
+    assert len(lines) == 2, lines
+    parsed = []
+    for line in lines:
+        tag, rest = split_line(line)
+        data = json.loads(rest)
+        assert rest == json.dumps(data), "not json.dumps(data) with default separators"
+        assert STAMP.match(data["_stamp"]), data["_stamp"]
+        parsed.append((tag, {k: v for k, v in data.items() if k != "_stamp"}))
+    assert parsed == [
+        ("salt/auth", {"id": "web1", "act": "accept"}),
+        ("salt/auth/extra", {"n": 2, "tags": [1, 2], "name": "web 2"}),
+    ]
+    assert_clean_stderr(listen.stderr())
+    assert serve.popen.poll() is None
+    assert "sock_dir" in serve.stderr() or os.fspath(bus.sock_dir) in serve.stderr()
+
+
+def test_listen_prints_non_ascii_as_salt_does(procs: Callable[..., Proc], bus: Bus) -> None:
+    """Salt's state.event prints with ensure_ascii=False (salt.utils.json.dumps)."""
+    start_serve(procs, bus)
+    listen = start_listen(procs, bus, "--tag", "u/", "--count", "1", *bus.flags)
+    fire(bus, "u/1", "name=Zoë", "city=東京")
+    assert listen.wait() == 0
+    (line,) = listen.rest()
+    tag, rest = split_line(line)
+    data = json.loads(rest)
+    assert (tag, data["name"], data["city"]) == ("u/1", "Zoë", "東京")
+    assert rest == json.dumps(data, ensure_ascii=False)
+
+
+def test_listen_pretty_and_json(procs: Callable[..., Proc], bus: Bus) -> None:
+    start_serve(procs, bus)
+    pretty = start_listen(procs, bus, "--tag", "app/", "--count", "2", "--pretty", *bus.flags)
+    as_json = start_listen(procs, bus, "--tag", "app/", "--count", "2", "--json", *bus.flags)
+    fire(bus, "app/deploy", '{"z": 1, "a": {"y": [1, 2], "b": null}}')
+    fire(bus, "app/other", "ok=true")
+    assert pretty.wait() == 0 and as_json.wait() == 0
+    # --pretty: TAG, a tab, then json.dumps(data, sort_keys=True, indent=4) over several lines.
+    text = "".join(pretty.rest())
+    chunks = re.split(r"(?m)^(?=app/)", text)
+    chunks = [c for c in chunks if c]
+    assert len(chunks) == 2
+    for chunk, tag in zip(chunks, ["app/deploy", "app/other"], strict=True):
+        got_tag, sep, rest = chunk.partition("\t")
+        assert (got_tag, sep) == (tag, "\t")
+        data = json.loads(rest)
+        assert rest == json.dumps(data, sort_keys=True, indent=4) + "\n"
+    assert "\n    " in text
+    # --json: one {"tag", "data"} object per line.
+    records = [json.loads(line) for line in as_json.rest()]
+    assert [set(r) for r in records] == [{"tag", "data"}] * 2
+    assert [r["tag"] for r in records] == ["app/deploy", "app/other"]
+    assert records[0]["data"]["a"] == {"y": [1, 2], "b": None}
+    assert records[1]["data"]["ok"] is True
+    assert all(STAMP.match(r["data"]["_stamp"]) for r in records)
+
+
+def test_fire_key_value_pairs_parse_as_json_where_they_parse(
+    procs: Callable[..., Proc], bus: Bus
+) -> None:
+    start_serve(procs, bus)
+    listen = start_listen(procs, bus, "--tag", "kv", "--count", "1", "--json", *bus.flags)
+    fire(
+        bus,
+        "kv",
+        '{"base": 1, "n": "overridden"}',
+        "n=1",
+        "f=1.5",
+        "ok=true",
+        "nothing=null",
+        "list=[1, 2]",
+        'obj={"a": 1}',
+        'quoted="7"',
+        "text=hello world",
+        "empty=",
+        "eq=a=b",
+        "neg=-3",
+    )
+    assert listen.wait() == 0
+    (line,) = listen.rest()
+    data = json.loads(line)["data"]
+    data.pop("_stamp")
+    assert data == {
+        "base": 1,
+        "n": 1,
+        "f": 1.5,
+        "ok": True,
+        "nothing": None,
+        "list": [1, 2],
+        "obj": {"a": 1},
+        "quoted": "7",
+        "text": "hello world",
+        "empty": "",
+        "eq": "a=b",
+        "neg": -3,
+    }
+
+
+def test_parse_data_in_process() -> None:
+    assert parse_data([]) == {}
+    assert parse_data(["a=1", '{"a": 2, "b": 3}', "b=x"]) == {"a": 2, "b": "x"}
+    assert parse_data(["big=123456789012345678901234567890"]) == {
+        "big": 123456789012345678901234567890
+    }
+    for bad in (["[1]"], ["nokey"], ["=1"], ["{bad json"], ["1"], ['"s"'], ["a=1", "oops"]):
+        with pytest.raises(ConfigError):
+            parse_data(bad)
+
+
+@pytest.mark.parametrize("data", ["[1]", "nokey", "=1", "{not json", "42", '"text"'])
+def test_fire_bad_data_exits_2_with_one_line(data: str, sock_dir: Path) -> None:
+    # No bus is needed to refuse bad input, and none is running.
+    result = run("fire", "--sock-dir", os.fspath(sock_dir / "nobus"), "a/b", data)
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("saltbus: error: ")
+    assert_clean_stderr(result.stderr)
+    assert result.stdout == ""
+
+
+def test_fire_with_no_bus_exits_1_naming_the_socket(sock_dir: Path) -> None:
+    config = Config.load(env={}, overrides={"sock_dir": sock_dir / "nobus"})
+    started = time.monotonic()
+    result = run("fire", "--sock-dir", os.fspath(config.sock_dir), "a/b", "x=1")
+    took = time.monotonic() - started
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("saltbus: error: ")
+    assert os.fspath(config.pull_address) in lines[0]  # type: ignore[arg-type]
+    assert_clean_stderr(result.stderr)
+    assert took < 10
+
+
+def test_fire_values_that_do_not_round_trip_are_still_verified(
+    procs: Callable[..., Proc], bus: Bus
+) -> None:
+    """fire checks its event comes out of the publish socket. Values msgpack
+    carries differently (ints past 64 bits travel as strings, as in Salt) or
+    that never equal themselves (NaN) must not make it report a lost event."""
+    start_serve(procs, bus)
+    listen = start_listen(procs, bus, "--tag", "odd", "--count", "2", "--json", *bus.flags)
+    big = 123456789012345678901234567890
+    fire(bus, "odd/big", f"big={big}")
+    fire(bus, "odd/nan", "x=NaN")
+    assert listen.wait() == 0
+    first, second = (json.loads(line)["data"] for line in listen.rest())
+    assert first["big"] == str(big)
+    assert math.isnan(second["x"])
+
+
+def test_fire_ack_prints_the_sequence_number(procs: Callable[..., Proc], bus: Bus) -> None:
+    start_serve(procs, bus)
+    seqs = []
+    for i in range(3):
+        result = run("fire", *bus.flags, "--ack", "acked", f"i={i}")
+        assert result.returncode == 0, result.stderr
+        seqs.append(int(result.stdout))
+    assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]
+
+
+# -- publisher restarts, signals, broken pipes -----------------------------------------------
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_listen_survives_a_publisher_restart(
+    procs: Callable[..., Proc], bus: Bus, how: signal.Signals
+) -> None:
+    serve = start_serve(procs, bus)
+    listen = start_listen(procs, bus, "--tag", "restart/", "--count", "3", *bus.flags)
+    fire(bus, "restart/before", "n=1")
+    assert split_line(listen.line())[0] == "restart/before"
+    serve.popen.send_signal(how)
+    serve.wait()
+    # Fired while no publisher runs: lost, as on Salt's bus.
+    assert run("fire", *bus.flags, "restart/nobody", "n=0").returncode == 1
+    start_serve(procs, bus)
+    # Fired at once, perhaps before listen is back: the journal replays it.
+    fire(bus, "restart/during", "n=2")
+    wait_until(lambda: bus.subscribed(listen.pid), "listen to subscribe again")
+    fire(bus, "restart/after", "n=3")
+    assert listen.wait() == 0, listen.stderr()
+    tags = [split_line(line)[0] for line in listen.rest()]
+    assert tags == ["restart/during", "restart/after"]
+    assert_clean_stderr(listen.stderr())
+
+
+def test_sigint_to_listen_exits_0(procs: Callable[..., Proc], bus: Bus) -> None:
+    start_serve(procs, bus)
+    listen = start_listen(procs, bus, *bus.flags)
+    listen.popen.send_signal(signal.SIGINT)
+    assert listen.wait() == 0
+    assert_clean_stderr(listen.stderr())
+
+
+def test_sigint_to_listen_waiting_for_a_publisher_exits_0(
+    procs: Callable[..., Proc], bus: Bus
+) -> None:
+    serve = start_serve(procs, bus)
+    listen = start_listen(procs, bus, *bus.flags)
+    serve.popen.send_signal(signal.SIGTERM)
+    assert serve.wait() == 0
+    wait_until(lambda: not bus.pub.exists(), "the publisher to go")
+    time.sleep(0.3)  # let listen notice and start waiting; any phase must exit cleanly
+    listen.popen.send_signal(signal.SIGINT)
+    assert listen.wait() == 0
+    assert_clean_stderr(listen.stderr())
+
+
+def test_listen_with_no_publisher_exits_1_naming_the_socket(bus: Bus) -> None:
+    result = run("listen", *bus.flags, "--count", "1", timeout=WAIT)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and os.fspath(bus.pub) in lines[0], result.stderr
+    assert_clean_stderr(result.stderr)
+
+
+def test_listen_output_closed_early_is_quiet(bus: Bus, procs: Callable[..., Proc]) -> None:
+    """`saltbus listen --count 5 | head -1`: the reader goes away after one line."""
+    start_serve(procs, bus)
+    read_end, write_end = os.pipe()
+    with open(bus.root / "listen.err", "w") as stderr:
+        listen = subprocess.Popen(
+            [os.fspath(SALTBUS), "listen", *bus.flags, "--tag", "pipe/", "--count", "5"],
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=stderr,
+            env=clean_env(),
+        )
+    os.close(write_end)
+    try:
+        wait_until(lambda: bus.subscribed(listen.pid), "listen to subscribe")
+        with Sender(bus.config) as sender:
+            sender.fire("pipe/1", {"n": 1})
+            first = b""
+            deadline = time.monotonic() + WAIT
+            while not first.endswith(b"\n"):
+                assert time.monotonic() < deadline, "no first line"
+                ready, _, _ = select.select([read_end], [], [], 0.1)
+                if ready:
+                    first += os.read(read_end, 1)
+            assert first.startswith(b"pipe/1\t")
+            os.close(read_end)  # as head -1 exits
+            read_end = -1
+            n = 2
+            while listen.poll() is None:
+                assert time.monotonic() < deadline, "listen did not exit after its reader went"
+                sender.fire(f"pipe/{n}", {"n": n})
+                n += 1
+                time.sleep(0.02)
+        assert listen.returncode == 0
+        assert_clean_stderr((bus.root / "listen.err").read_text())
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        if listen.poll() is None:
+            listen.kill()
+        listen.wait(WAIT)
+
+
+def test_listen_into_head_in_a_shell_pipeline(bus: Bus, procs: Callable[..., Proc]) -> None:
+    start_serve(procs, bus)
+    script = (
+        f'"{SALTBUS}" listen --sock-dir "{bus.sock_dir}" --tag pipe/ --count 5 | head -1; '
+        'echo "status ${PIPESTATUS[0]}" >&2'
+    )
+    shell = subprocess.Popen(
+        ["bash", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        # listen runs in the shell's pipeline: fire until head has its line and all exit.
+        deadline = time.monotonic() + WAIT
+        n = 0
+        with Sender(bus.config) as sender:
+            while shell.poll() is None:
+                assert time.monotonic() < deadline, "the pipeline did not finish"
+                sender.fire(f"pipe/{n}", {"n": n})
+                n += 1
+                time.sleep(0.02)
+        out, err = shell.communicate(timeout=WAIT)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait(WAIT)
+    assert len(out.splitlines()) == 1 and out.startswith("pipe/")
+    assert "status 0" in err, err
+    assert_clean_stderr(err)
+
+
+# -- Salt generations and where settings come from -----------------------------------------
+
+
+def test_salt_version_3006_end_to_end(procs: Callable[..., Proc], sock_dir: Path) -> None:
+    bus = Bus(sock_dir, salt_version="3006")
+    version = ["--salt-version", "3006"]
+    serve = start_serve(procs, bus, *version)
+    assert "3006" in serve.stderr()
+    listen = start_listen(procs, bus, "--tag", "old/", "--count", "1", *version, *bus.flags)
+    # A Salt 3006 listener (raw): the publish socket now puts a length before each frame.
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(os.fspath(bus.pub))
+    raw.settimeout(WAIT)
+    fire(bus, "old/evt", "n=3006", *version)
+    assert listen.wait() == 0
+    (line,) = listen.rest()
+    tag, rest = split_line(line)
+    assert tag == "old/evt" and json.loads(rest)["n"] == 3006
+    decoder = FrameDecoder(Framing.LENGTH_PREFIXED)
+    first = raw.recv(65536)
+    assert first[:1] == b"\x00"
+    decoder.receive_data(first)
+    frames = list(decoder)
+    deadline = time.monotonic() + WAIT
+    while not any(f.body.startswith(b"old/evt\n\n") for f in frames):
+        assert time.monotonic() < deadline
+        decoder.receive_data(raw.recv(65536))
+        frames.extend(decoder)
+    raw.close()
+
+
+def test_config_file_sock_dir_is_honoured(
+    procs: Callable[..., Proc], bus: Bus, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "saltbus.yaml"
+    config_file.write_text(
+        f"# a Salt-style config file\nsock_dir: {bus.sock_dir}\ndata_dir: {bus.data_dir}\n"
+        "interface: 0.0.0.0  # a Salt option saltbus does not use\n"
+    )
+    flags = ["--config", os.fspath(config_file)]
+    serve = procs("serve", *flags)
+    wait_until(
+        lambda: bus.listening() or serve.popen.poll() is not None, "serve --config's sockets"
+    )
+    assert serve.popen.poll() is None, serve.stderr()
+    listen = procs("listen", "--tag", "cfg", "--count", "1", *flags)
+    wait_until(lambda: bus.subscribed(listen.pid), "listen --config to subscribe")
+    result = run("fire", *flags, "cfg/evt", "via=config")
+    assert result.returncode == 0, result.stderr
+    assert listen.wait() == 0
+    (line,) = listen.rest()
+    assert json.loads(split_line(line)[1])["via"] == "config"
+    assert (bus.data_dir).is_dir()  # data_dir from the file too
+
+
+def test_saltbus_sock_dir_environment_variable_is_honoured(
+    procs: Callable[..., Proc], bus: Bus
+) -> None:
+    env = clean_env(
+        SALTBUS_SOCK_DIR=os.fspath(bus.sock_dir), SALTBUS_DATA_DIR=os.fspath(bus.data_dir)
+    )
+    serve = procs("serve", env=env)
+    wait_until(lambda: bus.listening() or serve.popen.poll() is not None, "serve's sockets")
+    assert serve.popen.poll() is None, serve.stderr()
+    listen = procs("listen", "--tag", "env", "--count", "1", env=env)
+    wait_until(lambda: bus.subscribed(listen.pid), "listen (env) to subscribe")
+    result = run("fire", "env/evt", "via=env", env=env)
+    assert result.returncode == 0, result.stderr
+    assert listen.wait() == 0
+    (line,) = listen.rest()
+    assert json.loads(split_line(line)[1])["via"] == "env"
+
+
+def test_flag_wins_over_environment(procs: Callable[..., Proc], bus: Bus, sock_dir: Path) -> None:
+    start_serve(procs, bus)
+    env = clean_env(SALTBUS_SOCK_DIR=os.fspath(sock_dir / "elsewhere"))
+    listen = procs("listen", "--tag", "prec", "--count", "1", *bus.flags, env=env)
+    wait_until(lambda: bus.subscribed(listen.pid), "listen to subscribe")
+    fire(bus, "prec/evt", "n=1", env=env)
+    assert listen.wait() == 0
+    assert split_line(listen.rest()[0])[0] == "prec/evt"
+
+
+# -- serve refusing to start ----------------------------------------------------------------
+
+
+def test_second_serve_on_the_same_sock_dir_exits_1(procs: Callable[..., Proc], bus: Bus) -> None:
+    first = start_serve(procs, bus)
+    second = run("serve", *bus.flags, "--data-dir", os.fspath(bus.data_dir), timeout=WAIT)
+    assert second.returncode == 1
+    lines = second.stderr.splitlines()
+    assert len(lines) == 1 and os.fspath(bus.sock_dir) in lines[0], second.stderr
+    assert_clean_stderr(second.stderr)
+    assert first.popen.poll() is None
+    assert bus.listening()
+
+
+def test_serve_refuses_a_non_socket_at_the_socket_path(bus: Bus) -> None:
+    bus.sock_dir.mkdir()
+    bus.pub.write_text("not a socket")
+    result = run("serve", *bus.flags, "--data-dir", os.fspath(bus.data_dir), timeout=WAIT)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and os.fspath(bus.pub) in lines[0], result.stderr
+    assert_clean_stderr(result.stderr)
+    assert bus.pub.read_text() == "not a socket"
+
+
+def test_bad_setting_from_the_environment_exits_2(bus: Bus) -> None:
+    env = clean_env(SALTBUS_SALT_VERSION="2019")
+    result = run("fire", *bus.flags, "a/b", env=env)
+    assert result.returncode == 2
+    assert "salt_version" in result.stderr
+    assert_clean_stderr(result.stderr)
