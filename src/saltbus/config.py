@@ -9,8 +9,10 @@ of the Salt-style API).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,17 @@ class Config:
     returner_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # saltbus's: a failing returner is retried with backoff doubling up to this.
     event_return_retry_max_seconds: float = 30.0
+    # The reactor (saltbus.reactor), with Salt's option names where Salt has
+    # one: Salt's `reactor:` list of {tag glob: [reaction files]}, kept as
+    # ((glob, (file, ...)), ...) so the Config stays immutable; the worker pool
+    # and its queue; how deep a chain of reactions may go; catching up from the
+    # journal after a restart; and the name its position and pid file are kept under.
+    reactor: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    reactor_worker_threads: int = 10
+    reactor_worker_hwm: int = 10_000
+    reactor_max_depth: int = 5
+    reactor_catch_up: bool = True
+    reactor_name: str = "reactor"
 
     def __post_init__(self) -> None:
         if self.node not in ("master", "minion"):
@@ -113,6 +126,7 @@ class Config:
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be a TCP port, not {port}")
         _check_returner_settings(self)
+        _check_reactor_settings(self)
 
     # -- derived ---------------------------------------------------------
 
@@ -133,10 +147,25 @@ class Config:
         return f"minion_event_{digest[:10]}"
 
     def served_by_saltbus(self) -> bool:
-        """Whether a saltbus publisher serves this bus now (it holds the lock
-        file). Clients speak saltbus's extensions only then: Salt 3007 and 3008
-        log a traceback for every frame a listener writes to them."""
-        return self.lock_path.exists()
+        """Whether a saltbus publisher serves this bus now: it holds the lock
+        file locked. Clients speak saltbus's extensions only then: Salt 3007 and
+        3008 log a traceback for what a listener writes in the wrong framing,
+        and never answer a subscription. A lock file nobody holds was left by a
+        publisher that died (kill -9); the publisher there now may be Salt's."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # another user's file: its presence is all we can see
+        try:
+            # Held by the publisher (EWOULDBLOCK), or the check is impossible.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock just taken
+        return False
 
     @property
     def lock_path(self) -> Path:
@@ -305,6 +334,8 @@ def _convert(name: str, value: Any) -> Any:
         return str(value)
     if name in _RETURNER_FIELDS:
         return _convert_returner_setting(name, value)
+    if name in _REACTOR_FIELDS:
+        return _convert_reactor_setting(name, value)
     return value
 
 
@@ -389,3 +420,88 @@ def _with_salt_returner_options(
                 gathered.setdefault(str(name), {}).update(opts)
     values["returner_options"] = gathered
     return values
+
+
+# -- the reactor ---------------------------------------------------------------
+
+_REACTOR_FIELDS: Final = frozenset(
+    (
+        "reactor",
+        "reactor_worker_threads",
+        "reactor_worker_hwm",
+        "reactor_max_depth",
+        "reactor_catch_up",
+        "reactor_name",
+    )
+)
+_REACTOR_NAME: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+_TRUE: Final = frozenset(("1", "true", "yes", "on"))
+_FALSE: Final = frozenset(("0", "false", "no", "off"))
+
+
+def _convert_reactor_setting(name: str, value: Any) -> Any:
+    if name == "reactor":
+        return _reactor_list(value)
+    if name == "reactor_catch_up":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"reactor_catch_up must be true or false, not {value!r}")
+    if name == "reactor_name":
+        return str(value)
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, not {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, not {value!r}") from None
+
+
+def _reactor_list(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Salt's form, a list of single-key mappings ``{'<tag glob>': [files]}``
+    (one file may be a plain string), or the tuple form this returns."""
+    if isinstance(value, str):  # from SALTBUS_REACTOR: YAML or JSON
+        value = yaml.safe_load(value) if value.strip() else []
+    if not isinstance(value, list | tuple):
+        raise ConfigError(
+            "reactor must be a list of {'<tag glob>': [reaction files]} mappings, "
+            f"not {type(value).__name__}"
+        )
+    entries: list[tuple[str, tuple[str, ...]]] = []
+    for number, item in enumerate(value, 1):
+        if isinstance(item, Mapping) and len(item) == 1:
+            glob, files = next(iter(item.items()))
+        elif isinstance(item, tuple) and len(item) == 2:
+            glob, files = item
+        else:
+            raise ConfigError(
+                f"reactor item {number} must be one '<tag glob>': [reaction files] "
+                f"mapping, not {item!r}"
+            )
+        if isinstance(files, str):
+            files = [files]
+        if (
+            not isinstance(glob, str)
+            or not isinstance(files, list | tuple)
+            or not files
+            or not all(isinstance(f, str) and f for f in files)
+        ):
+            raise ConfigError(
+                f"reactor item {number} ({glob!r}) must map a tag glob to a list of "
+                f"reaction file paths, not {files!r}"
+            )
+        entries.append((glob, tuple(files)))
+    return tuple(entries)
+
+
+def _check_reactor_settings(config: Config) -> None:
+    for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_max_depth"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be positive, not {getattr(config, name)}")
+    if not _REACTOR_NAME.match(config.reactor_name):
+        raise ConfigError(
+            f"reactor_name {config.reactor_name!r} must be 1-64 letters, digits, "
+            "'.', '_' or '-', not starting with '.'"
+        )
