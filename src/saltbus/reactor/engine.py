@@ -1,0 +1,409 @@
+"""The reactor: events in, reactions out, through a bounded pool.
+
+One asyncio task reads every event of the bus and dispatches it: the tag is
+matched against the ``reactor:`` globs (fnmatch, as Salt), each matching
+file is rendered for the event, and each of its reactions passes its
+``when:``, the loop guard and ``once_within`` before it is queued. The queue
+holds ``reactor_worker_hwm`` reactions; ``reactor_worker_threads`` workers
+run them (blocking work on a thread pool of that size), so a burst costs a
+bounded amount of memory and a full queue is reported, never silent. Every
+outcome is fired as ``saltbus/reactor/<name>/ret``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+
+from saltbus.client.aio import AsyncClient, Subscription
+from saltbus.config import Config
+from saltbus.errors import (
+    BusClosedError,
+    FrameTooLargeError,
+    NoPublisherError,
+    SaltbusError,
+    SlowConsumerError,
+)
+from saltbus.event import Event
+from saltbus.reactor import reports
+from saltbus.reactor.actions import Actions, Outcome, Trigger
+from saltbus.reactor.causes import cause_of
+from saltbus.reactor.errors import ActionError, ReactionFileError
+from saltbus.reactor.progress import PidFile, Progress, bus_journal, pid_path, position_store
+from saltbus.reactor.rules import Rules
+from saltbus.reactor.spec import Reaction
+from saltbus.reactor.templates import ReactionTemplate, compile_condition
+from saltbus.reactor.throttle import Throttle, group_values
+
+log = logging.getLogger("saltbus.reactor")
+
+DRAIN_TIMEOUT: Final = 30.0
+FIRE_TIMEOUT: Final = 5.0
+OVERFLOW_REPORT_INTERVAL: Final = 1.0
+CONNECT_RETRY: Final = 1.0
+
+Loader = Callable[[], tuple[Config, Rules]]
+
+
+@dataclass
+class Stats:
+    events: int = 0
+    matched: int = 0
+    queued: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    filtered: int = 0  # `when` was false
+    throttled: int = 0
+    stopped: int = 0  # by the loop guard
+    dropped: int = 0  # queue full
+    render_errors: int = 0
+    reloads: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    reaction: Reaction
+    trigger: Trigger
+
+
+class Reactor:
+    """Runs ``rules`` against the bus of ``config`` until :meth:`stop`.
+
+    ``loader`` gives a fresh ``(config, rules)`` on :meth:`request_reload`
+    (SIGHUP); when it raises, the running configuration stays.
+    """
+
+    def __init__(self, config: Config, rules: Rules, *, loader: Loader | None = None) -> None:
+        self.config = config
+        self.rules = rules
+        self.max_depth = config.reactor_max_depth
+        self.stats = Stats()
+        self._loader = loader
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(config.reactor_worker_hwm)
+        self._executor = ThreadPoolExecutor(
+            config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
+        )
+        self._actions = Actions(self._fire_strict, self._executor)
+        self._throttle = Throttle()
+        self._client: AsyncClient | None = None
+        self._progress = Progress(None)
+        self._pidfile: PidFile | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._drops: dict[str, int] = {}
+        self._overflow_timer: asyncio.TimerHandle | None = None
+        self._reload_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self.caught_up_from: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take the pid file, connect (waiting for a publisher) and start."""
+        config = self.config
+        self._pidfile = PidFile(pid_path(config))
+        self._pidfile.acquire()
+        try:
+            store = position_store(config) if bus_journal(config).exists() else None
+            self._progress = Progress(store)
+            saved = store.load() if store is not None and config.reactor_catch_up else None
+            epoch, since = saved if saved else (None, None)
+            client = AsyncClient(config, since=since)
+            client.session.epoch = epoch
+            # Subscribe before connecting: a replay starts as soon as we connect.
+            subscription = client.subscribe("")
+            await self._connect(client)
+        except BaseException:
+            self._pidfile.release()
+            raise
+        self._client = client
+        self.caught_up_from = since
+        if since is not None:
+            log.info("catching up: handling the events after seq %d", since)
+        self._tasks = [asyncio.create_task(self._ingest(subscription), name="reactor-ingest")]
+        self._tasks += [
+            asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
+            for n in range(config.reactor_worker_threads)
+        ]
+
+    async def _connect(self, client: AsyncClient) -> None:
+        waiting = False
+        while True:
+            try:
+                await client.connect(CONNECT_RETRY)
+                return
+            except NoPublisherError as exc:
+                if not waiting:
+                    log.warning("%s; waiting for it", exc)
+                    waiting = True
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to stop. Safe from a signal handler."""
+        self._stop.set()
+
+    async def wait_for_stop(self) -> None:
+        await self._stop.wait()
+
+    async def run(self) -> None:
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Stop reading, let queued reactions finish (up to ``timeout``), save
+        the position and close. Reactions still running then are cancelled;
+        the saved position makes a restart run them again."""
+        if not self._tasks:
+            return
+        ingest, workers = self._tasks[0], self._tasks[1:]
+        ingest.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingest
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            log.warning(
+                "%d reactions not finished after %g s; cancelled (they run again after a "
+                "restart with catch-up)",
+                self._progress.in_flight,
+                timeout,
+            )
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        self._tasks = []
+        if self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+        self._report_overflow()
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
+        self._progress.save()
+        if self._client is not None:
+            await self._client.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._pidfile is not None:
+            self._pidfile.release()
+        log.info("reactor stopped: %s", self.stats)
+
+    # -- reading and dispatching --------------------------------------------
+
+    async def _ingest(self, subscription: Subscription) -> None:
+        while True:
+            try:
+                event = await subscription.next()
+            except SlowConsumerError as exc:
+                log.error("reactor fell behind the bus: %s", exc)
+                self._spawn(self._publish(reports.OVERFLOW_TAG, {"error": str(exc)}))
+                continue
+            except BusClosedError:
+                return
+            self._dispatch(event)
+            # next() returns without yielding while events are waiting: let
+            # the workers run between events.
+            await asyncio.sleep(0)
+
+    def _dispatch(self, event: Event) -> None:
+        self.stats.events += 1
+        templates = self.rules.match(event.tag)
+        queued = self._react(event, templates) if templates else 0
+        if self._client is not None:
+            self._progress.epoch = self._client.session.epoch
+        self._progress.seen(event.seq, queued)
+
+    def _react(self, event: Event, templates: list[ReactionTemplate]) -> int:
+        self.stats.matched += 1
+        trigger = Trigger(event.tag, event.data, event.seq, cause_of(event.data))
+        queued = 0
+        stopped: list[str] = []
+        for template in templates:
+            try:
+                reactions = template.render(event.tag, event.data)
+            except ReactionFileError as exc:
+                self.stats.render_errors += 1
+                log.error("on %s: %s", event.tag, exc)
+                self._spawn(self._publish(reports.ERROR_TAG, reports.error_data(trigger, exc)))
+                continue
+            for reaction in reactions:
+                if reaction.when is not None and not self._when(reaction, trigger):
+                    continue
+                if trigger.cause.depth >= self.max_depth:
+                    stopped.append(reaction.name)
+                    continue
+                if reaction.once_within is not None and not self._throttle.allow(
+                    (reaction.path, reaction.name, group_values(event.data, reaction.group_by)),
+                    reaction.once_within,
+                ):
+                    self.stats.throttled += 1
+                    continue
+                try:
+                    self._queue.put_nowait(Job(reaction, trigger))
+                except asyncio.QueueFull:
+                    self._overflowed(reaction)
+                    continue
+                queued += 1
+                self.stats.queued += 1
+        if stopped:
+            self._loop_stopped(trigger, stopped)
+        return queued
+
+    def _when(self, reaction: Reaction, trigger: Trigger) -> bool:
+        assert reaction.when is not None
+        try:
+            if compile_condition(reaction.when)(trigger.tag, trigger.data):
+                return True
+        except Exception as exc:
+            error = f"when: {reaction.when!r} failed: {type(exc).__name__}: {exc}"
+            self._finished(reaction, trigger, Outcome(False, None, error), 0.0)
+            return False
+        self.stats.filtered += 1
+        return False
+
+    def _loop_stopped(self, trigger: Trigger, stopped: list[str]) -> None:
+        self.stats.stopped += len(stopped)
+        if trigger.tag == reports.LOOP_TAG:
+            return
+        log.warning(
+            "loop guard: %s not run for %s (seq %s): the chain is %d reactions deep "
+            "(reactor_max_depth %d)",
+            ", ".join(stopped),
+            trigger.tag,
+            trigger.seq,
+            trigger.cause.depth,
+            self.max_depth,
+        )
+        data = reports.loop_data(trigger, stopped, self.max_depth)
+        self._spawn(self._publish(reports.LOOP_TAG, data))
+
+    def _overflowed(self, reaction: Reaction) -> None:
+        self.stats.dropped += 1
+        self._drops[reaction.name] = self._drops.get(reaction.name, 0) + 1
+        if self._overflow_timer is None:
+            self._report_overflow()
+
+    def _report_overflow(self) -> None:
+        """Report the drops so far now, then at most once an interval."""
+        drops, self._drops = self._drops, {}
+        self._overflow_timer = None
+        if not drops:
+            return
+        log.error(
+            "reactor queue full (reactor_worker_hwm %d): dropped %s",
+            self.config.reactor_worker_hwm,
+            ", ".join(f"{n} x {name}" for name, n in drops.items()),
+        )
+        data = reports.overflow_data(
+            drops, self.stats.dropped, self.config.reactor_worker_hwm, self._queue.qsize()
+        )
+        self._spawn(self._publish(reports.OVERFLOW_TAG, data))
+        if self._tasks:
+            loop = asyncio.get_running_loop()
+            self._overflow_timer = loop.call_later(OVERFLOW_REPORT_INTERVAL, self._report_overflow)
+
+    # -- running -------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._execute(job)
+            finally:
+                self._queue.task_done()
+                self._progress.done(job.trigger.seq)
+
+    async def _execute(self, job: Job) -> None:
+        started = time.monotonic()
+        try:
+            outcome = await self._actions.run(job.reaction, job.trigger)
+        except ActionError as exc:
+            outcome = Outcome(False, None, str(exc))
+        except Exception as exc:
+            log.exception("reaction %s failed unexpectedly", job.reaction.name)
+            outcome = Outcome(False, None, f"{type(exc).__name__}: {exc}")
+        self._finished(job.reaction, job.trigger, outcome, time.monotonic() - started)
+
+    def _finished(
+        self, reaction: Reaction, trigger: Trigger, outcome: Outcome, duration: float
+    ) -> None:
+        if outcome.success:
+            self.stats.succeeded += 1
+            log.debug("%s on %s: ok in %.3f s", reaction.name, trigger.tag, duration)
+        else:
+            self.stats.failed += 1
+            log.warning(
+                "reaction %s (%s) on %s failed: %s",
+                reaction.name,
+                reaction.where,
+                trigger.tag,
+                outcome.error,
+            )
+        data = reports.ret_data(reaction, trigger, outcome, duration)
+        self._spawn(self._publish(reports.ret_tag(reaction), data))
+
+    # -- firing --------------------------------------------------------------
+
+    async def _fire_strict(self, tag: str, data: Any) -> None:
+        """For event.send: a failure to fire is the action's failure."""
+        assert self._client is not None
+        try:
+            await self._client.fire(tag, data, FIRE_TIMEOUT)
+        except SaltbusError as exc:
+            raise ActionError(f"cannot fire {tag}: {exc}") from None
+
+    async def _publish(self, tag: str, data: dict[str, Any]) -> None:
+        """For the reactor's own reports: a failure is logged."""
+        if self._client is None:
+            return
+        try:
+            await self._client.fire(tag, data, FIRE_TIMEOUT)
+        except FrameTooLargeError as exc:
+            with contextlib.suppress(SaltbusError):
+                await self._client.fire(tag, reports.without_result(data, str(exc)), FIRE_TIMEOUT)
+        except SaltbusError as exc:
+            log.warning("could not fire %s: %s", tag, exc)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- reloading -------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Re-read the configuration (SIGHUP). Safe from a signal handler."""
+        if self._loader is None:
+            log.warning("this reactor was not given a configuration to reload")
+            return
+        self._spawn(self._reload())
+
+    async def _reload(self) -> None:
+        assert self._loader is not None
+        async with self._reload_lock:
+            try:
+                config, rules = await asyncio.to_thread(self._loader)
+            except Exception as exc:  # a bad file must never stop a running reactor
+                log.error("reload failed; the running configuration stays: %s", exc)
+                await self._publish(reports.RELOAD_TAG, {"success": False, "error": str(exc)})
+                return
+            for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_name"):
+                if getattr(config, name) != getattr(self.config, name):
+                    log.warning("%s changed; it takes effect at the next start", name)
+            self.rules = rules
+            self.max_depth = config.reactor_max_depth
+            self.stats.reloads += 1
+            log.info(
+                "reloaded: %d tag globs, %d reaction files",
+                len(rules.rules),
+                rules.files,
+            )
+            await self._publish(
+                reports.RELOAD_TAG,
+                {"success": True, "globs": len(rules.rules), "files": rules.files},
+            )

@@ -1,0 +1,96 @@
+"""The events the reactor fires about itself, and their data.
+
+- ``saltbus/reactor/<reaction>/ret``: one per reaction run, ``{success,
+  result | error, duration, trigger_tag, trigger_seq, reaction, action, file}``
+  (a failed command has both its result and an error).
+- ``saltbus/reactor/loop``: a chain of reactions reached ``reactor_max_depth``.
+- ``saltbus/reactor/overflow``: reactions dropped because the queue was full
+  (at most one event a second, with counts).
+- ``saltbus/reactor/error``: a reaction file failed to render for an event.
+- ``saltbus/reactor/reload``: the outcome of a reload.
+
+ret, loop and error events record their cause, so they count in the loop
+guard; a loop event is always past the limit, so it cannot start reactions
+(watch it with ``saltbus listen`` or a returner instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from saltbus.reactor.actions import Outcome, Trigger
+from saltbus.reactor.causes import Cause, with_cause
+from saltbus.reactor.errors import ReactionFileError
+from saltbus.reactor.spec import Reaction
+
+PREFIX: Final = "saltbus/reactor/"
+LOOP_TAG: Final = PREFIX + "loop"
+OVERFLOW_TAG: Final = PREFIX + "overflow"
+ERROR_TAG: Final = PREFIX + "error"
+RELOAD_TAG: Final = PREFIX + "reload"
+
+
+def ret_tag(reaction: Reaction) -> str:
+    return f"{PREFIX}{reaction.name}/ret"
+
+
+def ret_data(
+    reaction: Reaction, trigger: Trigger, outcome: Outcome, duration: float
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"success": outcome.success}
+    if outcome.result is not None or outcome.success:
+        data["result"] = outcome.result
+    if not outcome.success:
+        data["error"] = outcome.error or "failed"
+    data.update(
+        duration=round(duration, 6),
+        trigger_tag=trigger.tag,
+        trigger_seq=trigger.seq,
+        reaction=reaction.name,
+        action=reaction.function,
+        file=reaction.where,
+    )
+    return with_cause(data, trigger.cause.then(reaction.name, trigger.tag, trigger.seq))
+
+
+def without_result(data: Mapping[str, Any], why: str) -> dict[str, Any]:
+    """A ret whose result could not be sent (over max_event_size)."""
+    out = {k: v for k, v in data.items() if k != "result"}
+    out["success"] = False
+    out["error"] = why if not data.get("error") else f"{data['error']}; {why}"
+    return out
+
+
+def loop_data(trigger: Trigger, stopped: list[str], max_depth: int) -> dict[str, Any]:
+    data = {
+        "trigger_tag": trigger.tag,
+        "trigger_seq": trigger.seq,
+        "depth": trigger.cause.depth,
+        "max_depth": max_depth,
+        "reactions": stopped,
+        "chain": [dict(link) for link in trigger.cause.chain],
+    }
+    # Past the limit: no reaction runs for a loop event, so it cannot loop.
+    return with_cause(data, Cause(max(trigger.cause.depth, max_depth) + 1, trigger.cause.chain))
+
+
+def error_data(trigger: Trigger, exc: ReactionFileError) -> dict[str, Any]:
+    data = {
+        "error": str(exc),
+        "file": str(exc.path),
+        "line": exc.line,
+        "trigger_tag": trigger.tag,
+        "trigger_seq": trigger.seq,
+    }
+    return with_cause(data, trigger.cause.then("<render>", trigger.tag, trigger.seq))
+
+
+def overflow_data(drops: Mapping[str, int], total: int, hwm: int, queued: int) -> dict[str, Any]:
+    return {
+        "dropped": sum(drops.values()),
+        "total_dropped": total,
+        "reactions": dict(drops),
+        "reactor_worker_hwm": hwm,
+        "queued": queued,
+    }

@@ -1,0 +1,289 @@
+"""saltbus.reactor.engine against a real bus in this process: conditions,
+throttling, failures, refusals, the loop guard, overflow, reload, catch-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saltbus.client.aio import AsyncClient, Subscription
+from saltbus.config import Config
+from saltbus.errors import BusError, BusTimeoutError
+from saltbus.event import Event
+from saltbus.reactor import Reactor, load_rules
+from saltbus.reactor.causes import CAUSE_KEY
+from saltbus.server import EmbeddedPublisher
+
+WAIT = 20.0
+
+
+def setup(
+    bus_config: Config, tmp_path: Path, files: dict[str, str], globs: dict[str, list[str]], **opts: Any
+) -> Config:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    reactor = [{glob: [str(tmp_path / f) for f in names]} for glob, names in globs.items()]
+    return bus_config.replace(reactor=reactor, **opts)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    config: Config, loader: Callable[[], tuple[Config, Any]] | None = None
+) -> AsyncIterator[tuple[Reactor, AsyncClient, Subscription]]:
+    reactor = Reactor(config, load_rules(config), loader=loader)
+    client = AsyncClient(config)
+    reports = client.subscribe("saltbus/reactor/")
+    await client.connect(5)
+    await reactor.start()
+    try:
+        yield reactor, client, reports
+    finally:
+        await reactor.stop()
+        await client.close()
+
+
+async def collect(sub: Subscription, count: int, timeout: float = WAIT) -> list[Event]:
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count:
+        events.append(await sub.next(max(0.0, deadline - time.monotonic())))
+    return events
+
+
+async def nothing_more(sub: Subscription, seconds: float = 0.5) -> None:
+    with pytest.raises(BusTimeoutError):
+        extra = await sub.next(seconds)
+        raise AssertionError(f"unexpected {extra}")
+
+
+def by_reaction(events: list[Event]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.data["reaction"]] = counts.get(event.data["reaction"], 0) + 1
+    return counts
+
+
+@pytest.mark.usefixtures("publisher")
+def test_when_condition_filters(bus_config: Config, tmp_path: Path) -> None:
+    config = setup(
+        bus_config,
+        tmp_path,
+        {"a.sls": "crit:\n  event.send:\n    - tag: alert/{{ data['n'] }}\n  when: data.level == 'crit'\n"},
+        {"log/*": ["a.sls"]},
+    )
+
+    async def main() -> None:
+        async with running(config) as (reactor, client, reports):
+            for n in range(10):
+                await client.fire(f"log/{n}", {"n": n, "level": "crit" if n % 2 else "info"})
+            rets = await collect(reports, 5)
+            await nothing_more(reports)
+            assert sorted(e.data["result"]["tag"] for e in rets) == [f"alert/{n}" for n in (1, 3, 5, 7, 9)]
+            assert reactor.stats.filtered == 5
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_throttling_a_burst_of_100_with_and_without_group_by(
+    bus_config: Config, tmp_path: Path
+) -> None:
+    text = (
+        "once:\n  event.send:\n    - tag: t/once\n  once_within: 1h\n"
+        "per_host:\n  event.send:\n    - tag: t/host\n  once_within: 1h\n  group_by: [host]\n"
+    )
+    config = setup(bus_config, tmp_path, {"t.sls": text}, {"burst": ["t.sls"]})
+
+    async def main() -> None:
+        async with running(config) as (reactor, client, reports):
+            for n in range(100):
+                await client.fire("burst", {"n": n, "host": f"web{n % 5}"})
+            rets = await collect(reports, 6)
+            await nothing_more(reports)
+            assert by_reaction(rets) == {"once": 1, "per_host": 5}
+            assert reactor.stats.throttled == 99 + 95
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_failures_and_refusals_are_error_ret_events(bus_config: Config, tmp_path: Path) -> None:
+    text = (
+        "broken:\n  cmd.run:\n    - cmd: [sh, -c, 'echo bad >&2; exit 3']\n"
+        "orchestrate:\n  runner.state.orchestrate:\n    - args:\n      - mods: orch.deploy\n"
+        "bad_when:\n  event.send:\n    - tag: x\n  when: data['missing'] > 1\n"
+    )
+    config = setup(bus_config, tmp_path, {"f.sls": text}, {"go": ["f.sls"]})
+
+    async def main() -> None:
+        async with running(config) as (_reactor, client, reports):
+            sent = await client.fire("go", {}, ack=True)
+            rets = {e.tag: e.data for e in await collect(reports, 3)}
+        broken = rets["saltbus/reactor/broken/ret"]
+        assert broken["success"] is False
+        assert broken["error"] == "command exited with status 3"
+        assert broken["result"] == {"retcode": 3, "stdout": "", "stderr": "bad\n"}
+        assert (broken["trigger_tag"], broken["trigger_seq"]) == ("go", sent.seq)
+        assert broken["duration"] > 0 and broken["file"] == f"{tmp_path / 'f.sls'}:1"
+        refused = rets["saltbus/reactor/orchestrate/ret"]
+        assert refused["success"] is False and "result" not in refused
+        assert "'orchestrate'" in refused["error"] and "needs a Salt master" in refused["error"]
+        assert "when:" in rets["saltbus/reactor/bad_when/ret"]["error"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_loop_guard_stops_a_reaction_that_triggers_itself(
+    bus_config: Config, tmp_path: Path
+) -> None:
+    text = "again:\n  event.send:\n    - tag: loop/ping\n    - data: {n: '{{ data.n }}'}\n"
+    config = setup(bus_config, tmp_path, {"l.sls": text}, {"loop/*": ["l.sls"]}, reactor_max_depth=3)
+
+    async def main() -> None:
+        async with running(config) as (reactor, client, reports):
+            await client.fire("loop/ping", {"n": 1})
+            events = await collect(reports, 4)
+            await nothing_more(reports)
+        rets = [e for e in events if e.tag.endswith("/ret")]
+        (loop,) = [e for e in events if e.tag == "saltbus/reactor/loop"]
+        assert len(rets) == 3 and all(e.data["success"] for e in rets)
+        assert sorted(e.data[CAUSE_KEY]["depth"] for e in rets) == [1, 2, 3]
+        assert loop.data["depth"] == 3 and loop.data["max_depth"] == 3
+        assert loop.data["reactions"] == ["again"]
+        assert [c["reaction"] for c in loop.data["chain"]] == ["again"] * 3
+        assert reactor.stats.stopped == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_a_full_queue_is_reported_with_counts(bus_config: Config, tmp_path: Path) -> None:
+    text = "slow:\n  cmd.run:\n    - cmd: [sleep, '0.2']\n"
+    config = setup(
+        bus_config,
+        tmp_path,
+        {"s.sls": text},
+        {"work": ["s.sls"]},
+        reactor_worker_threads=1,
+        reactor_worker_hwm=2,
+    )
+
+    async def main() -> None:
+        async with running(config) as (reactor, client, reports):
+            for n in range(20):
+                await client.fire("work", {"n": n})
+            events: list[Event] = []
+            with contextlib.suppress(BusTimeoutError):
+                while True:
+                    events.append(await reports.next(2.0))
+        overflows = [e for e in events if e.tag == "saltbus/reactor/overflow"]
+        rets = [e for e in events if e.tag == "saltbus/reactor/slow/ret"]
+        assert overflows, "a full queue must be reported"
+        dropped = sum(e.data["dropped"] for e in overflows)
+        assert dropped == reactor.stats.dropped > 0
+        assert overflows[-1].data["total_dropped"] == dropped
+        assert overflows[0].data["reactions"]["slow"] >= 1
+        assert overflows[0].data["reactor_worker_hwm"] == 2
+        assert len(rets) + dropped == 20
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_render_errors_are_reported_with_file_and_line(bus_config: Config, tmp_path: Path) -> None:
+    text = "a:\n  event.send:\n    - tag: x\n    - data: {{ data['n'] + 1 }}\n"
+    config = setup(bus_config, tmp_path, {"e.sls": text}, {"e": ["e.sls"]})
+
+    async def main() -> None:
+        async with running(config) as (reactor, client, reports):
+            await client.fire("e", {"n": "text"})
+            (error,) = await collect(reports, 1)
+        assert error.tag == "saltbus/reactor/error"
+        assert error.data["file"] == str(tmp_path / "e.sls") and error.data["line"] == 4
+        assert "TypeError" in error.data["error"] and error.data["trigger_tag"] == "e"
+        assert reactor.stats.render_errors == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_reload_swaps_rules_and_a_bad_one_keeps_the_old(
+    bus_config: Config, tmp_path: Path
+) -> None:
+    config = setup(bus_config, tmp_path, {"r.sls": "old:\n  event.send: [{tag: x}]\n"}, {"r": ["r.sls"]})
+
+    def loader() -> tuple[Config, Any]:
+        return config, load_rules(config)
+
+    async def main() -> None:
+        async with running(config, loader) as (reactor, client, reports):
+            (tmp_path / "r.sls").write_text("new:\n  event.send: [{tag: x}]\n")
+            reactor.request_reload()
+            (reloaded,) = await collect(reports, 1)
+            assert reloaded.tag == "saltbus/reactor/reload" and reloaded.data["success"]
+            await client.fire("r", {})
+            (ret,) = await collect(reports, 1)
+            assert ret.tag == "saltbus/reactor/new/ret"
+            (tmp_path / "r.sls").write_text("broken:\n  event.send: [{tag: x}]\n   - oops\n")
+            reactor.request_reload()
+            (failed,) = await collect(reports, 1)
+            assert failed.data["success"] is False
+            assert f"{tmp_path / 'r.sls'}:3: YAML" in failed.data["error"]
+            await client.fire("r", {})
+            (ret,) = await collect(reports, 1)
+            assert ret.tag == "saltbus/reactor/new/ret"
+
+    asyncio.run(main())
+
+
+def test_catch_up_after_a_stop_exactly_once(bus_config: Config, tmp_path: Path) -> None:
+    text = "count:\n  cmd.run:\n    - cmd: [sh, -c, 'echo {{ data.n }} >> %s']\n" % (tmp_path / "out")
+    config = setup(bus_config, tmp_path, {"c.sls": text}, {"n": ["c.sls"]})
+    out = tmp_path / "out"
+
+    async def handled(count: int) -> list[int]:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            lines = out.read_text().split() if out.exists() else []
+            if len(lines) >= count:
+                return sorted(map(int, lines))
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"only {out.read_text() if out.exists() else ''!r}")
+
+    async def main() -> None:
+        async with AsyncClient(config) as client:
+            async with running(config):
+                for n in range(10):
+                    await client.fire("n", {"n": n})
+                assert await handled(10) == list(range(10))
+            for n in range(10, 60):  # the reactor is down
+                await client.fire("n", {"n": n}, ack=True)
+            async with running(config) as (reactor, _c, _r):
+                assert reactor.caught_up_from is not None
+                assert await handled(60) == list(range(60))
+                await asyncio.sleep(0.3)
+            assert len(out.read_text().split()) == 60
+
+    with EmbeddedPublisher(config):
+        asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_two_reactors_with_one_name_are_refused(bus_config: Config, tmp_path: Path) -> None:
+    config = setup(bus_config, tmp_path, {"r.sls": ""}, {"r": ["r.sls"]})
+
+    async def main() -> None:
+        async with running(config):
+            with pytest.raises(BusError, match="already runs"):
+                await Reactor(config, load_rules(config)).start()
+            async with running(config.replace(reactor_name="other")):
+                pass
+
+    asyncio.run(main())

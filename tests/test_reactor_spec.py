@@ -1,0 +1,193 @@
+"""saltbus.reactor.spec: reactions in Salt's shapes, checked, and Salt's master-side
+actions recognised and refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from saltbus.errors import ConfigError
+from saltbus.reactor.errors import ReactionFileError
+from saltbus.reactor.spec import Reaction, parse_duration, parse_reactions
+
+PATH = Path("/srv/reactor/x.sls")
+
+
+def parse(text: str, *, strict: bool = True) -> tuple[Reaction, ...]:
+    doc = yaml.safe_load(text)
+    lines = {}
+    node = yaml.compose(text)
+    if isinstance(node, yaml.MappingNode):
+        lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    return parse_reactions(doc, PATH, lines, strict=strict)
+
+
+def one(text: str) -> Reaction:
+    (reaction,) = parse(text)
+    return reaction
+
+
+def test_salt_list_of_single_key_mappings() -> None:
+    r = one(
+        """
+write_marker:
+  cmd.run:
+    - cmd: ["sh", "-c", "echo 1 > /tmp/x"]
+    - timeout: 10
+"""
+    )
+    assert r.name == "write_marker" and r.function == "cmd.run" and r.line == 2
+    assert r.options == {
+        "cmd": ["sh", "-c", "echo 1 > /tmp/x"],
+        "timeout": 10.0,
+        "shell": False,
+        "env": {},
+    }
+    assert r.refused is None
+
+
+def test_salt_args_form_keywords_and_positionals() -> None:
+    r = one(
+        """
+tell:
+  event.send:
+    - args:
+      - app/seen
+      - data: {v: 1}
+"""
+    )
+    assert r.options == {"tag": "app/seen", "data": {"v": 1}}
+
+
+def test_arg_and_kwarg_and_mapping_forms() -> None:
+    a = one("x:\n  event.send:\n    - arg: [app/a]\n    - kwarg: {data: {n: 1}}\n")
+    b = one("x:\n  event.send: {tag: app/a, data: {n: 1}}\n")
+    assert a.options == b.options == {"tag": "app/a", "data": {"n": 1}}
+
+
+def test_extras_beside_the_action_or_among_its_arguments() -> None:
+    beside = one(
+        """
+page:
+  http.post:
+    - url: http://127.0.0.1:1/x
+  when: data['level'] == 'crit'
+  once_within: 5m
+  group_by: [host]
+"""
+    )
+    among = one(
+        """
+page:
+  http.post:
+    - url: http://127.0.0.1:1/x
+    - when: data['level'] == 'crit'
+    - once_within: 300
+    - group_by: host
+"""
+    )
+    for r in (beside, among):
+        assert (r.when, r.once_within, r.group_by) == ("data['level'] == 'crit'", 300.0, ("host",))
+        assert "when" not in r.options
+
+
+def test_http_post_and_python_defaults() -> None:
+    h = one("h:\n  http.post:\n    - url: https://example.com/hook\n")
+    assert h.options == {
+        "url": "https://example.com/hook",
+        "headers": {},
+        "timeout": 10.0,
+        "backoff": 0.5,
+        "retries": 3,
+    }
+    p = one("p:\n  python:\n    - function: pkg.mod:handle\n")
+    assert p.options == {"function": "pkg.mod:handle", "kwargs": {}}
+
+
+@pytest.mark.parametrize(
+    ("text", "client"),
+    [
+        ("r:\n  local.state.apply:\n    - tgt: web*\n", "local.state.apply"),
+        ("r:\n  runner.state.orchestrate:\n    - args:\n      - mods: orch.x\n", "runner"),
+        ("r:\n  wheel.key.accept:\n    - match: web1\n", "wheel.key.accept"),
+        ("r:\n  caller.file.touch:\n    - args:\n      - name: /tmp/x\n", "caller"),
+        ("r: runner.cache.clear_grains\n", "runner.cache.clear_grains"),
+        # Salt's cmd alias of local: cmd.run WITH a target, or any other cmd.<fn>.
+        ("r:\n  cmd.run:\n    - tgt: '*'\n    - arg: ['rm -rf /tmp/*']\n", "cmd.run"),
+        ("r:\n  cmd.state.highstate:\n    - tgt: web1\n", "cmd.state.highstate"),
+    ],
+)
+def test_salt_master_actions_are_recognised_and_refused(text: str, client: str) -> None:
+    r = one(text)
+    assert r.refused is not None
+    assert "'r'" in r.refused and client in r.refused and "needs a Salt master" in r.refused
+    assert f"{PATH}:1" in r.refused
+
+
+def test_cmd_run_without_target_is_saltbus_command() -> None:
+    assert one("r:\n  cmd.run:\n    - cmd: [true]\n").refused is None
+
+
+def test_salt_argument_shapes_of_refused_reactions_are_not_judged() -> None:
+    r = one("r:\n  local.test.ping:\n    - tgt: '*'\n    - {a: 1, b: 2}\n")
+    assert r.refused is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("r:\n  foo.bar:\n    - x: 1\n", "unknown action 'foo.bar'"),
+        ("r:\n  cmd.run:\n    - command: [ls]\n", "unknown argument command"),
+        ("r:\n  cmd.run:\n    - timeout: 3\n", "cmd.run needs cmd"),
+        ("r:\n  cmd.run:\n    - cmd: []\n", "cmd must be"),
+        ("r:\n  cmd.run:\n    - cmd: [ls]\n    - timeout: soon\n", "timeout"),
+        ("r:\n  event.send:\n    - tag: a\n    - data: [1]\n", "data must be a mapping"),
+        ("r:\n  http.post:\n    - url: file:///etc/passwd\n", "http:// or https://"),
+        ("r:\n  python:\n    - function: not-a-path\n", "package.module:function"),
+        ("r:\n  event.send:\n    - tag: a\n  group_by: [x]\n", "group_by needs once_within"),
+        ("r:\n  event.send:\n    - tag: a\n  once_within: -1\n", "not a positive duration"),
+        ("r:\n  event.send:\n    - tag: a\n  cmd.run:\n    - cmd: [x]\n", "exactly one action"),
+        ("r:\n  event.send:\n    - tag: a\n    - tag: b\n", "given twice"),
+        ("r:\n  event.send:\n    - {tag: a, data: {}}\n", "single `- name: value`"),
+        ("r: [1, 2]\n", "must map one action"),
+        ("include:\n  - other\n", "not supported"),
+    ],
+)
+def test_errors_name_the_file_line_and_reaction(text: str, message: str) -> None:
+    with pytest.raises(ReactionFileError) as caught:
+        parse("# a comment\n" + text)
+    assert isinstance(caught.value, ConfigError)
+    assert message in str(caught.value)
+    assert str(caught.value).startswith(f"{PATH}:2: ")
+    assert caught.value.line == 2
+
+
+def test_a_document_that_is_not_a_mapping() -> None:
+    with pytest.raises(ReactionFileError, match=r"x.sls:1: .*not a list"):
+        parse("- a\n- b\n")
+    assert parse("") == ()
+
+
+def test_trial_mode_checks_names_but_not_values_the_event_fills_in() -> None:
+    (r,) = parse("r:\n  cmd.run:\n    - cmd:\n    - timeout: 5\n", strict=False)
+    assert r.options == {"cmd": None, "timeout": 5}
+    with pytest.raises(ReactionFileError, match="unknown argument"):
+        parse("r:\n  cmd.run:\n    - cmnd: x\n", strict=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(30, 30.0), (0.5, 0.5), ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0),
+     ("2d", 172800.0), ("1.5", 1.5), (" 10 s ", 10.0)],
+)  # fmt: skip
+def test_durations(value: Any, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", [0, -1, "0s", "soon", "5 minutes", True, None, [1]])
+def test_bad_durations(value: Any) -> None:
+    with pytest.raises(ValueError, match="not a positive duration"):
+        parse_duration(value)
