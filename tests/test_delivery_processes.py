@@ -124,7 +124,8 @@ def test_stuck_reader_keeps_publisher_memory_bounded(bus_config: Config):
                 "-c",
                 textwrap.dedent(f"""
                 from saltbus import Config, Listener
-                config = Config.load(env={{}}, overrides={{"sock_dir": {str(bus_config.sock_dir)!r}}})
+                sock_dir = {str(bus_config.sock_dir)!r}
+                config = Config.load(env={{}}, overrides={{"sock_dir": sock_dir}})
                 expected = 1
                 with Listener(config, "flood/") as listener:
                     print("READY", flush=True)
