@@ -1,0 +1,122 @@
+"""Finding returners by name: Salt's ``event_return(events)`` interface.
+
+A returner is any object (a module works too) with ``event_return(events)``,
+called with a list of ``{"tag", "data", "seq", "time"}`` dicts (Salt passes
+``{"tag", "data"}``; the other two keys are saltbus's). It returns normally
+when the events are stored and raises when they are not: the runner then
+retries the same events later. ``close()``, when present, is called once at
+the end.
+
+Names resolve first to saltbus's built-in returners, then to the entry
+points of group ``saltbus.returners`` that installed packages declare::
+
+    [project.entry-points."saltbus.returners"]
+    myret = "mypackage.returner:MyReturner"
+
+The entry point names a factory, called with the returner's options mapping
+(``returner_options[name]`` in the config), or a module with ``event_return``.
+A factory must not do I/O (connect lazily in ``event_return``): a database
+that is down must not stop the bus from starting.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, Final, Protocol, runtime_checkable
+
+from saltbus.errors import ConfigError
+
+ENTRY_POINT_GROUP: Final = "saltbus.returners"
+
+# Built-ins, as "module:attribute", imported only when used: their optional
+# dependencies (psycopg) stay optional.
+BUILTINS: Final[Mapping[str, str]] = {
+    "pgjsonb": "saltbus.returners.pgjsonb:PgJsonbReturner",
+}
+_EXTRAS: Final[Mapping[str, str]] = {"pgjsonb": "postgres"}
+
+
+@runtime_checkable
+class Returner(Protocol):
+    def event_return(self, events: list[dict[str, Any]]) -> None: ...
+
+
+ReturnerFactory = Callable[[Mapping[str, Any]], Returner]
+
+
+def entry_points(group: str = ENTRY_POINT_GROUP) -> Sequence[importlib.metadata.EntryPoint]:
+    """The installed entry points of ``group`` (tests replace this function)."""
+    return tuple(importlib.metadata.entry_points(group=group))
+
+
+def available() -> list[str]:
+    """Every returner name that resolves: built-ins and installed plugins."""
+    return sorted({*BUILTINS, *(ep.name for ep in entry_points())})
+
+
+def load_returner(
+    name: str,
+    options: Mapping[str, Any],
+    factories: Mapping[str, ReturnerFactory] | None = None,
+) -> Returner:
+    """The returner called ``name``, made with ``options``. ``factories``
+    (name → factory) are looked at before anything else. Raises ConfigError
+    when the name resolves to nothing usable."""
+    if factories is not None and name in factories:
+        target: object = factories[name]
+    elif name in BUILTINS:
+        target = _import_builtin(name)
+    else:
+        target = _load_entry_point(name)
+    if isinstance(target, ModuleType):
+        returner: object = target
+    elif callable(target):
+        try:
+            returner = target(options)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"returner {name!r} could not be created: {exc}") from exc
+    else:
+        raise ConfigError(f"returner {name!r} is a {type(target).__name__}, not a factory")
+    if not callable(getattr(returner, "event_return", None)):
+        raise ConfigError(f"returner {name!r} has no event_return(events) function")
+    return returner  # type: ignore[return-value]
+
+
+def close_returner(returner: Returner) -> None:
+    close = getattr(returner, "close", None)
+    if callable(close) and not isinstance(returner, ModuleType):
+        close()
+
+
+def _import_builtin(name: str) -> object:
+    module_name, _, attribute = BUILTINS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"returner {name!r} needs {exc.name or 'a missing package'}: "
+            f"pip install 'saltbus[{_EXTRAS.get(name, 'all')}]'"
+        ) from exc
+    return getattr(module, attribute)
+
+
+def _load_entry_point(name: str) -> object:
+    found = [ep for ep in entry_points() if ep.name == name]
+    if not found:
+        names = ", ".join(available()) or "none"
+        raise ConfigError(
+            f"no returner named {name!r} (available: {names}); plugins register "
+            f"an entry point in group {ENTRY_POINT_GROUP!r}"
+        )
+    if len({ep.value for ep in found}) > 1:
+        where = ", ".join(ep.value for ep in found)
+        raise ConfigError(f"returner {name!r} is registered more than once: {where}")
+    try:
+        return found[0].load()
+    except Exception as exc:
+        raise ConfigError(f"returner {name!r} ({found[0].value}) cannot be loaded: {exc}") from exc
