@@ -14,7 +14,8 @@ HELP = "show a running publisher's subscribers, queues, drops and rate"
 DESCRIPTION = """\
 Ask the saltbus publisher serving --sock-dir for its statistics: events
 received and the rate, the journal, and each subscriber with its queue depth
-and how many events it dropped. (Salt's own publisher keeps no statistics.)
+and how many events it dropped, and each returner with its lag behind the
+journal and its failures. (Salt's own publisher keeps no statistics.)
 """
 
 
@@ -58,4 +59,14 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"queued {sub['queued_events']:>7} ({sub['queued_bytes']} B)  dropped {sub['dropped']}",
             file=out,
         )
+    returners = stats.get("returners", [])
+    print(f"returners: {len(returners)}", file=out)
+    for ret in returners:
+        print(
+            f"  {ret['name']:24} {ret['state']:8} returned {ret['returned']:>10}  "
+            f"lag {ret['lag']:>7} (cursor {ret['cursor']})  failures {ret['failures']}",
+            file=out,
+        )
+        if ret.get("last_error") and ret.get("consecutive_failures"):
+            print(f"    last error: {ret['last_error']} (retry in {ret['retry_in']} s)", file=out)
     return 0

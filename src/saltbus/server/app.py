@@ -15,10 +15,12 @@ from typing import Any, Final
 
 from saltbus.config import Address, Config
 from saltbus.control import Subscribe, Subscribed, encode_control
+from saltbus.errors import ConfigError
 from saltbus.event import tag_matcher
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
+from saltbus.returners import ReturnerRunner
 from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.intake import Intake
@@ -54,6 +56,7 @@ class Server:
             data_dir = config.data_dir or default_data_dir()
             self.journal_path = journal_path(data_dir, config.sock_dir, config.socket_prefix)
         self._writer: JournalWriter | None = None
+        self.returners: ReturnerRunner | None = None
         self.intake = Intake(self.fanout, None, self.pull_connections)  # type: ignore[arg-type]
         self.epoch = secrets.randbits(63)
         # The lock file also marks the bus as saltbus's, in tcp mode too.
@@ -78,11 +81,15 @@ class Server:
         loop = asyncio.get_running_loop()
         self._exit = asyncio.Event()
         cfg = self.config
+        if cfg.event_return and self.journal_path is None:
+            raise ConfigError("event_return needs the journal: returners read it (journal: none)")
         ensure_sock_dir(cfg.sock_dir)
         self._lock.acquire()
         try:
             if self.journal_path is not None:
                 await asyncio.to_thread(self._open_journal, self.journal_path)
+                if cfg.event_return:
+                    await asyncio.to_thread(self._start_returners, self.journal_path)
             pull_sock = bind_listener(cfg.pull_address)
             try:
                 pub_sock = bind_listener(cfg.pub_address)
@@ -96,6 +103,7 @@ class Server:
             self.pull_address = _bound_address(pull_sock, cfg.pull_address)
         except BaseException:
             await self._close_listeners()
+            self._close_returners()
             self._close_journal()
             self._lock.release()
             raise
@@ -126,6 +134,18 @@ class Server:
         self._writer = writer
         self.fanout.next_seq = last_seq + 1
         self.intake.writer = writer
+
+    def _start_returners(self, path: Path) -> None:
+        runner = ReturnerRunner(self.config, path)
+        runner.start()
+        self.returners = runner
+        self.intake.on_commit = runner.notify
+
+    def _close_returners(self) -> None:
+        runner, self.returners = self.returners, None
+        self.intake.on_commit = None
+        if runner is not None:
+            runner.close()
 
     def _close_journal(self) -> None:
         writer, self._writer = self._writer, None
@@ -175,6 +195,7 @@ class Server:
             sub.close()
         if self._lag_report is not None:
             self._lag_report.cancel()
+        await asyncio.to_thread(self._close_returners)
         await asyncio.to_thread(self._close_journal)
         remove_socket_file(self.config.pub_address)
         remove_socket_file(self.config.pull_address)
@@ -290,6 +311,7 @@ class Server:
             "journal_in_flight": self.intake.in_flight,
             "journal_failures": self.intake.commit_failures,
             "pull_connections": len(self.pull_connections),
+            "returners": self.returners.stats() if self.returners is not None else [],
             "subscribers": [
                 {
                     "peer": s.peer,

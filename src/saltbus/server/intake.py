@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from saltbus.journal.records import JournalRecord
@@ -53,6 +53,8 @@ class Intake:
         self.in_flight_bytes = 0
         self.received = 0
         self.commit_failures = 0
+        # Told the last committed seq after each commit (the returner runner).
+        self.on_commit: Callable[[int], None] | None = None
         self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained = asyncio.Event()
@@ -101,6 +103,8 @@ class Intake:
     ) -> None:
         self._settle(len(records), size)
         self.fanout.deliver(records)
+        if self.on_commit is not None and records:
+            self.on_commit(records[-1].seq)
         if acks and source is not None:
             source.send_acks([(request_id, records[index].seq) for index, request_id in acks])
 
