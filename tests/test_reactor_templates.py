@@ -107,3 +107,24 @@ def test_when_runs_in_the_sandbox() -> None:
     escape = compile_condition("().__class__.__bases__[0].__subclasses__()")
     with pytest.raises(jinja2.exceptions.SecurityError):
         escape("t", {})
+
+
+def test_lines_are_source_lines_when_jinja_drops_some(tmp_path: Path) -> None:
+    text = (
+        "{% if data['id'] == 'db1' %}\n"
+        "highstate:\n  local.state.apply:\n    - tgt: db1\n"
+        "{% endif %}\n"
+        "record:\n  cmd.run:\n    - cmd: [x]\n"
+    )
+    t = template(tmp_path, text)
+    assert [(r.name, r.line) for r in t.render("t", {"id": "web1"})] == [("record", 6)]
+    assert [(r.name, r.line) for r in t.render("t", {"id": "db1"})] == [
+        ("highstate", 2),
+        ("record", 6),
+    ]
+    t = template(tmp_path, text + "   - static error\n")
+    with pytest.raises(ReactionFileError, match=r"r\.sls:9: YAML"):
+        t.render("t", {"id": "web1"})
+    t = template(tmp_path, text + "   - error {{ data.id }}\n")
+    with pytest.raises(ReactionFileError, match=r"r\.sls: YAML.*as rendered: '   - error web1'"):
+        t.render("t", {"id": "web1"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -125,9 +126,14 @@ class ReactionTemplate:
             doc = loader.construct_document(node) if node is not None else None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark is not None else None
-            problem = exc.problem or str(exc)
-            raise ReactionFileError(self.path, line, f"YAML (after Jinja2): {problem}") from None
+            problem = f"YAML (after Jinja2): {exc.problem or exc}"
+            if mark is None:
+                raise ReactionFileError(self.path, None, problem) from None
+            line = self._source_line(text, mark.line + 1)
+            if line is None:
+                rendered = text.splitlines()[mark.line : mark.line + 1]
+                problem += f" (line {mark.line + 1} as rendered: {''.join(rendered)!r})"
+            raise ReactionFileError(self.path, line, problem) from None
         except yaml.YAMLError as exc:
             raise ReactionFileError(self.path, None, f"YAML (after Jinja2): {exc}") from None
         finally:
@@ -135,8 +141,30 @@ class ReactionTemplate:
         lines: dict[str, int] = {}
         if isinstance(node, yaml.MappingNode):
             for key, _value in node.value:
-                lines[str(key.value)] = key.start_mark.line + 1
+                name = str(key.value)
+                rendered = key.start_mark.line + 1
+                lines[name] = self._name_line(name) or self._source_line(text, rendered) or rendered
         return parse_reactions(doc, self.path, lines, strict=strict)
+
+    # Jinja2 drops the lines of a false {% if %} block, so a line of the
+    # rendered text is found again in the source: the same line when no line
+    # was dropped, else the one source line with the same text.
+
+    def _source_line(self, text: str, rendered: int) -> int | None:
+        source = self.source.splitlines()
+        lines = text.splitlines()
+        if len(lines) == len(source):
+            return rendered
+        wanted = lines[rendered - 1].strip() if 0 < rendered <= len(lines) else ""
+        found = [n for n, line in enumerate(source, 1) if wanted and line.strip() == wanted]
+        return found[0] if len(found) == 1 else None
+
+    def _name_line(self, name: str) -> int | None:
+        pattern = re.compile(
+            rf"^(?:{re.escape(name)}|'{re.escape(name)}'|\"{re.escape(name)}\")\s*:"
+        )
+        found = [n for n, line in enumerate(self.source.splitlines(), 1) if pattern.match(line)]
+        return found[0] if len(found) == 1 else None
 
 
 def _template_line(exc: BaseException) -> int | None:
