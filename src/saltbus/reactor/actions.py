@@ -2,9 +2,9 @@
 
 - ``cmd.run``: run a program (an argument list; a shell only with
   ``shell: true``), with ``cwd``, ``env`` (added to the reactor's own) and
-  ``timeout`` (default 300 s, 0: none; the whole process group is killed).
-  Result ``{retcode, stdout, stderr}`` (each output kept to 64 KiB); success
-  is exit status 0.
+  ``timeout`` (default 300 s, 0: none; the whole process group is killed),
+  on a worker thread (see :mod:`.command`). Result ``{retcode, stdout,
+  stderr}`` (each output kept to 64 KiB); success is exit status 0.
 - ``event.send``: fire ``tag`` with ``data``; the event records its cause.
 - ``http.post``: POST ``json`` (default: the trigger's ``{tag, data}``) to
   ``url`` with ``headers``; connection errors, timeouts, 408, 429 and 5xx are
@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import importlib
 import inspect
 import json
 import os
 import shlex
-import signal
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from saltbus.reactor.causes import Cause, with_cause
+from saltbus.reactor.command import OUTPUT_LIMIT, Commands, CommandTimeoutError
 from saltbus.reactor.errors import ActionError, RefusedError
 from saltbus.reactor.spec import Reaction
 
-OUTPUT_LIMIT: Final = 64 * 1024
-READ_CHUNK: Final = 64 * 1024
 RETRY_STATUSES: Final = frozenset({408, 429})
 
 Fire = Callable[[str, Mapping[str, Any]], Awaitable[None]]
@@ -68,6 +67,7 @@ class Actions:
     def __init__(self, fire: Fire, executor: Executor) -> None:
         self._fire = fire
         self._executor = executor
+        self.commands = Commands()
 
     async def run(self, reaction: Reaction, trigger: Trigger) -> Outcome:
         """Run one reaction; raises :class:`ActionError` when it could not run."""
@@ -90,41 +90,31 @@ class Actions:
 
     async def _cmd_run(self, opts: Mapping[str, Any]) -> Outcome:
         cmd = opts["cmd"]
+        if opts["shell"]:
+            command: str | list[str] = cmd if isinstance(cmd, str) else " ".join(cmd)
+        else:
+            command = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
         env = {**os.environ, **opts["env"]} if opts["env"] else None
-        streams: dict[str, Any] = {
-            "stdin": asyncio.subprocess.DEVNULL,
-            "stdout": asyncio.subprocess.PIPE,
-            "stderr": asyncio.subprocess.PIPE,
-            "cwd": opts.get("cwd"),
-            "env": env,
-            # Its own process group, so that a timeout kills what it started too.
-            "start_new_session": True,
-        }
+        timeout = opts["timeout"] or None
+        run = functools.partial(
+            self.commands.run,
+            command,
+            shell=opts["shell"],
+            cwd=opts.get("cwd"),
+            env=env,
+            timeout=timeout,
+        )
         try:
-            if opts["shell"]:
-                line = cmd if isinstance(cmd, str) else " ".join(cmd)
-                proc = await asyncio.create_subprocess_shell(line, **streams)
-            else:
-                argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
-                proc = await asyncio.create_subprocess_exec(*argv, **streams)
+            retcode, stdout, stderr = await asyncio.get_running_loop().run_in_executor(
+                self._executor, run
+            )
         except OSError as exc:
             program = cmd if isinstance(cmd, str) else cmd[0]
             raise ActionError(f"cannot run {program!r}: {exc.strerror or exc}") from None
-        assert proc.stdout is not None and proc.stderr is not None
-        timeout = opts["timeout"] or None
-        try:
-            stdout, stderr, retcode = await asyncio.wait_for(
-                asyncio.gather(_read_capped(proc.stdout), _read_capped(proc.stderr), proc.wait()),
-                timeout,
-            )
-        except TimeoutError:
-            await _kill(proc)
+        except CommandTimeoutError:
             raise ActionError(
                 f"timed out after {timeout:g} s; its process group was killed"
             ) from None
-        except BaseException:
-            await _kill(proc)
-            raise
         result = {"retcode": retcode, "stdout": stdout, "stderr": stderr}
         if retcode == 0:
             return Outcome(True, result)
@@ -220,23 +210,3 @@ def _plain(value: Any) -> Any:
 def _text(raw: bytes) -> str:
     text = raw[:OUTPUT_LIMIT].decode("utf-8", "replace")
     return text + "\n[truncated]" if len(raw) > OUTPUT_LIMIT else text
-
-
-async def _read_capped(stream: asyncio.StreamReader) -> str:
-    """All of a stream, of which the first OUTPUT_LIMIT bytes are kept."""
-    kept = bytearray()
-    dropped = 0
-    while chunk := await stream.read(READ_CHUNK):
-        room = OUTPUT_LIMIT - len(kept)
-        kept += chunk[:room]
-        dropped += max(0, len(chunk) - room)
-    text = kept.decode("utf-8", "replace")
-    return f"{text}\n[{dropped} more bytes not kept]" if dropped else text
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        await proc.wait()

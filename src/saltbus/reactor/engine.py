@@ -171,10 +171,11 @@ class Reactor:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
             log.warning(
-                "%d reactions not finished after %g s; cancelled (they run again after a "
-                "restart with catch-up)",
+                "%d reactions not finished after %g s; cancelled, %d commands killed (they "
+                "run again after a restart with catch-up)",
                 self._progress.in_flight,
                 timeout,
+                self._actions.commands.kill_all(),
             )
         for task in workers:
             task.cancel()

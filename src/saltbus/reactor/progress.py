@@ -29,7 +29,7 @@ from saltbus.config import Config
 from saltbus.errors import BusError
 from saltbus.journal.paths import default_data_dir, journal_path
 
-SAVE_INTERVAL: Final = 0.2
+SAVE_INTERVAL: Final = 0.05
 
 
 def bus_journal(config: Config) -> Path:
