@@ -79,9 +79,10 @@ def test_kill_all_ends_running_commands(tmp_path: Path) -> None:
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 5
-    while commands.kill_all() < 3:
+    while commands.running < 3:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    assert commands.kill_all() == 3
     for thread in threads:
         thread.join(5)
     assert sorted(r[0] for r in results) == [-9, -9, -9]  # type: ignore[index]

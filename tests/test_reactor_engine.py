@@ -24,7 +24,11 @@ WAIT = 20.0
 
 
 def setup(
-    bus_config: Config, tmp_path: Path, files: dict[str, str], globs: dict[str, list[str]], **opts: Any
+    bus_config: Config,
+    tmp_path: Path,
+    files: dict[str, str],
+    globs: dict[str, list[str]],
+    **opts: Any,
 ) -> Config:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -74,7 +78,10 @@ def test_when_condition_filters(bus_config: Config, tmp_path: Path) -> None:
     config = setup(
         bus_config,
         tmp_path,
-        {"a.sls": "crit:\n  event.send:\n    - tag: alert/{{ data['n'] }}\n  when: data.level == 'crit'\n"},
+        {
+            "a.sls": "crit:\n  event.send:\n    - tag: alert/{{ data['n'] }}\n"
+            "  when: data.level == 'crit'\n"
+        },
         {"log/*": ["a.sls"]},
     )
 
@@ -84,7 +91,9 @@ def test_when_condition_filters(bus_config: Config, tmp_path: Path) -> None:
                 await client.fire(f"log/{n}", {"n": n, "level": "crit" if n % 2 else "info"})
             rets = await collect(reports, 5)
             await nothing_more(reports)
-            assert sorted(e.data["result"]["tag"] for e in rets) == [f"alert/{n}" for n in (1, 3, 5, 7, 9)]
+            assert sorted(e.data["result"]["tag"] for e in rets) == [
+                f"alert/{n}" for n in (1, 3, 5, 7, 9)
+            ]
             assert reactor.stats.filtered == 5
 
     asyncio.run(main())
@@ -144,7 +153,9 @@ def test_loop_guard_stops_a_reaction_that_triggers_itself(
     bus_config: Config, tmp_path: Path
 ) -> None:
     text = "again:\n  event.send:\n    - tag: loop/ping\n    - data: {n: '{{ data.n }}'}\n"
-    config = setup(bus_config, tmp_path, {"l.sls": text}, {"loop/*": ["l.sls"]}, reactor_max_depth=3)
+    config = setup(
+        bus_config, tmp_path, {"l.sls": text}, {"loop/*": ["l.sls"]}, reactor_max_depth=3
+    )
 
     async def main() -> None:
         async with running(config) as (reactor, client, reports):
@@ -214,10 +225,10 @@ def test_render_errors_are_reported_with_file_and_line(bus_config: Config, tmp_p
 
 
 @pytest.mark.usefixtures("publisher")
-def test_reload_swaps_rules_and_a_bad_one_keeps_the_old(
-    bus_config: Config, tmp_path: Path
-) -> None:
-    config = setup(bus_config, tmp_path, {"r.sls": "old:\n  event.send: [{tag: x}]\n"}, {"r": ["r.sls"]})
+def test_reload_swaps_rules_and_a_bad_one_keeps_the_old(bus_config: Config, tmp_path: Path) -> None:
+    config = setup(
+        bus_config, tmp_path, {"r.sls": "old:\n  event.send: [{tag: x}]\n"}, {"r": ["r.sls"]}
+    )
 
     def loader() -> tuple[Config, Any]:
         return config, load_rules(config)
@@ -244,7 +255,9 @@ def test_reload_swaps_rules_and_a_bad_one_keeps_the_old(
 
 
 def test_catch_up_after_a_stop_exactly_once(bus_config: Config, tmp_path: Path) -> None:
-    text = "count:\n  cmd.run:\n    - cmd: [sh, -c, 'echo {{ data.n }} >> %s']\n" % (tmp_path / "out")
+    text = "count:\n  cmd.run:\n    - cmd: [sh, -c, 'echo {{ data.n }} >> %s']\n" % (
+        tmp_path / "out"
+    )
     config = setup(bus_config, tmp_path, {"c.sls": text}, {"n": ["c.sls"]})
     out = tmp_path / "out"
 

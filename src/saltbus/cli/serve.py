@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from saltbus.cli import react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
 from saltbus.server import Server
@@ -47,11 +48,11 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args, journal=args.journal)
-    _event_loop_runner()(_serve(config))
+    _event_loop_runner()(_serve(config, args))
     return 0
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, args: argparse.Namespace | None = None) -> None:
     server = Server(config)
     await server.startup()
     server.install_signal_handlers()
@@ -63,9 +64,15 @@ async def _serve(config: Config) -> None:
         file=sys.stderr,
         flush=True,
     )
+    reactor = None
     try:
+        # With a `reactor:` section, the reactor runs here as a client of this bus.
+        if config.reactor and args is not None:
+            reactor = await react.start_alongside(config, args)
         await server.wait_for_exit()
     finally:
+        if reactor is not None:
+            await reactor.stop()
         await server.shutdown()
     print(f"saltbus: stopped at seq {server.fanout.last_seq}", file=sys.stderr, flush=True)
 

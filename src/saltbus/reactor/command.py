@@ -98,6 +98,11 @@ class Commands:
             with self._lock:
                 self._running.discard(proc)
 
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._running)
+
     def kill_all(self) -> int:
         """Kill every running command's process group; how many there were."""
         with self._lock:

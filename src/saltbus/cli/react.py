@@ -1,0 +1,253 @@
+"""``saltbus react``: run the reactor against a bus (saltbus's or a Salt master's)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
+from saltbus.config import Config
+from saltbus.errors import ConfigError
+
+if TYPE_CHECKING:
+    from saltbus.reactor import Reactor, Rules
+
+HELP = "run reactions (commands, events, HTTP posts, Python) when events match"
+DESCRIPTION = """\
+Run Salt's reactor without a Salt master. The config file's `reactor:` list
+(Salt's own form, so a master config works) maps tag globs to reaction files;
+each file is rendered with Jinja2 (variables `tag` and `data`), then read as
+YAML, for every matching event. Tags are matched with fnmatch, as Salt does.
+
+example, /etc/saltbus/reactor.conf:
+  reactor:
+    - 'app/deploy/*':                     # a tag glob
+      - /srv/reactor/deploy.sls           # reaction files (globs allowed;
+      - /srv/reactor/notify/*.sls         #  relative to this file's directory)
+
+/srv/reactor/deploy.sls:
+  {% if data['env'] == 'prod' %}           # Jinja2 first
+  write_marker:                           # a reaction: its name, one action
+    cmd.run:
+      - cmd: ["sh", "-c", "echo {{ data['version'] }} > /var/tmp/deployed"]
+      - timeout: 10
+  {% endif %}
+  tell_others:
+    event.send:
+      - args:                             # Salt's newer argument form
+        - tag: app/deploy/seen
+        - data: {version: "{{ data['version'] }}"}
+  page_oncall:
+    http.post:
+      - url: https://hooks.example.com/deploy
+      - json: {text: "deployed {{ data['version'] }}"}
+      - retries: 5
+    when: data['version'].endswith('-hotfix')   # saltbus: a condition on the event
+    once_within: 10m                      # saltbus: at most once per 10 minutes
+    group_by: [service]                   #   ... per value of data['service']
+
+actions (arguments as `- name: value` items, or `- args: [...]`):
+  cmd.run     cmd (a list: no shell; a string is split like a shell would,
+              without running one), shell (true: run cmd through /bin/sh),
+              cwd, env (added to the reactor's environment), timeout (default
+              300 s, 0: none). Result {retcode, stdout, stderr}.
+  event.send  tag, data. The event records its cause (the loop guard).
+  http.post   url, json (default: the event's {tag, data}), headers, timeout
+              (10 s), retries (3), backoff (0.5 s, doubled each retry).
+  python      function: "package.module:function", called as
+              function(tag, data, **kwargs) in a worker thread; kwargs.
+  Salt's local, runner, wheel and caller reactions (and Salt's `cmd` alias
+  of local: cmd.run WITH a tgt, or any other cmd.<function>) load, so Salt's
+  files can be used as they are, but each is refused when it would run (an
+  error ret event, and a warning at load): it needs a Salt master. cmd.run
+  without tgt is saltbus's command action.
+
+beside the action (or among its arguments):
+  when: EXPR          a Jinja2 expression over tag and data; false: not run
+  once_within: DUR    run at most once per DUR (30, 500ms, 30s, 5m, 1h)
+  group_by: [KEYS]    ... once per DUR for each value of these data keys
+
+what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
+  saltbus/reactor/<name>/ret   {success, result | error, duration,
+                                trigger_tag, trigger_seq, reaction, file}
+  saltbus/reactor/loop         a chain of reactions reached reactor_max_depth
+  saltbus/reactor/overflow     reactions dropped: the queue was full
+  saltbus/reactor/error        a reaction file failed to render for an event
+  saltbus/reactor/reload       the outcome of a reload
+
+settings (config file keys; flags win): reactor_worker_threads (10),
+reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
+reactor_catch_up (true), reactor_name ("reactor").
+
+With a saltbus journal the reactor keeps its position (under its name) and,
+started again, first handles the events it missed (--no-catch-up: only new
+ones). SIGHUP or `saltbus react --reload` re-reads the configuration without
+losing queued reactions; a configuration with errors is reported (file and
+line) and the running one stays. `saltbus serve --config FILE` runs the
+reactor in-process when FILE has a `reactor:` section. SIGTERM or Ctrl-C
+lets queued reactions finish (up to 30 s) and exits 0.
+
+examples:
+  saltbus react --config /etc/saltbus/reactor.conf --sock-dir /tmp/bus
+  saltbus react --config reactor.conf --check     # load, check and list; exit
+  saltbus react --config reactor.conf --reload    # signal the running reactor
+  sudo saltbus react --config /etc/salt/master --salt-version 3007
+"""
+
+
+def add_parser(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "react",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_argument_group("reactor")
+    group.add_argument(
+        "--name", help="the reactor's name: its position and pid file (default 'reactor')"
+    )
+    group.add_argument(
+        "--catch-up",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after a restart, first handle the events missed meanwhile (default: yes)",
+    )
+    group.add_argument("--workers", type=int, metavar="N", help="reactor_worker_threads")
+    group.add_argument("--hwm", type=int, metavar="N", help="reactor_worker_hwm (queue size)")
+    group.add_argument("--max-depth", type=int, metavar="N", help="reactor_max_depth")
+    action = group.add_mutually_exclusive_group()
+    action.add_argument(
+        "--check", action="store_true", help="load and check the configuration, list it, exit"
+    )
+    action.add_argument(
+        "--reload",
+        action="store_true",
+        help="tell the running reactor of this name and bus to reload (SIGHUP), exit",
+    )
+    add_bus_options(parser)
+    add_journal_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    reactor = _reactor_package()
+    if args.reload:
+        pid = reactor.progress.signal_reactor(reactor.progress.pid_path(config))
+        print(f"saltbus: asked reactor {config.reactor_name!r} (pid {pid}) to reload")
+        return 0
+    if not config.reactor:
+        where = args.config or "the configuration"
+        raise ConfigError(f"{where} has no reactor: section (see saltbus react --help)")
+    rules = reactor.load_rules(config, _base_dir(args))
+    if args.check:
+        _print_rules(rules)
+        return 0
+    asyncio.run(_react(config, rules, args))
+    return 0
+
+
+async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None:
+    from saltbus.reactor import Reactor  # noqa: PLC0415
+
+    reactor = Reactor(config, rules, loader=lambda: _reload(args))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, reactor.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, reactor.request_reload)
+    await reactor.start()
+    try:
+        since = reactor.caught_up_from
+        print(
+            f"saltbus: reactor {config.reactor_name!r} running on the {config.node} bus in "
+            f"{config.sock_dir}: {len(rules.rules)} tag globs, {rules.files} reaction files"
+            f"{f'; catching up after seq {since}' if since is not None else ''}; "
+            "SIGHUP reloads, Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        await reactor.wait_for_stop()
+    finally:
+        await reactor.stop()
+
+
+async def start_alongside(config: Config, args: argparse.Namespace) -> Reactor:
+    """Start the reactor of ``config`` in the running loop (``saltbus serve``)."""
+    _reactor_package()
+    from saltbus.reactor import Reactor, load_rules  # noqa: PLC0415
+
+    rules = load_rules(config, _base_dir(args))
+    reactor = Reactor(config, rules, loader=lambda: _reload(args))
+    await reactor.start()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reactor.request_reload)
+    print(
+        f"saltbus: reactor {config.reactor_name!r} running: {len(rules.rules)} tag globs, "
+        f"{rules.files} reaction files; SIGHUP reloads",
+        file=sys.stderr,
+        flush=True,
+    )
+    return reactor
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return config_from_args(
+        args,
+        journal=getattr(args, "journal", None),
+        reactor_name=getattr(args, "name", None),
+        reactor_catch_up=getattr(args, "catch_up", None),
+        reactor_worker_threads=getattr(args, "workers", None),
+        reactor_worker_hwm=getattr(args, "hwm", None),
+        reactor_max_depth=getattr(args, "max_depth", None),
+    )
+
+
+def _reload(args: argparse.Namespace) -> tuple[Config, Rules]:
+    config = _config(args)
+    return config, _reactor_package().load_rules(config, _base_dir(args))
+
+
+def _base_dir(args: argparse.Namespace) -> Path:
+    """Relative reaction file paths are taken from the config file's directory."""
+    return Path(args.config).resolve().parent if args.config else Path.cwd()
+
+
+def _reactor_package() -> Any:
+    try:
+        import saltbus.reactor.progress  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(
+            f"the reactor needs Jinja2 ({exc}); install it: pip install 'saltbus[reactor]'"
+        ) from None
+    return saltbus.reactor
+
+
+def _print_rules(rules: Rules) -> None:
+    found: dict[Path, list[Any]] = {}
+    for reaction in rules.found:
+        found.setdefault(reaction.path, []).append(reaction)
+    for rule in rules.rules:
+        print(f"{rule.pattern!r}:")
+        for template in rule.templates:
+            print(f"  {template.path}")
+            reactions = found.get(template.path)
+            if reactions is None:
+                print("    (rendered at each event: its reactions depend on the event's data)")
+            for reaction in reactions or ():
+                status = "REFUSED: needs a Salt master" if reaction.refused else "ok"
+                extras = [
+                    f"{name}: {value}"
+                    for name, value in (
+                        ("when", reaction.when),
+                        ("once_within", reaction.once_within),
+                        ("group_by", list(reaction.group_by) or None),
+                    )
+                    if value is not None
+                ]
+                more = f"  [{'; '.join(extras)}]" if extras else ""
+                print(
+                    f"    line {reaction.line}: {reaction.name}: {reaction.function} {status}{more}"
+                )
