@@ -1,0 +1,143 @@
+"""What every endpoint of one HTTP bridge shares: the bus connection, the
+tokens, the settings, and how a request proves who it is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
+
+from saltbus.config import Config
+from saltbus.event import MatchType
+from saltbus.http.hub import Hub
+from saltbus.http.settings import Settings
+from saltbus.http.stream import EventStream
+from saltbus.http.tokens import Grant, TokenStore
+
+log = logging.getLogger("saltbus.http")
+
+
+class Bridge:
+    """One bridge: the app's routes are its methods' users."""
+
+    def __init__(self, config: Config, tokens: TokenStore | None, settings: Settings) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.settings = settings
+        self.hub = Hub(config, max_pending=settings.fanout_pending)
+        # Set when the server stops: open streams end cleanly instead of being
+        # cancelled (clients reconnect, and resume, when it is back).
+        self.stopping = asyncio.Event()
+
+    @property
+    def auth(self) -> bool:
+        return self.tokens is not None
+
+    def ensure_started(self) -> None:
+        # The lifespan starts the hub; an app mounted in another one may never
+        # see a lifespan, so the first request starts it too.
+        if not self.hub.started:
+            self.hub.start()
+
+    def stop_streams(self) -> None:
+        self.stopping.set()
+
+    async def close(self) -> None:
+        self.stop_streams()
+        await self.hub.close()
+
+    def grant(self, conn: HTTPConnection, *, query_token: bool = False) -> Grant | None:
+        """The grant of a request's token (``Authorization: Bearer``, or
+        ``?token=`` where allowed), or None when it has no valid one."""
+        if self.tokens is None:
+            return Grant.everything()
+        return self.tokens.authenticate(presented_token(conn, query_token=query_token))
+
+    def still_valid(self, conn: HTTPConnection, grant: Grant, *, query_token: bool) -> bool:
+        """Whether a long-lived connection's token was not revoked meanwhile."""
+        return self.grant(conn, query_token=query_token) == grant
+
+    def stream(
+        self,
+        grant: Grant,
+        *,
+        tag: str = "",
+        match_type: MatchType | None = None,
+        since: int | None = None,
+    ) -> EventStream:
+        return EventStream(
+            self.hub,
+            self.config,
+            may_read=grant.may_read,
+            tag=tag,
+            match_type=match_type,
+            since=since,
+            idle=self.settings.heartbeat,
+            queue_size=self.settings.queue_size,
+            batch=self.settings.batch,
+        )
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+async def read_body(conn: Request, limit: int) -> bytes:
+    """The request body, refused (:class:`BodyTooLargeError`) as soon as it passes
+    ``limit`` bytes rather than after it was all held in memory."""
+    declared = conn.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in conn.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def presented_token(conn: HTTPConnection, *, query_token: bool) -> str | None:
+    scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    if query_token:
+        return conn.query_params.get("token") or None
+    return None
+
+
+def unauthorized(message: str = "a valid token is needed") -> JSONResponse:
+    return JSONResponse(
+        {"error": message}, 401, headers={"WWW-Authenticate": 'Bearer realm="saltbus"'}
+    )
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of event data; bytes become text, sets and tuples lists."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return repr(value)
+
+
+def parse_seq(*candidates: str | None) -> int | None:
+    """The first candidate that is a valid sequence number (an empty or
+    malformed Last-Event-ID means: start live)."""
+    for value in candidates:
+        if value is not None and value.strip().isdigit():
+            return int(value.strip())
+    return None
