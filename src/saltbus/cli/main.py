@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from saltbus.cli import doctor, fire, history, listen, react, serve, stats
+from saltbus.cli import doctor, fire, history, http, listen, react, serve, stats, token
 from saltbus.errors import ConfigError, SaltbusError
 
 DESCRIPTION = """\
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (default info)",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in (serve, listen, fire, history, stats, doctor, react):
+    for command in (serve, listen, fire, history, stats, doctor, http, token, react):
         command.add_parser(commands)
     return parser
 
