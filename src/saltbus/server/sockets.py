@@ -8,6 +8,7 @@ import fcntl
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Final
 
@@ -17,6 +18,7 @@ from saltbus.errors import ConfigError, PublisherRunningError
 SOCK_DIR_MODE: Final = 0o700
 SOCKET_MODE: Final = 0o600
 LISTEN_BACKLOG: Final = 1024
+LOCK_WAIT: Final = 0.2
 
 
 def ensure_sock_dir(path: Path) -> None:
@@ -41,13 +43,22 @@ class BusLock:
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise PublisherRunningError(
-                f"another saltbus publisher holds {self.path}; is `saltbus serve` already running?"
-            ) from None
+        # Clients take a shared lock for an instant to learn whether a publisher
+        # holds this one (Config.served_by_saltbus); only a lock held for longer
+        # than LOCK_WAIT is another publisher's.
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise PublisherRunningError(
+                        f"another saltbus publisher holds {self.path}; is `saltbus serve` "
+                        "already running?"
+                    ) from None
+                time.sleep(0.01)
         self._fd = fd
 
     def release(self) -> None:
