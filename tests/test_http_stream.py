@@ -171,3 +171,36 @@ def test_a_resume_point_ahead_of_the_bus_starts_live(
         return [e.tag for e in got]
 
     assert asyncio.run(_with_hub(bus_config, body)) == ["app/live"]
+
+
+def test_a_publisher_restarted_without_journal_numbers_anew(bus_config: Config):
+    config = bus_config.replace(journal="none")
+
+    async def main() -> tuple[list[int | None], list[tuple[str, int | None]]]:
+        hub = Hub(config)
+        stream = EventStream(hub, config, may_read=_everything, idle=0.2)
+        batches = aiter(stream)
+        try:
+            with EmbeddedPublisher(config):
+                hub.start()
+                await asyncio.wait_for(hub.connected.wait(), 10)
+                assert await anext(batches) == []  # joined
+                await _fire(hub, "before/x", 3)
+                before = await _collect(batches, 3)
+                epoch = hub.client.session.epoch
+            with EmbeddedPublisher(config):
+                deadline = time.monotonic() + 10
+                while hub.client.session.epoch == epoch:  # until the hub is back
+                    assert time.monotonic() < deadline, "the hub did not reconnect"
+                    await asyncio.sleep(0.02)
+                await _fire(hub, "after/x", 2)
+                after = await _collect(batches, 2)
+                await stream.close()
+            return [e.seq for e in before], [(e.tag, e.seq) for e in after]
+        finally:
+            await hub.close()
+
+    before, after = asyncio.run(main())
+    assert before == [1, 2, 3]
+    # Numbered from 1 again: not taken for duplicates of the first three.
+    assert after == [("after/x", 1), ("after/x", 2)]
