@@ -8,6 +8,7 @@ process subscribed. Whatever a test starts is killed when it ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -187,7 +188,8 @@ class Proc:
             self.popen.kill()
         self.popen.wait(WAIT)
         if self.popen.stdout is not None:
-            self.popen.stdout.close()
+            with contextlib.suppress(OSError):
+                self.popen.stdout.close()
 
 
 @pytest.fixture
@@ -202,8 +204,13 @@ def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     try:
         yield start
     finally:
-        for proc in reversed(started):
-            proc.kill()
+        errors = []
+        for proc in reversed(started):  # every one, even when killing another failed
+            try:
+                proc.kill()
+            except Exception as exc:  # pragma: no cover - reported after the others
+                errors.append(exc)
+        assert not errors, errors
 
 
 @pytest.fixture
@@ -594,6 +601,7 @@ def test_listen_into_head_in_a_shell_pipeline(bus: Bus, procs: Callable[..., Pro
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
+        start_new_session=True,  # its own process group, so a kill reaches listen too
     )
     try:
         # listen runs in the shell's pipeline: fire until head has its line and all exit.
@@ -607,9 +615,9 @@ def test_listen_into_head_in_a_shell_pipeline(bus: Bus, procs: Callable[..., Pro
                 time.sleep(0.02)
         out, err = shell.communicate(timeout=WAIT)
     finally:
-        if shell.poll() is None:
-            shell.kill()
-            shell.wait(WAIT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait(WAIT)
     assert len(out.splitlines()) == 1 and out.startswith("pipe/")
     assert "status 0" in err, err
     assert_clean_stderr(err)

@@ -267,8 +267,13 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     try:
         yield start
     finally:
-        for proc in started:
-            proc.kill()
+        errors = []
+        for proc in started:  # every one, even when killing another failed
+            try:
+                proc.kill()
+            except Exception as exc:  # pragma: no cover - reported after the others
+                errors.append(exc)
+        assert not errors, errors
 
 
 def sync_subscribers(pull: Address, subs: list[RawSubscriber], framing: Framing = Framing.BARE):
