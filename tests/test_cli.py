@@ -449,6 +449,39 @@ def test_fire_bad_data_exits_2_with_one_line(data: str, sock_dir: Path) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fire", "a/b", "--timeout", "-1"],
+        ["fire", "a/b", "--timeout", "0"],
+        ["fire", "a/b", "--timeout", "nan"],
+        ["fire", "a/b", "--timeout", "soon"],
+        ["stats", "--timeout", "-1"],
+        ["doctor", "--timeout", "-1"],
+        ["listen", "--count", "-1"],
+        ["listen", "--count", "0"],
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(args: list[str], bus: Bus) -> None:
+    """A timeout of -1 once reached socket.settimeout and ended in a traceback;
+    --count -1 made listen exit at once, printing nothing."""
+    result = run(*args, *bus.flags, timeout=WAIT)
+    assert result.returncode == 2, result
+    assert f"saltbus {args[0]}: error: argument" in result.stderr
+    assert_clean_stderr(result.stderr)
+
+
+def test_oversized_event_is_refused_by_fire(procs: Callable[..., Proc], bus: Bus) -> None:
+    start_serve(procs, bus)
+    result = run(
+        "fire", *bus.flags, "a/b", "x=" + "y" * 3000, env=clean_env(SALTBUS_MAX_EVENT_SIZE="1000")
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "max_event_size" in lines[0], result.stderr
+    assert_clean_stderr(result.stderr)
+
+
 def test_fire_with_no_bus_exits_1_naming_the_socket(sock_dir: Path) -> None:
     config = Config.load(env={}, overrides={"sock_dir": sock_dir / "nobus"})
     started = time.monotonic()

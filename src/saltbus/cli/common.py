@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,28 @@ from saltbus.config import Config
 from saltbus.event import MatchType
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.wire import GENERATIONS
+
+
+def seconds(text: str) -> float:
+    """An argparse type for a timeout: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for a count: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def add_bus_options(parser: argparse.ArgumentParser) -> None:

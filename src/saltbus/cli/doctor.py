@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.cli.common import add_bus_options, config_from_args, seconds
 from saltbus.client.probe import ProbeReport, SocketReport, minion_buses, probe_bus
 from saltbus.wire import Framing
 
@@ -33,7 +33,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--no-probe", action="store_true", help="do not fire probe events")
     parser.add_argument(
-        "--timeout", type=float, default=1.0, help="seconds to wait for each probe (default 1)"
+        "--timeout", type=seconds, default=1.0, help="seconds to wait for each probe (default 1)"
     )
     add_bus_options(parser)
     parser.set_defaults(run=run)

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.cli.common import add_bus_options, config_from_args, seconds
 from saltbus.client.listener import Listener
 from saltbus.client.sender import Sender
 from saltbus.config import Config
@@ -42,7 +42,7 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=1.0,
         help="seconds to wait for a publisher to take the event, and to see it published "
         "(default 1)",

@@ -13,6 +13,7 @@ from saltbus.cli.common import (
     add_journal_options,
     config_from_args,
     journal_file,
+    positive_int,
     to_json,
 )
 from saltbus.client.listener import Listener
@@ -41,7 +42,7 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_filter_options(parser)
-    parser.add_argument("--count", type=int, metavar="N", help="exit after N events")
+    parser.add_argument("--count", type=positive_int, metavar="N", help="exit after N events")
     parser.add_argument(
         "--resume", metavar="NAME", help="keep this listener's position under NAME and resume it"
     )

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.cli.common import add_bus_options, config_from_args, seconds
 from saltbus.client.admin import fetch_stats
 
 HELP = "show a running publisher's subscribers, queues, drops and rate"
@@ -27,7 +27,7 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="the raw statistics as JSON")
-    parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    parser.add_argument("--timeout", type=seconds, default=2.0, help="seconds to wait (default 2)")
     add_bus_options(parser)
     parser.set_defaults(run=run)
 
