@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 import yaml
 
 from saltbus.config import Config
@@ -256,12 +255,6 @@ def postgres_server() -> Iterator[Postgres]:
                 pg.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    with postgres_server() as pg:
-        yield pg
 
 
 # -- `saltbus serve` as a process -------------------------------------------

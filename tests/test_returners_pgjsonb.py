@@ -5,6 +5,7 @@ database is stopped and started again."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,13 @@ import pytest
 from saltbus import Config, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.returners.pgjsonb import PgJsonbReturner
-from tests.returners_support import (  # noqa: F401 (the fixture)
-    Postgres,
-    postgres,
-    serve,
-    wait_until,
-    write_config,
-)
+from tests.returners_support import Postgres, postgres_server, serve, wait_until, write_config
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    with postgres_server() as pg:
+        yield pg
 
 
 def rows(pg: Postgres, table: str = "salt_events", master_id: str | None = None) -> list[Any]:
@@ -79,7 +80,8 @@ def test_a_salt_table_gets_the_seq_column(postgres: Postgres):
             "master_id varchar(255) NOT NULL)"
         )
         conn.execute(
-            "INSERT INTO salt_made (tag, data, master_id) VALUES ('old', '{}', 'm'), ('old', '{}', 'm')"
+            "INSERT INTO salt_made (tag, data, master_id) "
+            "VALUES ('old', '{}', 'm'), ('old', '{}', 'm')"
         )
     ret = PgJsonbReturner(postgres.options(master_id="m", table="salt_made"))
     ret.event_return([event(1), event(1)])
