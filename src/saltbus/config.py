@@ -94,6 +94,10 @@ class Config:
     reactor_max_depth: int = 5
     reactor_catch_up: bool = True
     reactor_name: str = "reactor"
+    # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
+    # (servers, node_name, export, import, stream, replicas, credentials, tls,
+    # ...), kept as given; saltbus.cluster.settings checks what the keys mean.
+    cluster: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.node not in ("master", "minion"):
@@ -336,6 +340,8 @@ def _convert(name: str, value: Any) -> Any:
         return _convert_returner_setting(name, value)
     if name in _REACTOR_FIELDS:
         return _convert_reactor_setting(name, value)
+    if name == "cluster":
+        return _cluster_section(value)
     return value
 
 
@@ -505,3 +511,43 @@ def _check_reactor_settings(config: Config) -> None:
             f"reactor_name {config.reactor_name!r} must be 1-64 letters, digits, "
             "'.', '_' or '-', not starting with '.'"
         )
+
+
+# -- federation ------------------------------------------------------------------
+
+CLUSTER_KEYS: Final = frozenset(
+    (
+        "servers",
+        "node_name",
+        "export",
+        "import",
+        "stream",
+        "replicas",
+        "subject_prefix",
+        "duplicate_window",
+        "max_age",
+        "max_in_flight",
+        "ack_timeout",
+        "credentials",
+        "tls",
+        "user",
+        "password",
+        "token",
+        "nkeys_seed",
+        "options",
+    )
+)
+
+
+def _cluster_section(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):  # from SALTBUS_CLUSTER: YAML or JSON
+        value = yaml.safe_load(value) if value.strip() else {}
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"cluster must be a mapping (servers, node_name, ...), not {value!r}")
+    unknown = sorted(str(k) for k in value if k not in CLUSTER_KEYS)
+    if unknown:
+        known = ", ".join(sorted(CLUSTER_KEYS))
+        raise ConfigError(f"cluster: unknown keys {unknown}; known: {known}")
+    return {str(k): v for k, v in value.items() if v is not None}
