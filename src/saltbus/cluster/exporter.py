@@ -1,0 +1,236 @@
+"""Local events out to the JetStream stream.
+
+The exporter reads the local bus as a resuming listener and publishes each
+event the export patterns select, one batch at a time: it sends up to
+``max_in_flight`` publishes without waiting, then waits for their
+acknowledgements together. Its position (saved next to the journal) is the
+highest local seq such that every event up to it was either acknowledged by
+JetStream or not for export; it reads from there after a restart, a lost
+local connection, or a NATS failure, so what was fired while NATS was away
+is exported from the journal when it returns.
+
+Why one batch at a time, and why a failed batch is sent again from its first
+unacknowledged event: importers keep, per origin, the highest origin seq
+they delivered and drop anything at or below it (importer.py). That is
+exactly-once only if each origin's events reach the stream in order. A batch
+is written at once, on one connection that never buffers across reconnects
+(link.py), so the events the stream got from it are a prefix of it; the rest
+are sent again after it, never overtaken by a later batch. A resend of what
+the stream already has is dropped by its ``Nats-Msg-Id`` (within the
+duplicate window) or, later, by the importers' check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import nats.errors
+import nats.js.errors
+
+from saltbus.client.aio import AsyncClient, Subscription
+from saltbus.client.positions import PositionStore
+from saltbus.cluster.envelope import Envelope
+from saltbus.cluster.link import Backoff, Link
+from saltbus.cluster.settings import ClusterSettings
+from saltbus.cluster.state import EPOCH_CURSOR, ORIGIN_KEY
+from saltbus.cluster.subjects import tag_to_subject
+from saltbus.config import Config
+from saltbus.errors import BusError, SaltbusError
+from saltbus.event import Event, MatchType, tag_matcher
+from saltbus.journal.store import Journal
+from saltbus.wire import pack_body
+
+log = logging.getLogger("saltbus.cluster")
+
+CONNECT_TIMEOUT: Final = 5.0
+# Events the local listener may hold while a batch is out; past that it
+# drops, and the exporter reads again from its position (nothing is lost).
+LOCAL_QUEUE: Final = 20_000
+# JetStream's error for a message over the stream's size limit: resending never helps.
+TOO_LARGE_CODES: Final = frozenset((10054,))
+
+
+class ExportFailedError(SaltbusError):
+    """A batch was not (wholly) acknowledged; it is sent again from its first gap."""
+
+
+class Exporter:
+    def __init__(
+        self, config: Config, settings: ClusterSettings, link: Link, journal: Path
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.link = link
+        self.journal = journal
+        self.store = PositionStore(journal, f"cluster.{settings.stream}.export")
+        self.epoch: int | None = None
+        self.position: int | None = None
+        self._matchers = [tag_matcher(p.pattern, p.match_type) for p in settings.export]
+        self.exported = 0
+        self.not_exported = 0  # not matching, or imported
+        self.dropped = 0  # refused by NATS for good (too large)
+        self.batches = 0
+        self.failures = 0
+        self.in_flight = 0
+        self.last_error: str | None = None
+
+    async def start(self) -> None:
+        """Load the position; a first run starts at the journal's end."""
+        saved = self.store.load()
+        if saved is None:
+            saved = await asyncio.to_thread(_journal_end, self.journal)
+            self.store.save(*saved)
+        self.epoch, self.position = saved
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self.link.wait_up()
+            try:
+                await self.link.ensure_stream()
+                await self._export(backoff)
+            except (
+                OSError,
+                TimeoutError,
+                BusError,
+                ExportFailedError,
+                nats.errors.Error,
+            ) as exc:
+                self.failures += 1
+                self._report(f"export: {exc}")
+                if isinstance(exc, nats.js.errors.NoStreamResponseError):
+                    self.link.stream_failed()
+            except Exception as exc:  # a bug here must not end the federation
+                self.failures += 1
+                log.exception("export failed unexpectedly")
+                self.last_error = f"export: {exc!r}"
+            await backoff.sleep()
+
+    async def _export(self, backoff: Backoff) -> None:
+        client = AsyncClient(self.config, since=self.position)
+        client.session.epoch = self.epoch
+        subscription = self._subscribe(client)
+        try:
+            await client.connect(CONNECT_TIMEOUT)
+            if self.epoch is not None and client.session.epoch not in (None, self.epoch):
+                log.warning("the local bus numbers events anew (new journal): exporting all of it")
+                self.epoch, self.position = client.session.epoch, 0
+                self.store.save(self.epoch, 0)
+                return
+            while True:
+                batch = await self._collect(subscription)
+                await self._publish(batch)
+                backoff.reset()
+                self.last_error = None
+        finally:
+            await client.close()
+
+    def _subscribe(self, client: AsyncClient) -> Subscription:
+        # One pattern can be the publisher's filter; several, or none, mean
+        # reading everything (one subscription keeps the order) and choosing here.
+        if len(self.settings.export) == 1:
+            pattern = self.settings.export[0]
+            return client.subscribe(pattern.pattern, pattern.match_type, LOCAL_QUEUE)
+        return client.subscribe("", MatchType.STARTSWITH, LOCAL_QUEUE)
+
+    async def _collect(self, subscription: Subscription) -> list[Event]:
+        batch = [await subscription.next()]
+        while len(batch) < self.settings.max_in_flight and subscription.pending:
+            batch.append(await subscription.next(0))
+        return batch
+
+    def wanted(self, event: Event) -> bool:
+        if event.seq is None or ORIGIN_KEY in event.data:
+            return False  # an imported event never goes back out
+        return not self._matchers or any(match(event.tag) for match in self._matchers)
+
+    async def _publish(self, batch: Sequence[Event]) -> None:
+        js = self.link.js
+        epoch = self.epoch or 0
+        sent: list[tuple[Event, asyncio.Future[Any] | None]] = []
+        failure: BaseException | None = None
+        for event in batch:
+            if not self.wanted(event):
+                sent.append((event, None))
+                continue
+            envelope = Envelope(self.settings.node_name, epoch, event.seq or 0, event.tag)
+            try:
+                future = await js.publish_async(
+                    tag_to_subject(event.tag, self.settings.subject_prefix),
+                    pack_body(event.tag, event.data),
+                    wait_stall=self.settings.ack_timeout,
+                    headers=envelope.headers(),
+                )
+            except nats.errors.MaxPayloadError:
+                log.error(
+                    "event %d (%s) is over NATS's max_payload: not exported", event.seq, event.tag
+                )
+                self.dropped += 1
+                sent.append((event, None))
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                failure = exc
+                break
+            sent.append((event, future))
+        self.in_flight = sum(1 for _, f in sent if f is not None)
+        try:
+            failure = await self._settle(sent) or failure
+        finally:
+            self.in_flight = 0
+        if failure is not None:
+            raise ExportFailedError(f"{type(failure).__name__}: {failure}".rstrip(": "))
+
+    async def _settle(
+        self, sent: Sequence[tuple[Event, asyncio.Future[Any] | None]]
+    ) -> BaseException | None:
+        """Wait for the acknowledgements; move the position over the prefix
+        of the batch that is done; return what stopped it, if anything."""
+        futures = [pending for _, pending in sent if pending is not None]
+        if futures:
+            _, late = await asyncio.wait(futures, timeout=self.settings.ack_timeout)
+            for unanswered in late:
+                unanswered.cancel()  # frees its slot in nats-py's bound on pending publishes
+        position = self.position
+        failure: BaseException | None = None
+        for event, future in sent:
+            if future is not None:
+                error = _outcome(future)
+                if isinstance(error, nats.js.errors.APIError) and error.err_code in TOO_LARGE_CODES:
+                    log.error(
+                        "event %d (%s) refused by the stream: %s", event.seq, event.tag, error
+                    )
+                    self.dropped += 1
+                elif error is not None:
+                    failure = error
+                    break
+                else:
+                    self.exported += 1
+            else:
+                self.not_exported += 1
+            position = event.seq
+        if position is not None and position != self.position:
+            self.position = position
+            self.store.save(self.epoch, position)
+        self.batches += 1
+        return failure
+
+    def _report(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s; retrying", message)
+        self.last_error = message
+
+
+def _outcome(future: asyncio.Future[Any]) -> BaseException | None:
+    if future.cancelled():
+        return TimeoutError("no acknowledgement from JetStream in time")
+    return future.exception()
+
+
+def _journal_end(journal: Path) -> tuple[int | None, int]:
+    """The local numbering and last seq now (where a first run starts)."""
+    with Journal.open(journal, readonly=True) as store:
+        return store.get_cursor(EPOCH_CURSOR), store.last_seq()

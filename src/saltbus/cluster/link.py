@@ -1,0 +1,253 @@
+"""The node's connection to NATS, its JetStream stream and its durable consumer.
+
+nats-py reconnects by itself once connected; the first connection is
+retried here, so a node starts (and its bus works) while NATS is away.
+Publishes are not buffered across a reconnect (``pending_size=0``): a
+publish while disconnected fails at once, so the exporter never has a later
+event reach the stream ahead of an earlier one that was lost with the old
+connection (exporter.py relies on this for the per-origin order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Final
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from saltbus.cluster.settings import ClusterSettings
+
+log = logging.getLogger("saltbus.cluster")
+
+RETRY_MIN: Final = 0.5
+RETRY_MAX: Final = 5.0
+RECONNECT_WAIT: Final = 1.0
+API_TIMEOUT: Final = 5.0
+# Delivered and not yet acknowledged, per consumer: a bound on what a node
+# holds in memory and on what is delivered again after a crash.
+MAX_ACK_PENDING: Final = 2048
+# Only a stalled bus takes this long: the importer acknowledges each event
+# as soon as its local fire is, and a redelivery is dropped as a duplicate.
+ACK_WAIT: Final = 60.0
+
+
+class Backoff:
+    def __init__(self, low: float = RETRY_MIN, high: float = RETRY_MAX) -> None:
+        self.low, self.high, self.delay = low, high, low
+
+    def reset(self) -> None:
+        self.delay = self.low
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.high)
+
+
+class Link:
+    """One NATS connection, shared by the exporter and the importer."""
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._up = asyncio.Event()
+        self._stream_checked = False
+        self.last_error: str | None = None
+        self.connects = 0
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "wait_up() first"
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    @property
+    def server(self) -> str | None:
+        if self.nc is None or not self.nc.is_connected or self.nc.connected_url is None:
+            return None
+        url = self.nc.connected_url
+        return f"{url.scheme}://{url.netloc}"
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
+
+    async def run(self) -> None:
+        """Connect, retrying until it works (nats-py reconnects after that)."""
+        backoff = Backoff()
+        while self.nc is None:
+            try:
+                self.nc = await nats.connect(
+                    servers=list(self.settings.servers),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=RECONNECT_WAIT,
+                    pending_size=0,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_disconnected,
+                    **self.settings.connect_kwargs(),
+                )
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                self._report(f"cannot connect to NATS ({', '.join(self.settings.servers)}): {exc}")
+                await backoff.sleep()
+        self._js = self.nc.jetstream(
+            timeout=API_TIMEOUT, publish_async_max_pending=4 * self.settings.max_in_flight
+        )
+        self.connects += 1
+        log.info("connected to NATS at %s", self.server)
+        self._up.set()
+
+    async def close(self) -> None:
+        nc, self.nc = self.nc, None
+        self._up.clear()
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), API_TIMEOUT)
+
+    # -- the stream and the consumer ------------------------------------------
+
+    async def ensure_stream(self) -> None:
+        """Create the stream when it is missing (once per connection, or after a failure)."""
+        if self._stream_checked:
+            return
+        settings = self.settings
+        try:
+            info = await self.js.stream_info(settings.stream)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(
+                StreamConfig(
+                    name=settings.stream,
+                    subjects=[f"{settings.subject_prefix}.>"],
+                    retention=RetentionPolicy.LIMITS,
+                    storage=StorageType.FILE,
+                    discard=DiscardPolicy.OLD,
+                    num_replicas=settings.replicas,
+                    duplicate_window=settings.duplicate_window,
+                    max_age=settings.max_age,
+                )
+            )
+            log.info("created the JetStream stream %s", settings.stream)
+        else:
+            config = info.config
+            if config.num_replicas not in (None, settings.replicas):
+                log.warning(
+                    "stream %s has %s replicas, not the %d configured: it is left as it is",
+                    settings.stream,
+                    config.num_replicas,
+                    settings.replicas,
+                )
+        self._stream_checked = True
+
+    def stream_failed(self) -> None:
+        """Check the stream again next time (it may have been deleted)."""
+        self._stream_checked = False
+
+    async def bind_consumer(self, filter_subject: str) -> JetStreamContext.PullSubscription:
+        """The node's durable pull consumer, created, adjusted or rewound, and bound.
+
+        Messages delivered to an earlier subscription and never acknowledged
+        (a crash, a lost connection) would come back only after ``ack_wait``,
+        behind newer ones; per-origin order needs them first. So when any are
+        pending, the consumer is made again from its acknowledgement floor:
+        everything after it comes again, in stream order, and what was
+        delivered already is dropped by the importer's per-origin check."""
+        await self.ensure_stream()
+        stream, name = self.settings.stream, self.settings.node_name
+        try:
+            info: ConsumerInfo | None = await self.js.consumer_info(stream, name)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is None:
+            last = (await self.js.stream_info(stream)).state.last_seq
+            await self._add_consumer(filter_subject, last + 1)
+            log.info("created the consumer %s (from stream seq %d)", name, last + 1)
+        elif info.num_ack_pending:
+            start = _rewind_point(info)
+            await self.js.delete_consumer(stream, name)
+            await self._add_consumer(filter_subject, start, info.config)
+            log.info(
+                "consumer %s had %d unacknowledged; delivering again from stream seq %d",
+                name,
+                info.num_ack_pending,
+                start,
+            )
+        elif info.config.filter_subject != filter_subject:
+            config = info.config
+            config.filter_subject = filter_subject
+            await self.js.add_consumer(stream, config)  # an update: same name
+            log.info("consumer %s now filters %s", name, filter_subject)
+        return await self.js.pull_subscribe_bind(durable=name, stream=stream)
+
+    async def _add_consumer(
+        self, filter_subject: str, start: int, old: ConsumerConfig | None = None
+    ) -> None:
+        name = self.settings.node_name
+        config = ConsumerConfig(
+            name=name,
+            durable_name=name,
+            description=f"saltbus node {name}",
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(start, 1),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT if old is None else old.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=MAX_ACK_PENDING if old is None else old.max_ack_pending,
+            filter_subject=filter_subject,
+        )
+        await self.js.add_consumer(self.settings.stream, config)
+
+    async def consumer_info(self) -> ConsumerInfo:
+        info: ConsumerInfo = await self.js.consumer_info(
+            self.settings.stream, self.settings.node_name
+        )
+        return info
+
+    # -- callbacks ---------------------------------------------------------
+
+    def _report(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s", message)
+        self.last_error = message
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._report(f"NATS: {exc!r}")
+
+    async def _on_disconnected(self, *_: Any) -> None:
+        if self.nc is not None:
+            log.warning("disconnected from NATS; reconnecting")
+        self._up.clear()
+
+    async def _on_reconnected(self, *_: Any) -> None:
+        self.connects += 1
+        self._stream_checked = False
+        log.info("reconnected to NATS at %s", self.server)
+        self._up.set()
+
+
+def _rewind_point(info: ConsumerInfo) -> int:
+    """The first stream seq not known to be acknowledged."""
+    floor = info.ack_floor
+    if floor is not None and floor.consumer_seq:
+        return (floor.stream_seq or 0) + 1
+    # Nothing acknowledged yet: from where the consumer started.
+    return info.config.opt_start_seq or 1

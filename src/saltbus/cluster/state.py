@@ -1,0 +1,154 @@
+"""What a node remembers between runs: per origin, the last event it delivered.
+
+The importer delivers an event, then acknowledges it to NATS. A crash in
+between makes NATS deliver it again, so exactly-once needs to know, per
+origin node (and that node's numbering, its epoch), the highest origin
+sequence number already delivered here. That is saved in a small file after
+each batch, together with the local sequence number it is true as of; at
+start the local journal is read from there on, because every delivered event
+carries its origin (:data:`ORIGIN_KEY`) and the journal has everything fired,
+also what the file had no time to record. The file is an optimisation, the
+journal the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from saltbus.errors import JournalError, RemoteProtocolError
+from saltbus.journal.store import Journal
+from saltbus.wire import unpack_body
+
+log = logging.getLogger("saltbus.cluster")
+
+ORIGIN_KEY: Final = "_saltbus_origin"
+_ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
+# The publisher's numbering, as the server keeps it in the journal (server/app.py).
+EPOCH_CURSOR: Final = "saltbus:epoch"
+# Epochs kept per origin: an origin's older numberings stop mattering once its
+# new one has been seen for a while; a few are kept for events still in flight.
+EPOCHS_KEPT: Final = 4
+
+Origin = tuple[str, int]  # (node name, that node's epoch)
+
+
+def origin_marker(node: str, epoch: int, seq: int, stamp: Any = None) -> dict[str, Any]:
+    """What an imported event carries under :data:`ORIGIN_KEY`."""
+    marker: dict[str, Any] = {"node": node, "seq": seq, "epoch": epoch}
+    if stamp is not None:
+        marker["stamp"] = stamp
+    return marker
+
+
+def read_marker(data: Mapping[str, Any]) -> tuple[Origin, int] | None:
+    """The origin and origin seq of an imported event's data, None for a local event."""
+    marker = data.get(ORIGIN_KEY)
+    if not isinstance(marker, Mapping):
+        return None
+    node, epoch, seq = marker.get("node"), marker.get("epoch", 0), marker.get("seq")
+    if not isinstance(node, str) or not isinstance(epoch, int) or not isinstance(seq, int):
+        return None
+    return (node, epoch), seq
+
+
+@dataclass
+class ImportState:
+    """Per origin, the last origin seq delivered on this bus."""
+
+    path: Path
+    marks: dict[Origin, int] = field(default_factory=dict)
+    local_epoch: int | None = None
+    as_of: int = 0  # the local seq the marks are true as of
+    _saved: str = ""
+
+    def delivered(self, origin: Origin) -> int | None:
+        return self.marks.get(origin)
+
+    def record(self, origin: Origin, seq: int, local_seq: int | None = None) -> None:
+        if seq > self.marks.get(origin, -1):
+            self.marks[origin] = seq
+        if local_seq is not None and local_seq > self.as_of:
+            self.as_of = local_seq
+
+    @classmethod
+    def load(cls, path: Path) -> ImportState:
+        state = cls(path)
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            state.local_epoch = saved.get("local_epoch")
+            state.as_of = int(saved.get("as_of", 0))
+            for node, epochs in saved.get("origins", {}).items():
+                for epoch, seq in epochs.items():
+                    state.marks[(str(node), int(epoch))] = int(seq)
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, AttributeError) as exc:
+            # The journal scan below rebuilds what matters; say so and go on.
+            log.warning(
+                "cluster state %s unreadable (%s); rebuilding it from the journal", path, exc
+            )
+            state = cls(path)
+        return state
+
+    def save(self) -> None:
+        self._prune()
+        origins: dict[str, dict[str, int]] = {}
+        for (node, epoch), seq in self.marks.items():
+            origins.setdefault(node, {})[str(epoch)] = seq
+        text = json.dumps(
+            {"local_epoch": self.local_epoch, "as_of": self.as_of, "origins": origins}
+        )
+        if text == self._saved:
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._saved = text
+
+    def _prune(self) -> None:
+        by_node: dict[str, list[int]] = {}
+        for node, epoch in self.marks:
+            by_node.setdefault(node, []).append(epoch)
+        for node, epochs in by_node.items():
+            # Epochs are random numbers: the marks' order (first seen first) tells their age.
+            for epoch in epochs[:-EPOCHS_KEPT]:
+                del self.marks[(node, epoch)]
+
+    def catch_up(self, journal_path: Path) -> int:
+        """Read the local journal after :attr:`as_of` (all of it when the local
+        numbering changed) for imported events the file does not know of.
+        Blocking: run it in a thread. Returns how many were found."""
+        if not journal_path.exists():
+            return 0
+        found = 0
+        try:
+            with Journal.open(journal_path, readonly=True) as journal:
+                epoch = journal.get_cursor(EPOCH_CURSOR)
+                since = self.as_of if epoch == self.local_epoch else 0
+                self.local_epoch = epoch
+                for record in journal.iter_read(since=since):
+                    self.as_of = max(self.as_of, record.seq)
+                    if _ORIGIN_BYTES not in record.body:
+                        continue  # most events: no msgpack work
+                    origin = _marker_of(record.body)
+                    if origin is not None:
+                        self.record(*origin)
+                        found += 1
+        except JournalError as exc:
+            log.warning("cannot read the journal %s for imported events: %s", journal_path, exc)
+        return found
+
+
+def _marker_of(body: bytes) -> tuple[Origin, int] | None:
+    try:
+        _tag, data = unpack_body(body)
+    except RemoteProtocolError:
+        return None
+    return read_marker(data)
