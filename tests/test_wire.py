@@ -217,10 +217,12 @@ def test_decoder_refuses_other_first_byte_and_stays_failed(first: int) -> None:
         decoder.receive_data(bytes([first]) + b"rest")
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
-    # A valid frame afterwards does not resurrect the stream.
-    decoder.receive_data(GOLDEN_FRAME)
+    # A valid frame afterwards does not resurrect the stream, nor is it buffered.
+    with pytest.raises(RemoteProtocolError):
+        decoder.receive_data(GOLDEN_FRAME)
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
+    assert decoder.buffered <= len(b"rest") + 1
 
 
 def test_decoder_detects_nothing_before_data() -> None:
@@ -414,7 +416,8 @@ def test_length_prefix_over_limit_raises_before_body() -> None:
     decoder.receive_data(struct.pack(">I", 1001))  # the prefix alone, no body yet
     with pytest.raises(RemoteProtocolError, match="1001"):
         decoder.next_frame()
-    decoder.receive_data(b"\x00" * 1001)
+    with pytest.raises(RemoteProtocolError):  # the body is not even buffered
+        decoder.receive_data(b"\x00" * 1001)
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
 
@@ -517,7 +520,8 @@ def test_malformed_frame_raises_and_decoder_stays_failed(raw: bytes, framing: Fr
     decoder.receive_data(raw)
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
-    decoder.receive_data(encode_frame(pack_body("ok", {}), framing=framing))
+    with pytest.raises(RemoteProtocolError):
+        decoder.receive_data(encode_frame(pack_body("ok", {}), framing=framing))
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
     with pytest.raises(RemoteProtocolError):
