@@ -31,6 +31,7 @@ import psutil
 import pytest
 
 from saltbus.config import Address, Config
+from saltbus.control import Stats, StatsRequest, decode_control, encode_control
 from saltbus.errors import ConfigError, PublisherRunningError
 from saltbus.server import EmbeddedPublisher, Server
 from saltbus.server.app import DRAIN_TIMEOUT, LAG_REPORT_INTERVAL, LAGGED_TAG
@@ -1069,6 +1070,45 @@ def test_subscriber_writing_garbage_keeps_receiving(bus_config: Config) -> None:
         assert len(bus.subscriber_stats()) == 2
         chatty.close()
         quiet.close()
+
+
+def test_listener_asking_without_reading_costs_bounded_memory(
+    sock_dir: Path, serve: Callable[..., ServeProcess]
+) -> None:
+    """A listener may ask for statistics on the publish socket; one that asks
+    and never reads must not make the publisher queue replies without bound:
+    it is not read while it does not read (measured before the fix: 200,000
+    requests grew the publisher by ~100 MB)."""
+    bus = serve(sock_dir)
+    good = RawSubscriber(bus.pub)
+    sync_subscribers(bus.pull, [good])
+    process = psutil.Process(bus.proc.pid)
+    baseline = process.memory_info().rss
+    asker = connect(bus.pub)
+    asker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    request = encode_control(StatsRequest(), Framing.BARE)
+    asker.settimeout(2.0)
+    sent = 0
+    with contextlib.suppress(TimeoutError):
+        for _ in range(200):
+            asker.sendall(request * 1000)
+            sent += 1000
+    assert sent < 200_000, "the publisher kept reading requests it could not answer"
+    growth = (process.memory_info().rss - baseline) / 2**20
+    assert growth < 16, f"publisher grew by {growth:.0f} MB"
+    # The others are served meanwhile, and the asker gets its answers once it reads.
+    send(bus.pull, encode_frame(body("still/served", 1)))
+    assert good.read_tag("still/served", 1)
+    asker.settimeout(WAIT)
+    decoder = FrameDecoder()
+    replies = 0
+    deadline = time.monotonic() + WAIT
+    while replies < 10:
+        assert time.monotonic() < deadline
+        decoder.receive_data(asker.recv(1 << 16))
+        replies += sum(1 for f in decoder if isinstance(decode_control(f), Stats))
+    asker.close()
+    good.close()
 
 
 def test_subscriber_disconnecting_is_forgotten(bus_config: Config) -> None:

@@ -132,8 +132,15 @@ class SubscriberConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.subscriber is not None:
             self.subscriber.pause()
+        # Requests a listener writes (stats) are answered on this connection,
+        # past its queue bounds: while it does not read, do not read it either,
+        # or a listener that only asks would grow the publisher without bound.
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
         if self.subscriber is not None:
             self.subscriber.resume()
 
