@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from saltbus.cli import react
+from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
 from saltbus.server import Server
@@ -37,6 +37,7 @@ def add_parser(commands: Any) -> None:
     )
     add_bus_options(parser)
     add_journal_options(parser)
+    cluster.add_options(parser)
     parser.add_argument(
         "--journal",
         choices=("none", "batch", "fsync"),
@@ -47,7 +48,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args, journal=args.journal)
+    config = cluster.apply_options(config_from_args(args, journal=args.journal), args)
     _event_loop_runner()(_serve(config, args))
     return 0
 
@@ -64,13 +65,18 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         file=sys.stderr,
         flush=True,
     )
-    reactor = None
+    reactor = bridge = None
     try:
         # With a `reactor:` section, the reactor runs here as a client of this bus.
         if config.reactor and args is not None:
             reactor = await react.start_alongside(config, args)
+        # With a `cluster:` section (or --cluster), so does the federation bridge.
+        if config.cluster:
+            bridge = await cluster.start_alongside(config, server)
         await server.wait_for_exit()
     finally:
+        if bridge is not None:
+            await bridge.stop()
         if reactor is not None:
             await reactor.stop()
         await server.shutdown()

@@ -70,6 +70,9 @@ class Server:
         self._started = time.monotonic()
         self.pub_address: Address = config.pub_address
         self.pull_address: Address = config.pull_address
+        # Parts run beside the server in its loop (the federation bridge) add
+        # their statistics here, under their name, without the server knowing them.
+        self.stats_sources: dict[str, Callable[[], Any]] = {}
 
     @property
     def intake_paused(self) -> bool:
@@ -298,7 +301,7 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         uptime = time.monotonic() - self._started
-        return {
+        return self._source_stats() | {
             "node": self.config.node,
             "sock_dir": str(self.config.sock_dir),
             "salt_version": self.config.salt_version,
@@ -325,6 +328,15 @@ class Server:
                 for s in self.subscriber_stats()
             ],
         }
+
+    def _source_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {}
+        for name, source in self.stats_sources.items():
+            try:
+                stats[name] = source()
+            except Exception as exc:  # one part's bug must not cost all the statistics
+                log.error("statistics of %s failed: %r", name, exc)
+        return stats
 
     # -- helpers -----------------------------------------------------------
 
