@@ -191,3 +191,8 @@ def test_durations(value: Any, seconds: float) -> None:
 def test_bad_durations(value: Any) -> None:
     with pytest.raises(ValueError, match="not a positive duration"):
         parse_duration(value)
+
+
+def test_yaml_scalars_in_a_command_are_kept_as_written() -> None:
+    r = one("r:\n  cmd.run:\n    - cmd: [true, 1, 2.5, false, x]\n")
+    assert r.options["cmd"] == ["true", "1", "2.5", "false", "x"]

@@ -128,3 +128,10 @@ def test_lines_are_source_lines_when_jinja_drops_some(tmp_path: Path) -> None:
     t = template(tmp_path, text + "   - error {{ data.id }}\n")
     with pytest.raises(ReactionFileError, match=r"r\.sls: YAML.*as rendered: '   - error web1'"):
         t.render("t", {"id": "web1"})
+
+
+def test_a_file_without_jinja_is_not_rendered_per_event(tmp_path: Path) -> None:
+    static = template(tmp_path, "a:\n  event.send:\n    - tag: x\n")
+    assert static.static and not template(tmp_path, "a: {# c #}\n").static
+    first = static.render("t", {"n": 1})
+    assert static.render("u", {"n": 2}) is first

@@ -10,8 +10,9 @@ parts: :mod:`.rules` (loading), :mod:`.templates` (Jinja2 then YAML),
 Needs Jinja2 (the ``reactor`` extra).
 """
 
-from saltbus.reactor.engine import Reactor, Stats
+from saltbus.reactor.engine import Reactor
 from saltbus.reactor.errors import ActionError, ReactionFileError, RefusedError
+from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules, load_rules
 from saltbus.reactor.spec import Reaction
 

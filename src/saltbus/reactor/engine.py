@@ -36,6 +36,7 @@ from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of
 from saltbus.reactor.errors import ActionError, ReactionFileError
 from saltbus.reactor.progress import PidFile, Progress, bus_journal, pid_path, position_store
+from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules
 from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate, compile_condition
@@ -47,23 +48,9 @@ DRAIN_TIMEOUT: Final = 30.0
 FIRE_TIMEOUT: Final = 5.0
 OVERFLOW_REPORT_INTERVAL: Final = 1.0
 CONNECT_RETRY: Final = 1.0
+YIELD_EVERY: Final = 64
 
 Loader = Callable[[], tuple[Config, Rules]]
-
-
-@dataclass
-class Stats:
-    events: int = 0
-    matched: int = 0
-    queued: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    filtered: int = 0  # `when` was false
-    throttled: int = 0
-    stopped: int = 0  # by the loop guard
-    dropped: int = 0  # queue full
-    render_errors: int = 0
-    reloads: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +184,7 @@ class Reactor:
     # -- reading and dispatching --------------------------------------------
 
     async def _ingest(self, subscription: Subscription) -> None:
+        since_yield = 0
         while True:
             try:
                 event = await subscription.next()
@@ -208,8 +196,12 @@ class Reactor:
                 return
             self._dispatch(event)
             # next() returns without yielding while events are waiting: let
-            # the workers run between events.
-            await asyncio.sleep(0)
+            # the workers run when they have work (a loop turn costs a poll,
+            # so not after every event that queued nothing).
+            since_yield += 1
+            if since_yield >= YIELD_EVERY or not self._queue.empty():
+                since_yield = 0
+                await asyncio.sleep(0)
 
     def _dispatch(self, event: Event) -> None:
         self.stats.events += 1

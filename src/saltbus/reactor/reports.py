@@ -17,6 +17,7 @@ guard; a loop event is always past the limit, so it cannot start reactions
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from saltbus.reactor.actions import Outcome, Trigger
@@ -29,6 +30,23 @@ LOOP_TAG: Final = PREFIX + "loop"
 OVERFLOW_TAG: Final = PREFIX + "overflow"
 ERROR_TAG: Final = PREFIX + "error"
 RELOAD_TAG: Final = PREFIX + "reload"
+
+
+@dataclass
+class Stats:
+    """What a reactor did since it started (logged when it stops)."""
+
+    events: int = 0
+    matched: int = 0
+    queued: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    filtered: int = 0  # `when` was false
+    throttled: int = 0
+    stopped: int = 0  # by the loop guard
+    dropped: int = 0  # queue full
+    render_errors: int = 0
+    reloads: int = 0
 
 
 def ret_tag(reaction: Reaction) -> str:

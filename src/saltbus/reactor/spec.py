@@ -247,7 +247,8 @@ def _check_options(function: str, options: dict[str, Any], fail: Fail) -> dict[s
         if isinstance(cmd, list | tuple):
             if not cmd or not all(isinstance(p, str | int | float) for p in cmd):
                 raise fail(f"cmd must be a non-empty list of strings, not {cmd!r}")
-            out["cmd"] = [str(p) for p in cmd]
+            # As written: YAML reads `true` as a boolean, whose str() is "True".
+            out["cmd"] = [str(p).lower() if isinstance(p, bool) else str(p) for p in cmd]
         elif not isinstance(cmd, str) or not cmd.strip():
             raise fail(f"cmd must be a list of strings (or one string), not {cmd!r}")
         out["shell"] = _bool(out.get("shell", False), "shell", fail)

@@ -69,6 +69,8 @@ class ReactionTemplate:
             raise ReactionFileError(path, None, f"not UTF-8: {exc}") from None
         self._template = self._compile(_ENV)
         self._cache: OrderedDict[str, tuple[Reaction, ...]] = OrderedDict()
+        # A file without Jinja2 renders to itself: no need to render it per event.
+        self.static = not any(mark in self.source for mark in ("{{", "{%", "{#"))
 
     def _compile(self, env: SandboxedEnvironment) -> jinja2.Template:
         try:
@@ -82,7 +84,7 @@ class ReactionTemplate:
         Raises :class:`ReactionFileError` (naming the file and line) when the
         template fails, the result is not YAML, or a reaction is malformed.
         """
-        text = self._render(self._template, tag, data)
+        text = self.source if self.static else self._render(self._template, tag, data)
         cached = self._cache.get(text)
         if cached is not None:
             self._cache.move_to_end(text)
