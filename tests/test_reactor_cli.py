@@ -21,6 +21,7 @@ import pytest
 
 from saltbus import Config, Listener, Sender
 from saltbus.event import Event
+from tests.interop.saltpeer import SALT_VERSIONS, salt_fire, salt_publisher
 
 SALTBUS = Path(sys.executable).with_name("saltbus")
 WAIT = 30.0
@@ -668,3 +669,43 @@ def test_help_explains_with_an_example() -> None:
     expected += ["group_by", "when:", "needs a Salt master", "--reload", "catch", "SIGHUP"]
     for text in expected:
         assert text in done.stdout
+
+
+# -- against Salt's own bus ------------------------------------------------------------
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("version", SALT_VERSIONS)
+def test_react_on_a_salt_masters_bus(version: str, sock_dir: Path, tmp_path: Path) -> None:
+    """Salt's publisher and Salt's firing client; saltbus only reacts."""
+    out = tmp_path / "out"
+    conf = reactor_conf(
+        tmp_path,
+        {
+            "r.sls": f"mark:\n  cmd.run: [{{cmd: [sh, -c, 'echo {{{{ data.v }}}} > {out}']}}]\n"
+            "tell:\n  event.send: {tag: app/seen, data: {v: '{{ data.v }}'}}\n"
+        },
+        "  - 'app/go': [r.sls]\n",
+    )
+    config = Config.load(
+        env={},
+        overrides={"sock_dir": sock_dir, "data_dir": tmp_path / "data", "salt_version": version},
+    )
+    with salt_publisher(version, sock_dir):
+        listener = Listener(config, "app/seen")
+        listener.connect(5)
+        proc = react(config, conf, "--salt-version", version)
+        try:
+            # A Salt publisher confirms no subscription: fire until the reactor hears.
+            deadline = time.monotonic() + WAIT
+            while not out.exists():
+                assert time.monotonic() < deadline, proc.stderr
+                salt_fire(version, sock_dir, "app/go", {"v": version})
+                time.sleep(0.2)
+            seen = listener.receive(WAIT)
+        finally:
+            listener.close()
+            assert proc.stop() == 0
+    assert out.read_text() == f"{version}\n"
+    assert seen is not None and seen.data["v"] == version and seen.seq is None
+    assert "catching up" not in proc.stderr  # no journal on Salt's bus: nothing to resume
