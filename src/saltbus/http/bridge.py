@@ -6,19 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Final
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from saltbus.config import Config
-from saltbus.event import MatchType
+from saltbus.event import Event, MatchType
 from saltbus.http.hub import Hub
 from saltbus.http.settings import Settings
 from saltbus.http.stream import EventStream
 from saltbus.http.tokens import Grant, TokenStore
 
 log = logging.getLogger("saltbus.http")
+
+PAYLOAD_CACHE: Final = 4096
 
 
 class Bridge:
@@ -32,6 +35,7 @@ class Bridge:
         # Set when the server stops: open streams end cleanly instead of being
         # cancelled (clients reconnect, and resume, when it is back).
         self.stopping = asyncio.Event()
+        self.payloads = PayloadCache()
 
     @property
     def auth(self) -> bool:
@@ -119,6 +123,26 @@ def unauthorized(message: str = "a valid token is needed") -> JSONResponse:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status)
+
+
+class PayloadCache:
+    """The JSON ``{"tag", "data"}`` of recent events, encoded once for all the
+    connections the fan-out hands the same event to. Keyed by identity (the
+    entry holds the event, so its id is not reused while cached)."""
+
+    def __init__(self, size: int = PAYLOAD_CACHE) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[Event, str]] = OrderedDict()
+
+    def payload(self, event: Event) -> str:
+        entry = self._entries.get(id(event))
+        if entry is not None and entry[0] is event:
+            return entry[1]
+        text = dumps({"tag": event.tag, "data": event.data})
+        self._entries[id(event)] = (event, text)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return text
 
 
 def dumps(value: Any) -> str:

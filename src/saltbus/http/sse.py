@@ -43,9 +43,11 @@ def _field(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
-def format_event(event: Event, form: str = "saltbus") -> str:
-    """One event as an SSE message in the given form."""
-    payload = dumps({"tag": event.tag, "data": event.data})
+def format_event(event: Event, form: str = "saltbus", payload: str | None = None) -> str:
+    """One event as an SSE message in the given form (``payload``: its JSON
+    ``{"tag", "data"}``, when already encoded)."""
+    if payload is None:
+        payload = dumps({"tag": event.tag, "data": event.data})
     if form == "salt":
         return f"tag: {_field(event.tag)}\ndata: {payload}\n\n"
     lines = []
@@ -140,6 +142,8 @@ async def events_endpoint(bridge: Bridge, request: Request) -> Response:
                     return
                 yield HEARTBEAT
                 continue
-            yield "".join(format_event(event, form) for event in batch).encode("utf-8")
+            payload = bridge.payloads.payload
+            text = "".join(format_event(event, form, payload(event)) for event in batch)
+            yield text.encode("utf-8")
 
     return EventSourceResponse(chunks, bridge.stopping)

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from saltbus.errors import ConfigError, SaltbusError
-from saltbus.event import MatchType
+from saltbus.event import Event, MatchType
 from saltbus.http.bridge import Bridge, dumps, error, parse_seq, unauthorized
 from saltbus.http.stream import EventStream
 from saltbus.http.tasks import stop
@@ -76,6 +76,12 @@ async def _deny(websocket: WebSocket, response: Response) -> None:
         await websocket.close(POLICY_VIOLATION)
 
 
+def message(event: Event, payload: str) -> str:
+    """``{"tag", "data", "seq"}``, from the cached ``{"tag", "data"}``."""
+    seq = "null" if event.seq is None else str(event.seq)
+    return f'{payload[:-1]},"seq":{seq}}}'
+
+
 class _Session:
     def __init__(self, bridge: Bridge, websocket: WebSocket, grant: Grant) -> None:
         self.bridge = bridge
@@ -97,7 +103,9 @@ class _Session:
                 continue
             async with self._send_lock:
                 for event in batch:
-                    await self.websocket.send_text(dumps(event.as_salt() | {"seq": event.seq}))
+                    await self.websocket.send_text(
+                        message(event, self.bridge.payloads.payload(event))
+                    )
 
     async def listen(self) -> None:
         while True:
