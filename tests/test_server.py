@@ -1123,6 +1123,18 @@ def test_subscriber_disconnecting_is_forgotten(bus_config: Config) -> None:
         stays.close()
 
 
+def test_stuck_subscriber_that_goes_away_is_forgotten(bus_config: Config) -> None:
+    """A stalled listener is not read (see above); its going away is still noticed."""
+    with EmbeddedPublisher(bus_config) as bus:
+        stuck = RawSubscriber(bus.pub_address)
+        stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wait_until(lambda: len(bus.subscriber_stats()) == 1, "subscriber")
+        send(bus.pull_address, b"".join(encode_frame(body("x", i, pad=1000)) for i in range(3000)))
+        wait_until(lambda: bus.subscriber_stats()[0].queued_events > 0, "a backlog")
+        stuck.close()
+        wait_until(lambda: not bus.subscriber_stats(), "the closed subscriber to go")
+
+
 def test_shutdown_delivers_what_was_already_published(bus_config: Config) -> None:
     n = 5000
     bus = EmbeddedPublisher(bus_config)
