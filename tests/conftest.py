@@ -18,6 +18,13 @@ from saltbus.config import Config
 from saltbus.server import EmbeddedPublisher
 
 
+@pytest.fixture(autouse=True)
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Keep every journal a test (or a process it starts) writes out of the real
+    data directory: a publisher started without --data-dir inherits this."""
+    monkeypatch.setenv("SALTBUS_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
     """A fresh, short, empty directory for a bus's sockets (not created 0700 on purpose:

@@ -42,7 +42,7 @@ def serve(config: Config, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
     )
     try:
         deadline = time.monotonic() + WAIT
-        while not (Path(str(config.pub_address)).exists() and config.lock_path.exists()):
+        while not (Path(str(config.pub_address)).exists() and config.served_by_saltbus()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"serve did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
             time.sleep(0.01)

@@ -654,7 +654,8 @@ def test_serve_exits_0_on_signal_and_removes_its_sockets(
     assert "stopped" in err
     assert not bus.pub.exists()
     assert not bus.pull.exists()
-    assert not any(p.name.endswith(".lock") for p in bus.sock_dir.iterdir())
+    # The lock file stays (deleting it would race a starter), but nobody holds it.
+    assert not bus.config.served_by_saltbus()
     sub.read_to_eof()  # the subscriber was told: EOF, not a hang
     assert is_closed_by_peer(firer)
     sub.close()

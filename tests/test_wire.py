@@ -479,10 +479,11 @@ def test_many_small_frames_in_one_big_chunk(framing: Framing) -> None:
     assert [f.body for f in frames] == bodies
 
 
-def test_check_event_size() -> None:
-    check_event_size(b"x" * 10, 10)
+def test_check_event_size_bounds_the_data_not_the_tag() -> None:
+    # As in Salt, max_event_size bounds the packed data; the tag comes on top.
+    check_event_size(b"a/long/tag/" * 5 + b"\n\n" + b"x" * 10, 10)
     with pytest.raises(FrameTooLargeError) as info:
-        check_event_size(b"x" * 11, 10)
+        check_event_size(b"t\n\n" + b"x" * 11, 10)
     assert info.value.size == 11
     assert info.value.limit == 10
     assert "11" in str(info.value)

@@ -343,7 +343,14 @@ def _to_frame(value: Any) -> Frame:
     return Frame(body=body, head=head)
 
 
+def event_data_size(body: bytes) -> int:
+    """The size of a body's packed data: what ``max_event_size`` bounds, as in
+    Salt (which trims the data to it); the tag and the frame come on top."""
+    return len(body) - body.find(TAG_END) - len(TAG_END)
+
+
 def check_event_size(body: bytes, max_event_size: int) -> None:
-    """Refuse, rather than trim, an event larger than ``max_event_size``."""
-    if len(body) > max_event_size:
-        raise FrameTooLargeError(len(body), max_event_size)
+    """Refuse, rather than trim, an event whose data is over ``max_event_size``."""
+    size = event_data_size(body)
+    if size > max_event_size:
+        raise FrameTooLargeError(size, max_event_size)

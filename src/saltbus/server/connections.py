@@ -19,7 +19,7 @@ from saltbus.control import (
 from saltbus.errors import RemoteProtocolError
 from saltbus.server.fanout import Subscriber
 from saltbus.server.sockets import peer_label
-from saltbus.wire import FrameDecoder, Framing, body_tag
+from saltbus.wire import FrameDecoder, Framing, body_tag, event_data_size
 
 if TYPE_CHECKING:
     from saltbus.server.app import Server
@@ -51,9 +51,16 @@ class PullConnection(asyncio.Protocol):
         acks: list[tuple[int, int]] = []
         try:
             decoder.receive_data(data)
+            limit = self._server.config.max_event_size
             while (frame := decoder.next_frame()) is not None:
                 # A body Salt's listeners could not split is refused here.
                 tags.append(body_tag(frame.body))
+                if (size := event_data_size(frame.body)) > limit:
+                    # The same bound saltbus's own senders apply before sending.
+                    tags.pop()
+                    raise RemoteProtocolError(
+                        f"event data of {size} bytes is over max_event_size ({limit})"
+                    )
                 bodies.append(frame.body)
                 if frame.head and (request_id := ack_request_id(frame)) is not None:
                     acks.append((len(bodies) - 1, request_id))

@@ -62,9 +62,10 @@ class BusLock:
         self._fd = fd
 
     def release(self) -> None:
+        # The file stays: deleting it before unlocking would let a starter that
+        # already opened it lock a deleted file while another creates a new one,
+        # and clients judge liveness by the lock, not by the file.
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
             os.close(self._fd)
             self._fd = None
 
