@@ -12,7 +12,7 @@ import pytest
 
 from saltbus.client import Listener
 from saltbus.config import Config
-from saltbus.http import TokenStore, create_app
+from saltbus.http import Settings, TokenStore, create_app
 from saltbus.http.app import RedactTokens
 from saltbus.server import EmbeddedPublisher
 from tests.http_support import bearer, in_process, make_tokens
@@ -100,8 +100,10 @@ def test_post_events_refuses_a_body_over_max_event_size(
 def test_post_events_without_a_publisher_is_503(
     bus_config: Config, tokens: TokenStore, secrets: dict[str, str]
 ):
+    app = create_app(bus_config, tokens=tokens, settings=Settings(fire_timeout=0.3))
+
     async def main() -> httpx.Response:
-        async with in_process(create_app(bus_config, tokens=tokens)) as client:
+        async with in_process(app) as client:
             return await client.post(
                 "/events", json={"tag": "app/x", "data": {}}, headers=bearer(secrets["app"])
             )

@@ -3,6 +3,7 @@ heartbeats, resume with Last-Event-ID, token scopes."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,3 +210,27 @@ def test_clients_leave_the_fanout_when_they_go(
     with sse(client, url), sse(client, url), sse(client, url):
         _wait_for_members(app, 3)
     _wait_for_members(app, 0)
+
+
+def test_a_client_behind_its_queue_catches_up_with_no_gap(
+    bus_config: Config,
+    publisher: EmbeddedPublisher,
+    sender: Sender,
+    client: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+):
+    # A queue of 20: a burst of 300 overflows it, and the stream goes on from
+    # the journal, then back on the fan-out.
+    app = create_app(bus_config, settings=Settings(queue_size=20, batch=3))
+    caplog.set_level(logging.INFO, logger="saltbus.http")
+    with serve(app) as url, sse(client, f"{url}/events?tag=burst/") as stream:
+        _wait_for_members(app, 1)
+        for n in range(300):
+            sender.fire("burst/x", {"n": n})
+        got = stream.take(300)
+        sender.fire("burst/end", {})
+        assert stream.next().event == "burst/end"
+    assert [m.json()["data"]["n"] for m in got] == list(range(300))
+    ids = [int(m.id or 0) for m in got]
+    assert ids == list(range(ids[0], ids[0] + 300))
+    assert "fell behind; it catches up from the journal" in caplog.text

@@ -31,7 +31,9 @@ class Bridge:
         self.config = config
         self.tokens = tokens
         self.settings = settings
-        self.hub = Hub(config, max_pending=settings.fanout_pending)
+        self.hub = Hub(
+            config, max_pending=settings.fanout_pending, fire_timeout=settings.fire_timeout
+        )
         # Set when the server stops: open streams end cleanly instead of being
         # cancelled (clients reconnect, and resume, when it is back).
         self.stopping = asyncio.Event()

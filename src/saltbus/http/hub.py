@@ -107,8 +107,11 @@ class Member:
 class Hub:
     """The shared bus connection of one bridge: fan-out to members, and firing."""
 
-    def __init__(self, config: Config, *, max_pending: int = 100_000) -> None:
+    def __init__(
+        self, config: Config, *, max_pending: int = 100_000, fire_timeout: float = FIRE_TIMEOUT
+    ) -> None:
         self.config = config
+        self.fire_timeout = fire_timeout
         self.client = AsyncClient(config, reconnect=True)
         self._subscription = self.client.subscribe("", max_pending=max_pending)
         self._members: set[Member] = set()
@@ -166,7 +169,7 @@ class Hub:
         """Fire an event; acknowledged (so it carries its ``seq``) when the
         publisher is saltbus's, plain otherwise (Salt's never acknowledges)."""
         ack = self.config.served_by_saltbus()
-        return await self.client.fire(tag, data, FIRE_TIMEOUT, ack=ack)
+        return await self.client.fire(tag, data, self.fire_timeout, ack=ack)
 
     async def _run(self) -> None:
         while True:

@@ -23,3 +23,6 @@ class Settings:
     queue_size: int = 10_000  # events a connection may have waiting before it lags
     batch: int = 500  # events written at once to a connection that has many waiting
     fanout_pending: int = 100_000  # events the shared client may hold for the fan-out
+    # Seconds a fire (POST /events, a hook, the WebSocket) may wait for the
+    # publisher to take, and acknowledge, an event before the answer is an error.
+    fire_timeout: float = 5.0
