@@ -234,3 +234,22 @@ def test_a_client_behind_its_queue_catches_up_with_no_gap(
     ids = [int(m.id or 0) for m in got]
     assert ids == list(range(ids[0], ids[0] + 300))
     assert "fell behind; it catches up from the journal" in caplog.text
+
+
+def test_a_revoked_token_loses_even_a_busy_stream(
+    app: Starlette,
+    base_url: str,
+    client: httpx.Client,
+    sender: Sender,
+    tmp_path: Path,
+    secrets: dict[str, str],
+):
+    with sse(client, f"{base_url}/events?tag=busy/", headers=bearer(secrets["admin"])) as stream:
+        _wait_for_members(app, 1)
+        TokenStore.open(tmp_path / "tokens.json").revoke("admin")
+        deadline = time.monotonic() + 10
+        with pytest.raises(EOFError):
+            while time.monotonic() < deadline:  # never idle for a heartbeat
+                sender.fire("busy/x", {})
+                stream.next()
+                time.sleep(0.01)

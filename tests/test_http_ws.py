@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from starlette.applications import Starlette
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from saltbus.client import Listener, Sender
 from saltbus.config import Config
-from saltbus.http import TokenStore, create_app
+from saltbus.http import Settings, TokenStore, create_app
 from saltbus.server import EmbeddedPublisher
 from tests.http_support import bearer, make_tokens, serve
 
@@ -29,7 +29,8 @@ def secrets(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def app(bus_config: Config, tmp_path: Path, secrets: dict[str, str]) -> Starlette:
-    return create_app(bus_config, tokens=TokenStore.open(tmp_path / "tokens.json"))
+    tokens = TokenStore.open(tmp_path / "tokens.json")
+    return create_app(bus_config, tokens=tokens, settings=Settings(heartbeat=0.3))
 
 
 @pytest.fixture
@@ -142,3 +143,17 @@ def test_clients_leave_the_fanout(app: Starlette, ws_url: str, secrets: dict[str
     with connect(url), connect(url):
         _wait_for_members(app, 2)
     _wait_for_members(app, 0)
+
+
+def test_a_revoked_token_loses_its_websocket(
+    app: Starlette, ws_url: str, tmp_path: Path, secrets: dict[str, str]
+):
+    with connect(ws_url, additional_headers=bearer(secrets["admin"])) as ws:
+        _wait_for_members(app, 1)
+        TokenStore.open(tmp_path / "tokens.json").revoke("admin")
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(100):  # closed within a heartbeat (0.3 s)
+                ws.send(json.dumps({"tag": "app/x", "data": {}}))
+                _receive(ws)
+                time.sleep(0.05)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -63,9 +64,9 @@ class Bridge:
             return Grant.everything()
         return self.tokens.authenticate(presented_token(conn, query_token=query_token))
 
-    def still_valid(self, conn: HTTPConnection, grant: Grant, *, query_token: bool) -> bool:
-        """Whether a long-lived connection's token was not revoked meanwhile."""
-        return self.grant(conn, query_token=query_token) == grant
+    def watch(self, conn: HTTPConnection, grant: Grant) -> GrantWatch:
+        """For a long-lived connection: tells when its token was revoked."""
+        return GrantWatch(self, conn, grant, self.settings.heartbeat)
 
     def stream(
         self,
@@ -125,6 +126,27 @@ def unauthorized(message: str = "a valid token is needed") -> JSONResponse:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status)
+
+
+class GrantWatch:
+    """Whether a long-lived connection's token is still what it was, checked
+    again at most every ``every`` seconds (a busy stream is checked too, not
+    only an idle one)."""
+
+    def __init__(self, bridge: Bridge, conn: HTTPConnection, grant: Grant, every: float) -> None:
+        self.bridge = bridge
+        self.conn = conn
+        self.grant = grant
+        self.every = every
+        self._next = time.monotonic() + every
+        self._valid = True
+
+    def valid(self) -> bool:
+        now = time.monotonic()
+        if self._valid and now >= self._next:
+            self._valid = self.bridge.grant(self.conn, query_token=True) == self.grant
+            self._next = now + self.every
+        return self._valid
 
 
 class PayloadCache:

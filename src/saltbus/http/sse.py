@@ -130,16 +130,18 @@ async def events_endpoint(bridge: Bridge, request: Request) -> Response:
     except ConfigError as exc:
         return error(400, str(exc))
 
+    watch = bridge.watch(request, grant)
+
     async def chunks() -> AsyncIterator[bytes]:
         if form == "salt":
             yield SALT_PREAMBLE.encode()
         else:
             yield HEARTBEAT  # headers and a first byte now: the client knows it is connected
         async for batch in stream:
+            if not watch.valid():
+                log.info("token %r no longer valid: ending its stream", grant.name)
+                return
             if not batch:
-                if not bridge.still_valid(request, grant, query_token=True):
-                    log.info("token %r no longer valid: ending its stream", grant.name)
-                    return
                 yield HEARTBEAT
                 continue
             payload = bridge.payloads.payload

@@ -87,6 +87,7 @@ class _Session:
         self.bridge = bridge
         self.websocket = websocket
         self.grant = grant
+        self.watch = bridge.watch(websocket, grant)
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -95,11 +96,11 @@ class _Session:
 
     async def pump(self, stream: EventStream) -> None:
         async for batch in stream:
+            if not self.watch.valid():
+                log.info("token %r no longer valid: closing its WebSocket", self.grant.name)
+                await self.websocket.close(POLICY_VIOLATION, "token revoked")
+                return
             if not batch:
-                if not self.bridge.still_valid(self.websocket, self.grant, query_token=True):
-                    log.info("token %r no longer valid: closing its WebSocket", self.grant.name)
-                    await self.websocket.close(POLICY_VIOLATION, "token revoked")
-                    return
                 continue
             async with self._send_lock:
                 for event in batch:
@@ -125,6 +126,8 @@ class _Session:
             return answer | {"error": "tag must be a non-empty string"}
         if not isinstance(data, dict):
             return answer | {"error": "data must be an object"}
+        if not self.watch.valid():
+            return answer | {"error": "the token is no longer valid"}
         if not self.grant.may_fire(tag):
             return answer | {"error": f"token {self.grant.name!r} may not fire {tag!r}"}
         try:
