@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from saltbus.client import Listener
 from saltbus.config import Config
@@ -235,3 +237,27 @@ def test_access_log_hides_tokens():
     line = record.getMessage()
     assert "sbt_secret" not in line
     assert "tag=a&token=…&x=1" in line
+
+
+def test_mounted_in_another_app(bus_config: Config, publisher: EmbeddedPublisher):
+    bridge_app = create_app(bus_config)
+    host = Starlette(routes=[Mount("/bus", app=bridge_app)])
+
+    async def main() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=host)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+                return [
+                    await client.get("/bus"),
+                    await client.get("/bus/"),
+                    await client.get("/bus/static/app.js"),
+                    await client.post("/bus/events", json={"tag": "app/x", "data": {}}),
+                ]
+        finally:
+            await bridge_app.state.bridge.close()
+
+    redirect, page, script, fired = asyncio.run(main())
+    assert redirect.status_code in (307, 308) and redirect.headers["location"].endswith("/bus/")
+    assert page.status_code == 200 and 'src="static/app.js"' in page.text  # relative URLs
+    assert script.status_code == 200
+    assert fired.json()["success"] is True  # the bridge started on its first request
