@@ -101,7 +101,7 @@ class Exporter:
                 nats.errors.Error,
             ) as exc:
                 self.failures += 1
-                self._report(f"export: {exc}")
+                self._report(f"export: {exc}" if str(exc) else f"export: {exc!r}")
                 if isinstance(exc, nats.js.errors.NoStreamResponseError):
                     self.link.stream_failed()
             except Exception as exc:  # a bug here must not end the federation
@@ -194,6 +194,9 @@ class Exporter:
             _, late = await asyncio.wait(futures, timeout=self.settings.ack_timeout)
             for unanswered in late:
                 unanswered.cancel()  # frees its slot in nats-py's bound on pending publishes
+            for answered in futures:
+                if not answered.cancelled():
+                    answered.exception()  # retrieved: those after a failure are not looked at
         position = self.position
         failure: BaseException | None = None
         for event, future in sent:

@@ -96,7 +96,7 @@ class Importer:
                 await self._consume(subscription, backoff)
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 self.failures += 1
-                self._report(f"import: {type(exc).__name__}: {exc}")
+                self._report(f"import: {exc!r}")
                 self.link.stream_failed()
             except Exception as exc:  # a bug here must not end the federation
                 self.failures += 1
@@ -115,7 +115,7 @@ class Importer:
         while True:
             try:
                 messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own and asyncio's: nothing to fetch
                 if not self.link.connected:
                     raise
                 continue
