@@ -300,3 +300,30 @@ def test_two_reactors_with_one_name_are_refused(bus_config: Config, tmp_path: Pa
                 pass
 
     asyncio.run(main())
+
+
+def test_no_catch_up_starts_with_new_events(bus_config: Config, tmp_path: Path) -> None:
+    text = "r:\n  event.send: [{tag: 'seen/{{ data.n }}'}]\n"
+    config = setup(bus_config, tmp_path, {"r.sls": text}, {"n": ["r.sls"]})
+
+    async def main() -> None:
+        async with AsyncClient(config) as client:
+            async with running(config) as (_r, _c, reports):
+                await client.fire("n", {"n": 0})
+                await collect(reports, 1)
+            for n in range(1, 6):  # missed while it is down
+                await client.fire("n", {"n": n}, ack=True)
+            no_catch_up = config.replace(reactor_catch_up=False)
+            async with running(no_catch_up) as (reactor, _c, reports):
+                assert reactor.caught_up_from is None
+                await client.fire("n", {"n": 6})
+                (ret,) = await collect(reports, 1)
+                assert ret.data["result"] == {"tag": "seen/6"}
+                await nothing_more(reports)
+            # Its position moved on: a later start with catch-up does not replay 1-5.
+            async with running(config) as (reactor, _c, reports):
+                assert reactor.caught_up_from is not None and reactor.caught_up_from >= 7
+                await nothing_more(reports)
+
+    with EmbeddedPublisher(config):
+        asyncio.run(main())
