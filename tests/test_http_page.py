@@ -30,6 +30,7 @@ WAIT = 15.0
 REPO = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
+NEWEST_N = "const r = document.querySelector('#events tr.event'); return r && r.event.data.n"
 
 
 @pytest.fixture
@@ -184,6 +185,12 @@ def test_the_page_shows_filters_and_pauses(
 
     shot = _screenshot(browser, tmp_path, "live-page.png")
     assert shot.stat().st_size > 10_000
+
+    # A burst keeps the table bounded, the newest on top.
+    for n in range(1500):
+        sender.fire("salt/burst", {"n": n})
+    _until(browser, lambda d: d.execute_script(NEWEST_N) == 1499, "the burst shown")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#events tr.event")) == 1000
     assert _severe_console_messages(browser) == []
 
 

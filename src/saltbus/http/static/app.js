@@ -60,7 +60,7 @@
     }
     $("login").hidden = true;
     $("who").textContent = grant.auth ? "token " + grant.name : "no authentication";
-    connect();
+    connect(true);
   }
 
   function askForToken(message) {
@@ -79,24 +79,25 @@
   });
 
   // -- the stream
-  function streamUrl() {
+  function streamUrl(resume) {
     const params = new URLSearchParams({ format: "message" });
     if (state.token) params.set("token", state.token);
     if (state.filter) {
       params.set("tag", state.filter);
       params.set("match_type", "fnmatch");
     }
-    // A new stream (another filter) goes on from the last event shown, so that
-    // nothing fired while switching is missed; EventSource itself resumes
-    // with the Last-Event-ID header when it reconnects.
-    if (state.lastSeq !== null) params.set("last_event_id", String(state.lastSeq));
+    // EventSource resumes by itself (Last-Event-ID header) when a connection
+    // drops; a stream opened again after it gave up (an HTTP error) resumes
+    // here. Another filter starts live: resuming would replay, from the
+    // journal, every event of the new filter since the last one shown.
+    if (resume && state.lastSeq !== null) params.set("last_event_id", String(state.lastSeq));
     return "events?" + params.toString();
   }
 
-  function connect() {
+  function connect(resume) {
     if (state.source) state.source.close();
     setStatus("connecting", "connecting");
-    const source = new EventSource(streamUrl());
+    const source = new EventSource(streamUrl(resume));
     state.source = source;
     source.onopen = () => setStatus(state.paused ? "paused" : "live", state.paused ? "paused" : "live");
     source.onerror = () => {
@@ -125,9 +126,10 @@
     state.thisSecond += 1;
     if (state.paused) {
       state.pending.push(event);
-      if (state.pending.length > MAX_PENDING) {
-        state.pending.shift();
-        state.overflow += 1;
+      if (state.pending.length >= MAX_PENDING + 1000) {
+        // The oldest go, a thousand at a time (shift() per event is O(n)).
+        state.pending.splice(0, 1000);
+        state.overflow += 1000;
       }
       showPending();
       return;
@@ -139,7 +141,8 @@
   // -- the table: events arriving between two frames are added in one go
   function render() {
     state.frame = 0;
-    const batch = state.incoming.splice(0);
+    // Only the newest MAX_ROWS of a large batch would stay in the table.
+    const batch = state.incoming.splice(0).slice(-MAX_ROWS);
     const rows = document.createDocumentFragment();
     for (let i = batch.length - 1; i >= 0; i -= 1) rows.appendChild(row(batch[i]));
     const body = $("events");
@@ -216,7 +219,7 @@
     const regex = glob ? globToRegExp(glob) : null;
     state.matcher = regex ? (tag) => regex.test(tag) : () => true;
     for (const tr of $("events").rows) tr.classList.toggle("hidden", !state.matcher(tr.dataset.tag));
-    if (state.source) connect();
+    if (state.source) connect(false);
   }
 
   let filterTimer = 0;
