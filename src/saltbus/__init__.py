@@ -19,6 +19,7 @@ from saltbus.client import (
 )
 from saltbus.config import Config
 from saltbus.errors import (
+    AccessDeniedError,
     BusClosedError,
     BusError,
     BusTimeoutError,
@@ -36,6 +37,7 @@ from saltbus.event import Event, MatchType, tagify
 from saltbus.server import EmbeddedPublisher, Server
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncClient",
     "BusClosedError",
     "BusError",

@@ -98,6 +98,17 @@ class Config:
     # (servers, node_name, export, import, stream, replicas, credentials, tls,
     # ...), kept as given; saltbus.cluster.settings checks what the keys mean.
     cluster: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Access (issue 8): by default only the daemon's own user reaches the bus.
+    # sock_group opens it to one group (sock_dir 0750, sockets 0660); every
+    # connection's credentials are checked too, so modes loosened by hand open
+    # nothing. In tcp mode saltbus's clients prove themselves with a secret
+    # from a 0600 file in sock_dir; tcp_allow_unauthenticated admits Salt's
+    # clients, which cannot.
+    sock_group: str | None = None
+    allow_root: bool = False
+    tcp_allow_unauthenticated: bool = False
+    max_connections: int = 1024
+    partial_frame_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.node not in ("master", "minion"):
@@ -129,6 +140,8 @@ class Config:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be a TCP port, not {port}")
+        if self.max_connections <= 0 or self.partial_frame_timeout <= 0:
+            raise ConfigError("max_connections and partial_frame_timeout must be positive")
         _check_returner_settings(self)
         _check_reactor_settings(self)
 
@@ -170,6 +183,11 @@ class Config:
         finally:
             os.close(fd)  # also drops the shared lock just taken
         return False
+
+    @property
+    def secret_path(self) -> Path:
+        """The tcp-mode secret saltbus's clients present (readable like the sockets)."""
+        return self.sock_dir / f".{self.socket_prefix}.saltbus.secret"
 
     @property
     def lock_path(self) -> Path:
@@ -240,6 +258,7 @@ _INT_FIELDS: Final = frozenset(
         "tcp_pull_port",
         "max_event_size",
         "journal_max_bytes",
+        "max_connections",
         "event_return_queue",
     )
 )
@@ -322,7 +341,11 @@ def _convert(name: str, value: Any) -> Any:
             raise ConfigError(f"{name} must be an integer, not {value!r}") from None
     if name in ("sock_dir", "data_dir"):
         return Path(os.path.expanduser(str(value)))
-    if name == "journal_max_age":
+    if name in ("allow_root", "tcp_allow_unauthenticated"):
+        return _to_bool(name, value)
+    if name == "sock_group":
+        return str(value)
+    if name in ("journal_max_age", "partial_frame_timeout"):
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -445,16 +468,20 @@ _TRUE: Final = frozenset(("1", "true", "yes", "on"))
 _FALSE: Final = frozenset(("0", "false", "no", "off"))
 
 
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
 def _convert_reactor_setting(name: str, value: Any) -> Any:
     if name == "reactor":
         return _reactor_list(value)
     if name == "reactor_catch_up":
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise ConfigError(f"reactor_catch_up must be true or false, not {value!r}")
+        return _to_bool(name, value)
     if name == "reactor_name":
         return str(value)
     if isinstance(value, bool):

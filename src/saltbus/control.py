@@ -78,11 +78,32 @@ class StatsRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """A saltbus client's first frame on a TCP connection: the bus's secret."""
+
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The answer to a good :class:`Auth`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The publisher refuses this connection, and says why; it closes next."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     stats: Mapping[str, Any] = field(default_factory=dict)
 
 
-ControlMessage = Subscribe | Subscribed | Lagged | Ack | StatsRequest | Stats
+ControlMessage = (
+    Subscribe | Subscribed | Lagged | Ack | StatsRequest | Stats | Auth | Welcome | Refused
+)
 
 
 def encode_control(message: ControlMessage, framing: Framing) -> bytes:
@@ -111,6 +132,12 @@ def _to_dict(message: ControlMessage) -> dict[str, Any]:
         return {"op": "acked", "id": message.id, "seq": message.seq}
     if isinstance(message, StatsRequest):
         return {"op": "stats"}
+    if isinstance(message, Auth):
+        return {"op": "auth", "secret": message.secret}
+    if isinstance(message, Welcome):
+        return {"op": "welcome"}
+    if isinstance(message, Refused):
+        return {"op": "refused", "reason": message.reason}
     return {"op": "stats-reply", "stats": dict(message.stats)}
 
 
@@ -162,6 +189,12 @@ def _from_dict(control: Mapping[str, Any]) -> ControlMessage:
         return Ack(_int(control["id"]), _int(control["seq"]))
     if op == "stats":
         return StatsRequest()
+    if op == "auth":
+        return Auth(str(control["secret"]))
+    if op == "welcome":
+        return Welcome()
+    if op == "refused":
+        return Refused(str(control.get("reason", "refused")))
     if op == "stats-reply":
         stats = control.get("stats")
         if not isinstance(stats, dict):

@@ -56,6 +56,11 @@ class PublisherRunningError(BusError):
     """A live publisher already owns the sockets we were asked to bind."""
 
 
+class AccessDeniedError(BusError, PermissionError):
+    """This process may not use the bus: the publisher (or the file modes)
+    refused it; the message says why."""
+
+
 class BusClosedError(BusError):
     """The connection to the publisher was closed (by us or by the publisher)."""
 

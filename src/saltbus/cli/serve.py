@@ -44,11 +44,44 @@ def add_parser(commands: Any) -> None:
         help="durability of the journal: batch (default; group commit, survives a crash "
         "of the process), fsync (on disk before an event is acknowledged), none",
     )
+    access = parser.add_argument_group(
+        "access",
+        "by default only this user reaches the bus: sock_dir 0700, sockets 0600, and "
+        "every connection's credentials checked",
+    )
+    access.add_argument(
+        "--group",
+        dest="sock_group",
+        metavar="GROUP",
+        help="also let this group use the bus (sock_dir 0750, sockets 0660)",
+    )
+    access.add_argument(
+        "--allow-root",
+        action="store_const",
+        const=True,
+        help="let root connect to a bus served by another user",
+    )
+    access.add_argument(
+        "--tcp-allow-unauthenticated",
+        action="store_const",
+        const=True,
+        help="in ipc_mode tcp, admit clients without the bus's secret (Salt's clients; any "
+        "local user can then use the bus)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = cluster.apply_options(config_from_args(args, journal=args.journal), args)
+    config = cluster.apply_options(
+        config_from_args(
+            args,
+            journal=args.journal,
+            sock_group=args.sock_group,
+            allow_root=args.allow_root,
+            tcp_allow_unauthenticated=args.tcp_allow_unauthenticated,
+        ),
+        args,
+    )
     _event_loop_runner()(_serve(config, args))
     return 0
 
@@ -65,6 +98,13 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         file=sys.stderr,
         flush=True,
     )
+    if config.ipc_mode == "tcp" and config.tcp_allow_unauthenticated:
+        print(
+            "saltbus: WARNING: tcp_allow_unauthenticated is set: any local user can read and "
+            "fire events on this bus, as with Salt's own tcp mode",
+            file=sys.stderr,
+            flush=True,
+        )
     reactor = bridge = None
     try:
         # With a `reactor:` section, the reactor runs here as a client of this bus.

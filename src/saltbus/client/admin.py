@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from saltbus.client.sockets import connect, describe
+from saltbus.client.sockets import auth_frame, connect, describe
 from saltbus.config import Config
 from saltbus.control import Stats, StatsRequest, decode_control, encode_control
 from saltbus.errors import BusClosedError, BusTimeoutError
@@ -17,7 +17,8 @@ def fetch_stats(config: Config, timeout: float = 2.0) -> dict[str, Any]:
     answer comes (a Salt publisher keeps no statistics and never answers)."""
     sock = connect(config.pub_address, timeout)
     try:
-        sock.sendall(encode_control(StatsRequest(), config.generation.pub_framing))
+        framing = config.generation.pub_framing
+        sock.sendall((auth_frame(config, framing) or b"") + encode_control(StatsRequest(), framing))
         decoder = FrameDecoder(max_frame_size=config.max_frame_size)
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:

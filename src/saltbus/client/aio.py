@@ -23,10 +23,11 @@ from types import TracebackType
 from typing import Any, Final
 
 from saltbus.client.session import SubscriberSession
-from saltbus.client.sockets import RETRY_INTERVAL, describe
+from saltbus.client.sockets import RETRY_INTERVAL, auth_frame, describe
 from saltbus.config import Address, Config
-from saltbus.control import Ack, ack_request_head, decode_control
+from saltbus.control import Ack, Refused, Welcome, ack_request_head, decode_control
 from saltbus.errors import (
+    AccessDeniedError,
     BusClosedError,
     BusTimeoutError,
     LaggedError,
@@ -141,7 +142,9 @@ class AsyncClient:
         reader, writer = await _open(self.config.pub_address, timeout)
         saltbus = self.config.served_by_saltbus()
         if saltbus:
-            writer.write(self.session.hello())
+            writer.write(
+                (auth_frame(self.config, self.session.framing) or b"") + self.session.hello()
+            )
         self._pub_writer = writer
         self._subscribed.clear()
         self._reader_task = asyncio.create_task(self._run(reader), name="saltbus-reader")
@@ -226,6 +229,21 @@ class AsyncClient:
                 if attempt == 2:
                     raise NoPublisherError(f"cannot send to the publisher: {exc}") from None
 
+    async def _welcome(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            for frame in self._ack_decoder:
+                message = decode_control(frame)
+                if isinstance(message, Welcome):
+                    return
+                if isinstance(message, Refused):
+                    await self._close_pull()
+                    raise AccessDeniedError(f"the publisher refused this client: {message.reason}")
+            data = await reader.read(65536)
+            if not data:
+                await self._close_pull()
+                raise AccessDeniedError("the publisher closed the connection during authentication")
+            self._ack_decoder.receive_data(data)
+
     async def _ack(self, request_id: int) -> int:
         reader = self._pull_reader
         assert reader is not None
@@ -277,7 +295,7 @@ class AsyncClient:
         """Read events; with ``reconnect``, reopen a lost connection and resume."""
         while True:
             reason = await self._read(reader)
-            if not self.reconnect:
+            if not self.reconnect or isinstance(reason, AccessDeniedError):
                 break
             log.info("%s; reconnecting", reason)
             reader = await self._reopen()
@@ -294,7 +312,8 @@ class AsyncClient:
                 await asyncio.sleep(RETRY_INTERVAL)
                 continue
             if self.config.served_by_saltbus():
-                writer.write(self.session.hello())
+                auth = auth_frame(self.config, self.session.framing) or b""
+                writer.write(auth + self.session.hello())
             self._pub_writer = writer
             return reader
 
@@ -312,7 +331,7 @@ class AsyncClient:
                     if event is not None:
                         for subscription in self._subscriptions:
                             subscription._offer(event)
-        except (OSError, RemoteProtocolError, LaggedError) as exc:
+        except (OSError, RemoteProtocolError, LaggedError, AccessDeniedError) as exc:
             return exc
         return BusClosedError(
             f"the publisher at {describe(self.config.pub_address)} closed the connection"

@@ -15,9 +15,15 @@ from types import TracebackType
 from typing import Final
 
 from saltbus.client.session import SubscriberSession
-from saltbus.client.sockets import RETRY_INTERVAL, connect, describe
+from saltbus.client.sockets import (
+    RETRY_INTERVAL,
+    auth_frame,
+    connect,
+    describe,
+    refused_reason,
+)
 from saltbus.config import Config
-from saltbus.errors import BusClosedError, NoPublisherError, RemoteProtocolError
+from saltbus.errors import AccessDeniedError, BusClosedError, NoPublisherError, RemoteProtocolError
 from saltbus.event import Event, MatchType
 from saltbus.wire import FrameDecoder
 
@@ -80,8 +86,11 @@ class Listener:
         saltbus = self.config.served_by_saltbus()
         if saltbus:
             try:
-                sock.sendall(self.session.hello())
+                auth = auth_frame(self.config, self.session.framing)
+                sock.sendall((auth or b"") + self.session.hello())
             except OSError as exc:
+                # A publisher that refuses us says why before it closes.
+                refused_reason(sock)
                 sock.close()
                 raise BusClosedError(f"the publisher closed the connection: {exc}") from None
         sock.setblocking(False)
@@ -119,6 +128,9 @@ class Listener:
                 if self._sock is None:
                     self.connect()
                 event = self._receive(remaining)
+            except AccessDeniedError:
+                self.close()
+                raise
             except (NoPublisherError, BusClosedError):
                 self.close()
                 if not reconnect:

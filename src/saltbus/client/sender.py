@@ -9,12 +9,16 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from saltbus.client.sockets import connect
+from saltbus.client.sockets import auth_frame, connect, expect_welcome, refusal_pending
 from saltbus.config import Config
 from saltbus.control import Ack, ack_request_head, decode_control
 from saltbus.errors import BusTimeoutError, NoPublisherError, RemoteProtocolError
-from saltbus.event import Event, utc_stamp
-from saltbus.wire import FrameDecoder, check_event_size, encode_frame, pack_body
+from saltbus.event import Event
+from saltbus.wire import FrameDecoder, check_event_size, data_packer, encode_frame, pack_body
+
+# A publisher that refuses a connection says so at once; this is how long a
+# client of another user's bus waits to hear it before it sends.
+REFUSAL_WAIT = 0.2
 
 
 class Sender:
@@ -29,6 +33,11 @@ class Sender:
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder()
         self._next_ack_id = 1
+        self._stamp = UtcStamper(config.generation.stamp_has_offset)
+        self._packer = data_packer()
+        # The connection last made ready for sending, and whether it is TCP.
+        self._ready: socket.socket | None = None
+        self._tcp = False
 
     def fire(
         self, tag: str, data: Mapping[str, Any], timeout: float = 1.0, *, ack: bool = False
@@ -41,11 +50,11 @@ class Sender:
         (or acknowledge) the event in ``timeout`` seconds, ``ValueError`` (a
         LocalProtocolError) for bad input.
         """
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise TypeError(f"event data must be a mapping, not {type(data).__name__}")
         stamped = dict(data)
-        stamped["_stamp"] = utc_stamp(self.config.generation.stamp_has_offset)
-        body = pack_body(tag, stamped)
+        stamped["_stamp"] = self._stamp()
+        body = pack_body(tag, stamped, self._packer)
         check_event_size(body, self.config.max_event_size)
         framing = self.config.generation.pull_framing
         if not ack:
@@ -58,17 +67,20 @@ class Sender:
 
     def send_frame(self, frame: bytes, timeout: float = 1.0) -> None:
         """Send an encoded frame, reconnecting once if the publisher was restarted."""
-        if self._sock is not None and _peer_closed(self._sock):
-            # A write to a connection the publisher already closed is taken by
-            # the kernel without error and lost; reconnect before writing instead.
+        if self._sock is not None and self._tcp and _peer_closed(self._sock):
+            # Over TCP, a write to a connection the publisher already closed is
+            # taken by the kernel without error and lost; reconnect before writing
+            # instead. (Over a unix socket that write fails, with EPIPE, and the
+            # loop below reconnects: no check, and no system call, needed.)
             self.close()
         for attempt in (1, 2):
             if self._sock is None:
-                self._sock = connect(self.config.pull_address, timeout)
+                self._sock = self._connect(timeout)
                 self._decoder = FrameDecoder()
-            self._sock.settimeout(timeout)
+            if self._sock is not self._ready:
+                self._make_ready(self._sock)
             try:
-                self._sock.sendall(frame)
+                _send_all(self._sock, frame, timeout)
                 return
             except TimeoutError:
                 # Part of the frame may have gone: the stream has lost its place.
@@ -80,6 +92,30 @@ class Sender:
                 self.close()
                 if attempt == 2:
                     raise NoPublisherError(f"cannot send to the publisher: {exc}") from None
+
+    def _connect(self, timeout: float) -> socket.socket:
+        """A new pull connection the publisher has admitted."""
+        address = self.config.pull_address
+        sock = connect(address, timeout)
+        try:
+            auth = auth_frame(self.config, self.config.generation.pull_framing)
+            if auth is not None:
+                sock.settimeout(timeout)
+                sock.sendall(auth)
+                expect_welcome(sock, max(timeout, 1.0))
+            else:
+                refusal_pending(sock, address, REFUSAL_WAIT)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _make_ready(self, sock: socket.socket) -> None:
+        # Blocking mode without a timeout: a socket with a timeout polls before
+        # every send, a system call more per event; _send_all keeps the deadline.
+        sock.settimeout(None)
+        self._tcp = sock.family != socket.AF_UNIX
+        self._ready = sock
 
     def _wait_for_ack(self, request_id: int, timeout: float) -> int:
         assert self._sock is not None
@@ -96,10 +132,11 @@ class Sender:
                     f"no acknowledgement within {timeout} s; a Salt publisher never "
                     "acknowledges (acknowledged fire needs saltbus's publisher)"
                 )
-            self._sock.settimeout(remaining)
+            if not _wait_for(self._sock, select.POLLIN, remaining):
+                continue
             try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
+                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
                 continue
             except OSError as exc:
                 self.close()
@@ -119,6 +156,7 @@ class Sender:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._ready = None
 
     def __enter__(self) -> Sender:
         return self
@@ -145,3 +183,54 @@ def _peer_closed(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def _wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
+    """Whether ``sock`` became ready for ``events`` within ``timeout`` seconds."""
+    poller = select.poll()
+    poller.register(sock, events)
+    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+
+
+def _send_all(sock: socket.socket, data: bytes, timeout: float | None) -> None:
+    """``sendall`` within ``timeout`` seconds (TimeoutError), on a blocking
+    socket without a timeout: one system call when the kernel takes it all."""
+    try:
+        sent = sock.send(data, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(data):
+        return
+    view = memoryview(data)[sent:]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while view:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError("timed out")
+        if not _wait_for(sock, select.POLLOUT, remaining):
+            continue
+        try:
+            view = view[sock.send(view, socket.MSG_DONTWAIT) :]
+        except BlockingIOError:
+            continue
+
+
+class UtcStamper:
+    """``saltbus.event.utc_stamp`` for a stream of events: the same text
+    (ISO 8601 UTC, microseconds unless 0, ``+00:00`` when asked), with the date
+    and time formatted once a second instead of a ``datetime`` per event."""
+
+    def __init__(self, with_offset: bool = False) -> None:
+        self._suffix = "+00:00" if with_offset else ""
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        second, nanos = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        micros = nanos // 1000
+        if micros:
+            return f"{self._prefix}.{micros:06d}{self._suffix}"
+        return self._prefix + self._suffix

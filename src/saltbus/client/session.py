@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from saltbus.control import (
     Lagged,
+    Refused,
     Stats,
     Subscribe,
     Subscribed,
@@ -22,7 +23,7 @@ from saltbus.control import (
     encode_control,
     event_seq,
 )
-from saltbus.errors import LaggedError, RemoteProtocolError
+from saltbus.errors import AccessDeniedError, LaggedError, RemoteProtocolError
 from saltbus.event import Event, MatchType, tag_matcher
 from saltbus.wire import Frame, Framing, unpack_body
 
@@ -98,6 +99,8 @@ class SubscriberSession:
             )
         elif isinstance(message, Stats):
             self.stats = message
+        elif isinstance(message, Refused):
+            raise AccessDeniedError(f"the publisher refused this listener: {message.reason}")
 
     def _on_subscribed(self, message: Subscribed) -> None:
         self._awaiting_subscribed = False

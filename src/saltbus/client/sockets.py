@@ -7,8 +7,15 @@ import os
 import socket
 import time
 
-from saltbus.config import Address
-from saltbus.errors import NoPublisherError
+from saltbus.config import Address, Config
+from saltbus.control import Auth, Refused, Welcome, decode_control, encode_control
+from saltbus.errors import (
+    AccessDeniedError,
+    BusTimeoutError,
+    NoPublisherError,
+    RemoteProtocolError,
+)
+from saltbus.wire import FrameDecoder, Framing
 
 RETRY_INTERVAL = 0.05
 # ECONNREFUSED and ENOENT mean no publisher (yet); EAGAIN a full backlog.
@@ -29,6 +36,12 @@ def connect(address: Address, timeout: float) -> socket.socket:
         sock.settimeout(max(timeout, 0.5))
         try:
             sock.connect(address if isinstance(address, tuple) else os.fspath(address))
+        except PermissionError:
+            sock.close()
+            raise AccessDeniedError(
+                f"permission denied on {describe(address)}: the bus belongs to another user; "
+                "run as that user, or have the bus opened to a group you are in (sock_group)"
+            ) from None
         except OSError as exc:
             sock.close()
             if exc.errno not in _RETRYABLE:
@@ -45,3 +58,92 @@ def connect(address: Address, timeout: float) -> socket.socket:
             continue
         sock.settimeout(None)
         return sock
+
+
+def auth_frame(config: Config, framing: Framing) -> bytes | None:
+    """The frame proving this client may use a tcp-mode saltbus bus (None in
+    ipc mode, or when the bus admits clients without a secret)."""
+    if config.ipc_mode != "tcp":
+        return None
+    try:
+        secret = config.secret_path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise AccessDeniedError(
+            f"cannot read the bus's secret {config.secret_path}: permission denied; run as "
+            "the bus's user or a member of its group (sock_group)"
+        ) from None
+    return encode_control(Auth(secret), framing)
+
+
+def expect_welcome(sock: socket.socket, timeout: float) -> None:
+    """After sending :func:`auth_frame`, wait for the publisher's answer."""
+    decoder = FrameDecoder(max_frame_size=65536)
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            raise AccessDeniedError("the publisher closed the connection during authentication")
+        decoder.receive_data(data)
+        for frame in decoder:
+            message = decode_control(frame) if not frame.body else None
+            if isinstance(message, Welcome):
+                sock.settimeout(None)
+                return
+            if isinstance(message, Refused):
+                raise AccessDeniedError(f"the publisher refused this client: {message.reason}")
+    raise BusTimeoutError(f"no answer to authentication within {timeout} s")
+
+
+def refusal_pending(sock: socket.socket, address: Address, timeout: float) -> None:
+    """Raise :class:`AccessDeniedError` if the publisher refuses this new
+    connection within ``timeout``. Only worth waiting for when the socket
+    belongs to another user (otherwise the publisher always admits us)."""
+    if isinstance(address, tuple):
+        return
+    try:
+        owner = os.stat(address).st_uid
+    except OSError:
+        return
+    if owner == os.geteuid():
+        return
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536, socket.MSG_PEEK)
+    except TimeoutError:
+        return
+    finally:
+        sock.settimeout(None)
+    if not data:
+        raise AccessDeniedError(f"the publisher at {describe(address)} closed the connection")
+    decoder = FrameDecoder(max_frame_size=65536)
+    decoder.receive_data(data)
+    for frame in decoder:
+        message = decode_control(frame) if not frame.body else None
+        if isinstance(message, Refused):
+            raise AccessDeniedError(f"the publisher refused this client: {message.reason}")
+
+
+def refused_reason(sock: socket.socket) -> None:
+    """Raise :class:`AccessDeniedError` when what the publisher already sent on
+    ``sock`` is a refusal (read without waiting)."""
+    try:
+        data = sock.recv(65536, socket.MSG_DONTWAIT)
+    except OSError:
+        return
+    decoder = FrameDecoder(max_frame_size=65536)
+    try:
+        decoder.receive_data(data)
+        frames = list(decoder)
+    except RemoteProtocolError:
+        return
+    for frame in frames:
+        message = decode_control(frame) if not frame.body else None
+        if isinstance(message, Refused):
+            sock.close()
+            raise AccessDeniedError(f"the publisher refused this client: {message.reason}")

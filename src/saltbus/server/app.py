@@ -21,6 +21,7 @@ from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
 from saltbus.returners import ReturnerRunner
+from saltbus.server.access import AccessPolicy
 from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.intake import Intake
@@ -61,6 +62,8 @@ class Server:
         self.epoch = secrets.randbits(63)
         # The lock file also marks the bus as saltbus's, in tcp mode too.
         self._lock = BusLock(config)
+        self.access = AccessPolicy(config)
+        self._sweeper: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Server] = []
         self._exit: asyncio.Event | None = None
         self._replays: set[asyncio.Task[None]] = set()
@@ -86,9 +89,12 @@ class Server:
         cfg = self.config
         if cfg.event_return and self.journal_path is None:
             raise ConfigError("event_return needs the journal: returners read it (journal: none)")
-        ensure_sock_dir(cfg.sock_dir)
+        created = ensure_sock_dir(cfg.sock_dir)
+        self.access.prepare_sock_dir(created)
         self._lock.acquire()
         try:
+            self.access.secure_file(self._lock.path)
+            self.access.write_secret()
             if self.journal_path is not None:
                 await asyncio.to_thread(self._open_journal, self.journal_path)
                 if cfg.event_return:
@@ -102,9 +108,13 @@ class Server:
                 raise
             self._listeners.append(await _serve(loop, lambda: SubscriberConnection(self), pub_sock))
             self._listeners.append(await _serve(loop, lambda: PullConnection(self), pull_sock))
+            self.access.secure_address(cfg.pub_address)
+            self.access.secure_address(cfg.pull_address)
             self.pub_address = _bound_address(pub_sock, cfg.pub_address)
             self.pull_address = _bound_address(pull_sock, cfg.pull_address)
+            self._sweeper = asyncio.create_task(self._sweep_stalled())
         except BaseException:
+            self.access.remove_secret()
             await self._close_listeners()
             self._close_returners()
             self._close_journal()
@@ -202,6 +212,9 @@ class Server:
         await asyncio.to_thread(self._close_journal)
         remove_socket_file(self.config.pub_address)
         remove_socket_file(self.config.pull_address)
+        self.access.remove_secret()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._lock.release()
         await asyncio.sleep(0)  # let the transports run their connection_lost
         log.debug("saltbus publisher stopped; last seq %d", self.fanout.last_seq)
@@ -293,6 +306,27 @@ class Server:
         self._lag_events_last_fired = len(bodies)
         if bodies:
             self.intake.accept(bodies, [LAGGED_TAG] * len(bodies))
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.pull_connections) + len(self.subscriber_connections)
+
+    async def _sweep_stalled(self) -> None:
+        """Drop firing clients that sent part of a frame and then nothing for
+        ``partial_frame_timeout``: each holds a buffer, and a few thousand such
+        connections would otherwise hold the publisher's memory."""
+        timeout = self.config.partial_frame_timeout
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 2))
+            now = time.monotonic()
+            for pull in list(self.pull_connections):
+                if pull.stalled_since(now) > timeout:
+                    log.warning(
+                        "closing pull connection from %s: half a frame and no data for %.0f s",
+                        pull.peer,
+                        timeout,
+                    )
+                    pull.close()
 
     # -- inspection --------------------------------------------------------
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from saltbus.control import (
     Ack,
+    Auth,
+    Refused,
     Stats,
     StatsRequest,
     Subscribe,
+    Welcome,
     ack_request_id,
     decode_control,
     encode_control,
@@ -19,12 +23,74 @@ from saltbus.control import (
 from saltbus.errors import RemoteProtocolError
 from saltbus.server.fanout import Subscriber
 from saltbus.server.sockets import peer_label
-from saltbus.wire import FrameDecoder, Framing, body_tag, event_data_size
+from saltbus.wire import Frame, FrameDecoder, Framing, body_tag, event_data_size
 
 if TYPE_CHECKING:
     from saltbus.server.app import Server
 
 log = logging.getLogger("saltbus.server")
+
+# How long a tcp connection has to present the bus's secret.
+AUTH_TIMEOUT = 5.0
+
+
+class Admission:
+    """The checks every new connection passes before it is used: peer
+    credentials and the connection limit at once, the secret over TCP."""
+
+    def __init__(self, server: Server, kind: str, framing: Framing) -> None:
+        self.server = server
+        self.kind = kind
+        self.framing = framing
+        self.authenticated = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.Transport | None = None
+        self.peer = "unknown peer"
+
+    def open(self, transport: asyncio.Transport) -> bool:
+        """False when the connection was refused (and is being closed)."""
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        self.peer = peer_label(sock)
+        server = self.server
+        reason = server.access.refusal(sock)
+        if reason is None and server.connection_count >= server.config.max_connections:
+            reason = f"too many connections (max_connections is {server.config.max_connections})"
+        if reason is not None:
+            self.refuse(reason)
+            return False
+        self.authenticated = not server.access.tcp_needs_secret
+        if not self.authenticated:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(AUTH_TIMEOUT, self.refuse, "no secret presented")
+        return True
+
+    def authenticate(self, frame: Frame) -> bool:
+        """Check a tcp connection's first frame; False when refused."""
+        message = decode_control(frame) if not frame.body else None
+        if not isinstance(message, Auth) or not self.server.access.secret_ok(message.secret):
+            what = "a wrong secret" if isinstance(message, Auth) else "no secret"
+            self.refuse(f"{what} for this bus (saltbus clients read it from sock_dir)")
+            return False
+        self.authenticated = True
+        self.cancel()
+        assert self._transport is not None
+        self._transport.write(encode_control(Welcome(), self.framing))
+        return True
+
+    def refuse(self, reason: str) -> None:
+        self.cancel()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        log.warning("refused %s connection from %s: %s", self.kind, self.peer, reason)
+        transport.write(encode_control(Refused(reason), self.framing))
+        transport.close()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class PullConnection(asyncio.Protocol):
@@ -35,11 +101,15 @@ class PullConnection(asyncio.Protocol):
         self._server = server
         self._decoder = FrameDecoder(max_frame_size=server.config.max_frame_size)
         self._transport: asyncio.Transport | None = None
+        self._admission = Admission(server, "pull", server.config.generation.pull_framing)
+        self._progress = time.monotonic()
         self.peer = "unknown peer"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self.peer = peer_label(transport.get_extra_info("socket"))
+        if not self._admission.open(self._transport):
+            return
+        self.peer = self._admission.peer
         self._server.pull_connections.add(self)
         if self._server.intake_paused:
             self._transport.pause_reading()
@@ -49,10 +119,15 @@ class PullConnection(asyncio.Protocol):
         bodies: list[bytes] = []
         tags: list[str] = []
         acks: list[tuple[int, int]] = []
+        admission = self._admission
         try:
             decoder.receive_data(data)
             limit = self._server.config.max_event_size
             while (frame := decoder.next_frame()) is not None:
+                if not admission.authenticated:
+                    if not admission.authenticate(frame):
+                        return
+                    continue
                 # A body Salt's listeners could not split is refused here.
                 tags.append(body_tag(frame.body))
                 if (size := event_data_size(frame.body)) > limit:
@@ -68,8 +143,13 @@ class PullConnection(asyncio.Protocol):
             log.warning("closing pull connection from %s: %s", self.peer, exc)
             self.close()
         finally:
+            self._progress = time.monotonic()
             if bodies:
                 self._server.intake.accept(bodies, tags, acks, self)
+
+    def stalled_since(self, now: float) -> float:
+        """Seconds this connection has held part of a frame without new data."""
+        return now - self._progress if self._decoder.buffered else 0.0
 
     def send_acks(self, acks: Sequence[tuple[int, int]]) -> None:
         transport = self._transport
@@ -87,6 +167,7 @@ class PullConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._admission.cancel()
         self._server.pull_connections.discard(self)
 
     def close(self) -> None:
@@ -104,20 +185,27 @@ class SubscriberConnection(asyncio.Protocol):
         self._decoder: FrameDecoder | None = FrameDecoder(max_frame_size=64 * 1024)
         self.subscriber: Subscriber | None = None
         self._transport: asyncio.Transport | None = None
+        self._admission: Admission | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        config = self._server.config
+        server = self._server
+        self._admission = admission = Admission(server, "publish", server.fanout.framing)
+        if not admission.open(self._transport):
+            self._decoder = None
+            return
+        config = server.config
         self.subscriber = Subscriber(
             self._transport,
-            peer_label(transport.get_extra_info("socket")),
+            admission.peer,
             max_events=config.subscriber_queue_events,
             max_bytes=config.subscriber_queue_bytes,
-            framing=self._server.fanout.framing,
-            on_dropped=self._server.report_dropped,
+            framing=server.fanout.framing,
+            on_dropped=server.report_dropped,
         )
-        self._server.fanout.add(self.subscriber)
-        self._server.subscriber_connections.add(self)
+        server.subscriber_connections.add(self)
+        if admission.authenticated:
+            server.fanout.add(self.subscriber)
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
@@ -126,6 +214,12 @@ class SubscriberConnection(asyncio.Protocol):
         try:
             decoder.receive_data(data)
             while (frame := decoder.next_frame()) is not None:
+                admission = self._admission
+                if admission is not None and not admission.authenticated:
+                    if not admission.authenticate(frame):
+                        return
+                    self._server.fanout.add(self.subscriber)
+                    continue
                 message = decode_control(frame) if not frame.body else None
                 if isinstance(message, Subscribe):
                     self._server.subscribe(self.subscriber, message)
@@ -152,6 +246,8 @@ class SubscriberConnection(asyncio.Protocol):
             self.subscriber.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._admission is not None:
+            self._admission.cancel()
         if self.subscriber is not None:
             self.subscriber.closed = True
             self._server.fanout.remove(self.subscriber)

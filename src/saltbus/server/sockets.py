@@ -21,15 +21,17 @@ LISTEN_BACKLOG: Final = 1024
 LOCK_WAIT: Final = 0.2
 
 
-def ensure_sock_dir(path: Path) -> None:
-    """Create ``sock_dir`` 0700 when missing. An existing directory keeps its
-    mode: it may be Salt's own, shared on purpose."""
+def ensure_sock_dir(path: Path) -> bool:
+    """Create ``sock_dir`` 0700 when missing; True when it was created. An
+    existing directory keeps its mode: it may be Salt's own, shared on purpose."""
+    created = not path.exists()
     try:
         path.mkdir(mode=SOCK_DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create sock_dir {path}: {exc.strerror}") from None
     if not path.is_dir():
         raise ConfigError(f"sock_dir {path} exists and is not a directory")
+    return created
 
 
 class BusLock:
