@@ -14,6 +14,7 @@ generation) are shared by the module; each test uses its own tags.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import socket
 import time
@@ -415,3 +416,18 @@ def test_stale_lock_of_a_killed_saltbus_does_not_make_salt_look_like_saltbus(
         log = publisher.stderr()
         assert not any(sign in log for sign in SALT_TRACEBACK_SIGNS), log
         assert not config.served_by_saltbus()
+
+
+def test_listener_warns_when_the_generation_does_not_match(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener set to 3007 on Salt 3006's bus still receives (it detects the
+    framing), and says that events it would fire there are dropped."""
+    caplog.set_level(logging.WARNING, "saltbus.client")
+    with salt_publisher("3006", sock_dir):
+        config = Config.load(env={}, overrides={"sock_dir": sock_dir, "salt_version": "3007"})
+        with Listener(config, "mismatch/") as listener:
+            salt_fire("3006", sock_dir, "mismatch/evt", {"x": 1})
+            event = listener.receive(timeout=30)
+    assert event is not None and event.data["x"] == 1
+    assert any("salt_version is 3007" in r.message for r in caplog.records)

@@ -62,7 +62,12 @@ class Listener:
         self.reconnect = reconnect
         pattern = (tag, MatchType.parse(match_type, config.event_match_type))
         self.session = SubscriberSession(
-            [pattern], config.generation.pub_framing, resume=resume, since=since, epoch=epoch
+            [pattern],
+            config.generation.pub_framing,
+            resume=resume,
+            since=since,
+            epoch=epoch,
+            salt_version=config.salt_version,
         )
         self._sock: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -84,6 +89,7 @@ class Listener:
             return
         sock = connect(self.config.pub_address, timeout)
         saltbus = self.config.served_by_saltbus()
+        self.session.publisher_is_saltbus = saltbus
         if saltbus:
             try:
                 auth = auth_frame(self.config, self.session.framing)
@@ -212,4 +218,5 @@ class Listener:
                 f"the publisher at {describe(self.config.pub_address)} closed the connection"
             )
         self._decoder.receive_data(data)
+        self.session.observe_framing(self._decoder.framing)
         return True

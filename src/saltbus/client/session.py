@@ -39,6 +39,7 @@ class SubscriberSession:
         resume: bool = True,
         since: int | None = None,
         epoch: int | None = None,
+        salt_version: str | None = None,
     ) -> None:
         self.patterns = _filter_patterns(patterns)
         self._matchers = [tag_matcher(p, m) for p, m in self.patterns]
@@ -46,6 +47,10 @@ class SubscriberSession:
         self.resume = resume
         self.last_seq = since
         self.epoch = epoch
+        self.salt_version = salt_version
+        self._mismatch_reported = False
+        # saltbus's publisher takes every framing on its pull socket: nothing to warn of.
+        self.publisher_is_saltbus = False
         self.lost = 0  # events known to be gone (retention, or a publisher that lost its journal)
         self.stats: Stats | None = None
         self._awaiting_subscribed = False
@@ -84,9 +89,45 @@ class SubscriberSession:
         except RemoteProtocolError as exc:
             log.warning("skipping an event that cannot be decoded: %s", exc)
             return None
+        if seq is None and not self._mismatch_reported and not self.publisher_is_saltbus:
+            self._check_stamp(data)
         if self._matchers and not any(match(tag) for match in self._matchers):
             return None
         return Event(tag, data, seq)
+
+    def observe_framing(self, framing: Framing | None) -> None:
+        """Warn once when a Salt publisher publishes in another generation's
+        framing than configured: events fired from here would be dropped by it."""
+        if (
+            framing is None
+            or framing is self.framing
+            or self._mismatch_reported
+            or self.publisher_is_saltbus
+        ):
+            return
+        seen = "3006" if framing is Framing.LENGTH_PREFIXED else "3007 or 3008"
+        self._report_mismatch(f"publishes in Salt {seen}'s framing")
+
+    def _check_stamp(self, data: dict[str, object]) -> None:
+        # Only Salt 3008's clients stamp events with an offset; seen on a Salt
+        # publisher's bus, it tells a 3008 bus, whose pull socket wants a length
+        # prefix that 3007's framing lacks.
+        stamp = data.get("_stamp")
+        if (
+            self.salt_version in ("3006", "3007")
+            and isinstance(stamp, str)
+            and stamp.endswith("+00:00")
+        ):
+            self._report_mismatch("carries events stamped by Salt 3008's clients")
+
+    def _report_mismatch(self, what: str) -> None:
+        self._mismatch_reported = True
+        log.warning(
+            "the publisher %s, but salt_version is %s: Salt drops events fired in another "
+            "generation's framing; set salt_version (`saltbus doctor` tells which)",
+            what,
+            self.salt_version or "unset",
+        )
 
     def _on_control(self, frame: Frame) -> None:
         message = decode_control(frame)
