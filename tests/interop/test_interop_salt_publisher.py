@@ -43,7 +43,7 @@ from tests.interop.buses import (
     strip_stamp,
 )
 from tests.interop.saltdriver import DriverPool
-from tests.interop.saltpeer import SALT_VERSIONS
+from tests.interop.saltpeer import SALT_VERSIONS, salt_fire, salt_publisher
 
 WAIT = 10.0
 # Salt publishers whose pull socket drops what a saltbus set to another generation
