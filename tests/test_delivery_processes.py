@@ -62,6 +62,7 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.timeout(900)
 def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
     total, kill_at = 100_000, 40_000
     acked: dict[int, int] = {}  # n -> seq
@@ -111,6 +112,7 @@ def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
     assert len(acked) == total
 
 
+@pytest.mark.timeout(900)
 def test_stuck_reader_keeps_publisher_memory_bounded(bus_config: Config):
     total, pad = 500_000, "z" * 1000
     with serve(bus_config) as proc:
