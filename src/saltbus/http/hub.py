@@ -172,13 +172,15 @@ class Hub:
         return await self.client.fire(tag, data, self.fire_timeout, ack=ack)
 
     async def _run(self) -> None:
+        waiting = False
         while True:
             try:
                 await self.client.connect()
                 break
             except NoPublisherError as exc:
-                if not self.connected.is_set():
-                    log.debug("waiting for the publisher: %s", exc)
+                if not waiting:
+                    log.info("waiting for a publisher (%s); streams stay open meanwhile", exc)
+                    waiting = True
                 await asyncio.sleep(CONNECT_RETRY)
         self.connected.set()
         log.info("connected to the bus at %s", self.config.sock_dir)
