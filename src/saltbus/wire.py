@@ -155,11 +155,15 @@ def body_tag(body: bytes) -> str:
 
 def unpack_body(body: bytes) -> tuple[str, dict[str, Any]]:
     """Split a body into its tag and decoded data."""
-    tag = body_tag(body)
+    end = body.find(TAG_END)
+    if end < 0:
+        raise RemoteProtocolError("frame body has no tag separator (\\n\\n)")
     try:
-        data = msgpack.unpackb(
-            body[len(tag.encode("utf-8")) + 2 :], raw=False, strict_map_key=False
-        )
+        tag = body[:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError(f"event tag is not UTF-8: {exc}") from None
+    try:
+        data = msgpack.unpackb(body[end + 2 :], raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises a wide family; all mean the same here
         raise RemoteProtocolError(f"event data of {tag!r} is not valid msgpack: {exc}") from None
     if not isinstance(data, dict):
@@ -278,10 +282,14 @@ class FrameDecoder:
     def next_frame(self) -> Frame | None:
         if self._failed is not None:
             raise self._failed
-        if self._framing is Framing.LENGTH_PREFIXED:
-            return self._fail_on(self._next_prefixed)
-        if self._framing is Framing.BARE:
-            return self._fail_on(self._next_bare)
+        try:
+            if self._framing is Framing.BARE:
+                return self._next_bare()
+            if self._framing is Framing.LENGTH_PREFIXED:
+                return self._next_prefixed()
+        except RemoteProtocolError as exc:
+            self._failed = exc
+            raise
         return None
 
     def __iter__(self) -> Iterator[Frame]:
@@ -355,6 +363,11 @@ class FrameDecoder:
 
 
 def _to_frame(value: Any) -> Frame:
+    if type(value) is dict:
+        body = value.get("body")
+        head = value.get("head")
+        if type(body) is bytes and type(head) is dict:
+            return Frame(body, head)  # as every frame from Salt or saltbus
     if not isinstance(value, dict):
         raise RemoteProtocolError(f"frame is a {type(value).__name__}, not a map")
     body = value.get("body")

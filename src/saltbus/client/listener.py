@@ -126,6 +126,8 @@ class Listener:
         """The next matching event; None after ``timeout`` seconds (None: wait
         for ever, 0: only what has already arrived). Without ``reconnect``,
         raises :class:`BusClosedError` when the publisher goes away."""
+        if self._ready and self._sock is not None:
+            return self._ready.popleft()  # decoded from an earlier read
         reconnect = self.reconnect if reconnect is None else reconnect
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -188,9 +190,10 @@ class Listener:
 
     def _drain_frames(self) -> None:
         """Turn every complete frame received into events ready to return."""
+        decoder, handle, ready = self._decoder, self.session.handle, self._ready
         while True:
             try:
-                frame = self._decoder.next_frame()
+                frame = decoder.next_frame()
             except RemoteProtocolError as exc:
                 self.close()
                 raise RemoteProtocolError(
@@ -198,19 +201,26 @@ class Listener:
                 ) from None
             if frame is None:
                 return
-            event = self.session.handle(frame)
+            event = handle(frame)
             if event is not None:
-                self._ready.append(event)
+                ready.append(event)
 
     def _fill(self, timeout: float | None) -> bool:
         """Read what the socket has within ``timeout``; False when nothing came."""
         assert self._selector is not None and self._sock is not None
-        if not self._selector.select(timeout):
-            return False
         try:
+            # Whatever has arrived, without a select() first: behind a busy
+            # publisher there nearly always is something.
             data = self._sock.recv(RECV_SIZE)
         except BlockingIOError:
-            return False
+            if not self._selector.select(timeout):
+                return False
+            try:
+                data = self._sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise BusClosedError(f"connection to the publisher failed: {exc}") from None
         except OSError as exc:
             raise BusClosedError(f"connection to the publisher failed: {exc}") from None
         if not data:

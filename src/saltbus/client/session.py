@@ -75,7 +75,9 @@ class SubscriberSession:
         if not frame.body:
             self._on_control(frame)
             return None
-        seq = event_seq(frame)
+        seq = frame.head.get("seq")
+        if seq is not None and type(seq) is not int:
+            seq = event_seq(frame)  # not an int, or a bool: none
         if seq is not None:
             # Until the publisher confirms a resume, live events it sent are
             # the ones the replay is about to send again, in order.
@@ -91,8 +93,12 @@ class SubscriberSession:
             return None
         if seq is None and not self._mismatch_reported and not self.publisher_is_saltbus:
             self._check_stamp(data)
-        if self._matchers and not any(match(tag) for match in self._matchers):
-            return None
+        if self._matchers:
+            for match in self._matchers:
+                if match(tag):
+                    break
+            else:
+                return None
         return Event(tag, data, seq)
 
     def observe_framing(self, framing: Framing | None) -> None:
