@@ -12,7 +12,6 @@ import dataclasses
 import fcntl
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,17 @@ from typing import Any, Final, Literal, TypeAlias
 
 import yaml
 
+from saltbus.config.sections import (
+    REACTOR_FIELDS,
+    RETURNER_FIELDS,
+    check_reactor_settings,
+    check_returner_settings,
+    cluster_section,
+    convert_reactor_setting,
+    convert_returner_setting,
+    to_bool,
+    with_salt_returner_options,
+)
 from saltbus.errors import ConfigError
 from saltbus.event import MatchType
 from saltbus.wire import (
@@ -142,8 +152,8 @@ class Config:
                 raise ConfigError(f"{name} must be a TCP port, not {port}")
         if self.max_connections <= 0 or self.partial_frame_timeout <= 0:
             raise ConfigError("max_connections and partial_frame_timeout must be positive")
-        _check_returner_settings(self)
-        _check_reactor_settings(self)
+        check_returner_settings(self)
+        check_reactor_settings(self)
 
     # -- derived ---------------------------------------------------------
 
@@ -298,7 +308,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
     # A key with no value ("id:") is as if it were absent, as with overrides.
     values = {k: v for k, v in loaded.items() if k in _FIELDS and v is not None}
-    return _with_salt_returner_options(loaded, values)
+    return with_salt_returner_options(loaded, values)
 
 
 def _usable_hash_type(name: object) -> bool:
@@ -342,7 +352,7 @@ def _convert(name: str, value: Any) -> Any:
     if name in ("sock_dir", "data_dir"):
         return Path(os.path.expanduser(str(value)))
     if name in ("allow_root", "tcp_allow_unauthenticated"):
-        return _to_bool(name, value)
+        return to_bool(name, value)
     if name == "sock_group":
         return str(value)
     if name in ("journal_max_age", "partial_frame_timeout"):
@@ -359,222 +369,10 @@ def _convert(name: str, value: Any) -> Any:
         return str(value).split(".", 1)[0]
     if name in ("id", "hash_id"):
         return str(value)
-    if name in _RETURNER_FIELDS:
-        return _convert_returner_setting(name, value)
-    if name in _REACTOR_FIELDS:
-        return _convert_reactor_setting(name, value)
+    if name in RETURNER_FIELDS:
+        return convert_returner_setting(name, value)
+    if name in REACTOR_FIELDS:
+        return convert_reactor_setting(name, value)
     if name == "cluster":
-        return _cluster_section(value)
+        return cluster_section(value)
     return value
-
-
-# -- event returners ---------------------------------------------------------
-
-_RETURNER_FIELDS: Final = frozenset(
-    (
-        "event_return",
-        "event_return_queue_max_seconds",
-        "event_return_whitelist",
-        "event_return_blacklist",
-        "returner_options",
-        "event_return_retry_max_seconds",
-    )
-)
-
-
-def _convert_returner_setting(name: str, value: Any) -> Any:
-    if name in ("event_return_queue_max_seconds", "event_return_retry_max_seconds"):
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
-    if name == "returner_options":
-        if isinstance(value, str):  # from SALTBUS_RETURNER_OPTIONS: YAML or JSON
-            value = yaml.safe_load(value) if value.strip() else {}
-        if not isinstance(value, Mapping) or not all(
-            isinstance(opts, Mapping) or opts is None for opts in value.values()
-        ):
-            raise ConfigError(f"returner_options must map returner names to mappings: {value!r}")
-        return {str(ret): dict(opts or {}) for ret, opts in value.items()}
-    # Salt takes a string or a list; a string may also list names with commas.
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ConfigError(f"{name} must be a string or a list of strings, not {value!r}")
-    if name == "event_return":
-        items = [part.strip() for item in items for part in item.split(",")]
-    return tuple(item for item in items if item)
-
-
-def _check_returner_settings(config: Config) -> None:
-    if config.event_return_queue < 0:
-        raise ConfigError(f"event_return_queue must be 0 or more, not {config.event_return_queue}")
-    if not 0 <= config.event_return_queue_max_seconds < float("inf"):
-        raise ConfigError(
-            "event_return_queue_max_seconds must be 0 (off) or a number of seconds, "
-            f"not {config.event_return_queue_max_seconds}"
-        )
-    if not 0 < config.event_return_retry_max_seconds < float("inf"):
-        raise ConfigError(
-            "event_return_retry_max_seconds must be positive, "
-            f"not {config.event_return_retry_max_seconds}"
-        )
-    if len(set(config.event_return)) != len(config.event_return):
-        raise ConfigError(f"event_return names a returner twice: {list(config.event_return)}")
-
-
-def _with_salt_returner_options(
-    loaded: Mapping[str, Any], values: dict[str, Any]
-) -> dict[str, Any]:
-    """Fold Salt's ``returner.NAME.OPTION: value`` and ``returner.NAME: {...}``
-    keys into ``returner_options`` (whose own entries win)."""
-    gathered: dict[str, dict[str, Any]] = {}
-    for key, value in loaded.items():
-        if not isinstance(key, str) or not key.startswith("returner.") or value is None:
-            continue
-        name, _, option = key[len("returner.") :].partition(".")
-        if option:
-            gathered.setdefault(name, {})[option] = value
-        elif isinstance(value, Mapping):
-            gathered.setdefault(name, {}).update({str(k): v for k, v in value.items()})
-    if not gathered:
-        return values
-    own = values.get("returner_options")
-    if own is not None and not isinstance(own, Mapping):
-        return values  # _convert reports it
-    if own is not None:
-        for name, opts in own.items():
-            if isinstance(opts, Mapping):
-                gathered.setdefault(str(name), {}).update(opts)
-    values["returner_options"] = gathered
-    return values
-
-
-# -- the reactor ---------------------------------------------------------------
-
-_REACTOR_FIELDS: Final = frozenset(
-    (
-        "reactor",
-        "reactor_worker_threads",
-        "reactor_worker_hwm",
-        "reactor_max_depth",
-        "reactor_catch_up",
-        "reactor_name",
-    )
-)
-_REACTOR_NAME: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
-_TRUE: Final = frozenset(("1", "true", "yes", "on"))
-_FALSE: Final = frozenset(("0", "false", "no", "off"))
-
-
-def _to_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE or text in _FALSE:
-        return text in _TRUE
-    raise ConfigError(f"{name} must be true or false, not {value!r}")
-
-
-def _convert_reactor_setting(name: str, value: Any) -> Any:
-    if name == "reactor":
-        return _reactor_list(value)
-    if name == "reactor_catch_up":
-        return _to_bool(name, value)
-    if name == "reactor_name":
-        return str(value)
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, not {value!r}")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be an integer, not {value!r}") from None
-
-
-def _reactor_list(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """Salt's form, a list of single-key mappings ``{'<tag glob>': [files]}``
-    (one file may be a plain string), or the tuple form this returns."""
-    if isinstance(value, str):  # from SALTBUS_REACTOR: YAML or JSON
-        value = yaml.safe_load(value) if value.strip() else []
-    if not isinstance(value, list | tuple):
-        raise ConfigError(
-            "reactor must be a list of {'<tag glob>': [reaction files]} mappings, "
-            f"not {type(value).__name__}"
-        )
-    entries: list[tuple[str, tuple[str, ...]]] = []
-    for number, item in enumerate(value, 1):
-        if isinstance(item, Mapping) and len(item) == 1:
-            glob, files = next(iter(item.items()))
-        elif isinstance(item, tuple) and len(item) == 2:
-            glob, files = item
-        else:
-            raise ConfigError(
-                f"reactor item {number} must be one '<tag glob>': [reaction files] "
-                f"mapping, not {item!r}"
-            )
-        if isinstance(files, str):
-            files = [files]
-        if (
-            not isinstance(glob, str)
-            or not isinstance(files, list | tuple)
-            or not files
-            or not all(isinstance(f, str) and f for f in files)
-        ):
-            raise ConfigError(
-                f"reactor item {number} ({glob!r}) must map a tag glob to a list of "
-                f"reaction file paths, not {files!r}"
-            )
-        entries.append((glob, tuple(files)))
-    return tuple(entries)
-
-
-def _check_reactor_settings(config: Config) -> None:
-    for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_max_depth"):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be positive, not {getattr(config, name)}")
-    if not _REACTOR_NAME.match(config.reactor_name):
-        raise ConfigError(
-            f"reactor_name {config.reactor_name!r} must be 1-64 letters, digits, "
-            "'.', '_' or '-', not starting with '.'"
-        )
-
-
-# -- federation ------------------------------------------------------------------
-
-CLUSTER_KEYS: Final = frozenset(
-    (
-        "servers",
-        "node_name",
-        "export",
-        "import",
-        "stream",
-        "replicas",
-        "subject_prefix",
-        "duplicate_window",
-        "max_age",
-        "max_in_flight",
-        "ack_timeout",
-        "credentials",
-        "tls",
-        "user",
-        "password",
-        "token",
-        "nkeys_seed",
-        "options",
-    )
-)
-
-
-def _cluster_section(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):  # from SALTBUS_CLUSTER: YAML or JSON
-        value = yaml.safe_load(value) if value.strip() else {}
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"cluster must be a mapping (servers, node_name, ...), not {value!r}")
-    unknown = sorted(str(k) for k in value if k not in CLUSTER_KEYS)
-    if unknown:
-        known = ", ".join(sorted(CLUSTER_KEYS))
-        raise ConfigError(f"cluster: unknown keys {unknown}; known: {known}")
-    return {str(k): v for k, v in value.items() if v is not None}
