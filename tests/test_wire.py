@@ -34,10 +34,13 @@ from saltbus.wire import (
     body_tag,
     check_event_size,
     detect_framing,
+    encode_event_frames,
     encode_frame,
+    event_data_size,
     generation,
     pack_body,
     pack_data,
+    tag_and_data_size,
     unpack_body,
 )
 
@@ -744,3 +747,45 @@ def test_self_referencing_data_raises_local_protocol_error() -> None:
     data["me"] = data
     with pytest.raises(LocalProtocolError):
         pack_data(data)
+
+
+# -- the publisher's frames, built by hand --------------------------------------
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(min_value=0, max_value=2**64 - 1),
+                st.integers(min_value=-(2**63), max_value=-1),
+                st.booleans(),
+            ),
+            st.one_of(st.floats(allow_nan=False), st.integers(min_value=0, max_value=2**32)),
+            st.binary(max_size=70_000),
+        ),
+        max_size=5,
+    ),
+    st.sampled_from(list(Framing)),
+)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_event_frames_are_encode_frame_byte_for_byte(
+    events: list[tuple[int, float, bytes]], framing: Framing
+) -> None:
+    expected = [encode_frame(b, {"seq": s, "time": t}, framing) for s, t, b in events]
+    assert encode_event_frames(events, framing) == expected
+
+
+def test_event_frames_share_a_batch_time() -> None:
+    events = [(seq, 1700000000.25, b"t\n\n\x80") for seq in (1, 127, 128, 255, 256, 65536, 2**32)]
+    frames = encode_event_frames(events)
+    for (seq, when, body), frame in zip(events, frames, strict=True):
+        assert msgpack.unpackb(frame) == {"head": {"seq": seq, "time": when}, "body": body}
+
+
+def test_tag_and_data_size_match_body_tag_and_event_data_size() -> None:
+    body = pack_body("a/b", {"x": 1})
+    assert tag_and_data_size(body) == (body_tag(body), event_data_size(body))
+    with pytest.raises(RemoteProtocolError):
+        tag_and_data_size(b"no separator")
+    with pytest.raises(RemoteProtocolError):
+        tag_and_data_size(b"\xff\n\n\x80")

@@ -23,7 +23,7 @@ from saltbus.control import (
 from saltbus.errors import RemoteProtocolError
 from saltbus.server.fanout import Subscriber
 from saltbus.server.sockets import peer_label
-from saltbus.wire import Frame, FrameDecoder, Framing, body_tag, event_data_size
+from saltbus.wire import Frame, FrameDecoder, Framing, tag_and_data_size
 
 if TYPE_CHECKING:
     from saltbus.server.app import Server
@@ -129,13 +129,13 @@ class PullConnection(asyncio.Protocol):
                         return
                     continue
                 # A body Salt's listeners could not split is refused here.
-                tags.append(body_tag(frame.body))
-                if (size := event_data_size(frame.body)) > limit:
+                tag, size = tag_and_data_size(frame.body)
+                if size > limit:
                     # The same bound saltbus's own senders apply before sending.
-                    tags.pop()
                     raise RemoteProtocolError(
                         f"event data of {size} bytes is over max_event_size ({limit})"
                     )
+                tags.append(tag)
                 bodies.append(frame.body)
                 if frame.head and (request_id := ack_request_id(frame)) is not None:
                     acks.append((len(bodies) - 1, request_id))

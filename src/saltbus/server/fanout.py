@@ -7,6 +7,7 @@ bounds, what happens when a reader stalls) can be tested on its own.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from saltbus.control import Lagged, encode_control
 from saltbus.event import TagMatcher
 from saltbus.journal.records import JournalRecord
-from saltbus.wire import Framing, body_tag, encode_frame
+from saltbus.wire import Framing, body_tag, encode_event_frames, encode_frame
 
 log = logging.getLogger("saltbus.server")
 
@@ -236,23 +237,40 @@ class FanOut:
         return self.last_seq
 
     def deliver(self, records: Sequence[JournalRecord]) -> None:
-        """Offer numbered records to every subscriber.
-
-        Each frame is encoded once and shared by every subscriber's queue; an
-        unfiltered subscriber gets the whole batch in one write.
-        """
+        """Offer numbered records to every subscriber."""
         if not records:
             return
-        framing = self.framing
-        frames = [event_frame(r, framing) for r in records]
+        frames = encode_event_frames(((r.seq, r.time, r.body) for r in records), self.framing)
+        self._offer(frames, [r.tag for r in records])
+
+    def deliver_new(self, bodies: Sequence[bytes], tags: Sequence[str]) -> int:
+        """``deliver(number(bodies, tags))`` without making records (no journal
+        needs them); returns the first sequence number given."""
+        if len(tags) != len(bodies):
+            raise ValueError("as many tags as bodies are needed")
+        seq = self.next_seq
+        now = time.time()
+        self.next_seq = seq + len(bodies)
+        if bodies:
+            numbered = zip(range(seq, seq + len(bodies)), itertools.repeat(now), bodies)
+            self._offer(encode_event_frames(numbered, self.framing), tags)
+        return seq
+
+    def _offer(self, frames: list[bytes], tags: Sequence[str]) -> None:
+        """Each frame is encoded once and shared by every subscriber's queue;
+        a subscriber that wants the whole batch gets it in one write."""
         blob: bytes | None = None
         for subscriber in list(self.subscribers):
             matcher = subscriber.matcher
             if matcher is None:
+                wanted = frames
+            else:
+                wanted = [f for f, t in zip(frames, tags, strict=True) if matcher(t)]
+                if not wanted:
+                    continue
+            if len(wanted) == len(frames):
                 if blob is None:
                     blob = b"".join(frames)
-                subscriber.offer(frames, blob)
-                continue
-            wanted = [f for f, r in zip(frames, records, strict=True) if matcher(r.tag)]
-            if wanted:
+                subscriber.offer(wanted, blob)
+            else:
                 subscriber.offer(wanted)

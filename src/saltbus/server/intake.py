@@ -69,11 +69,18 @@ class Intake:
     ) -> None:
         """Take a batch from one connection. ``acks`` pairs an index in the
         batch with the client's request id."""
+        if self.writer is None:
+            # What _committed does, without the records only a journal needs.
+            first = self.fanout.deliver_new(bodies, tags)
+            self.received += len(bodies)
+            self._settle(len(bodies), 0)
+            if self.on_commit is not None and bodies:
+                self.on_commit(first + len(bodies) - 1)
+            if acks and source is not None:
+                source.send_acks([(request_id, first + index) for index, request_id in acks])
+            return
         records = self.fanout.number(bodies, tags)
         self.received += len(records)
-        if self.writer is None:
-            self._committed(records, acks, source, 0)
-            return
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         self.in_flight += len(records)
