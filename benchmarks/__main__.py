@@ -27,7 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--short", action="store_true", help="small counts, 1 repetition (CI)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
-    parser.add_argument("--repeat", type=int, help="repetitions of each case (default 3; short 1)")
+    parser.add_argument(
+        "--repeat", type=int, help="repetitions of every case (default 3, latency 5, stuck 1)"
+    )
     parser.add_argument(
         "--scenario", action="append", choices=tuple(SCENARIOS), help="only these (repeatable)"
     )
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = SHORT if args.short else FULL
     if args.repeat:
-        params = replace(params, repeat=args.repeat)
+        params = replace(
+            params, repeat=args.repeat, latency_repeat=args.repeat, stuck_repeat=args.repeat
+        )
     if args.scale != 1.0:
         params = replace(
             params,
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.scenario or SCENARIOS:
         run, bus_keys = SCENARIOS[name]
         buses = [b for b in BUSES if b.key in bus_keys and b.key in wanted_buses]
-        for rep in range(params.repeat):
+        repeat = params.repeats(name)
+        for rep in range(repeat):
             # Alternate the order, so that drifting load hits every bus alike.
             for bus in buses if rep % 2 == 0 else reversed(buses):
                 t0 = time.monotonic()
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 raw.setdefault(name, {}).setdefault(bus.key, []).append(result)
                 shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
                 print(
-                    f"benchmarks: {name} run {rep + 1}/{params.repeat} {bus.key} "
+                    f"benchmarks: {name} run {rep + 1}/{repeat} {bus.key} "
                     f"({time.monotonic() - t0:.1f}s): {shown}",
                     file=sys.stderr,
                     flush=True,
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(table(summary))
     print(
-        f"\n{'short' if args.short else 'full'} mode, {params.repeat} run(s) each, "
+        f"\n{'short' if args.short else 'full'} mode, {params.repeat} run(s) each "
+        f"(latency {params.latency_repeat}, stuck reader {params.stuck_repeat}), "
         f"{time.monotonic() - started:.0f} s; median ±half-range; load now "
         f"{machine()['loadavg'][0]:.2f}"
     )
