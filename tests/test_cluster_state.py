@@ -50,7 +50,7 @@ def test_the_journal_tells_what_was_delivered_after_the_file(bus_config: Config,
         sender.fire("local/x", {"n": 1}, ack=True)
         marked = {"n": 2, "_saltbus_origin": origin_marker("a", 5, 41, "2024-01-01T00:00:00")}
         sender.fire("remote/x", marked, ack=True)
-        assert state.catch_up(journal) == 1
+        assert state.catch_up(journal) == [(("a", 5), 41)]
         assert state.marks == {("a", 5): 41}
         state.save()
         # Fired after the save (say, just before a crash): found from as_of on.
@@ -58,11 +58,11 @@ def test_the_journal_tells_what_was_delivered_after_the_file(bus_config: Config,
         sender.fire("remote/z", {"_saltbus_origin": origin_marker("b", 6, 7)}, ack=True)
     later = ImportState.load(state.path)
     assert later.as_of == 2
-    assert later.catch_up(journal) == 2
+    assert later.catch_up(journal) == [(("a", 5), 42), (("b", 6), 7)]
     assert later.marks == {("a", 5): 42, ("b", 6): 7}
     assert later.as_of == 4
     # A missing journal (a new bus) holds nothing.
-    assert ImportState(tmp_path / "other").catch_up(tmp_path / "none.sqlite3") == 0
+    assert ImportState(tmp_path / "other").catch_up(tmp_path / "none.sqlite3") == []
 
 
 def test_markers():

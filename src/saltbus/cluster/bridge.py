@@ -101,11 +101,20 @@ class Bridge:
         after a restart (and dropped as a duplicate if it had arrived); an
         import fired and not acknowledged to NATS is found in the journal."""
         tasks, self._tasks = self._tasks, []
+        self.exporter.stopping = self.importer.stopping = True
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending: set[asyncio.Task[None]] = set(tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
+        await self.link.close()  # whatever still waits on NATS fails now
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=STOP_TIMEOUT)
+            for task in pending:
+                log.error("cluster task %s did not stop", task.get_name())
+        with contextlib.suppress(OSError):
+            self.exporter.save()
         await self.importer.close()
-        await self.link.close()
 
     async def __aenter__(self) -> Bridge:
         await self.start()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -52,6 +53,10 @@ CONNECT_TIMEOUT: Final = 5.0
 LOCAL_QUEUE: Final = 20_000
 # JetStream's error for a message over the stream's size limit: resending never helps.
 TOO_LARGE_CODES: Final = frozenset((10054,))
+# The position is saved at most this often (and at stop): a file replace per
+# batch would cost more than the batch on a slow disk, and a position saved a
+# little late only means events sent again after a crash, which are dropped.
+SAVE_INTERVAL: Final = 0.5
 
 
 class ExportFailedError(SaltbusError):
@@ -77,6 +82,9 @@ class Exporter:
         self.failures = 0
         self.in_flight = 0
         self.last_error: str | None = None
+        self._saved: tuple[int | None, int | None] = (None, None)
+        self._saved_at = 0.0
+        self.stopping = False  # see Importer.stopping
 
     async def start(self) -> None:
         """Load the position; a first run starts at the journal's end."""
@@ -85,10 +93,20 @@ class Exporter:
             saved = await asyncio.to_thread(_journal_end, self.journal)
             self.store.save(*saved)
         self.epoch, self.position = saved
+        self._saved = saved
+
+    def save(self, *, force: bool = True) -> None:
+        """Keep the position (at most every SAVE_INTERVAL unless ``force``)."""
+        now = time.monotonic()
+        if self.position is None or (self.epoch, self.position) == self._saved:
+            return
+        if force or now - self._saved_at >= SAVE_INTERVAL:
+            self.store.save(self.epoch, self.position)
+            self._saved, self._saved_at = (self.epoch, self.position), now
 
     async def run(self) -> None:
         backoff = Backoff()
-        while True:
+        while not self.stopping:
             await self.link.wait_up()
             try:
                 await self.link.ensure_stream()
@@ -108,7 +126,8 @@ class Exporter:
                 self.failures += 1
                 log.exception("export failed unexpectedly")
                 self.last_error = f"export: {exc!r}"
-            await backoff.sleep()
+            if not self.stopping:
+                await backoff.sleep()
 
     async def _export(self, backoff: Backoff) -> None:
         client = AsyncClient(self.config, since=self.position)
@@ -119,9 +138,9 @@ class Exporter:
             if self.epoch is not None and client.session.epoch not in (None, self.epoch):
                 log.warning("the local bus numbers events anew (new journal): exporting all of it")
                 self.epoch, self.position = client.session.epoch, 0
-                self.store.save(self.epoch, 0)
+                self.save()
                 return
-            while True:
+            while not self.stopping:
                 batch = await self._collect(subscription)
                 await self._publish(batch)
                 backoff.reset()
@@ -159,10 +178,11 @@ class Exporter:
                 continue
             envelope = Envelope(self.settings.node_name, epoch, event.seq or 0, event.tag)
             try:
+                # No wait_stall: a batch is the bound on what is in flight, and
+                # with one nats-py yields at each publish, writing each alone.
                 future = await js.publish_async(
                     tag_to_subject(event.tag, self.settings.subject_prefix),
                     pack_body(event.tag, event.data),
-                    wait_stall=self.settings.ack_timeout,
                     headers=envelope.headers(),
                 )
             except nats.errors.MaxPayloadError:
@@ -217,7 +237,7 @@ class Exporter:
             position = event.seq
         if position is not None and position != self.position:
             self.position = position
-            self.store.save(self.epoch, position)
+            self.save(force=False)
         self.batches += 1
         return failure
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,14 +41,25 @@ from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
 from saltbus.config import Config
 from saltbus.errors import BusError, LocalProtocolError, RemoteProtocolError
-from saltbus.event import tag_matcher
-from saltbus.wire import unpack_body
+from saltbus.event import tag_matcher, utc_stamp
+from saltbus.wire import check_event_size, pack_body, unpack_body
 
 log = logging.getLogger("saltbus.cluster")
 
 FETCH_BATCH: Final = 256
 FETCH_WAIT: Final = 1.0
 FIRE_TIMEOUT: Final = 10.0
+# The state is saved at most this often (and at stop): the journal has what
+# a crash keeps the file from recording, so saving late only lengthens the scan.
+SAVE_INTERVAL: Final = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Import:
+    origin: Origin
+    seq: int
+    tag: str
+    data: dict[str, Any]
 
 
 class Importer:
@@ -72,12 +85,16 @@ class Importer:
         self.rejected = 0
         self.failures = 0
         self.last_error: str | None = None
+        self._saved_at = 0.0
+        # Set by the bridge's stop: nats-py may swallow a cancellation (a
+        # message and the cancel arriving together), so the loops also look here.
+        self.stopping = False
 
     async def start(self) -> None:
         """Learn, from the local journal, what was delivered here before."""
         found = await asyncio.to_thread(self.state.catch_up, self.journal)
         if found:
-            log.debug("found %d imported events in the journal after the saved state", found)
+            log.debug("found %d imported events in the journal after the saved state", len(found))
         self.state.save()
 
     async def close(self) -> None:
@@ -87,7 +104,7 @@ class Importer:
 
     async def run(self) -> None:
         backoff = Backoff()
-        while True:
+        while not self.stopping:
             await self.link.wait_up()
             subscription: JetStreamContext.PullSubscription | None = None
             try:
@@ -107,12 +124,13 @@ class Importer:
                 if subscription is not None:
                     with contextlib.suppress(Exception):
                         await subscription.unsubscribe()
-            await backoff.sleep()
+            if not self.stopping:
+                await backoff.sleep()
 
     async def _consume(
         self, subscription: JetStreamContext.PullSubscription, backoff: Backoff
     ) -> None:
-        while True:
+        while not self.stopping:
             try:
                 messages = await subscription.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
             except TimeoutError:  # nats-py raises its own and asyncio's: nothing to fetch
@@ -122,62 +140,90 @@ class Importer:
             # Every fetched message is handled before the next fetch, whatever
             # happens to NATS meanwhile: one skipped here and delivered again
             # later would come after newer ones and be taken for a duplicate.
+            batch, skipped = self._sort(messages)
+            await self._deliver(batch)
+            if self.stopping:
+                return  # unacknowledged ones come again (link.py rewinds)
+            for origin, seq in skipped:  # only now: a mark covers all before it
+                self.state.record(origin, seq)
             for message in messages:
-                await self._handle(message)
-            self.state.save()
+                await _ack(message)
+            if time.monotonic() - self._saved_at >= SAVE_INTERVAL:
+                self.state.save()
+                self._saved_at = time.monotonic()
             backoff.reset()
             self.last_error = None
 
-    async def _handle(self, message: Msg) -> None:
-        try:
-            envelope = Envelope.from_headers(message.headers)
-            tag, data = unpack_body(message.data)
-        except RemoteProtocolError as exc:
-            log.warning("skipping a message on %s: %s", message.subject, exc)
-            self.rejected += 1
-            await _ack(message)
-            return
-        origin = (envelope.node, envelope.epoch)
-        delivered = self.state.delivered(origin)
-        if envelope.node == self.node:
-            self.own += 1
-        elif delivered is not None and envelope.seq <= delivered:
-            self.duplicates += 1
-        elif self._matchers and not any(match(tag) for match in self._matchers):
-            self.filtered += 1
-            self.state.record(origin, envelope.seq)
-        else:
-            await self._deliver(origin, envelope, tag, data)
-        await _ack(message)
-
-    async def _deliver(
-        self, origin: Origin, envelope: Envelope, tag: str, data: dict[str, Any]
-    ) -> None:
-        data[ORIGIN_KEY] = origin_marker(
-            envelope.node, envelope.epoch, envelope.seq, data.pop("_stamp", None)
-        )
-        backoff = Backoff()
-        while True:
+    def _sort(self, messages: list[Msg]) -> tuple[list[_Import], list[tuple[Origin, int]]]:
+        """What of a fetched batch is to be fired here, and what is skipped."""
+        batch: list[_Import] = []
+        skipped: list[tuple[Origin, int]] = []
+        planned: dict[Origin, int] = {}
+        for message in messages:
             try:
-                event = await self.client.fire(tag, data, FIRE_TIMEOUT, ack=True)
-            except LocalProtocolError as exc:  # too large with the marker, say
-                log.error("cannot fire %r from %s here: %s", tag, envelope.node, exc)
+                envelope = Envelope.from_headers(message.headers)
+                tag, data = unpack_body(message.data)
+            except RemoteProtocolError as exc:
+                log.warning("skipping a message on %s: %s", message.subject, exc)
                 self.rejected += 1
-                self.state.record(origin, envelope.seq)
-                return
+                continue
+            origin = (envelope.node, envelope.epoch)
+            delivered = planned.get(origin, self.state.delivered(origin))
+            if envelope.node == self.node:
+                self.own += 1
+            elif delivered is not None and envelope.seq <= delivered:
+                self.duplicates += 1
+            elif self._matchers and not any(match(tag) for match in self._matchers):
+                self.filtered += 1
+                skipped.append((origin, envelope.seq))
+            else:
+                data[ORIGIN_KEY] = origin_marker(
+                    envelope.node, envelope.epoch, envelope.seq, data.pop("_stamp", None)
+                )
+                planned[origin] = envelope.seq
+                if self._fits(tag, data):
+                    batch.append(_Import(origin, envelope.seq, tag, data))
+                else:
+                    self.rejected += 1
+                    skipped.append((origin, envelope.seq))
+        return batch, skipped
+
+    def _fits(self, tag: str, data: dict[str, Any]) -> bool:
+        # Checked before firing: the fire adds only its _stamp, and a batch
+        # must end with a fire that is sent (its acknowledgement covers the batch).
+        try:
+            body = pack_body(tag, {**data, "_stamp": utc_stamp(True)})
+            check_event_size(body, self.config.max_event_size)
+        except LocalProtocolError as exc:
+            log.error("cannot fire %r from %s here: %s", tag, data[ORIGIN_KEY]["node"], exc)
+            return False
+        return True
+
+    async def _deliver(self, batch: list[_Import]) -> None:
+        """Fire ``batch`` in order: all but the last without waiting, the last
+        acknowledged. The publisher commits one connection's events in order,
+        so that acknowledgement covers the others, unless the connection was
+        replaced in between (a restarted publisher); so for a batch of more
+        than one the journal confirms each, and what it lacks is fired again."""
+        backoff = Backoff()
+        while batch and not self.stopping:
+            acked: int | None = None
+            try:
+                for index, item in enumerate(batch):
+                    last = index == len(batch) - 1
+                    event = await self.client.fire(item.tag, item.data, FIRE_TIMEOUT, ack=last)
+                    acked = event.seq if last else None
             except BusError as exc:
                 self._report(f"import: firing on the local bus: {exc}")
-                await backoff.sleep()
-                # It may have been fired and its acknowledgement lost: the journal knows.
-                await asyncio.to_thread(self.state.catch_up, self.journal)
-                delivered = self.state.delivered(origin)
-                if delivered is not None and delivered >= envelope.seq:
-                    self.imported += 1
-                    return
-                continue
-            self.state.record(origin, envelope.seq, event.seq)
-            self.imported += 1
-            return
+                await backoff.sleep()  # what the publisher took is committed by then
+            if acked is not None and len(batch) == 1:
+                self.state.record(batch[0].origin, batch[0].seq, acked)
+                landed = {(batch[0].origin, batch[0].seq)}
+            else:
+                landed = set(await asyncio.to_thread(self.state.catch_up, self.journal))
+            left = [i for i in batch if (i.origin, i.seq) not in landed]
+            self.imported += len(batch) - len(left)
+            batch = left
 
     def _report(self, message: str) -> None:
         if message != self.last_error:

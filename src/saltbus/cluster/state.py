@@ -121,13 +121,13 @@ class ImportState:
             for epoch in epochs[:-EPOCHS_KEPT]:
                 del self.marks[(node, epoch)]
 
-    def catch_up(self, journal_path: Path) -> int:
+    def catch_up(self, journal_path: Path) -> list[tuple[Origin, int]]:
         """Read the local journal after :attr:`as_of` (all of it when the local
-        numbering changed) for imported events the file does not know of.
-        Blocking: run it in a thread. Returns how many were found."""
+        numbering changed) for imported events, and record them. Blocking: run
+        it in a thread. Returns the (origin, origin seq) of each one found."""
+        found: list[tuple[Origin, int]] = []
         if not journal_path.exists():
-            return 0
-        found = 0
+            return found
         try:
             with Journal.open(journal_path, readonly=True) as journal:
                 epoch = journal.get_cursor(EPOCH_CURSOR)
@@ -140,7 +140,7 @@ class ImportState:
                     origin = _marker_of(record.body)
                     if origin is not None:
                         self.record(*origin)
-                        found += 1
+                        found.append(origin)
         except JournalError as exc:
             log.warning("cannot read the journal %s for imported events: %s", journal_path, exc)
         return found
