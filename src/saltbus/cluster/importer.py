@@ -4,7 +4,9 @@ The node reads through its durable pull consumer (named after it) in stream
 order. For each message: its own events are skipped (NATS 2.9 cannot filter
 on a header); what the import patterns do not select is skipped; the rest is
 fired on the local bus with ``_saltbus_origin: {node, seq, epoch, stamp}``
-added, as an acknowledged fire, and only then acknowledged to NATS.
+added, and acknowledged to NATS only once the local publisher has journaled
+it: a fetched batch is fired in order, the last fire acknowledged by the
+publisher, and the journal confirms each event (see :meth:`Importer._deliver`).
 
 Exactly once, in order per origin: per origin (node and epoch) the highest
 origin seq delivered here is kept (state.py), and a message at or below it
