@@ -77,6 +77,7 @@ class NatsServer:
         self.cluster_port: int | None = None
         self.routes: list[int] = []
         self.advertise = True
+        self.max_payload: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,6 +91,8 @@ class NatsServer:
             f'ports_file_dir: "{self.dir}"',
             f'jetstream {{ store_dir: "{self.dir / "store"}" }}',
         ]
+        if self.max_payload is not None:
+            lines.append(f"max_payload: {self.max_payload}")
         if self.cluster_port is not None:
             routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
             lines.append(
@@ -147,11 +150,15 @@ def _ports(path: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def nats_servers(root: Path, count: int, *, advertise: bool = True) -> Iterator[list[NatsServer]]:
+def nats_servers(
+    root: Path, count: int, *, advertise: bool = True, max_payload: int | None = None
+) -> Iterator[list[NatsServer]]:
     """One nats-server, or ``count`` of them in one JetStream cluster, ready.
     Without ``advertise``, clients do not learn of the other servers (so a
     client stays cut off when its own server stops)."""
     servers = [NatsServer(root, f"n{i + 1}") for i in range(count)]
+    for server in servers:
+        server.max_payload = max_payload
     try:
         if count > 1:
             ports = [free_port() for _ in servers]

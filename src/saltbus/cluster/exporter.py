@@ -40,7 +40,7 @@ from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import EPOCH_CURSOR, ORIGIN_KEY
 from saltbus.cluster.subjects import tag_to_subject
 from saltbus.config import Config
-from saltbus.errors import BusError, SaltbusError
+from saltbus.errors import BusError, SaltbusError, SlowConsumerError
 from saltbus.event import Event, MatchType, tag_matcher
 from saltbus.journal.store import Journal
 from saltbus.wire import pack_body
@@ -85,6 +85,8 @@ class Exporter:
         self._saved: tuple[int | None, int | None] = (None, None)
         self._saved_at = 0.0
         self.stopping = False  # see Importer.stopping
+        self._overflowed = False
+        self._last_read: int | None = None
 
     async def start(self) -> None:
         """Load the position; a first run starts at the journal's end."""
@@ -108,9 +110,10 @@ class Exporter:
         backoff = Backoff()
         while not self.stopping:
             await self.link.wait_up()
+            again = False
             try:
                 await self.link.ensure_stream()
-                await self._export(backoff)
+                again = await self._export(backoff)
             except (
                 OSError,
                 TimeoutError,
@@ -126,41 +129,60 @@ class Exporter:
                 self.failures += 1
                 log.exception("export failed unexpectedly")
                 self.last_error = f"export: {exc!r}"
-            if not self.stopping:
+            if not self.stopping and not again:
                 await backoff.sleep()
 
-    async def _export(self, backoff: Backoff) -> None:
+    async def _export(self, backoff: Backoff) -> bool:
+        """Export until something fails; True: read again from the position at once."""
         client = AsyncClient(self.config, since=self.position)
         client.session.epoch = self.epoch
-        subscription = self._subscribe(client)
+        # Every event, also those not for export: a gap in the numbers then
+        # shows where the local queue dropped some (see _collect).
+        subscription = client.subscribe("", MatchType.STARTSWITH, LOCAL_QUEUE)
+        self._overflowed, self._last_read = False, None
         try:
             await client.connect(CONNECT_TIMEOUT)
             if self.epoch is not None and client.session.epoch not in (None, self.epoch):
                 log.warning("the local bus numbers events anew (new journal): exporting all of it")
                 self.epoch, self.position = client.session.epoch, 0
                 self.save()
-                return
+                return True
             while not self.stopping:
-                batch = await self._collect(subscription)
-                await self._publish(batch)
+                batch, again = await self._collect(subscription)
+                if batch:
+                    await self._publish(batch)
+                if again:
+                    return True
                 backoff.reset()
                 self.last_error = None
+            return False
         finally:
             await client.close()
 
-    def _subscribe(self, client: AsyncClient) -> Subscription:
-        # One pattern can be the publisher's filter; several, or none, mean
-        # reading everything (one subscription keeps the order) and choosing here.
-        if len(self.settings.export) == 1:
-            pattern = self.settings.export[0]
-            return client.subscribe(pattern.pattern, pattern.match_type, LOCAL_QUEUE)
-        return client.subscribe("", MatchType.STARTSWITH, LOCAL_QUEUE)
+    async def _collect(self, subscription: Subscription) -> tuple[list[Event], bool]:
+        """The next batch: the first event waited for, then what is queued.
 
-    async def _collect(self, subscription: Subscription) -> list[Event]:
-        batch = [await subscription.next()]
-        while len(batch) < self.settings.max_in_flight and subscription.pending:
-            batch.append(await subscription.next(0))
-        return batch
+        A backlog (after an outage) comes from the journal faster than NATS
+        takes it, and the local queue drops what does not fit. Then the
+        events queued before the drop are exported, up to the first gap in
+        the numbers, and the rest is read again from the position (the
+        second value: True)."""
+        batch: list[Event] = []
+        while len(batch) < self.settings.max_in_flight:
+            if (batch or self._overflowed) and not subscription.pending:
+                return batch, self._overflowed
+            try:
+                event = await subscription.next(0 if batch or self._overflowed else None)
+            except SlowConsumerError as exc:
+                log.info("export fell behind the local bus (%s); reading it again", exc)
+                self._overflowed = True
+                continue
+            previous = batch[-1].seq if batch else self._last_read
+            if self._overflowed and previous is not None and event.seq != previous + 1:
+                return batch, True
+            self._last_read = event.seq
+            batch.append(event)
+        return batch, False
 
     def wanted(self, event: Event) -> bool:
         if event.seq is None or ORIGIN_KEY in event.data:

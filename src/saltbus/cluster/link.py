@@ -230,7 +230,11 @@ class Link:
         self.last_error = message
 
     async def _on_error(self, exc: Exception) -> None:
-        self._report(f"NATS: {exc!r}")
+        if self.nc is None:  # nats-py retries the first connection by itself too
+            servers = ", ".join(self.settings.servers)
+            self._report(f"cannot connect to NATS ({servers}): {exc}")
+        else:
+            self._report(f"NATS: {exc!r}")
 
     async def _on_disconnected(self, *_: Any) -> None:
         if self.nc is not None:

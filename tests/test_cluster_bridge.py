@@ -1,0 +1,160 @@
+"""The bridge in-process (Server and Bridge in one loop, as `saltbus serve`
+runs them): a backlog larger than its local queue, an event NATS refuses,
+and what it needs from the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import saltbus.cluster.exporter as exporter_module
+from saltbus import Config, Sender
+from saltbus.cluster import Bridge
+from saltbus.errors import ConfigError
+from saltbus.journal.store import Journal
+from saltbus.server import Server
+from saltbus.wire import unpack_body
+from tests.cluster_support import NatsServer, nats_servers, short_dir
+
+pytestmark = pytest.mark.timeout(300)
+WAIT = 120.0
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def nats_server(root: Path) -> Iterator[NatsServer]:
+    with nats_servers(root, 1) as (server,):
+        yield server
+
+
+def node_config(root: Path, name: str, url: str, **cluster: Any) -> Config:
+    return Config.load(
+        env={},
+        overrides={
+            "sock_dir": root / name / "s",
+            "data_dir": root / name / "d",
+            "cluster": {"servers": url, "node_name": name, **cluster},
+        },
+    )
+
+
+def imported(bridge: Bridge) -> list[tuple[str, int, dict[str, Any]]]:
+    with Journal.open(bridge.journal, readonly=True) as journal:
+        events = [unpack_body(r.body) for r in journal.iter_read()]
+    return [
+        (data["_saltbus_origin"]["node"], data["_saltbus_origin"]["seq"], data)
+        for _tag, data in events
+        if "_saltbus_origin" in data
+    ]
+
+
+async def until(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def fire(config: Config, count: int, tag: str = "backlog/x", size: int = 0) -> list[int]:
+    with Sender(config) as sender:
+        return [
+            sender.fire(tag, {"n": n, "pad": "x" * size}, timeout=10.0, ack=True).seq or 0
+            for n in range(count)
+        ]
+
+
+def test_a_backlog_larger_than_the_local_queue_is_exported_whole_in_order(
+    root: Path,
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    monkeypatch.setattr(exporter_module, "LOCAL_QUEUE", 100)
+    a_config = node_config(root, "a", nats_server.url, max_in_flight=64)
+    b_config = node_config(root, "b", nats_server.url)
+
+    async def main() -> None:
+        async with Server(a_config), Server(b_config), Bridge(b_config) as b:
+            async with Bridge(a_config) as a:
+                await a.wait_ready(WAIT)
+                await b.wait_ready(WAIT)
+            # a's bridge is away while its bus takes 3,000 events.
+            fired = await asyncio.to_thread(fire, a_config, 3000)
+            with caplog.at_level(logging.INFO, "saltbus.cluster"):
+                async with Bridge(a_config) as a:
+                    await until(lambda: len(imported(b)) >= 3000, "b to have 3,000")
+                    await asyncio.sleep(1.0)
+                    assert a.stats()["export"]["exported"] == 3000
+            got = imported(b)
+            assert [seq for _, seq, _ in got] == fired
+            assert [data["n"] for _, _, data in got] == list(range(3000))
+            assert "export fell behind the local bus" in caplog.text
+
+    asyncio.run(main())
+
+
+def test_an_event_nats_refuses_is_counted_and_the_rest_goes_on(root: Path):
+    with nats_servers(root, 1, max_payload=4096) as (server,):
+        a_config = node_config(root, "a", server.url)
+        b_config = node_config(root, "b", server.url)
+
+        async def main() -> None:
+            async with (
+                Server(a_config),
+                Server(b_config),
+                Bridge(a_config) as a,
+                Bridge(b_config) as b,
+            ):
+                await a.wait_ready(WAIT)
+                await b.wait_ready(WAIT)
+                small = await asyncio.to_thread(fire, a_config, 2, "size/small")
+                big = await asyncio.to_thread(fire, a_config, 1, "size/big", 10_000)
+                after = await asyncio.to_thread(fire, a_config, 2, "size/after")
+                await until(lambda: len(imported(b)) >= 4, "b to have 4")
+                assert [seq for _, seq, _ in imported(b)] == small + after
+                stats = a.stats()["export"]
+                assert (stats["exported"], stats["dropped"]) == (4, 1)
+                assert stats["position"] >= max(big + after)
+
+        asyncio.run(main())
+
+
+def test_federation_needs_the_journal(root: Path):
+    config = node_config(root, "a", "nats://127.0.0.1:1").replace(journal="none")
+    with pytest.raises(ConfigError, match="needs the journal"):
+        Bridge(config)
+
+
+def test_the_bus_keeps_working_while_nats_was_never_there(root: Path):
+    # A port nothing listens on: the bridge keeps trying, the bus is unaffected,
+    # and stop() returns promptly.
+    config = node_config(root, "a", "nats://127.0.0.1:9")
+
+    async def main() -> None:
+        async with Server(config) as server:
+            bridge = Bridge(config)
+            await bridge.start()
+            server.stats_sources["cluster"] = bridge.stats
+            seqs = await asyncio.to_thread(fire, config, 5)
+            assert seqs == [1, 2, 3, 4, 5]
+            await asyncio.sleep(2.5)  # one stats refresh
+            stats = server.stats()["cluster"]
+            assert stats["state"] == "connecting" and stats["connected"] is None
+            assert stats["export"]["lag"] == 5
+            assert "cannot connect to NATS" in (stats["last_error"] or "")
+            started = time.monotonic()
+            await bridge.stop()
+            assert time.monotonic() - started < 5.0
+
+    asyncio.run(main())
