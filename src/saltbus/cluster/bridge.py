@@ -160,6 +160,7 @@ class Bridge:
                 "exported": exporter.exported,
                 "not_exported": exporter.not_exported,
                 "dropped": exporter.dropped,
+                "resent": exporter.resent,
                 "position": position,
                 "lag": lag,
                 "in_flight": exporter.in_flight,

@@ -78,6 +78,7 @@ class Exporter:
         self.exported = 0
         self.not_exported = 0  # not matching, or imported
         self.dropped = 0  # refused by NATS for good (too large)
+        self.resent = 0  # sent again after a failure, and found already in the stream
         self.batches = 0
         self.failures = 0
         self.in_flight = 0
@@ -193,6 +194,7 @@ class Exporter:
         js = self.link.js
         epoch = self.epoch or 0
         sent: list[tuple[Event, asyncio.Future[Any] | None]] = []
+        refused: set[int | None] = set()
         failure: BaseException | None = None
         for event in batch:
             if not self.wanted(event):
@@ -212,6 +214,7 @@ class Exporter:
                     "event %d (%s) is over NATS's max_payload: not exported", event.seq, event.tag
                 )
                 self.dropped += 1
+                refused.add(event.seq)
                 sent.append((event, None))
                 continue
             except (nats.errors.Error, OSError) as exc:
@@ -220,14 +223,14 @@ class Exporter:
             sent.append((event, future))
         self.in_flight = sum(1 for _, f in sent if f is not None)
         try:
-            failure = await self._settle(sent) or failure
+            failure = await self._settle(sent, refused) or failure
         finally:
             self.in_flight = 0
         if failure is not None:
             raise ExportFailedError(f"{type(failure).__name__}: {failure}".rstrip(": "))
 
     async def _settle(
-        self, sent: Sequence[tuple[Event, asyncio.Future[Any] | None]]
+        self, sent: Sequence[tuple[Event, asyncio.Future[Any] | None]], refused: set[int | None]
     ) -> BaseException | None:
         """Wait for the acknowledgements; move the position over the prefix
         of the batch that is done; return what stopped it, if anything."""
@@ -252,9 +255,11 @@ class Exporter:
                 elif error is not None:
                     failure = error
                     break
+                elif future.result().duplicate:
+                    self.resent += 1  # the stream had it already: its ack was lost
                 else:
                     self.exported += 1
-            else:
+            elif event.seq not in refused:
                 self.not_exported += 1
             position = event.seq
         if position is not None and position != self.position:
