@@ -311,9 +311,11 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._framing = framing
         self._chunks: deque[bytes] = deque()
-        self._buffer = bytearray()  # length-prefixed framing only
-        self._unpacker: msgpack.Unpacker | None = None
-        self._fed = 0  # bytes handed to the unpacker; its tell() says how many it used
+        self._buffer = bytearray()  # length-prefixed: all; bare: a partial frame
+        self._unpacker: msgpack.Unpacker | None = None  # bare framing: fed whole frames only
+        self._scanner: msgpack.Unpacker | None = None  # bare framing: finds where frames end
+        self._scanned = 0  # the scanner's tell() at the start of the buffer
+        self._scan_error: RemoteProtocolError | None = None  # raised after the frames before it
         self._failed: RemoteProtocolError | None = None
 
     @property
@@ -324,7 +326,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as frames."""
-        in_unpacker = self._fed - self._unpacker.tell() if self._unpacker is not None else 0
+        in_unpacker = self._scanned - self._unpacker.tell() if self._unpacker is not None else 0
         return len(self._buffer) + sum(len(c) for c in self._chunks) + in_unpacker
 
     def receive_data(self, data: bytes) -> None:
@@ -385,39 +387,83 @@ class FrameDecoder:
         return _to_frame(value)
 
     def _next_bare(self) -> Frame | None:
-        if self._unpacker is None:
-            limit = self.max_frame_size
-            # Feeding at most `limit` bytes at a time after the unpacker ran dry
-            # bounds its buffer by one partial frame plus one chunk.
-            self._unpacker = msgpack.Unpacker(
-                raw=False, max_buffer_size=2 * limit, max_bin_len=limit, max_str_len=limit
-            )
         unpacker = self._unpacker
+        if unpacker is None:
+            limit = self.max_frame_size
+            # Buffers start small and grow to what the stream needs (msgpack's
+            # default allocates up to 1 MiB at once, per connection).
+            start = min(2 * limit, 65536)
+            self._scanner = msgpack.Unpacker(max_buffer_size=2 * limit, read_size=start)
+            unpacker = self._unpacker = msgpack.Unpacker(
+                raw=False,
+                max_buffer_size=2 * limit,
+                read_size=start,
+                max_bin_len=limit,
+                max_str_len=limit,
+            )
         while True:
             try:
                 value = unpacker.unpack()
             except msgpack.OutOfData:
-                if not self._chunks:
+                if not self._scan():
                     return None
-                chunk = self._chunks.popleft()
-                if len(chunk) > self.max_frame_size:
-                    self._chunks.appendleft(chunk[self.max_frame_size :])
-                    chunk = chunk[: self.max_frame_size]
-                try:
-                    unpacker.feed(chunk)
-                    self._fed += len(chunk)
-                except msgpack.BufferFull:
-                    raise RemoteProtocolError(
-                        f"frame larger than the limit of {self.max_frame_size} bytes"
-                    ) from None
                 continue
-            except ValueError as exc:
-                # msgpack reports size-limit breaches and malformed data as ValueError
-                # (FormatError, StackError and ExtraData are subclasses).
-                raise RemoteProtocolError(f"invalid frame: {exc}") from None
             except Exception as exc:
+                # msgpack reports size-limit breaches and malformed data as ValueError
+                # (FormatError, StackError and ExtraData are subclasses), and more.
                 raise RemoteProtocolError(f"invalid frame: {exc}") from None
             return _to_frame(value)
+
+    def _scan(self) -> bool:
+        """Hand the unpacker the next whole frames; False until one is whole.
+
+        The scanner skips values without building them. msgpack builds a value's
+        objects as its bytes arrive, and those of a frame that never ends (arrays
+        of arrays of one-byte items, nested containers declaring huge counts)
+        would grow far beyond its bytes, which are what max_frame_size bounds:
+        the unpacker, which builds them, only ever sees whole frames."""
+        assert self._scanner is not None and self._unpacker is not None
+        scanner, buffer, limit = self._scanner, self._buffer, self.max_frame_size
+        if self._scan_error is not None:
+            raise self._scan_error
+        while self._chunks:
+            chunk = self._chunks.popleft()
+            if len(chunk) > limit:
+                self._chunks.appendleft(chunk[limit:])
+                chunk = chunk[:limit]
+            try:
+                scanner.feed(chunk)
+            except msgpack.BufferFull:
+                raise RemoteProtocolError(f"frame larger than the limit of {limit} bytes") from None
+            end = start = self._scanned
+            fed = start + len(buffer) + len(chunk)
+            try:
+                while end < fed:  # a chunk of whole frames ends without OutOfData's cost
+                    scanner.skip()
+                    end = scanner.tell()
+            except msgpack.OutOfData:
+                pass
+            except Exception as exc:  # malformed, or nested deeper than msgpack's stack
+                # The whole frames before this one are still handed over first.
+                self._scan_error = RemoteProtocolError(f"invalid frame: {exc}")
+                self._chunks.clear()
+            self._scanned = end
+            if not buffer and end - start == len(chunk):
+                self._unpacker.feed(chunk)  # the common case: a chunk of whole frames
+                return True
+            buffer += chunk
+            if end > start:
+                self._unpacker.feed(buffer[: end - start])
+                del buffer[: end - start]
+            if self._scan_error is not None:
+                buffer.clear()  # what follows a bad frame is never read
+            elif len(buffer) > limit:  # what is left is one partial frame
+                raise RemoteProtocolError(f"frame larger than the limit of {limit} bytes")
+            if end > start:
+                return True
+            if self._scan_error is not None:
+                raise self._scan_error
+        return False
 
 
 def _to_frame(value: Any) -> Frame:
