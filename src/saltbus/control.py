@@ -21,12 +21,13 @@ Messages, by direction:
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from saltbus.errors import RemoteProtocolError
-from saltbus.event import MatchType
+from saltbus.errors import ConfigError, RemoteProtocolError
+from saltbus.event import MatchType, tag_matcher
 from saltbus.wire import Frame, Framing, encode_frame
 
 CONTROL_KEY: Final = "saltbus"
@@ -165,14 +166,22 @@ def decode_control(frame: Frame) -> ControlMessage | None:
         raise RemoteProtocolError("frame with an empty body carries no saltbus control message")
     try:
         return _from_dict(control)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RemoteProtocolError(f"malformed saltbus control message {control!r}: {exc}") from None
+    except (KeyError, TypeError, ValueError, RecursionError, ConfigError) as exc:
+        # RecursionError: str() of a value nested deeper than Python recurses
+        # (msgpack lets a peer nest 1024 deep); reprlib bounds depth and length.
+        raise RemoteProtocolError(
+            f"malformed saltbus control message {reprlib.repr(control)}: {exc}"
+        ) from None
 
 
 def _from_dict(control: Mapping[str, Any]) -> ControlMessage:
     op = control.get("op")
     if op == "subscribe":
         patterns = tuple((str(p), MatchType(m)) for p, m in control.get("patterns") or ())
+        for pattern, match_type in patterns:
+            # A regex that does not compile is refused here, as any malformed
+            # message, rather than by the publisher acting on it (cached: once).
+            tag_matcher(pattern, match_type)
         return Subscribe(
             patterns, _optional_int(control.get("since")), _optional_int(control.get("epoch"))
         )

@@ -123,7 +123,7 @@ def _anchored_regex(pattern: str) -> re.Pattern[str]:
     # Salt prepends "^" and uses search(), which anchors at the start only.
     try:
         return re.compile("^" + pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, (((((...)))))
         raise ConfigError(f"invalid regex tag pattern {pattern!r}: {exc}") from None
 
 
