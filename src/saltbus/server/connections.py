@@ -249,7 +249,7 @@ class SubscriberConnection(asyncio.Protocol):
         if self._admission is not None:
             self._admission.cancel()
         if self.subscriber is not None:
-            self.subscriber.closed = True
+            self.subscriber.close()
             self._server.fanout.remove(self.subscriber)
         self._server.subscriber_connections.discard(self)
 

@@ -147,6 +147,12 @@ class Subscriber:
     async def writable(self) -> None:
         await self._writable.wait()
 
+    def close(self) -> None:
+        """The connection is gone: deliver nothing more, and end a replay
+        waiting in :meth:`writable` (it would wait forever, holding its events)."""
+        self.closed = True
+        self._writable.set()
+
     def _flush(self) -> None:
         queue = self._queue
         while queue and not self._paused and not self.closed:
