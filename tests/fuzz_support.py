@@ -506,8 +506,8 @@ class WellBehavedPair:
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         # No reconnection: a dropped connection is a failure here, not something to hide.
-        self._listener = Listener(config, self.TAG, reconnect=False, resume=False)
-        self._listener.connect(timeout=START_WAIT)
+        self.listener = Listener(config, self.TAG, reconnect=False, resume=False)
+        self.listener.connect(timeout=START_WAIT)
         self._threads = [
             threading.Thread(target=self._fire, name="well-behaved-sender", daemon=True),
             threading.Thread(target=self._listen, name="well-behaved-listener", daemon=True),
@@ -528,7 +528,7 @@ class WellBehavedPair:
     def _listen(self) -> None:
         try:
             while not self._stop.is_set() or len(self.received) < self.fired:
-                event = self._listener.receive(timeout=0.5)
+                event = self.listener.receive(timeout=0.5)
                 if event is None:
                     if self._stop.is_set() and time.monotonic() > self._drain_deadline:
                         return
@@ -552,6 +552,6 @@ class WellBehavedPair:
         self._stop.set()
         for thread in self._threads:
             thread.join(drain + 5)
-        self._listener.close()
+        self.listener.close()
         self.check()
         assert self.received == list(range(self.fired)), (len(self.received), self.fired)
