@@ -11,15 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
+from nats.aio.msg import Msg
 
 import saltbus.cluster.exporter as exporter_module
 from saltbus import Config, Sender
 from saltbus.cluster import Bridge
+from saltbus.cluster.envelope import Envelope
+from saltbus.cluster.importer import Importer
 from saltbus.errors import ConfigError
 from saltbus.journal.store import Journal
 from saltbus.server import Server
-from saltbus.wire import unpack_body
+from saltbus.wire import pack_body, unpack_body
 from tests.cluster_support import NatsServer, nats_servers, short_dir
 
 pytestmark = pytest.mark.timeout(300)
@@ -156,5 +160,96 @@ def test_the_bus_keeps_working_while_nats_was_never_there(root: Path):
             started = time.monotonic()
             await bridge.stop()
             assert time.monotonic() - started < 5.0
+
+    asyncio.run(main())
+
+
+class FakeClient:
+    """What a NATS message acknowledges through."""
+
+    def __init__(self) -> None:
+        self.acks: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes = b"", **_: Any) -> None:
+        self.acks.append(subject)
+
+
+class FakeSubscription:
+    def __init__(self, batches: list[list[Msg]]) -> None:
+        self.batches = batches
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        if self.batches:
+            return self.batches.pop(0)
+        await asyncio.sleep(timeout)
+        raise nats.errors.TimeoutError
+
+    async def unsubscribe(self) -> None:
+        pass
+
+
+class FakeLink:
+    """Hands out prepared subscriptions, as Link.bind_consumer would."""
+
+    connected = True
+
+    def __init__(self, subscriptions: list[tuple[FakeSubscription, int]]) -> None:
+        self.subscriptions = subscriptions
+        self.binds = 0
+
+    async def wait_up(self) -> None:
+        pass
+
+    async def bind_consumer(self, filter_subject: str) -> tuple[FakeSubscription, int]:
+        self.binds += 1
+        return self.subscriptions.pop(0)
+
+    def stream_failed(self) -> None:
+        pass
+
+
+def message(client: FakeClient, stream_seq: int, delivery: int, origin_seq: int) -> Msg:
+    envelope = Envelope("a", 7, origin_seq, "gap/x")
+    return Msg(
+        client,  # type: ignore[arg-type]
+        subject="saltbus.ev.gap.x",
+        reply=f"$JS.ACK.SALTBUS.b.1.{stream_seq}.{delivery}.{time.time_ns()}.0",
+        data=pack_body("gap/x", {"n": origin_seq}),
+        headers=envelope.headers(),
+    )
+
+
+def test_a_delivery_lost_on_the_way_is_delivered_again_before_what_follows(root: Path):
+    # Stream seqs 1..5 (origin seqs 11..15); deliveries 3 and 4 never arrive
+    # (a NATS server died with them): the importer stops at the gap, has the
+    # consumer rewound, and gets 3, 4, 5 again, in order.
+    config = node_config(root, "b", "nats://127.0.0.1:1")
+    nats_client = FakeClient()
+    first = FakeSubscription(
+        [
+            [message(nats_client, 1, 1, 11), message(nats_client, 2, 2, 12)],
+            [message(nats_client, 5, 5, 15)],
+        ]
+    )
+    rewound = FakeSubscription([[message(nats_client, s, s - 2, s + 10) for s in (3, 4, 5)]])
+    link = FakeLink([(first, 1), (rewound, 1)])
+
+    async def main() -> None:
+        async with Server(config):
+            bridge = Bridge(config)
+            importer = Importer(config, bridge.settings, link, bridge.journal)  # type: ignore[arg-type]
+            await importer.start()
+            task = asyncio.create_task(importer.run())
+            try:
+                await until(lambda: importer.imported >= 5, "5 imported")
+            finally:
+                importer.stopping = True
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await importer.close()
+            assert [seq for _, seq, _ in imported(bridge)] == [11, 12, 13, 14, 15]
+            assert (importer.rewinds, link.binds) == (1, 2)
+            # The message after the gap was left unacknowledged the first time.
+            assert [a.split(".")[5] for a in nats_client.acks] == ["1", "2", "3", "4", "5"]
 
     asyncio.run(main())

@@ -175,6 +175,7 @@ class Bridge:
                 "filtered": importer.filtered,
                 "rejected": importer.rejected,
                 "failures": importer.failures,
+                "rewinds": importer.rewinds,
                 "consumer": dict(self._consumer),
             },
             "last_error": errors[-1] if errors else None,

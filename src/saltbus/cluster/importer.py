@@ -17,8 +17,11 @@ trip to NATS per event and still not catch a resend that JetStream no longer
 recognises. Dropping at-or-below is right only if an origin's events reach
 this node in order: the exporter publishes them in order (exporter.py), the
 consumer delivers in stream order, every fetched message is handled before
-the next fetch, and messages left unacknowledged by an earlier subscription
-are delivered again before any newer one (link.py rewinds the consumer).
+the next fetch, and a message delivered but never received (left with an
+earlier subscription, or lost with a NATS server) is delivered again before
+any newer one: a gap in the consumer's delivery numbers stops the importer
+before it handles anything after the gap, and link.py rewinds the consumer
+to its acknowledgement floor.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
 from saltbus.config import Config
-from saltbus.errors import BusError, LocalProtocolError, RemoteProtocolError
+from saltbus.errors import BusError, LocalProtocolError, RemoteProtocolError, SaltbusError
 from saltbus.event import tag_matcher, utc_stamp
 from saltbus.wire import check_event_size, pack_body, unpack_body
 
@@ -54,6 +57,10 @@ FIRE_TIMEOUT: Final = 10.0
 # The state is saved at most this often (and at stop): the journal has what
 # a crash keeps the file from recording, so saving late only lengthens the scan.
 SAVE_INTERVAL: Final = 0.5
+
+
+class _MissedDeliveryError(SaltbusError):
+    """A message the consumer delivered never arrived."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,7 @@ class Importer:
         self.filtered = 0
         self.rejected = 0
         self.failures = 0
+        self.rewinds = 0
         self.last_error: str | None = None
         self._saved_at = 0.0
         # Set by the bridge's stop: nats-py may swallow a cancellation (a
@@ -109,10 +117,15 @@ class Importer:
         while not self.stopping:
             await self.link.wait_up()
             subscription: JetStreamContext.PullSubscription | None = None
+            again = False
             try:
-                subscription = await self.link.bind_consumer(self.filter.subject)
+                subscription, next_delivery = await self.link.bind_consumer(self.filter.subject)
                 self.bound.set()
-                await self._consume(subscription, backoff)
+                await self._consume(subscription, next_delivery, backoff)
+            except _MissedDeliveryError as exc:
+                self.rewinds += 1
+                log.info("%s; delivering again from the last acknowledged", exc)
+                again = True
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 self.failures += 1
                 self._report(f"import: {exc!r}")
@@ -126,11 +139,14 @@ class Importer:
                 if subscription is not None:
                     with contextlib.suppress(Exception):
                         await subscription.unsubscribe()
-            if not self.stopping:
+            if not self.stopping and not again:
                 await backoff.sleep()
 
     async def _consume(
-        self, subscription: JetStreamContext.PullSubscription, backoff: Backoff
+        self,
+        subscription: JetStreamContext.PullSubscription,
+        next_delivery: int,
+        backoff: Backoff,
     ) -> None:
         while not self.stopping:
             try:
@@ -139,9 +155,21 @@ class Importer:
                 if not self.link.connected:
                     raise
                 continue
-            # Every fetched message is handled before the next fetch, whatever
-            # happens to NATS meanwhile: one skipped here and delivered again
-            # later would come after newer ones and be taken for a duplicate.
+            # A delivery lost on the way (a NATS server gone, a reconnect) is
+            # delivered again only after ack_wait, behind what follows it: at
+            # the first gap in the consumer's numbers, stop and have it rewound.
+            missed = None
+            for index, message in enumerate(messages):
+                delivery = message.metadata.sequence.consumer
+                if delivery != next_delivery:
+                    missed = f"delivery {next_delivery} went missing (got {delivery})"
+                    messages = messages[:index]
+                    break
+                next_delivery += 1
+            # Every fetched message (up to a gap) is handled before the next
+            # fetch, whatever happens to NATS meanwhile: one skipped here and
+            # delivered again later would come after newer ones and be taken
+            # for a duplicate.
             batch, skipped = self._sort(messages)
             await self._deliver(batch)
             if self.stopping:
@@ -153,6 +181,8 @@ class Importer:
             if time.monotonic() - self._saved_at >= SAVE_INTERVAL:
                 self.state.save()
                 self._saved_at = time.monotonic()
+            if missed is not None:
+                raise _MissedDeliveryError(missed)
             backoff.reset()
             self.last_error = None
 

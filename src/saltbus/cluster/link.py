@@ -162,21 +162,27 @@ class Link:
         """Check the stream again next time (it may have been deleted)."""
         self._stream_checked = False
 
-    async def bind_consumer(self, filter_subject: str) -> JetStreamContext.PullSubscription:
-        """The node's durable pull consumer, created, adjusted or rewound, and bound.
+    async def bind_consumer(
+        self, filter_subject: str
+    ) -> tuple[JetStreamContext.PullSubscription, int]:
+        """The node's durable pull consumer, created, adjusted or rewound, and
+        bound; with the consumer sequence number its next delivery will have.
 
         Messages delivered to an earlier subscription and never acknowledged
-        (a crash, a lost connection) would come back only after ``ack_wait``,
-        behind newer ones; per-origin order needs them first. So when any are
-        pending, the consumer is made again from its acknowledgement floor:
-        everything after it comes again, in stream order, and what was
-        delivered already is dropped by the importer's per-origin check."""
+        (a crash, a lost connection, a delivery lost in a failover) would come
+        back only after ``ack_wait``, behind newer ones; per-origin order needs
+        them first. So when any are pending, the consumer is made again from
+        its acknowledgement floor: everything after it comes again, in stream
+        order, and what was delivered already is dropped by the importer's
+        per-origin check. The importer asks for this again when a delivery
+        goes missing (a gap in the consumer sequence numbers)."""
         await self.ensure_stream()
         stream, name = self.settings.stream, self.settings.node_name
         try:
             info: ConsumerInfo | None = await self.js.consumer_info(stream, name)
         except nats.js.errors.NotFoundError:
             info = None
+        next_delivery = 1
         if info is None:
             last = (await self.js.stream_info(stream)).state.last_seq
             await self._add_consumer(filter_subject, last + 1)
@@ -191,12 +197,16 @@ class Link:
                 info.num_ack_pending,
                 start,
             )
-        elif info.config.filter_subject != filter_subject:
-            config = info.config
-            config.filter_subject = filter_subject
-            await self.js.add_consumer(stream, config)  # an update: same name
-            log.info("consumer %s now filters %s", name, filter_subject)
-        return await self.js.pull_subscribe_bind(durable=name, stream=stream)
+        else:
+            delivered = info.delivered.consumer_seq if info.delivered is not None else None
+            next_delivery = (delivered or 0) + 1
+            if info.config.filter_subject != filter_subject:
+                config = info.config
+                config.filter_subject = filter_subject
+                await self.js.add_consumer(stream, config)  # an update: same name
+                log.info("consumer %s now filters %s", name, filter_subject)
+        subscription = await self.js.pull_subscribe_bind(durable=name, stream=stream)
+        return subscription, next_delivery
 
     async def _add_consumer(
         self, filter_subject: str, start: int, old: ConsumerConfig | None = None
