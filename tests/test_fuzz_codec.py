@@ -66,6 +66,8 @@ from tests.fuzz_support import (
     wrong_types,
 )
 
+# pytest-timeout's 120 s per test is for the CI run; the full run needs more.
+pytestmark = pytest.mark.timeout(max(120, EXAMPLES // 20))
 DEFAULT_FRAME = DEFAULT_MAX_EVENT_SIZE + FRAME_OVERHEAD
 # A small limit makes "over the limit" reachable with small inputs.
 FRAME_SIZES = st.sampled_from([64, 1024, 65536, DEFAULT_FRAME])

@@ -247,22 +247,30 @@ class FanOut:
         if not records:
             return
         frames = encode_event_frames(((r.seq, r.time, r.body) for r in records), self.framing)
-        self._offer(frames, [r.tag for r in records])
+        self.offer(frames, [r.tag for r in records])
 
     def deliver_new(self, bodies: Sequence[bytes], tags: Sequence[str]) -> int:
         """``deliver(number(bodies, tags))`` without making records (no journal
         needs them); returns the first sequence number given."""
+        seq, frames = self.number_frames(bodies, tags)
+        if frames:
+            self.offer(frames, tags)
+        return seq
+
+    def number_frames(
+        self, bodies: Sequence[bytes], tags: Sequence[str]
+    ) -> tuple[int, list[bytes]]:
+        """Number bodies received now and encode their frames, for :meth:`offer`;
+        returns the first sequence number given, and the frames."""
         if len(tags) != len(bodies):
             raise ValueError("as many tags as bodies are needed")
         seq = self.next_seq
         now = time.time()
         self.next_seq = seq + len(bodies)
-        if bodies:
-            numbered = zip(range(seq, seq + len(bodies)), itertools.repeat(now), bodies)
-            self._offer(encode_event_frames(numbered, self.framing), tags)
-        return seq
+        numbered = zip(range(seq, seq + len(bodies)), itertools.repeat(now), bodies)
+        return seq, encode_event_frames(numbered, self.framing)
 
-    def _offer(self, frames: list[bytes], tags: Sequence[str]) -> None:
+    def offer(self, frames: list[bytes], tags: Sequence[str]) -> None:
         """Each frame is encoded once and shared by every subscriber's queue;
         a subscriber that wants the whole batch gets it in one write."""
         blob: bytes | None = None
