@@ -147,7 +147,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def measure(short: bool) -> dict[str, Any]:
     count, samples, rate = (2_000, 300, 100.0) if short else (20_000, 3_000, 200.0)
-    with tempfile.TemporaryDirectory(prefix="sbb-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sbcl-") as tmp:
         root = Path(tmp)
         with _nats(root) as url, _node(root, "a", url) as a, _node(root, "b", url) as b:
             _run(a, b, 200, None)  # warm up: consumer, stream, connections
