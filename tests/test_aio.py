@@ -80,9 +80,7 @@ def test_slow_consumer_is_told_how_many_were_dropped(
 
 def test_subscription_ends_when_the_publisher_stops(bus_config: Config):
     async def main() -> None:
-        async with Server(bus_config) as server, AsyncClient(
-            bus_config, reconnect=False
-        ) as bus:
+        async with Server(bus_config) as server, AsyncClient(bus_config, reconnect=False) as bus:
             sub = bus.subscribe()
             await bus.fire("last/one", {})
             assert (await sub.next(timeout=5)).tag == "last/one"
