@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import strategies as st
 
 from saltbus import Config, Listener, Sender
@@ -481,6 +482,18 @@ def serve(config: Config, **settings: Any) -> Iterator[Daemon]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(START_WAIT)
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """Print a suite's numbers in pytest's output, past output capturing (they
+    are what the full run is for, and it passes)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:

@@ -28,7 +28,7 @@ from saltbus.control import Refused, Subscribe, decode_control, encode_control
 from saltbus.errors import RemoteProtocolError
 from saltbus.event import MatchType
 from saltbus.wire import FrameDecoder, Framing, encode_frame, pack_body
-from tests.fuzz_support import WellBehavedPair, serve, wait_until
+from tests.fuzz_support import WellBehavedPair, report, serve, wait_until
 
 MIB = 2**20
 SETTLE = 20.0
@@ -58,12 +58,6 @@ def _connect(address: object) -> socket.socket:
 def _send(sock: socket.socket, data: bytes) -> None:
     with contextlib.suppress(OSError):  # the daemon closed it first: allowed
         sock.sendall(data)
-
-
-def _report(request: pytest.FixtureRequest, line: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
 
 
 def test_hundreds_of_connections_leak_nothing(
@@ -126,7 +120,7 @@ def test_hundreds_of_connections_leak_nothing(
         "well-behaved pair: "
         f"{len(pair.received)} of {pair.fired} events, in order"
     )
-    _report(request, line)
+    report(request, line)
     assert not alarms, "\n".join(alarms[:20])
     assert most_sockets >= baseline_sockets + PER_ROUND, line
     assert settled, f"descriptors did not come back: {line}; {targets}"
@@ -199,7 +193,7 @@ def test_max_connections_under_a_burst(bus_config: Config, request: pytest.Fixtu
         pair.stop()
         log = daemon.log_text()
         alarms = daemon.alarms()
-    _report(
+    report(
         request,
         f"max_connections {limit}: burst of {burst} in {burst_time:.1f} s, {len(let_in)} let in, "
         f"{refused} refused with a Refused frame; well-behaved pair: {len(pair.received)} events",
@@ -245,7 +239,7 @@ def test_many_stalled_half_frames_are_dropped(
         pair.stop()
         log = daemon.log_text()
         alarms = daemon.alarms()
-    _report(
+    report(
         request,
         f"partial_frame_timeout {timeout} s: {len(outcomes)} of {stalled_count} stalled "
         f"connections dropped within {dropped_after:.1f} s, {idle_open} of {idle_count} idle "
@@ -293,7 +287,7 @@ def test_listeners_that_leave_during_a_replay_leave_nothing(
             after_pass.append(daemon.rss())
         alarms = daemon.alarms()
     first, second = after_pass
-    _report(
+    report(
         request,
         f"{2 * per_pass} listeners gone during their replay: RSS {baseline_rss / MIB:.1f} MiB "
         f"before, {first / MIB:.1f} MiB after {per_pass}, {second / MIB:.1f} MiB after "

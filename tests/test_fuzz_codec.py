@@ -58,6 +58,7 @@ from tests.fuzz_support import (
     invalid_utf8_frames,
     mutated,
     nested,
+    report,
     sized_header,
     stalled_partial_frames,
     subscriber_requests,
@@ -109,13 +110,11 @@ def budget(name: str, cases: int = 1) -> Any:
 def _report(request: pytest.FixtureRequest) -> Iterator[None]:
     started = time.monotonic()
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = (
+    report(
+        request,
         f"fuzz codec: {RUN['inputs']} inputs ({RUN['frames']} frames decoded, "
-        f"{RUN['errors']} refused with RemoteProtocolError) in {time.monotonic() - started:.1f} s"
+        f"{RUN['errors']} refused with RemoteProtocolError) in {time.monotonic() - started:.1f} s",
     )
-    if reporter is not None:
-        reporter.write_line(line)
 
 
 # -- the properties every input is held to ------------------------------------------

@@ -38,6 +38,7 @@ from tests.fuzz_support import (
     EXAMPLES,
     WellBehavedPair,
     hostile_inputs,
+    report,
     serve,
     subscriber_requests,
     wait_until,
@@ -163,9 +164,7 @@ def test_hostile_clients_against_a_live_daemon(
         f"(sockets {baseline_sockets}, {end_sockets}); "
         f"well-behaved pair: {len(pair.received)} of {pair.fired} events, in order"
     )
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    report(request, line)
     assert not alarms, "\n".join(alarms[:20])
     assert inputs >= inputs_wanted * 0.9, line
     assert fds_back, f"file descriptors did not come back: {line}; {fd_targets}"
