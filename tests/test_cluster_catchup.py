@@ -88,6 +88,8 @@ def test_a_node_cut_off_from_nats_exports_what_it_took_meanwhile(root: Path):
             wait_imported(c, 5 + 100)
             time.sleep(2.0)
             assert a.stats()["cluster"]["export"]["lag"] >= 500
+            # The journal keeps what the export has not sent, however old it gets.
+            assert a.stats()["journal_holds"]["cluster:export"] < fired_a[5]
             assert len(b.imported()) == 5
 
             servers[0].start()  # same port, same store
@@ -98,3 +100,4 @@ def test_a_node_cut_off_from_nats_exports_what_it_took_meanwhile(root: Path):
             wait_imported(a, 100)
             assert_in_order_once(a, "b", fired_b)
             wait_for(lambda: a.stats()["cluster"]["export"]["lag"] == 0, 30, "no export lag")
+            assert a.stats()["journal_holds"]["cluster:export"] >= fired_a[-1]

@@ -401,6 +401,62 @@ def test_retention_limits_are_checked(path: Path) -> None:
         Journal.open(path, max_bytes=-1)
 
 
+def test_age_retention_keeps_what_a_consumer_has_not_taken(path: Path) -> None:
+    with Journal.open(path, max_age=25.0) as journal:
+        journal.append([record(seq, time=float(seq * 10)) for seq in range(1, 11)])
+        # Seq 1..5 are expired; a consumer has taken up to 3.
+        assert journal.enforce_retention(now=80.0, hold=3) == 3
+        assert journal.first_seq() == 4
+        assert journal.enforce_retention(now=80.0, hold=3) == 0
+        # It moves on past the expired ones: the age limit applies again.
+        assert journal.enforce_retention(now=80.0, hold=8) == 2
+        assert journal.first_seq() == 6
+
+
+def test_size_retention_does_not_wait_for_consumers(path: Path) -> None:
+    stored = records(1, 10)
+    size = len(stored[0].body)
+    with Journal.open(path, max_age=1e9, max_bytes=size * 4) as journal:
+        journal.append(stored)
+        assert journal.enforce_retention(hold=0) == 6
+        assert journal.first_seq() == 7
+
+
+def test_epoch_is_chosen_once_and_kept(path: Path) -> None:
+    with Journal.open(path) as journal:
+        assert journal.epoch() is None
+        epoch = journal.claim_epoch()
+        assert 0 <= epoch < 2**63
+        assert journal.claim_epoch() == epoch
+        assert journal.cursors() == {}  # journal state, not a reader's cursor
+    with Journal.open(path, readonly=True) as reader:
+        assert reader.epoch() == epoch
+    with Journal.open(path) as journal:
+        assert journal.claim_epoch() == epoch
+    other = path.with_name("other.sqlite3")
+    with Journal.open(other) as journal:
+        assert journal.claim_epoch() != epoch  # 63 random bits: equal once in 2**63
+
+
+def test_version_1_journal_is_upgraded_with_its_epoch(path: Path) -> None:
+    # A journal as saltbus wrote it before schema 2: the epoch was a cursor.
+    path.parent.mkdir(mode=0o700)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in journal_schema._statements(journal_schema._MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO cursors VALUES ('saltbus:epoch', 4242, 0.0), ('returner:pg', 7, 0.0)")
+    conn.close()
+    with pytest.raises(JournalError, match="version 1"):
+        Journal.open(path, readonly=True)
+    with Journal.open(path) as journal:
+        assert journal.epoch() == 4242
+        assert journal.claim_epoch() == 4242
+        assert journal.cursors() == {"returner:pg": 7}
+    with Journal.open(path, readonly=True) as reader:
+        assert reader.epoch() == 4242
+
+
 def test_cursors_set_get_and_persist(path: Path) -> None:
     with Journal.open(path) as journal:
         assert journal.get_cursor("listen:ops") is None
@@ -723,6 +779,63 @@ def test_writer_applies_retention_when_it_starts(path: Path) -> None:
         assert journal.stats().bytes <= size // 3
         assert journal.last_seq() == 30
         assert journal.first_seq() == 21
+
+
+def test_writer_retention_waits_for_holds(path: Path) -> None:
+    with Journal.open(path) as journal:
+        journal.append(records(1, 30))  # stamped 1001..1030: long expired
+    holds = {"returner:pg": 12}
+    writer = JournalWriter(path, durability="batch", max_age=60.0, holds=lambda: holds)
+    with writer:
+        writer.submit(records(31, 31), lambda _: None, on_failed=lambda *_: None)
+    with Journal.open(path) as journal:
+        assert journal.first_seq() == 13
+    holds["returner:pg"] = 25
+    writer = JournalWriter(path, durability="batch", max_age=60.0, holds=lambda: holds)
+    with writer:
+        pass
+    with Journal.open(path) as journal:
+        assert journal.first_seq() == 26
+
+
+def test_writer_retain_now_applies_a_released_hold(path: Path) -> None:
+    with Journal.open(path) as journal:
+        journal.append(records(1, 30))
+    holds = {"cluster:export": 0}
+    asked = threading.Event()
+
+    def positions() -> dict[str, int]:
+        asked.set()
+        return holds
+
+    committed: queue.SimpleQueue[int] = queue.SimpleQueue()
+    with JournalWriter(path, durability="batch", max_age=60.0, holds=positions) as writer:
+        assert asked.wait(WAIT)  # the first step, at start, was held
+        with Journal.open(path, readonly=True) as reader:
+            assert reader.first_seq() == 1
+        del holds["cluster:export"]
+        writer.retain_now()
+        # A batch submitted after retain_now() is served after the retention step.
+        writer.submit(records(31, 31), lambda done: committed.put(done[0].seq), on_failed=print)
+        assert committed.get(timeout=WAIT) == 31
+        with Journal.open(path, readonly=True) as reader:
+            assert reader.first_seq() == 31
+
+
+def test_writer_says_when_the_size_limit_costs_a_consumer_events(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Journal.open(path) as journal:
+        journal.append(records(1, 30))
+        size = journal.stats().bytes
+    holds = {"returner:pg": 5, "cluster:export": 25}
+    writer = JournalWriter(path, durability="batch", max_bytes=size // 3, holds=lambda: holds)
+    with caplog.at_level("WARNING", logger="saltbus.journal.writer"), writer:
+        pass
+    with Journal.open(path) as journal:
+        assert journal.first_seq() == 21
+    assert "deleted events up to seq 20 that returner:pg had not taken" in caplog.text
+    assert "cluster:export" not in caplog.text
 
 
 KILLED_WRITER = textwrap.dedent(

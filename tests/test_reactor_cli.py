@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import pytest
 
 from saltbus import Config, Listener, Sender
+from saltbus.client.admin import fetch_stats
 from saltbus.event import Event
 from tests.interop.saltpeer import SALT_VERSIONS, salt_fire, salt_publisher
 
@@ -644,9 +645,14 @@ def test_serve_runs_the_reactor_in_process(
     with serve(bus_config, "--config", str(conf)) as server:
         server.wait_for("reactor 'reactor' running")
         reports.connect(5)
-        fire(bus_config, "app/x", {"v": "served"})
+        sent = fire(bus_config, "app/x", {"v": "served"})
         (ret,) = collect(reports, 1)
         assert ret.data["success"] and out.read_text() == "served\n"
+        # The journal keeps what the reactor has not handled; it has handled this.
+        assert sent.seq is not None
+        holds = lambda: fetch_stats(bus_config)["journal_holds"]  # noqa: E731
+        wait_until(lambda: holds().get("reactor", 0) >= sent.seq)
+        assert set(holds()) == {"reactor"}
         # `saltbus react --reload` finds the reactor inside serve.
         done = subprocess.run(
             [str(SALTBUS), "react", "--reload", "--config", str(conf), *bus_args(bus_config)],

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import pytest
 from saltbus import Config, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.errors import ConfigError
+from saltbus.journal import Journal
+from saltbus.journal.paths import journal_path
 from saltbus.server import EmbeddedPublisher
 from tests.returners_support import SALTBUS, install_plugin, serve, wait_until, write_config
 
@@ -57,6 +60,64 @@ def test_publisher_feeds_its_returners_and_reports_them(
     (stats,) = returners
     assert stats["name"] == "jsonfile" and stats["returned"] == 20
     assert Path(f"{out}.closed").exists(), "the returner was not closed at shutdown"
+
+
+def test_journal_keeps_what_a_failing_returner_has_not_taken(
+    bus_config: Config, plugin_dir: Path, tmp_path: Path
+):
+    out, flag = tmp_path / "events.jsonl", tmp_path / "down"
+    flag.touch()  # the "database" is down from the start
+    config = bus_config.replace(
+        journal_max_age=0.5,
+        event_return="jsonfile",
+        event_return_retry_max_seconds=0.2,
+        returner_options={"jsonfile": {"path": str(out), "fail_while": str(flag)}},
+    )
+    path = journal_path(config.data_dir, config.sock_dir, config.socket_prefix)
+
+    def first_seq() -> int | None:
+        with Journal.open(path, readonly=True) as journal:
+            return journal.first_seq()
+
+    with EmbeddedPublisher(config), Sender(config) as sender:
+        fired = [sender.fire("app/evt", {"n": n}, timeout=5, ack=True).seq for n in range(20)]
+        assert fetch_stats(config)["journal_holds"] == {"returner:jsonfile": 0}
+    time.sleep(1.0)  # every event is now older than journal_max_age
+    # A restart applies retention at once (before the next event is journaled);
+    # the returner's cursor holds it.
+    with EmbeddedPublisher(config), Sender(config) as sender:
+        fired.append(sender.fire("app/evt", {"n": 20}, timeout=5, ack=True).seq)
+        assert first_seq() == fired[0]
+        flag.unlink()  # the database is back
+        wait_until(lambda: len(lines(out)) == 21, what="the held events")
+        assert fetch_stats(config)["journal_holds"] == {"returner:jsonfile": fired[-1]}
+    assert [e["seq"] for e in lines(out)] == fired
+    # Returned, they expire as usual: a restart takes them.
+    time.sleep(1.0)
+    with EmbeddedPublisher(config):
+        wait_until(lambda: first_seq() is None, what="retention after the returner caught up")
+
+
+def test_a_removed_returner_holds_nothing(bus_config: Config, plugin_dir: Path, tmp_path: Path):
+    flag = tmp_path / "down"
+    flag.touch()
+    config = bus_config.replace(
+        journal_max_age=0.5,
+        event_return="jsonfile",
+        returner_options={"jsonfile": {"path": str(tmp_path / "out"), "fail_while": str(flag)}},
+    )
+    with EmbeddedPublisher(config), Sender(config) as sender:
+        for n in range(5):
+            sender.fire("app/evt", {"n": n}, timeout=5, ack=True)
+    time.sleep(1.0)
+    # Its cursor is still in the journal, but it is no longer configured.
+    plain = config.replace(event_return=())
+    path = journal_path(config.data_dir, config.sock_dir, config.socket_prefix)
+    with EmbeddedPublisher(plain):
+        assert fetch_stats(plain)["journal_holds"] == {}
+        with Journal.open(path, readonly=True) as journal:
+            wait_until(lambda: journal.first_seq() is None, what="retention")
+            assert journal.cursors() == {"returner:jsonfile": 0}
 
 
 def test_returners_need_the_journal(bus_config: Config, plugin_dir: Path):
@@ -114,6 +175,7 @@ def test_failing_returner_under_saltbus_serve_loses_nothing(
         ).stdout
         assert "returners: 1" in shown and "jsonfile" in shown and "retrying" in shown
         assert "lag      25" in shown and "fail_while file exists" in shown
+        assert f"kept for: returner:jsonfile at seq {fired[29]}" in shown
     # Stopped while failing, started again while still failing, then it comes back.
     with serve(bus_config, config_file, env):
         fire(10)

@@ -22,7 +22,6 @@ from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
 
-EPOCH_CURSOR = "saltbus:epoch"
 HELP = "print events from a bus's journal (and, with --follow, live ones after them)"
 DESCRIPTION = """\
 Print journaled events of the bus serving --sock-dir, oldest first, in the
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     match_type = MatchType.parse(args.match_type, config.event_match_type)
     printed = 0
     with Journal.open(path, readonly=True) as journal:
-        epoch = journal.get_cursor(EPOCH_CURSOR)
+        epoch = journal.epoch()
         # The seam with live events: everything up to this snapshot comes from
         # the journal, everything after it from the publisher.
         snapshot = journal.last_seq()

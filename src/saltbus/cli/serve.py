@@ -13,6 +13,10 @@ from saltbus.cli.common import add_bus_options, add_journal_options, config_from
 from saltbus.config import Config
 from saltbus.server import Server
 
+# Names under which `saltbus stats` shows what holds the journal's retention.
+CLUSTER_HOLD = "cluster:export"
+REACTOR_HOLD = "reactor"
+
 HELP = "run the publisher daemon in the foreground (Ctrl-C or SIGTERM stops it)"
 DESCRIPTION = """\
 Run a bus: bind the publish and pull sockets in --sock-dir and forward every
@@ -88,6 +92,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(config: Config, args: argparse.Namespace | None = None) -> None:
     server = Server(config)
+    # The reactor's catch-up and the federation export read the journal from
+    # their positions: it keeps what they have not taken from the start.
+    in_process_reactor = bool(config.reactor and args is not None)
+    if in_process_reactor and config.reactor_catch_up:
+        server.retention_holds.hold(REACTOR_HOLD)
+    if config.cluster:
+        server.retention_holds.hold(CLUSTER_HOLD)
     await server.startup()
     server.install_signal_handlers()
     where = config.sock_dir if config.ipc_mode == "ipc" else f"{server.pub_address}"
@@ -108,11 +119,14 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
     reactor = bridge = None
     try:
         # With a `reactor:` section, the reactor runs here as a client of this bus.
-        if config.reactor and args is not None:
+        if in_process_reactor and args is not None:
             reactor = await react.start_alongside(config, args)
+            if config.reactor_catch_up:
+                server.retention_holds.hold(REACTOR_HOLD, reactor.journal_position)
         # With a `cluster:` section (or --cluster), so does the federation bridge.
         if config.cluster:
             bridge = await cluster.start_alongside(config, server)
+            server.retention_holds.hold(CLUSTER_HOLD, bridge.journal_position)
         await server.wait_for_exit()
     finally:
         if bridge is not None:

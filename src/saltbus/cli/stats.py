@@ -50,6 +50,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     )
     journal = stats.get("journal") or "off"
     print(f"journal: {journal} ({stats.get('journal_in_flight', 0)} in flight)", file=out)
+    holds = stats.get("journal_holds") or {}
+    if holds:
+        held = ", ".join(f"{name} at seq {seq}" for name, seq in sorted(holds.items()))
+        print(f"  kept for: {held}", file=out)
     print(f"pull connections: {stats['pull_connections']}", file=out)
     subscribers = stats.get("subscribers", [])
     print(f"subscribers: {len(subscribers)}", file=out)

@@ -71,6 +71,10 @@ class Bridge:
             while not self.ready:
                 await asyncio.sleep(0.05)
 
+    def journal_position(self) -> int | None:
+        """The last local seq exported (the journal must keep what follows it)."""
+        return self.exporter.position
+
     async def start(self) -> None:
         """Load the positions and start; returns at once (NATS may still be away)."""
         await self.exporter.start()

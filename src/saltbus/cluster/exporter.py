@@ -37,7 +37,7 @@ from saltbus.client.positions import PositionStore
 from saltbus.cluster.envelope import Envelope
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
-from saltbus.cluster.state import EPOCH_CURSOR, ORIGIN_KEY
+from saltbus.cluster.state import ORIGIN_KEY
 from saltbus.cluster.subjects import tag_to_subject
 from saltbus.config import Config
 from saltbus.errors import BusError, SaltbusError, SlowConsumerError
@@ -283,4 +283,4 @@ def _outcome(future: asyncio.Future[Any]) -> BaseException | None:
 def _journal_end(journal: Path) -> tuple[int | None, int]:
     """The local numbering and last seq now (where a first run starts)."""
     with Journal.open(journal, readonly=True) as store:
-        return store.get_cursor(EPOCH_CURSOR), store.last_seq()
+        return store.epoch(), store.last_seq()

@@ -29,8 +29,6 @@ log = logging.getLogger("saltbus.cluster")
 
 ORIGIN_KEY: Final = "_saltbus_origin"
 _ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
-# The publisher's numbering, as the server keeps it in the journal (server/app.py).
-EPOCH_CURSOR: Final = "saltbus:epoch"
 # Epochs kept per origin: an origin's older numberings stop mattering once its
 # new one has been seen for a while; a few are kept for events still in flight.
 EPOCHS_KEPT: Final = 4
@@ -130,7 +128,7 @@ class ImportState:
             return found
         try:
             with Journal.open(journal_path, readonly=True) as journal:
-                epoch = journal.get_cursor(EPOCH_CURSOR)
+                epoch = journal.epoch()
                 since = self.as_of if epoch == self.local_epoch else 0
                 self.local_epoch = epoch
                 for record in journal.iter_read(since=since):

@@ -78,6 +78,8 @@ class Config:
     # $XDG_DATA_HOME/saltbus).
     journal: Journaling = "batch"
     data_dir: Path | None = None
+    # Retention. Age yields to consumers in the daemon that have not taken an
+    # event yet (returners, federation export, in-process reactor); size does not.
     journal_max_age: float = 7 * 24 * 3600.0
     journal_max_bytes: int = 1024**3
     # Event returners, with Salt's option names: the returners fed from the

@@ -16,7 +16,7 @@ from saltbus.errors import JournalError
 
 Durability = Literal["batch", "fsync"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # synchronous=NORMAL in WAL mode syncs only at checkpoints: a commit survives
 # the process being killed (the WAL is in the OS page cache) but not a power
@@ -63,8 +63,17 @@ CREATE TABLE cursors (
 ) WITHOUT ROWID;
 """
 
+# Version 1 kept the publisher's numbering (its epoch) as a cursor under a
+# reserved name, where any cursor writer could clobber it; it is journal-wide
+# state, so it lives in meta. NULL until a publisher first opens the file.
+_SCHEMA_V2: Final = """
+ALTER TABLE meta ADD COLUMN epoch INTEGER;
+UPDATE meta SET epoch = (SELECT seq FROM cursors WHERE name = 'saltbus:epoch');
+DELETE FROM cursors WHERE name = 'saltbus:epoch'
+"""
+
 # Index i holds the script that takes a file from version i to version i + 1.
-_MIGRATIONS: Final[tuple[str, ...]] = (_SCHEMA_V1,)
+_MIGRATIONS: Final[tuple[str, ...]] = (_SCHEMA_V1, _SCHEMA_V2)
 
 
 def connect(path: Path, *, durability: Durability, readonly: bool) -> sqlite3.Connection:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import sqlite3
 import time as _time
 from collections.abc import Iterator, Sequence
@@ -105,6 +106,25 @@ class Journal:
         retention has since deleted it: a restarted publisher continues after it."""
         with _sqlite_errors("read", self.path):
             return int(self._conn.execute("SELECT last_seq FROM meta").fetchone()[0])
+
+    def epoch(self) -> int | None:
+        """The publisher's numbering of these seqs (None until a publisher
+        opened the journal). A journal made anew gets another one, so that a
+        reader holding a seq of the old one can tell it means nothing here."""
+        with _sqlite_errors("read", self.path):
+            value = self._conn.execute("SELECT epoch FROM meta").fetchone()[0]
+        return None if value is None else int(value)
+
+    def claim_epoch(self) -> int:
+        """The epoch, chosen now (63 random bits) if the journal has none yet."""
+        with _sqlite_errors("write the epoch to", self.path):
+            # One statement: two publishers racing on a new file agree on one epoch.
+            self._conn.execute(
+                "UPDATE meta SET epoch = ? WHERE epoch IS NULL", (secrets.randbits(63),)
+            )
+        epoch = self.epoch()
+        assert epoch is not None  # set just above, and never cleared
+        return epoch
 
     def first_seq(self) -> int | None:
         """The oldest seq still retained, None when no event is."""
@@ -294,9 +314,16 @@ class Journal:
 
     # -- retention ----------------------------------------------------------
 
-    def enforce_retention(self, now: float | None = None, *, max_rows: int | None = None) -> int:
+    def enforce_retention(
+        self, now: float | None = None, *, max_rows: int | None = None, hold: int | None = None
+    ) -> int:
         """Delete the oldest events beyond ``max_age`` and ``max_bytes``;
         return how many were deleted. Cursors and last_seq are kept.
+
+        ``hold`` is how far the slowest consumer that must not miss events
+        (a returner, the federation export) has got: events after it are
+        kept however old they are, and go only when ``max_bytes`` needs the
+        room, so that the size limit stays a hard bound on the disk used.
 
         Retention only ever cuts a prefix of the seq order, so what is kept is
         always every event from :meth:`first_seq` on, and a resume from any
@@ -319,7 +346,7 @@ class Journal:
         with _sqlite_errors("apply retention to", self.path):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                cut, count, size = self._retention_cut(cutoff, max_rows)
+                cut, count, size = self._retention_cut(cutoff, max_rows, hold)
                 if count:
                     self._conn.execute("DELETE FROM events WHERE seq <= ?", (cut,))
                     self._conn.execute(
@@ -331,7 +358,9 @@ class Journal:
                 raise
         return count
 
-    def _retention_cut(self, cutoff: float | None, max_rows: int | None) -> tuple[int, int, int]:
+    def _retention_cut(
+        self, cutoff: float | None, max_rows: int | None, hold: int | None
+    ) -> tuple[int, int, int]:
         """Inside the open transaction: the highest seq to delete, and how many
         events and body bytes go with it ((0, 0, 0) when nothing goes).
 
@@ -351,7 +380,7 @@ class Journal:
                 (after, _RETENTION_PAGE),
             ).fetchall()
             for seq, stamp, length in rows:
-                expired = cutoff is not None and stamp < cutoff
+                expired = cutoff is not None and stamp < cutoff and (hold is None or seq <= hold)
                 oversize = excess is not None and size < excess
                 if not (expired or oversize) or count == max_rows:
                     return cut, count, size

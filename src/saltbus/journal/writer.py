@@ -30,7 +30,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 CommittedCallback = Callable[[Sequence[JournalRecord]], None]
 FailedCallback = Callable[[Sequence[JournalRecord], JournalError], None]
+# Per consumer that must not miss events, the last seq it has taken (see
+# Journal.enforce_retention's ``hold``). Called on the writer thread.
+HoldsCallback = Callable[[], Mapping[str, int]]
 
 # A bound on one transaction, so that a large backlog (after a stall of the
 # disk) is committed, and its callbacks run, in steps rather than all at the end.
@@ -51,6 +54,8 @@ DEFAULT_MAX_GROUP_RECORDS: Final = 65_536
 # Retention deletes at most this many events per transaction, serving queued
 # batches in between, so that a large first clean-up never stalls appends.
 RETENTION_STEP_ROWS: Final = 20_000
+# The size limit deleting events a consumer has not taken is logged at most this often.
+LOSS_WARNING_INTERVAL: Final = 60.0
 START_TIMEOUT: Final = 30.0
 
 
@@ -63,6 +68,14 @@ class _Batch:
 
 # What close() puts on the queue: everything before it is committed first.
 _CLOSE: Final = None
+
+
+class _Wake:
+    """What retain_now() puts on the queue: the thread wakes and applies retention."""
+
+
+_WAKE: Final = _Wake()
+_Item = _Batch | _Wake | None
 
 
 class JournalWriter:
@@ -82,6 +95,7 @@ class JournalWriter:
         max_bytes: int | None = None,
         retention_interval: float = 60.0,
         max_group_records: int = DEFAULT_MAX_GROUP_RECORDS,
+        holds: HoldsCallback | None = None,
     ) -> None:
         if not retention_interval > 0:
             raise JournalError(f"retention_interval must be positive, not {retention_interval}")
@@ -93,7 +107,10 @@ class JournalWriter:
         self._max_bytes = max_bytes
         self._retention_interval = retention_interval
         self._max_group = max_group_records
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._holds = holds
+        self._loss_warned_at = -math.inf
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._retention_due = threading.Event()
         # Guards the state against submit() racing close(): nothing can be
         # queued after the close marker, so nothing is left without a callback.
         self._lock = threading.Lock()
@@ -170,6 +187,14 @@ class JournalWriter:
                 raise JournalError(f"journal writer for {self.path} is {self._state}, not running")
             self._queue.put(batch)
 
+    def retain_now(self) -> None:
+        """Apply retention as soon as what is queued now is committed, rather
+        than at the next interval (the consumers holding it have changed)."""
+        with self._lock:
+            if self._state == "running":
+                self._retention_due.set()
+                self._queue.put(_WAKE)
+
     def close(self, timeout: float | None = None) -> None:
         """Commit everything submitted so far, run its callbacks, close the
         journal and join the thread. Idempotent. Raises JournalError if the
@@ -230,7 +255,9 @@ class JournalWriter:
         next_retention = time.monotonic() if retains else math.inf
         closing = False
         while not closing:
-            if next_retention <= time.monotonic():
+            due = self._retention_due.is_set()
+            if retains and (due or next_retention <= time.monotonic()):
+                self._retention_due.clear()
                 next_retention = self._retention_step(journal)
             wait = None if next_retention == math.inf else next_retention - time.monotonic()
             try:
@@ -241,11 +268,13 @@ class JournalWriter:
             if group:
                 self._commit(journal, group)
 
-    def _take_group(self, first: _Batch | None) -> tuple[list[_Batch], bool]:
+    def _take_group(self, first: _Item) -> tuple[list[_Batch], bool]:
         """``first`` and whatever else is queued now (up to the group bound);
         True once the close marker was taken."""
         if first is _CLOSE:
             return [], True
+        if isinstance(first, _Wake):
+            return [], False
         group = [first]
         size = len(first.records)
         while size < self._max_group:
@@ -255,6 +284,8 @@ class JournalWriter:
                 break
             if item is _CLOSE:
                 return group, True
+            if isinstance(item, _Wake):
+                continue  # the loop checks _retention_due after this group
             group.append(item)
             size += len(item.records)
         return group, False
@@ -299,7 +330,11 @@ class JournalWriter:
     def _retention_step(self, journal: Journal) -> float:
         """Delete one step of expired events; return when to run again."""
         try:
-            deleted = journal.enforce_retention(max_rows=RETENTION_STEP_ROWS)
+            holds = dict(self._holds()) if self._holds is not None else {}
+            hold = min(holds.values(), default=None)
+            deleted = journal.enforce_retention(max_rows=RETENTION_STEP_ROWS, hold=hold)
+            if deleted and hold is not None:
+                self._warn_of_loss(journal, holds)
         except Exception:
             log.exception("journal retention on %s failed; retrying later", self.path)
             deleted = 0
@@ -308,13 +343,29 @@ class JournalWriter:
             return time.monotonic()
         return time.monotonic() + self._retention_interval
 
+    def _warn_of_loss(self, journal: Journal, holds: Mapping[str, int]) -> None:
+        """Say which consumers the size limit has just cost events."""
+        first = journal.first_seq()
+        deleted_to = self._last_seq if first is None else first - 1
+        behind = sorted(name for name, seq in holds.items() if seq < deleted_to)
+        now = time.monotonic()
+        if behind and now - self._loss_warned_at >= LOSS_WARNING_INTERVAL:
+            self._loss_warned_at = now
+            log.warning(
+                "journal %s is at its size limit (journal_max_bytes): deleted events up to "
+                "seq %d that %s had not taken yet",
+                self.path,
+                deleted_to,
+                ", ".join(behind),
+            )
+
     def _fail_queued(self, error: JournalError) -> None:
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _CLOSE:
+            if isinstance(item, _Batch):
                 self._finish(item, error)
 
 

@@ -130,6 +130,14 @@ class Reactor:
                     log.warning("%s; waiting for it", exc)
                     waiting = True
 
+    def journal_position(self) -> int | None:
+        """Every event up to this seq is handled (None before the reactor
+        knows): what it would catch up from if it stopped now."""
+        mark = self._progress.mark
+        if mark is None and self._client is not None:
+            mark = self._client.session.last_seq
+        return mark
+
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop. Safe from a signal handler."""
         self._stop.set()

@@ -101,6 +101,10 @@ class ReturnerWorker:
         self._pending_bytes = 0
         self._pending_since = 0.0  # when the oldest pending event was gathered (monotonic)
 
+    def journal_position(self) -> int:
+        """The last seq returned (or filtered out): the journal must keep what follows."""
+        return self.cursor
+
     # -- lifetime -----------------------------------------------------------
 
     def start(self, timeout: float = START_TIMEOUT) -> None:

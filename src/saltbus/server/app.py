@@ -24,6 +24,7 @@ from saltbus.returners import ReturnerRunner
 from saltbus.server.access import AccessPolicy
 from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
+from saltbus.server.holds import RetentionHolds
 from saltbus.server.intake import Intake
 from saltbus.server.replay import first_available, replay
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
@@ -37,7 +38,8 @@ SHUTDOWN_GRACE: Final = 0.05
 # A Salt listener that drops events is reported at most this often.
 LAG_REPORT_INTERVAL: Final = 1.0
 LAGGED_TAG: Final = "saltbus/subscriber/lagged"
-EPOCH_CURSOR: Final = "saltbus:epoch"
+# The retention hold the publisher keeps while its returners load their cursors.
+_STARTING: Final = "saltbus:starting"
 
 
 class Server:
@@ -76,6 +78,9 @@ class Server:
         # Parts run beside the server in its loop (the federation bridge) add
         # their statistics here, under their name, without the server knowing them.
         self.stats_sources: dict[str, Callable[[], Any]] = {}
+        # Consumers in this process that must not miss journaled events
+        # (returners; the federation export and the reactor register too).
+        self.retention_holds = RetentionHolds()
 
     @property
     def intake_paused(self) -> bool:
@@ -96,9 +101,12 @@ class Server:
             self.access.secure_file(self._lock.path)
             self.access.write_secret()
             if self.journal_path is not None:
+                # Until the returners know their cursors, retention keeps everything.
+                self.retention_holds.hold(_STARTING)
                 await asyncio.to_thread(self._open_journal, self.journal_path)
                 if cfg.event_return:
                     await asyncio.to_thread(self._start_returners, self.journal_path)
+                self.retention_holds.release(_STARTING)
             pull_sock = bind_listener(cfg.pull_address)
             try:
                 pub_sock = bind_listener(cfg.pub_address)
@@ -132,19 +140,17 @@ class Server:
 
     def _open_journal(self, path: Path) -> None:
         with Journal.open(path) as journal:
-            epoch = journal.get_cursor(EPOCH_CURSOR)
-            if epoch is None:
-                epoch = secrets.randbits(63)
-                journal.set_cursor(EPOCH_CURSOR, epoch)
-        self.epoch = epoch
+            self.epoch = journal.claim_epoch()
         writer = JournalWriter(
             path,
             durability="fsync" if self.config.journal == "fsync" else "batch",
             max_age=self.config.journal_max_age,
             max_bytes=self.config.journal_max_bytes,
+            holds=self.retention_holds.positions,
         )
         last_seq = writer.start()
         self._writer = writer
+        self.retention_holds.on_change = writer.retain_now
         self.fanout.next_seq = last_seq + 1
         self.intake.writer = writer
 
@@ -152,16 +158,21 @@ class Server:
         runner = ReturnerRunner(self.config, path)
         runner.start()
         self.returners = runner
+        for worker in runner.workers:
+            self.retention_holds.hold(worker.cursor_name, worker.journal_position)
         self.intake.on_commit = runner.notify
 
     def _close_returners(self) -> None:
         runner, self.returners = self.returners, None
         self.intake.on_commit = None
+        # Their holds stay: retention must not take what they left behind
+        # while the journal is closing (they resume from it at the next start).
         if runner is not None:
             runner.close()
 
     def _close_journal(self) -> None:
         writer, self._writer = self._writer, None
+        self.retention_holds.on_change = None
         self.intake.writer = None
         if writer is not None:
             writer.close()
@@ -347,6 +358,7 @@ class Server:
             "journal": str(self.journal_path) if self.journal_path else None,
             "journal_in_flight": self.intake.in_flight,
             "journal_failures": self.intake.commit_failures,
+            "journal_holds": self.retention_holds.positions(),
             "pull_connections": len(self.pull_connections),
             "returners": self.returners.stats() if self.returners is not None else [],
             "subscribers": [
