@@ -18,6 +18,7 @@ from saltbus.errors import BusError, BusTimeoutError
 from saltbus.event import Event
 from saltbus.reactor import Reactor, load_rules
 from saltbus.reactor.causes import CAUSE_KEY
+from saltbus.reactor.rules import Rules
 from saltbus.server import EmbeddedPublisher
 
 WAIT = 20.0
@@ -327,3 +328,62 @@ def test_no_catch_up_starts_with_new_events(bus_config: Config, tmp_path: Path) 
 
     with EmbeddedPublisher(config):
         asyncio.run(main())
+
+
+@pytest.mark.usefixtures("publisher")
+def test_an_event_the_reactor_fails_on_is_logged_and_the_next_handled(
+    bus_config: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = setup(
+        bus_config, tmp_path, {"r.sls": "ok:\n  event.send: [{tag: x}]\n"}, {"e/*": ["r.sls"]}
+    )
+    match = Rules.match
+
+    def failing_match(self: Rules, tag: str) -> list[Any]:
+        if tag == "e/bad":
+            raise RuntimeError("a bug in matching")
+        return match(self, tag)
+
+    monkeypatch.setattr(Rules, "match", failing_match)
+
+    async def main() -> None:
+        async with running(config) as (reactor, client, reports):
+            await client.fire("e/bad", {})
+            await client.fire("e/good", {})
+            (ret,) = await collect(reports, 1)
+            assert ret.data["trigger_tag"] == "e/good" and ret.data["success"]
+            assert reactor.stats.internal_errors == 1
+            assert reactor.failure is None
+
+    with caplog.at_level("ERROR", logger="saltbus.reactor"):
+        asyncio.run(main())
+    assert "reactor failed on e/bad" in caplog.text and "a bug in matching" in caplog.text
+
+
+@pytest.mark.usefixtures("publisher")
+def test_a_reactor_whose_reading_task_dies_says_so_and_stops(
+    bus_config: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = setup(
+        bus_config, tmp_path, {"r.sls": "ok:\n  event.send: [{tag: x}]\n"}, {"e/*": ["r.sls"]}
+    )
+
+    async def broken_next(self: Subscription, timeout: float | None = None) -> Event:
+        raise RuntimeError("the subscription broke")
+
+    async def main() -> None:
+        async with running(config) as (reactor, _client, _reports):
+            monkeypatch.setattr(Subscription, "next", broken_next)
+            await asyncio.wait_for(reactor.wait_for_stop(), WAIT)
+            assert reactor.failure is not None
+            assert "reactor-ingest ended: RuntimeError('the subscription broke')" in reactor.failure
+
+    with caplog.at_level("CRITICAL", logger="saltbus.reactor"):
+        asyncio.run(main())
+    assert "reactor stops: reactor-ingest ended" in caplog.text

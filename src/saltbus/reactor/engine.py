@@ -87,7 +87,10 @@ class Reactor:
         self._overflow_timer: asyncio.TimerHandle | None = None
         self._reload_lock = asyncio.Lock()
         self._stop = asyncio.Event()
+        self._stopping = False
         self.caught_up_from: int | None = None
+        # Why the reactor stopped by itself (a task of its own ended): see _supervise.
+        self.failure: str | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -118,6 +121,20 @@ class Reactor:
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
             for n in range(config.reactor_worker_threads)
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A reactor that stopped reading or running, and said nothing, would
+        look idle while events go unhandled: a task that ends other than by
+        stop() is logged and stops the reactor (`saltbus react` exits 1, so a
+        service manager restarts it, and catch-up handles what it missed)."""
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        self.failure = f"{task.get_name()} ended: {exc!r}" if exc else f"{task.get_name()} ended"
+        log.critical("reactor stops: %s", self.failure, exc_info=exc)
+        self.request_stop()
 
     async def _connect(self, client: AsyncClient) -> None:
         waiting = False
@@ -158,10 +175,10 @@ class Reactor:
         the saved position makes a restart run them again."""
         if not self._tasks:
             return
+        self._stopping = True
         ingest, workers = self._tasks[0], self._tasks[1:]
         ingest.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ingest
+        await asyncio.gather(ingest, return_exceptions=True)  # _supervise reported a crash
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
@@ -202,7 +219,11 @@ class Reactor:
                 continue
             except BusClosedError:
                 return
-            self._dispatch(event)
+            try:
+                self._dispatch(event)
+            except Exception:  # one event must never stop the reactor
+                self.stats.internal_errors += 1
+                log.exception("reactor failed on %s (seq %s); going on", event.tag, event.seq)
             # next() returns without yielding while events are waiting: let
             # the workers run when they have work (a loop turn costs a poll,
             # so not after every event that queued nothing).

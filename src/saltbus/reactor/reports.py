@@ -46,6 +46,7 @@ class Stats:
     stopped: int = 0  # by the loop guard
     dropped: int = 0  # queue full
     render_errors: int = 0
+    internal_errors: int = 0  # an event the reactor itself failed on (a bug; logged)
     reloads: int = 0
 
 
