@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from saltbus.cli import serve as serve_command
 from saltbus.client.aio import AsyncClient, Subscription
 from saltbus.config import Config
 from saltbus.errors import BusError, BusTimeoutError
@@ -19,7 +20,7 @@ from saltbus.event import Event
 from saltbus.reactor import Reactor, load_rules
 from saltbus.reactor.causes import CAUSE_KEY
 from saltbus.reactor.rules import Rules
-from saltbus.server import EmbeddedPublisher
+from saltbus.server import EmbeddedPublisher, Server
 
 WAIT = 20.0
 
@@ -387,3 +388,28 @@ def test_a_reactor_whose_reading_task_dies_says_so_and_stops(
     with caplog.at_level("CRITICAL", logger="saltbus.reactor"):
         asyncio.run(main())
     assert "reactor stops: reactor-ingest ended" in caplog.text
+
+
+def test_serve_stops_when_its_reactor_dies(
+    bus_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = setup(
+        bus_config, tmp_path, {"r.sls": "ok:\n  event.send: [{tag: x}]\n"}, {"e/*": ["r.sls"]}
+    )
+
+    async def broken_next(self: Subscription, timeout: float | None = None) -> Event:
+        raise RuntimeError("the subscription broke")
+
+    async def main() -> None:
+        async with Server(config) as server:
+            reactor = Reactor(config, load_rules(config))
+            monkeypatch.setattr(Subscription, "next", broken_next)
+            await reactor.start()
+            try:
+                waiting = serve_command._until_exit_or_reactor_failure(server, reactor)
+                await asyncio.wait_for(waiting, WAIT)  # the server was not asked to exit
+            finally:
+                await reactor.stop()
+            assert reactor.failure is not None
+
+    asyncio.run(main())

@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
+from saltbus.errors import BusError
 from saltbus.server import Server
+
+if TYPE_CHECKING:
+    from saltbus.reactor import Reactor
 
 # Names under which `saltbus stats` shows what holds the journal's retention.
 CLUSTER_HOLD = "cluster:export"
@@ -127,7 +131,7 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         if config.cluster:
             bridge = await cluster.start_alongside(config, server)
             server.retention_holds.hold(CLUSTER_HOLD, bridge.journal_position)
-        await server.wait_for_exit()
+        await _until_exit_or_reactor_failure(server, reactor)
     finally:
         if bridge is not None:
             await bridge.stop()
@@ -135,6 +139,21 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
             await reactor.stop()
         await server.shutdown()
     print(f"saltbus: stopped at seq {server.fanout.last_seq}", file=sys.stderr, flush=True)
+    if reactor is not None and reactor.failure is not None:
+        raise BusError(f"the reactor stopped: {reactor.failure}")
+
+
+async def _until_exit_or_reactor_failure(server: Server, reactor: Reactor | None) -> None:
+    """Serve until asked to stop; a reactor that stopped by itself stops the
+    daemon too (exit 1), rather than leave a bus whose reactions silently stopped."""
+    waiters = {asyncio.ensure_future(server.wait_for_exit())}
+    if reactor is not None:
+        waiters.add(asyncio.ensure_future(reactor.wait_for_stop()))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
