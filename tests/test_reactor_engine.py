@@ -331,6 +331,18 @@ def test_no_catch_up_starts_with_new_events(bus_config: Config, tmp_path: Path) 
         asyncio.run(main())
 
 
+def one_reaction(bus_config: Config, tmp_path: Path) -> Config:
+    """A reactor that answers every e/* event with one event.send."""
+    return setup(
+        bus_config, tmp_path, {"r.sls": "ok:\n  event.send: [{tag: x}]\n"}, {"e/*": ["r.sls"]}
+    )
+
+
+async def broken_next(self: Subscription, timeout: float | None = None) -> Event:
+    """Subscription.next as if the client had a bug."""
+    raise RuntimeError("the subscription broke")
+
+
 @pytest.mark.usefixtures("publisher")
 def test_an_event_the_reactor_fails_on_is_logged_and_the_next_handled(
     bus_config: Config,
@@ -338,9 +350,7 @@ def test_an_event_the_reactor_fails_on_is_logged_and_the_next_handled(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = setup(
-        bus_config, tmp_path, {"r.sls": "ok:\n  event.send: [{tag: x}]\n"}, {"e/*": ["r.sls"]}
-    )
+    config = one_reaction(bus_config, tmp_path)
     match = Rules.match
 
     def failing_match(self: Rules, tag: str) -> list[Any]:
@@ -371,12 +381,7 @@ def test_a_reactor_whose_reading_task_dies_says_so_and_stops(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = setup(
-        bus_config, tmp_path, {"r.sls": "ok:\n  event.send: [{tag: x}]\n"}, {"e/*": ["r.sls"]}
-    )
-
-    async def broken_next(self: Subscription, timeout: float | None = None) -> Event:
-        raise RuntimeError("the subscription broke")
+    config = one_reaction(bus_config, tmp_path)
 
     async def main() -> None:
         async with running(config) as (reactor, _client, _reports):
@@ -393,12 +398,7 @@ def test_a_reactor_whose_reading_task_dies_says_so_and_stops(
 def test_serve_stops_when_its_reactor_dies(
     bus_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = setup(
-        bus_config, tmp_path, {"r.sls": "ok:\n  event.send: [{tag: x}]\n"}, {"e/*": ["r.sls"]}
-    )
-
-    async def broken_next(self: Subscription, timeout: float | None = None) -> Event:
-        raise RuntimeError("the subscription broke")
+    config = one_reaction(bus_config, tmp_path)
 
     async def main() -> None:
         async with Server(config) as server:
