@@ -5,19 +5,17 @@ Salt's API, with ``saltbus`` in place of ``salt.utils.event``::
     import saltbus
     event = saltbus.MasterEvent("/tmp/bus")
     data = event.get_event(wait=10, tag="auth")
+
+Its names but the errors are imported from their modules on first use (see
+:mod:`saltbus.lazy`): ``import saltbus``, which every ``saltbus`` command runs
+first, does not load the asyncio client and the server it may never use.
 """
 
-from saltbus.client import (
-    AsyncClient,
-    Listener,
-    MasterEvent,
-    MinionEvent,
-    SaltEvent,
-    Sender,
-    Subscription,
-    get_event,
-)
-from saltbus.config import Config
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+# The errors cost nothing to import, and are what a caller catches.
 from saltbus.errors import (
     AccessDeniedError,
     BusClosedError,
@@ -33,8 +31,22 @@ from saltbus.errors import (
     SaltbusError,
     SlowConsumerError,
 )
-from saltbus.event import Event, MatchType, tagify
-from saltbus.server import EmbeddedPublisher, Server
+from saltbus.lazy import lazy_names
+
+if TYPE_CHECKING:
+    from saltbus.client import (
+        AsyncClient,
+        Listener,
+        MasterEvent,
+        MinionEvent,
+        SaltEvent,
+        Sender,
+        Subscription,
+        get_event,
+    )
+    from saltbus.config import Config
+    from saltbus.event import Event, MatchType, tagify
+    from saltbus.server import EmbeddedPublisher, Server
 
 __all__ = [
     "AccessDeniedError",
@@ -65,3 +77,25 @@ __all__ = [
     "get_event",
     "tagify",
 ]
+
+# Hidden from type checkers, which see the imports above (see saltbus.lazy).
+if not TYPE_CHECKING:
+    __getattr__, __dir__ = lazy_names(
+        __name__,
+        {
+            # saltbus.client imports each of its names on first use too.
+            "saltbus.client": (
+                "AsyncClient",
+                "Listener",
+                "MasterEvent",
+                "MinionEvent",
+                "SaltEvent",
+                "Sender",
+                "Subscription",
+                "get_event",
+            ),
+            "saltbus.config": ("Config",),
+            "saltbus.event": ("Event", "MatchType", "tagify"),
+            "saltbus.server": ("EmbeddedPublisher", "Server"),
+        },
+    )
