@@ -1,5 +1,6 @@
 """The ``saltbus`` package (saltbus/__init__.py, saltbus.lazy): its public names
-are all there, and importing it does not load what that does not use.
+are all there, and importing it, or starting a light command, does not load
+what that does not use.
 
 What is loaded is looked at in a fresh interpreter each time: this test
 process has long imported everything.
@@ -13,6 +14,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +76,33 @@ def test_a_blocking_client_does_not_load_asyncio_or_the_server() -> None:
         "import saltbus\nsaltbus.Listener, saltbus.Sender, saltbus.Config, saltbus.Event"
     )
     assert "saltbus.client.listener" in modules
+    assert not heavy_among(modules), heavy_among(modules)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fire", "--help"],
+        # No publisher there: fire gives up after its timeout, having run all it runs.
+        ["fire", "--sock-dir", "{sock_dir}", "--timeout", "0.05", "test/tag", "n=1"],
+        ["listen", "--help"],
+    ],
+    ids=["fire --help", "fire with no bus", "listen --help"],
+)
+def test_a_light_command_loads_no_other_command_s_stack(argv: list[str], sock_dir: Path) -> None:
+    argv = [arg.format(sock_dir=sock_dir) for arg in argv]
+    modules = loaded_modules(
+        f"""
+        import contextlib, io
+        from saltbus.cli.main import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                main({argv!r})
+            except SystemExit:
+                pass
+        """
+    )
+    assert "saltbus.cli.main" in modules
     assert not heavy_among(modules), heavy_among(modules)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from saltbus.cli.common import add_bus_options, config_from_args, seconds
-from saltbus.client.probe import ProbeReport, SocketReport, minion_buses, probe_bus
 from saltbus.wire import Framing
+
+if TYPE_CHECKING:
+    from saltbus.client.probe import ProbeReport, SocketReport
 
 HELP = "inspect a bus: is a publisher there, can this user reach it, which Salt framing"
 DESCRIPTION = """\
@@ -40,6 +42,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from saltbus.client.probe import minion_buses, probe_bus  # noqa: PLC0415
+
     out = out or sys.stdout
     config = config_from_args(args)
     report = probe_bus(config, timeout=args.timeout, fire=not args.no_probe)

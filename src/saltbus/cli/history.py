@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from saltbus.cli.common import (
     add_bus_options,
@@ -18,9 +18,10 @@ from saltbus.cli.listen import format_event
 from saltbus.client.listener import Listener
 from saltbus.errors import ConfigError, RemoteProtocolError
 from saltbus.event import Event, MatchType
-from saltbus.journal.records import JournalRecord
-from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
+
+if TYPE_CHECKING:
+    from saltbus.journal.records import JournalRecord
 
 HELP = "print events from a bus's journal (and, with --follow, live ones after them)"
 DESCRIPTION = """\
@@ -85,6 +86,8 @@ def _until(text: str | None) -> tuple[int | None, float | None]:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from saltbus.journal.store import Journal  # noqa: PLC0415
+
     out = out or sys.stdout
     config = config_from_args(args)
     path = journal_file(config)

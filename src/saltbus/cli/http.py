@@ -6,17 +6,18 @@ import argparse
 import ipaddress
 import logging
 import socket
-import ssl
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
 from saltbus.cli.common import add_bus_options, config_from_args
 from saltbus.errors import ConfigError
 from saltbus.http.settings import DEFAULT_HOOK_PREFIX, SALT_HOOK_PREFIX, Settings
-from saltbus.http.tokens import TokenStore, insecure_mode
+
+if TYPE_CHECKING:
+    from saltbus.http.tokens import TokenStore
 
 log = logging.getLogger("saltbus.http")
 
@@ -194,6 +195,8 @@ def _auth(args: argparse.Namespace) -> tuple[TokenStore | None, str]:
             "refusing to serve without authentication: give --tokens FILE (create one with "
             "`saltbus token create NAME --tokens FILE`), or --no-auth for loopback only"
         )
+    from saltbus.http.tokens import TokenStore, insecure_mode  # noqa: PLC0415
+
     store = TokenStore.open(args.tokens)
     if insecure_mode(args.tokens):
         log.warning("%s can be read by other users; chmod 600 it", args.tokens)
@@ -204,6 +207,8 @@ def _auth(args: argparse.Namespace) -> tuple[TokenStore | None, str]:
 
 def _check_tls(cert: Path, key: Path) -> None:
     """Load the pair now, for an error that names them rather than a traceback."""
+    import ssl  # noqa: PLC0415
+
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
@@ -228,6 +233,8 @@ def _hook_secrets(path: Path) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) and v for k, v in document.items()
     ):
         raise ConfigError(f"{path} must map hook paths to non-empty secret strings")
+    from saltbus.http.tokens import insecure_mode  # noqa: PLC0415
+
     if insecure_mode(path):
         log.warning("%s can be read by other users; chmod 600 it", path)
     return {key.strip("/"): value for key, value in document.items()}

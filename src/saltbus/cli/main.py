@@ -1,4 +1,10 @@
-"""``saltbus``: the entry point. Each command lives in its own module."""
+"""``saltbus``: the entry point. Each command lives in its own module.
+
+Every command's module is imported to build the parser, whichever command
+runs; so a module imports at its top only what its options need, and what its
+command runs on (the server, asyncio, the journal's SQLite, the extras) in the
+function that runs it. ``saltbus fire`` then starts without the rest.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from saltbus.cli import doctor, fire, history, http, listen, react, serve, stats, token
 from saltbus.errors import ConfigError, SaltbusError
@@ -27,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"saltbus {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -64,7 +70,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+class _VersionAction(argparse.Action):
+    """argparse's "version" action, with the version looked up only when asked:
+    importlib.metadata takes longer to import than the rest of a command's start."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, argparse.SUPPRESS, nargs=0, help="show the version and exit"
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"saltbus {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
     try:
         return version("saltbus")
     except PackageNotFoundError:

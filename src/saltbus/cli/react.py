@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from pathlib import Path
@@ -147,11 +146,15 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         _print_rules(rules)
         return 0
+    import asyncio  # noqa: PLC0415
+
     asyncio.run(_react(config, rules, args))
     return 0
 
 
 async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None:
+    import asyncio  # noqa: PLC0415
+
     from saltbus.reactor import Reactor  # noqa: PLC0415
 
     reactor = Reactor(config, rules, loader=lambda: _reload(args))
@@ -180,6 +183,8 @@ async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None
 async def start_alongside(config: Config, args: argparse.Namespace) -> Reactor:
     """Start the reactor of ``config`` in the running loop (``saltbus serve``)."""
     _reactor_package()
+    import asyncio  # noqa: PLC0415
+
     from saltbus.reactor import Reactor, load_rules  # noqa: PLC0415
 
     rules = load_rules(config, _base_dir(args))

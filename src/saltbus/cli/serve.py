@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -12,10 +11,10 @@ from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
 from saltbus.errors import BusError
-from saltbus.server import Server
 
 if TYPE_CHECKING:
     from saltbus.reactor import Reactor
+    from saltbus.server import Server
 
 # Names under which `saltbus stats` shows what holds the journal's retention.
 CLUSTER_HOLD = "cluster:export"
@@ -95,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: Config, args: argparse.Namespace | None = None) -> None:
+    from saltbus.server import Server  # noqa: PLC0415
+
     server = Server(config)
     # The reactor's catch-up and the federation export read the journal from
     # their positions: it keeps what they have not taken from the start.
@@ -146,6 +147,8 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
 async def _until_exit_or_reactor_failure(server: Server, reactor: Reactor | None) -> None:
     """Serve until asked to stop; a reactor that stopped by itself stops the
     daemon too (exit 1), rather than leave a bus whose reactions silently stopped."""
+    import asyncio  # noqa: PLC0415
+
     waiters = {asyncio.ensure_future(server.wait_for_exit())}
     if reactor is not None:
         waiters.add(asyncio.ensure_future(reactor.wait_for_stop()))
@@ -161,5 +164,7 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:
+        import asyncio  # noqa: PLC0415
+
         return asyncio.run
     return uvloop.run

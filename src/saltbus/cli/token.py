@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from saltbus.http.tokens import TokenStore
-
 HELP = "create, list and revoke the tokens of `saltbus http`"
 DESCRIPTION = """\
 Tokens of the HTTP bridge (`saltbus http --tokens FILE`). The file keeps each
@@ -84,6 +82,8 @@ def _tokens_option(parser: argparse.ArgumentParser) -> None:
 
 def run_create(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    from saltbus.http.tokens import TokenStore  # noqa: PLC0415
+
     read = args.read if args.read is not None else ["*"]
     secret = TokenStore(args.tokens).create(args.name, read, args.fire)
     print(secret, file=out, flush=True)
@@ -98,6 +98,8 @@ def run_create(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def run_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from saltbus.http.tokens import TokenStore  # noqa: PLC0415
+
     out = out or sys.stdout
     records = TokenStore.open(args.tokens).records()
     if args.json:
@@ -119,6 +121,8 @@ def run_list(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
+    from saltbus.http.tokens import TokenStore  # noqa: PLC0415
+
     TokenStore.open(args.tokens).revoke(args.name)
     print(f"saltbus: token {args.name!r} revoked", file=sys.stderr)
     return 0
