@@ -197,6 +197,20 @@ def test_journal_off_still_numbers_and_delivers(bus_config: Config):
     assert not config.data_dir or not any(config.data_dir.glob("*.sqlite3"))
 
 
+@pytest.mark.parametrize("journal", ["none", "batch"])
+def test_no_event_is_left_in_flight_once_delivered(bus_config: Config, journal: str):
+    config = bus_config.replace(journal=journal)
+    with EmbeddedPublisher(config), Listener(config) as listener, Sender(config) as sender:
+        for n in range(10):
+            sender.fire("f/evt", {"n": n})
+        sender.fire("f/last", {}, ack=True)
+        assert len(drain(listener, 11)) == 11
+        stats = fetch_stats(config)
+    assert stats["received"] == 11
+    assert stats["journal_in_flight"] == 0  # was -11 without a journal
+    assert (stats["journal"] is None) == (journal == "none")
+
+
 def test_a_subscribe_frame_from_another_epoch_is_not_replayed(
     bus_config: Config, publisher: EmbeddedPublisher
 ):

@@ -83,10 +83,10 @@ class Intake:
         batch with the client's request id."""
         if self.writer is None:
             # What _committed does, without the records only a journal needs,
-            # the delivery coalesced with the events around it.
+            # the delivery coalesced with the events around it. Nothing is
+            # settled: in_flight counts only events handed to the journal.
             first, frames = self.fanout.number_frames(bodies, tags)
             self.received += len(bodies)
-            self._settle(len(bodies), 0)
             if not frames:
                 return
             self._pending_frames += frames
