@@ -1,5 +1,5 @@
 """Processes for the saltbus ↔ Salt interop tests: saltbus's daemon and CLI, and Salt's
-publisher with its log at hand (Salt's clients are in ``saltdriver.py``).
+publisher with its log at hand (Salt's clients are in ``salt_driver_client.py``).
 
 Every wait here is bounded, and every process started is stopped by its owner
 (a context manager or a fixture), SIGTERM first and SIGKILL after ``STOP_TIMEOUT``.

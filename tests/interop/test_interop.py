@@ -6,7 +6,7 @@ daemon; and a Salt listener decodes what saltbus publishes exactly as what Salt'
 publisher publishes for the same bytes fired.
 
 The daemons (one per generation and node) and the Salt client processes (one per
-generation, see ``salt_driver.py``) are shared by the whole module; each test uses its
+generation, see ``salt_side_driver.py``) are shared by the whole module; each test uses its
 own tags, so what one test fires is filtered out by the others' listeners.
 """
 
@@ -31,7 +31,7 @@ from tests.interop.buses import (
     module_dir,
     strip_stamp,
 )
-from tests.interop.saltdriver import DriverPool
+from tests.interop.salt_driver_client import DriverPool
 from tests.interop.saltpeer import SALT_VERSIONS, salt_publisher
 
 # Which generations' listeners read each daemon framing (WIRE.md): a daemon set to 3006

@@ -42,7 +42,7 @@ from tests.interop.buses import (
     saltbus_listen,
     strip_stamp,
 )
-from tests.interop.saltdriver import DriverPool
+from tests.interop.salt_driver_client import DriverPool
 from tests.interop.saltpeer import SALT_VERSIONS, salt_fire, salt_publisher
 
 WAIT = 10.0

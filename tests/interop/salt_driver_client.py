@@ -1,7 +1,8 @@
-"""A long-running Salt client for tests: ``salt_driver.py`` run by a Salt venv's python.
+"""The test side of ``salt_side_driver.py``: runs it with a Salt venv's python, and
+speaks its line protocol.
 
 One process per Salt generation holds any number of named ``MasterEvent``/``MinionEvent``
-objects on any bus (see ``salt_driver.py`` for the line protocol), so a test module
+objects on any bus (see ``salt_side_driver.py`` for the line protocol), so a test module
 pays Salt's import time once per generation, not once per fire or listen.
 """
 
@@ -20,7 +21,7 @@ from typing import IO, Any
 from tests.interop.buses import START_TIMEOUT, STOP_TIMEOUT, node_id, read_temp, stop_process
 from tests.interop.saltpeer import REPO_ROOT, SaltPeerError, salt_python
 
-DRIVER_SCRIPT = Path(__file__).resolve().with_name("salt_driver.py")
+DRIVER_SCRIPT = Path(__file__).resolve().with_name("salt_side_driver.py")
 
 
 def to_json_value(value: object) -> object:
@@ -42,7 +43,7 @@ def from_json_value(value: Any) -> Any:
 
 
 class SaltDriver:
-    """One Salt generation's ``salt_driver.py``: named event objects on any bus."""
+    """One Salt generation's ``salt_side_driver.py``: named event objects on any bus."""
 
     def __init__(self, version: str) -> None:
         self.version = version

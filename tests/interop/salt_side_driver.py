@@ -1,10 +1,13 @@
-"""A long-running Salt client, driven one JSON request per line (run by a Salt venv's python).
+"""A long-running Salt client, driven one JSON request per line.
+
+This script is *executed* by a Salt venv's python, never imported by the test process
+(which has no Salt); its test side is ``tests/interop/salt_driver_client.py``.
 
 ``salt_peer.py`` starts one Salt process per fire or listen; Salt's imports cost about
 0.6 s each time. This driver keeps one process per Salt generation for a whole test
 module and holds any number of named ``MasterEvent``/``MinionEvent`` objects, on any
 bus, so a test can fire many events, listen on several buses and compare results
-without starting a process each time. ``tests/interop/saltdriver.py`` wraps it.
+without starting a process each time.
 
 Protocol: the driver prints ``READY`` once Salt is imported; then each line read from
 stdin is one JSON request and gets exactly one JSON reply line,
