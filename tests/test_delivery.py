@@ -4,12 +4,15 @@ acknowledged fire and slow subscribers, in process against real sockets."""
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
 
 import pytest
 
 from saltbus import AsyncClient, Config, Listener, Sender
+from saltbus.cli import stats as stats_command
+from saltbus.cli.main import build_parser
 from saltbus.client.admin import fetch_stats
 from saltbus.control import Subscribe, encode_control
 from saltbus.server import EmbeddedPublisher, Server
@@ -206,9 +209,16 @@ def test_no_event_is_left_in_flight_once_delivered(bus_config: Config, journal: 
         sender.fire("f/last", {}, ack=True)
         assert len(drain(listener, 11)) == 11
         stats = fetch_stats(config)
+        shown = io.StringIO()
+        args = build_parser().parse_args(["stats", "--sock-dir", str(config.sock_dir)])
+        stats_command.run(args, shown)
     assert stats["received"] == 11
     assert stats["journal_in_flight"] == 0  # was -11 without a journal
     assert (stats["journal"] is None) == (journal == "none")
+    if journal == "none":
+        assert "journal: off\n" in shown.getvalue()
+    else:
+        assert f"journal: {stats['journal']} (0 in flight)" in shown.getvalue()
 
 
 def test_a_subscribe_frame_from_another_epoch_is_not_replayed(

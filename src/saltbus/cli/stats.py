@@ -48,8 +48,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         f"{stats['events_per_second']}/s over {stats['uptime']} s",
         file=out,
     )
-    journal = stats.get("journal") or "off"
-    print(f"journal: {journal} ({stats.get('journal_in_flight', 0)} in flight)", file=out)
+    journal = stats.get("journal")
+    if journal:
+        print(f"journal: {journal} ({stats.get('journal_in_flight', 0)} in flight)", file=out)
+    else:
+        print("journal: off", file=out)
     holds = stats.get("journal_holds") or {}
     if holds:
         held = ", ".join(f"{name} at seq {seq}" for name, seq in sorted(holds.items()))

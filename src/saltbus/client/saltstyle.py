@@ -2,8 +2,8 @@
 
 Programs written for Salt rely on its return conventions, so they are kept:
 ``get_event`` returns None when ``wait`` passes, ``fire_event`` returns False
-when no publisher listens. Underneath, :class:`~saltbus.client.blocking.Listener`
-and :class:`~saltbus.client.blocking.Sender` raise; this module is where those
+when no publisher listens. Underneath, :class:`~saltbus.client.listener.Listener`
+and :class:`~saltbus.client.sender.Sender` raise; this module is where those
 errors become Salt's values. One difference is on purpose: a ``get_event`` that
 times out keeps its connection, so polling with small waits loses no event.
 """
