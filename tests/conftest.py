@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from saltbus.config import Config
 from saltbus.server import EmbeddedPublisher
+from tests.serve_support import ServeProcess
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +57,27 @@ def publisher(bus_config: Config) -> Iterator[EmbeddedPublisher]:
     """A publisher serving ``bus_config`` in this process for the test."""
     with EmbeddedPublisher(bus_config) as running:
         yield running
+
+
+@pytest.fixture
+def serves(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start ``saltbus serve`` processes for the test: ``serves(config, *args, env=...)``
+    is a ready :class:`ServeProcess` with its log in ``tmp_path``. Whatever still
+    runs when the test ends is killed."""
+    started: list[ServeProcess] = []
+
+    def start(config: Config, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
+        proc = ServeProcess(config, *args, log=tmp_path / f"serve-{len(started)}.log", env=env)
+        started.append(proc)
+        return proc.wait_ready()
+
+    try:
+        yield start
+    finally:
+        errors = []
+        for proc in started:  # every one, even when killing another failed
+            try:
+                proc.close()
+            except Exception as exc:  # pragma: no cover - reported after the others
+                errors.append(exc)
+        assert not errors, errors

@@ -13,16 +13,13 @@ import contextlib
 import itertools
 import os
 import random
-import shutil
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +33,9 @@ from saltbus.errors import ConfigError, PublisherRunningError
 from saltbus.server import EmbeddedPublisher, Server
 from saltbus.server.app import DRAIN_TIMEOUT, LAG_REPORT_INTERVAL, LAGGED_TAG
 from saltbus.wire import FRAME_OVERHEAD, Frame, FrameDecoder, Framing, encode_frame, pack_body
+from tests.serve_support import ServeProcess, bus_flags
 
 WAIT = 10.0  # the bound of every wait in this module
-SALTBUS = Path(sys.executable).with_name("saltbus")
-if not SALTBUS.exists():  # pragma: no cover - a venv always has the console script
-    SALTBUS = Path(shutil.which("saltbus") or "saltbus")
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -184,97 +179,16 @@ def is_closed_by_peer(sock: socket.socket, timeout: float = WAIT) -> bool:
         return False
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SALTBUS_")}
-    env.update(extra)
-    return env
-
-
-class ServeProcess:
-    """``saltbus serve`` in a subprocess, stderr to a file; killed when the test ends."""
-
-    def __init__(self, root: Path, log: Path, *args: str, env: dict[str, str] | None = None):
-        self.config = make_config(root)
-        self.sock_dir = self.config.sock_dir
-        self.log = log
-        command = [
-            os.fspath(SALTBUS),
-            "serve",
-            "--sock-dir",
-            os.fspath(self.sock_dir),
-            "--data-dir",
-            os.fspath(root / "data"),
-            *args,
-        ]
-        with open(log, "w") as stderr:
-            self.proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=env or clean_env(),
-            )
-
-    @property
-    def pub(self) -> Path:
-        return Path(self.config.pub_address)  # type: ignore[arg-type]
-
-    @property
-    def pull(self) -> Path:
-        return Path(self.config.pull_address)  # type: ignore[arg-type]
-
-    def wait_ready(self) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited {self.proc.returncode}: {self.stderr()}")
-            if not all(
-                p.exists() and stat.S_ISSOCK(p.stat().st_mode) for p in (self.pub, self.pull)
-            ):
-                return False
-            # Stale files of a dead publisher exist too: ready means someone listens.
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(os.fspath(self.pub))
-            except (ConnectionRefusedError, FileNotFoundError):
-                return False
-            finally:
-                probe.close()
-            return True
-
-        wait_until(ready, "the sockets of saltbus serve")
-
-    def stderr(self) -> str:
-        return self.log.read_text()
-
-    def wait(self, timeout: float = WAIT) -> int:
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-
-
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
-    started: list[ServeProcess] = []
+def serve(serves: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
+    """``serve(root, *args, env=...)``: a ready ``saltbus serve`` for the bus of
+    ``make_config(root)``, killed when the test ends."""
 
     def start(root: Path, *args: str, env: dict[str, str] | None = None) -> ServeProcess:
-        proc = ServeProcess(root, tmp_path / f"serve-{len(started)}.log", *args, env=env)
-        started.append(proc)
-        proc.wait_ready()
-        return proc
+        config = make_config(root)
+        return serves(config, *bus_flags(config), *args, env=env)
 
-    try:
-        yield start
-    finally:
-        errors = []
-        for proc in started:  # every one, even when killing another failed
-            try:
-                proc.kill()
-            except Exception as exc:  # pragma: no cover - reported after the others
-                errors.append(exc)
-        assert not errors, errors
+    return start
 
 
 def sync_subscribers(pull: Address, subs: list[RawSubscriber], framing: Framing = Framing.BARE):
@@ -445,10 +359,10 @@ def test_bursts_over_the_journal_bounds_stay_complete_and_in_order(
     # what is tested is the intake, not the overflow policy.
     bus = serve(
         sock_dir,
-        env=clean_env(
-            SALTBUS_SUBSCRIBER_QUEUE_EVENTS="1000000",
-            SALTBUS_SUBSCRIBER_QUEUE_BYTES=str(512 << 20),
-        ),
+        env={
+            "SALTBUS_SUBSCRIBER_QUEUE_EVENTS": "1000000",
+            "SALTBUS_SUBSCRIBER_QUEUE_BYTES": str(512 << 20),
+        },
     )
     n_firers, per_firer = 3, 10_000
     total = n_firers * per_firer
@@ -607,18 +521,18 @@ def test_stale_sockets_of_a_killed_serve_are_replaced(
     sock_dir: Path, serve: Callable[..., ServeProcess]
 ) -> None:
     first = serve(sock_dir)
-    first.proc.send_signal(signal.SIGKILL)
+    first.send_signal(signal.SIGKILL)
     first.wait()
     assert first.pub.exists() and first.pull.exists()  # left behind by kill -9
     with pytest.raises(ConnectionRefusedError):
         socket.socket(socket.AF_UNIX).connect(os.fspath(first.pub))
     second = serve(sock_dir)
-    assert second.proc.poll() is None
+    assert second.alive()
     sub = RawSubscriber(second.pub)
     sync_subscribers(second.pull, [sub])
     send(second.pull, encode_frame(body("after/kill", 1)))
     assert sub.read(1)[0].tag == "after/kill"
-    assert "Traceback" not in second.stderr()
+    assert "Traceback" not in second.log
     sub.close()
 
 
@@ -646,9 +560,9 @@ def test_serve_exits_0_on_signal_and_removes_its_sockets(
     sync_subscribers(bus.pull, [sub])
     firer.sendall(encode_frame(body("before/stop", 1)))
     assert sub.read(1)[0].tag == "before/stop"
-    bus.proc.send_signal(sig)
-    assert bus.wait() == 0, bus.stderr()
-    err = bus.stderr()
+    bus.send_signal(sig)
+    assert bus.wait() == 0, bus.log
+    err = bus.log
     assert "Traceback" not in err
     assert "KeyboardInterrupt" not in err
     assert "stopped" in err
@@ -845,8 +759,8 @@ def test_bad_input_logged_by_serve_with_the_peer(
     bad.close()
     send(bus.pull, encode_frame(body("after/garbage", 1)))
     assert sub.read(1)[0].tag == "after/garbage"
-    assert bus.proc.poll() is None
-    err = bus.stderr()
+    assert bus.alive()
+    err = bus.log
     assert f"WARNING: closing pull connection from pid {os.getpid()}" in err, err
     assert "Traceback" not in err
     sub.close()
@@ -1007,14 +921,15 @@ def test_stuck_subscriber_memory_is_bounded_in_serve(
         sock_dir,
         "--journal",
         journal,
-        env=clean_env(
-            SALTBUS_SUBSCRIBER_QUEUE_EVENTS="4000", SALTBUS_SUBSCRIBER_QUEUE_BYTES="4194304"
-        ),
+        env={
+            "SALTBUS_SUBSCRIBER_QUEUE_EVENTS": "4000",
+            "SALTBUS_SUBSCRIBER_QUEUE_BYTES": "4194304",
+        },
     )
     stuck = RawSubscriber(bus.pub)
     good = RawSubscriber(bus.pub)
     sync_subscribers(bus.pull, [stuck, good])
-    process = psutil.Process(bus.proc.pid)
+    process = psutil.Process(bus.pid)
     baseline = process.memory_info().rss
     peak = baseline
     frames = [encode_frame(body("bulk", i, pad=size - 30)) for i in range(1000)]
@@ -1036,8 +951,8 @@ def test_stuck_subscriber_memory_is_bounded_in_serve(
     )
     assert len(good.read_tag("bulk", n)) == n
     assert growth < 48, f"publisher memory grew by {growth:.0f} MB"
-    assert bus.proc.poll() is None
-    assert "not reading" in bus.stderr()
+    assert bus.alive()
+    assert "not reading" in bus.log
     stuck.close()
     good.close()
 
@@ -1101,7 +1016,7 @@ def test_listener_asking_without_reading_costs_bounded_memory(
     bus = serve(sock_dir)
     good = RawSubscriber(bus.pub)
     sync_subscribers(bus.pull, [good])
-    process = psutil.Process(bus.proc.pid)
+    process = psutil.Process(bus.pid)
     baseline = process.memory_info().rss
     asker = connect(bus.pub)
     asker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
