@@ -4,62 +4,21 @@ SIGKILL mid-stream, and a subscriber that never reads a flood of events."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from saltbus import Config, Listener, NoPublisherError, Sender
 from saltbus.errors import BusError
+from tests.serve_support import ServeProcess, bus_flags
 
-SALTBUS = Path(sys.executable).with_name("saltbus")
 WAIT = 30.0
-
-
-@contextlib.contextmanager
-def serve(config: Config, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`saltbus serve` for ``config``, ready when its lock file exists."""
-    proc = subprocess.Popen(
-        [
-            str(SALTBUS),
-            "serve",
-            "--sock-dir",
-            str(config.sock_dir),
-            "--data-dir",
-            str(config.data_dir),
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while not (Path(str(config.pub_address)).exists() and config.served_by_saltbus()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
-            time.sleep(0.01)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(WAIT)
-        assert proc.stderr is not None
-        proc.stderr.close()
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.timeout(900)
@@ -78,7 +37,7 @@ def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
             if event is not None:
                 received.append((event.seq, event.data["n"]))
 
-    with serve(bus_config) as first:
+    with ServeProcess(bus_config, *bus_flags(bus_config)) as first:
         listener.connect(timeout=5)
         reader = threading.Thread(target=listen)
         reader.start()
@@ -87,14 +46,13 @@ def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
             with Sender(bus_config) as sender:
                 while n < total:
                     if n == kill_at:
-                        os.kill(first.pid, signal.SIGKILL)
-                        first.wait(WAIT)
+                        first.kill()
                         break
                     with contextlib.suppress(BusError):
                         acked[n] = sender.fire("kill/evt", {"n": n}, timeout=5, ack=True).seq
                     n += 1
             assert first.returncode == -signal.SIGKILL
-            with serve(bus_config), Sender(bus_config) as sender:
+            with ServeProcess(bus_config, *bus_flags(bus_config)), Sender(bus_config) as sender:
                 for n in range(kill_at, total):
                     acked[n] = sender.fire("kill/evt", {"n": n}, timeout=5, ack=True).seq
                 done.set()
@@ -115,7 +73,7 @@ def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
 @pytest.mark.timeout(900)
 def test_stuck_reader_keeps_publisher_memory_bounded(bus_config: Config):
     total, pad = 500_000, "z" * 1000
-    with serve(bus_config) as proc:
+    with ServeProcess(bus_config, *bus_flags(bus_config)) as proc:
         stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.connect(str(bus_config.pub_address))
@@ -149,9 +107,9 @@ def test_stuck_reader_keeps_publisher_memory_bounded(bus_config: Config):
             for n in range(total):
                 sender.fire("flood/evt", {"n": n, "pad": pad}, timeout=10)
                 if n % 10_000 == 0:
-                    peak = max(peak, rss_bytes(proc.pid))
+                    peak = max(peak, proc.rss())
         result = counter.communicate(timeout=300)[0]
-        peak = max(peak, rss_bytes(proc.pid))
+        peak = max(peak, proc.rss())
         stuck.close()
     assert counter.returncode == 0 and result.split() == ["OK", str(total)]
     print(f"publisher peak RSS {peak / 2**20:.1f} MiB for {total} events of 1 KB")
