@@ -7,10 +7,8 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -23,7 +21,6 @@ from typing import Any
 import psycopg
 import yaml
 
-from saltbus.config import Config
 from saltbus.journal import Journal, JournalRecord
 from saltbus.wire import pack_body
 
@@ -257,43 +254,9 @@ def postgres_server() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# -- `saltbus serve` as a process -------------------------------------------
-
-SALTBUS = Path(sys.executable).with_name("saltbus")
+# -- a settings file for `saltbus serve --config` --------------------------
 
 
 def write_config(path: Path, settings: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(settings))
     return path
-
-
-@contextlib.contextmanager
-def serve(
-    config: Config, config_file: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`saltbus serve --config FILE`, ready when its sockets and lock file exist;
-    stopped with SIGTERM (then SIGKILL) at the end."""
-    proc = subprocess.Popen(
-        [str(SALTBUS), "serve", "--config", str(config_file)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while not (Path(str(config.pub_address)).exists() and config.lock_path.exists()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"serve did not start: {proc.communicate()[1]!r}")
-            time.sleep(0.01)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(WAIT)
-        assert proc.stderr is not None
-        proc.stderr.close()

@@ -15,7 +15,8 @@ import pytest
 from saltbus import Config, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.returners.pgjsonb import PgJsonbReturner
-from tests.returners_support import Postgres, postgres_server, serve, wait_until, write_config
+from tests.returners_support import Postgres, postgres_server, wait_until, write_config
+from tests.serve_support import ServeProcess
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,7 @@ def test_database_stopped_under_saltbus_serve_loses_and_duplicates_nothing(
         stats: dict[str, Any] = fetch_stats(bus_config)["returners"][0]
         return stats
 
-    with serve(bus_config, config_file):
+    with ServeProcess(bus_config, "--config", str(config_file)):
         fire(500)
         wait_until(lambda: stored() == 500, what="the first events in PostgreSQL")
         postgres.stop()
@@ -177,12 +178,12 @@ def test_database_stopped_under_saltbus_serve_loses_and_duplicates_nothing(
     # Down again, across a restart of the bus.
     postgres.stop()
     try:
-        with serve(bus_config, config_file):
+        with ServeProcess(bus_config, "--config", str(config_file)):
             fire(300)
             wait_until(lambda: returner()["failures"] >= 1, what="failures")
     finally:
         postgres.start()
-    with serve(bus_config, config_file):
+    with ServeProcess(bus_config, "--config", str(config_file)):
         wait_until(lambda: stored() == 2000, what="events fired before the restart")
     got = rows(postgres, table)
     seqs = [r[0] for r in got]

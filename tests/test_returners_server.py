@@ -21,7 +21,8 @@ from saltbus.errors import ConfigError
 from saltbus.journal import Journal
 from saltbus.journal.paths import journal_path
 from saltbus.server import EmbeddedPublisher
-from tests.returners_support import SALTBUS, install_plugin, serve, wait_until, write_config
+from tests.returners_support import install_plugin, wait_until, write_config
+from tests.serve_support import SALTBUS, ServeProcess
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_failing_returner_under_saltbus_serve_loses_nothing(
                 for _ in range(count)
             )
 
-    with serve(bus_config, config_file, env):
+    with ServeProcess(bus_config, "--config", str(config_file), env=env):
         fire(30)
         wait_until(lambda: len(lines(out)) == 30, what="the first events")
         flag.touch()  # the "database" goes down
@@ -177,7 +178,7 @@ def test_failing_returner_under_saltbus_serve_loses_nothing(
         assert "lag      25" in shown and "fail_while file exists" in shown
         assert f"kept for: returner:jsonfile at seq {fired[29]}" in shown
     # Stopped while failing, started again while still failing, then it comes back.
-    with serve(bus_config, config_file, env):
+    with ServeProcess(bus_config, "--config", str(config_file), env=env):
         fire(10)
         wait_until(lambda: fetch_stats(bus_config)["returners"][0]["failures"] >= 1)
         flag.unlink()
