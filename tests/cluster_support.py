@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,9 +31,9 @@ from saltbus.errors import SaltbusError
 from saltbus.journal.paths import journal_path
 from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
+from tests.serve_support import ServeProcess
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
-SALTBUS = Path(sys.executable).with_name("saltbus")
 # The machine is small and shared: generous, but every wait ends.
 WAIT = 60.0
 SETTLE = 1.5  # after the expected events arrived, how long to look for extra ones
@@ -237,27 +235,21 @@ class Node:
         self.journal = journal_path(
             self.config.data_dir, self.config.sock_dir, self.config.socket_prefix
         )
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: ServeProcess | None = None
         self._sender: Sender | None = None
 
     def start(self, linked: bool = True) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        with (self.dir / "log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(SALTBUS), "serve", "--config", str(self.config_file)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Only the config file speaks (conftest sets SALTBUS_DATA_DIR, say).
-                env={k: v for k, v in os.environ.items() if not k.startswith("SALTBUS_")},
-            )
-        config = self.config
-
-        def started() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"node {self.name} exited:\n{self.log()}")
-            return Path(str(config.pub_address)).exists() and config.lock_path.exists()
-
-        wait_for(started, WAIT, f"node {self.name} to serve")
+        assert self.proc is None or not self.proc.alive()
+        if self.proc is not None:
+            self.proc.close()
+        # The log is appended to: a restarted node's keeps every run's lines.
+        self.proc = ServeProcess(
+            self.config, "--config", str(self.config_file), log=self.dir / "log"
+        )
+        try:
+            self.proc.wait_ready(WAIT)
+        except AssertionError:
+            raise AssertionError(f"node {self.name} did not serve:\n{self.log()}") from None
         if linked:
             self.wait_linked()
 
@@ -278,20 +270,17 @@ class Node:
 
     def stop(self) -> None:
         self.close_sender()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        if self.proc is not None:
             try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(WAIT)
-                raise AssertionError(f"node {self.name} did not stop:\n{self.log()}") from None
+                if self.proc.alive():
+                    self.proc.stop(WAIT)
+            finally:
+                self.proc.close()
 
     def kill(self) -> None:
         self.close_sender()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(WAIT)
+        if self.proc is not None:
+            self.proc.close()
 
     def fire(self, tag: str, data: dict[str, Any]) -> int:
         """Fire one event, acknowledged: returns its local seq."""
