@@ -15,13 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -31,6 +27,7 @@ from hypothesis import strategies as st
 from saltbus import Config, Listener, Sender
 from saltbus.control import CONTROL_KEY
 from saltbus.wire import Framing, encode_frame, pack_body
+from tests.serve_support import ServeProcess, bus_flags
 
 DEFAULT_EXAMPLES = 2000
 EXAMPLES = max(1, int(os.environ.get("SALTBUS_FUZZ_EXAMPLES", str(DEFAULT_EXAMPLES))))
@@ -372,7 +369,6 @@ def hostile_inputs(draw: st.DrawFn, framing: Framing) -> bytes:
 
 # -- a live daemon, measured from /proc ------------------------------------------------
 
-SALTBUS = Path(sys.executable).with_name("saltbus")
 START_WAIT = 30.0
 # What the daemon's log must never show: an exception that escaped a protocol
 # callback or a task (asyncio logs those and carries on), or a crash.
@@ -381,40 +377,8 @@ JOURNAL_READERS = min(32, (os.cpu_count() or 1) + 4)
 LOG_ALARMS = ("Traceback", "Fatal error", "Exception in callback", "exception was never retrieved")
 
 
-@dataclass
-class Daemon:
-    """A `saltbus serve` process, its bus's settings, and its log."""
-
-    proc: subprocess.Popen[bytes]
-    config: Config
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def _status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(f"no {key} in /proc/{self.pid}/status")
-
-    def rss(self) -> int:
-        return self._status("VmRSS")
-
-    def peak_rss(self) -> int:
-        """The high-water mark of the resident set since the daemon started."""
-        return self._status("VmHWM")
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def sockets(self) -> int:
-        """Open socket descriptors: the listening sockets, and one per connection."""
-        return sum(1 for target in self.fd_targets() if "socket:" in target)
+class Daemon(ServeProcess):
+    """A `saltbus serve` process, its bus's settings, and its log, read for alarms."""
 
     def fds_settled(self, baseline_fds: int, baseline_sockets: int) -> bool:
         """Every connection's descriptor is closed again. The journal's read
@@ -423,24 +387,13 @@ class Daemon:
         per process), at most one per thread that replays (asyncio.to_thread)."""
         return self.sockets() <= baseline_sockets and self.fds() <= baseline_fds + JOURNAL_READERS
 
-    def fd_targets(self) -> list[str]:
-        """What each open descriptor is (for a failure's message)."""
-        targets = []
-        for fd in sorted(os.listdir(f"/proc/{self.pid}/fd"), key=int):
-            with contextlib.suppress(OSError):
-                targets.append(f"{fd}->{os.readlink(f'/proc/{self.pid}/fd/{fd}')}")
-        return targets
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
     def alarms(self) -> list[str]:
         """The log's lines that tell of an escaped exception."""
-        return [line for line in self.log_text().splitlines() if any(a in line for a in LOG_ALARMS)]
+        return [line for line in self.log.splitlines() if any(a in line for a in LOG_ALARMS)]
 
     def assert_clean_log(self) -> None:
         alarms = self.alarms()
-        assert not alarms, "\n".join(alarms[:20]) + "\n---\n" + self.log_text()[-5000:]
+        assert not alarms, "\n".join(alarms[:20]) + "\n---\n" + self.log[-5000:]
 
 
 @contextlib.contextmanager
@@ -449,39 +402,10 @@ def serve(config: Config, **settings: Any) -> Iterator[Daemon]:
     SALTBUS_* variables), its log in a file beside the sockets' directory (a
     pipe nobody reads would stall a daemon that logs every bad connection)."""
     config = config.replace(**settings)
-    env = dict(os.environ)
-    env.update({f"SALTBUS_{name.upper()}": str(value) for name, value in settings.items()})
+    env = {f"SALTBUS_{name.upper()}": str(value) for name, value in settings.items()}
     log = config.sock_dir.parent / "serve.log"
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                str(SALTBUS),
-                "serve",
-                "--sock-dir",
-                str(config.sock_dir),
-                "--data-dir",
-                str(config.data_dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-            env=env,
-        )
-    daemon = Daemon(proc, config, log)
-    try:
-        deadline = time.monotonic() + START_WAIT
-        while not (Path(str(config.pub_address)).exists() and config.served_by_saltbus()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not start: {daemon.log_text()}")
-            time.sleep(0.01)
+    with Daemon(config, *bus_flags(config), log=log, env=env) as daemon:
         yield daemon
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(START_WAIT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(START_WAIT)
 
 
 def report(request: pytest.FixtureRequest, line: str) -> None:

@@ -101,7 +101,7 @@ def test_hundreds_of_connections_leak_nothing(
                         sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
             rss_by_round.append(daemon.rss())
-            assert daemon.alive(), daemon.log_text()[-5000:]
+            assert daemon.alive(), daemon.log[-5000:]
             pair.check()
         flood_time = time.monotonic() - started
         settled = wait_until(lambda: daemon.fds_settled(baseline_fds, baseline_sockets), SETTLE)
@@ -191,7 +191,7 @@ def test_max_connections_under_a_burst(bus_config: Config, request: pytest.Fixtu
         with Listener(config, reconnect=False) as again:  # room again once they left
             assert again.connected
         pair.stop()
-        log = daemon.log_text()
+        log = daemon.log
         alarms = daemon.alarms()
     report(
         request,
@@ -237,7 +237,7 @@ def test_many_stalled_half_frames_are_dropped(
         settled = wait_until(lambda: daemon.fds_settled(baseline_fds, baseline_sockets), SETTLE)
         end_rss = daemon.rss()
         pair.stop()
-        log = daemon.log_text()
+        log = daemon.log
         alarms = daemon.alarms()
     report(
         request,

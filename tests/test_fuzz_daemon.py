@@ -139,7 +139,7 @@ def test_hostile_clients_against_a_live_daemon(
             counts["examples"] += 1
             if counts["examples"] % 25 == 0:
                 peak_sampled = max(peak_sampled, daemon.rss())
-            assert daemon.alive(), daemon.log_text()[-5000:]
+            assert daemon.alive(), daemon.log[-5000:]
             pair.check()
 
         try:
@@ -148,7 +148,7 @@ def test_hostile_clients_against_a_live_daemon(
             while held:
                 held.popleft().close()
         during_peak = max(peak_sampled, daemon.peak_rss())
-        assert daemon.alive(), daemon.log_text()[-5000:]
+        assert daemon.alive(), daemon.log[-5000:]
         fds_back = wait_until(lambda: daemon.fds_settled(baseline_fds, baseline_sockets), SETTLE)
         end_fds, end_sockets, end_rss = daemon.fds(), daemon.sockets(), daemon.rss()
         fd_targets = daemon.fd_targets()
