@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from saltbus import Config, Listener, Sender
 from saltbus.control import CONTROL_KEY
 from saltbus.wire import Framing, encode_frame, pack_body
-from tests.serve_support import ServeProcess, bus_flags
+from tests.serve_support import ServeProcess
 
 DEFAULT_EXAMPLES = 2000
 EXAMPLES = max(1, int(os.environ.get("SALTBUS_FUZZ_EXAMPLES", str(DEFAULT_EXAMPLES))))
@@ -404,7 +404,7 @@ def serve(config: Config, **settings: Any) -> Iterator[Daemon]:
     config = config.replace(**settings)
     env = {f"SALTBUS_{name.upper()}": str(value) for name, value in settings.items()}
     log = config.sock_dir.parent / "serve.log"
-    with Daemon(config, *bus_flags(config), log=log, env=env) as daemon:
+    with Daemon.for_bus(config, log=log, env=env) as daemon:
         yield daemon
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 from saltbus.config import Address, Config
 
@@ -92,6 +92,17 @@ class ServeProcess:
             self._log_file.close()
             raise
 
+    @classmethod
+    def for_bus(
+        cls,
+        config: Config,
+        *extra: str,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Self:
+        """``saltbus serve --sock-dir S --data-dir D *extra`` for the bus of ``config``."""
+        return cls(config, *bus_flags(config), *extra, log=log, env=env)
+
     # -- what it is ---------------------------------------------------------------------
 
     @property
@@ -104,6 +115,10 @@ class ServeProcess:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    @property
+    def sock_dir(self) -> Path:
+        return self.config.sock_dir
 
     @property
     def pub(self) -> Path:
@@ -141,7 +156,7 @@ class ServeProcess:
                 raise AssertionError(f"no {text!r} from saltbus serve in {timeout} s:\n{self.log}")
             time.sleep(0.01)
 
-    def wait_ready(self, timeout: float = WAIT) -> ServeProcess:
+    def wait_ready(self, timeout: float = WAIT) -> Self:
         """Until the daemon serves: its lock held, both sockets listening."""
         self.wait_for_log(READY, timeout)
         return self
@@ -186,7 +201,7 @@ class ServeProcess:
             self._final_log = self.log
             self._log_file.close()
 
-    def __enter__(self) -> ServeProcess:
+    def __enter__(self) -> Self:
         try:
             return self.wait_ready()
         except BaseException:

@@ -16,7 +16,7 @@ import pytest
 
 from saltbus import Config, Listener, NoPublisherError, Sender
 from saltbus.errors import BusError
-from tests.serve_support import ServeProcess, bus_flags
+from tests.serve_support import ServeProcess
 
 WAIT = 30.0
 
@@ -37,7 +37,7 @@ def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
             if event is not None:
                 received.append((event.seq, event.data["n"]))
 
-    with ServeProcess(bus_config, *bus_flags(bus_config)) as first:
+    with ServeProcess.for_bus(bus_config) as first:
         listener.connect(timeout=5)
         reader = threading.Thread(target=listen)
         reader.start()
@@ -52,7 +52,7 @@ def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
                         acked[n] = sender.fire("kill/evt", {"n": n}, timeout=5, ack=True).seq
                     n += 1
             assert first.returncode == -signal.SIGKILL
-            with ServeProcess(bus_config, *bus_flags(bus_config)), Sender(bus_config) as sender:
+            with ServeProcess.for_bus(bus_config), Sender(bus_config) as sender:
                 for n in range(kill_at, total):
                     acked[n] = sender.fire("kill/evt", {"n": n}, timeout=5, ack=True).seq
                 done.set()
@@ -73,7 +73,7 @@ def test_acked_events_survive_kill_9_exactly_once_in_order(bus_config: Config):
 @pytest.mark.timeout(900)
 def test_stuck_reader_keeps_publisher_memory_bounded(bus_config: Config):
     total, pad = 500_000, "z" * 1000
-    with ServeProcess(bus_config, *bus_flags(bus_config)) as proc:
+    with ServeProcess.for_bus(bus_config) as proc:
         stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.connect(str(bus_config.pub_address))
