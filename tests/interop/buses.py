@@ -26,6 +26,7 @@ from tests.interop.saltpeer import (
     _node_args,
     _SaltProcess,
 )
+from tests.serve_support import ServeProcess
 
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 20.0
@@ -100,66 +101,14 @@ def read_temp(handle: IO[bytes]) -> str:
     return handle.read().decode("utf-8", "replace")
 
 
-# -- saltbus serve -----------------------------------------------------------------
+# -- saltbus serve (tests/serve_support.py) ----------------------------------------
 
 
-class SaltbusDaemon:
-    """``saltbus serve`` in a subprocess, ready once its sockets and lock file exist."""
-
-    def __init__(self, sock_dir: Path, version: str, node: str = "master") -> None:
-        self.sock_dir = sock_dir
-        self.version = version
-        self.node = node
-        self.config = bus_config(sock_dir, version, node)
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [
-                *saltbus_exe(),
-                "serve",
-                "--sock-dir",
-                str(sock_dir),
-                "--data-dir",
-                str(sock_dir / "data"),
-                "--salt-version",
-                version,
-                *node_cli_args(node),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            env=cli_env(),
-        )
-
-    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        paths = [self.config.pub_address, self.config.pull_address, self.config.lock_path]
-        deadline = time.monotonic() + timeout
-        while not all(isinstance(p, Path) and p.exists() for p in paths):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"saltbus serve exited early:\n{self.stderr()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"saltbus serve not ready in {timeout} s:\n{self.stderr()}")
-            time.sleep(0.02)
-
-    def stderr(self) -> str:
-        return read_temp(self._stderr)
-
-    def stop(self) -> int:
-        stop_process(self.proc)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        self.stop()
-        self._stderr.close()
-
-
-@contextmanager
-def saltbus_daemon(sock_dir: Path, version: str, node: str = "master") -> Iterator[SaltbusDaemon]:
-    daemon = SaltbusDaemon(sock_dir, version, node)
-    try:
-        daemon.wait_ready()
-        yield daemon
-    finally:
-        daemon.close()
+def saltbus_daemon(sock_dir: Path, version: str, node: str = "master") -> ServeProcess:
+    """``saltbus serve --salt-version VERSION`` for the bus in ``sock_dir``, started
+    (``wait_ready`` or ``with`` before use)."""
+    config = bus_config(sock_dir, version, node)
+    return ServeProcess.for_bus(config, "--salt-version", version, *node_cli_args(node))
 
 
 # -- Salt's own publisher, with its log ------------------------------------------
@@ -311,16 +260,16 @@ class DaemonPool:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._daemons: dict[tuple[str, str], SaltbusDaemon] = {}
+        self._daemons: dict[tuple[str, str], ServeProcess] = {}
 
-    def get(self, version: str, node: str = "master") -> SaltbusDaemon:
+    def get(self, version: str, node: str = "master") -> ServeProcess:
         key = (version, node)
         if key not in self._daemons:
             sock_dir = self.root / f"d{version}-{node}"
             sock_dir.mkdir()
-            daemon = SaltbusDaemon(sock_dir, version, node)
+            daemon = saltbus_daemon(sock_dir, version, node)
             try:
-                daemon.wait_ready()
+                daemon.wait_ready(START_TIMEOUT)
             except BaseException:
                 daemon.close()
                 raise
@@ -331,11 +280,15 @@ class DaemonPool:
         """Stop every daemon; returns what went wrong (an unclean exit, a traceback)."""
         problems = []
         for (version, node), daemon in self._daemons.items():
-            code = daemon.stop()
-            log = daemon.stderr()
-            if code != 0 or "Traceback" in log or "ERROR" in log:
-                problems.append(f"saltbus serve {version} {node}: exit {code}\n{log}")
-            daemon.close()
+            try:
+                code = daemon.stop(STOP_TIMEOUT, check=False)
+                log = daemon.log
+                if code != 0 or "Traceback" in log or "ERROR" in log:
+                    problems.append(f"saltbus serve {version} {node}: exit {code}\n{log}")
+            except AssertionError as exc:  # it did not stop in time, and was killed
+                problems.append(f"saltbus serve {version} {node}: {exc}")
+            finally:
+                daemon.close()
         self._daemons.clear()
         return problems
 

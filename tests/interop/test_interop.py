@@ -27,12 +27,12 @@ from saltbus.wire import FrameDecoder, Framing
 from tests.interop.buses import (
     NODES,
     DaemonPool,
-    SaltbusDaemon,
     module_dir,
     strip_stamp,
 )
 from tests.interop.salt_driver_client import DriverPool
 from tests.interop.saltpeer import SALT_VERSIONS, salt_publisher
+from tests.serve_support import ServeProcess
 
 # Which generations' listeners read each daemon framing (WIRE.md): a daemon set to 3006
 # publishes length-prefixed frames, one set to 3007 or 3008 bare frames.
@@ -318,7 +318,7 @@ def test_same_bytes_decode_the_same_as_from_salts_publisher(
     capture_dir.mkdir()
     salt_dir.mkdir()
     fired = capture_salt_fire(version, capture_dir, drivers, tag, data)
-    daemon: SaltbusDaemon = daemons.get(version, "master")
+    daemon: ServeProcess = daemons.get(version, "master")
     salt = drivers.get(version)
 
     seen: dict[str, tuple[Framing | None, Any, Any]] = {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -33,12 +32,12 @@ from tests.interop.buses import (
     NODES,
     STAMP,
     PublisherPool,
-    SaltbusDaemon,
     SaltPublisher,
     module_dir,
     node_cli_args,
     run_saltbus,
     salt_publisher_with_log,
+    saltbus_daemon,
     saltbus_listen,
     strip_stamp,
 )
@@ -387,13 +386,8 @@ def test_stale_lock_of_a_killed_saltbus_does_not_make_salt_look_like_saltbus(
     """``saltbus serve`` killed with SIGKILL leaves its lock file; the Salt publisher
     started there afterwards must still be treated as Salt's: saltbus's listeners write
     nothing to it (no subscription it would choke on, no wait for an answer)."""
-    daemon = SaltbusDaemon(sock_dir, "3007")
-    try:
-        daemon.wait_ready()
-        daemon.proc.send_signal(signal.SIGKILL)
-        daemon.proc.wait(timeout=WAIT)
-    finally:
-        daemon.close()
+    with saltbus_daemon(sock_dir, "3007") as daemon:
+        daemon.kill()
     lock = sock_dir / ".master_event.saltbus.lock"
     assert lock.exists()
     salt = drivers.get("3008")
