@@ -1,9 +1,10 @@
 """The ``saltbus`` command line (saltbus.cli): serve, listen and fire as the
 user runs them, as subprocesses of the venv's console script.
 
-Every wait is bounded: a publisher is ready when its sockets exist and take a
-connection; a listener is ready when the publisher's own statistics show its
-process subscribed. Whatever a test starts is killed when it ends.
+Every wait is bounded: a publisher is ready when it says it serves (its
+sockets listening: tests/serve_support.py); a listener is ready when the
+publisher's own statistics show its process subscribed. Whatever a test
+starts is killed when it ends.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ import os
 import queue
 import re
 import select
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,22 +35,13 @@ from saltbus.client.sender import Sender
 from saltbus.config import Config
 from saltbus.errors import ConfigError, SaltbusError
 from saltbus.wire import FrameDecoder, Framing
+from tests.serve_support import SALTBUS, ServeProcess, clean_env
 
 WAIT = 10.0  # the bound of every wait in this module
-SALTBUS = Path(sys.executable).with_name("saltbus")
-if not SALTBUS.exists():  # pragma: no cover - a venv always has the console script
-    SALTBUS = Path(shutil.which("saltbus") or "saltbus")
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?$")
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without SALTBUS_* settings (and without a user config)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SALTBUS_")}
-    env.update(extra)
-    return env
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> Any:
@@ -218,23 +208,8 @@ def bus(sock_dir: Path) -> Bus:
     return Bus(sock_dir)
 
 
-def start_serve(procs: Callable[..., Proc], bus: Bus, *extra: str, **kw: Any) -> Proc:
-    serve = procs(
-        "serve",
-        *bus.flags,
-        "--data-dir",
-        os.fspath(bus.data_dir),
-        *extra,
-        **kw,
-    )
-
-    def ready() -> bool:
-        if serve.popen.poll() is not None:
-            raise AssertionError(f"serve exited {serve.popen.returncode}: {serve.stderr()}")
-        return bus.listening()
-
-    wait_until(ready, "saltbus serve's sockets")
-    return serve
+def start_serve(serves: Callable[..., ServeProcess], bus: Bus, *extra: str) -> ServeProcess:
+    return serves(bus.config, *bus.flags, "--data-dir", os.fspath(bus.data_dir), *extra)
 
 
 def start_listen(procs: Callable[..., Proc], bus: Bus, *args: str, **kw: Any) -> Proc:
@@ -318,8 +293,10 @@ def test_command_help_in_a_subprocess(command: str, words: list[str]) -> None:
 # -- end to end -----------------------------------------------------------------------------
 
 
-def test_serve_listen_fire_end_to_end(procs: Callable[..., Proc], bus: Bus) -> None:
-    serve = start_serve(procs, bus)
+def test_serve_listen_fire_end_to_end(
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
+) -> None:
+    serve = start_serve(serves, bus)
     listen = start_listen(
         procs, bus, "--tag", "salt/auth", "--match-type", "startswith", "--count", "2", *bus.flags
     )
@@ -341,13 +318,15 @@ def test_serve_listen_fire_end_to_end(procs: Callable[..., Proc], bus: Bus) -> N
         ("salt/auth/extra", {"n": 2, "tags": [1, 2], "name": "web 2"}),
     ]
     assert_clean_stderr(listen.stderr())
-    assert serve.popen.poll() is None
-    assert f"serving the master bus in {bus.sock_dir}" in serve.stderr()  # says where
+    assert serve.alive()
+    assert f"serving the master bus in {bus.sock_dir}" in serve.log  # says where
 
 
-def test_listen_prints_non_ascii_as_salt_does(procs: Callable[..., Proc], bus: Bus) -> None:
+def test_listen_prints_non_ascii_as_salt_does(
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
+) -> None:
     """Salt's state.event prints with ensure_ascii=False (salt.utils.json.dumps)."""
-    start_serve(procs, bus)
+    start_serve(serves, bus)
     listen = start_listen(procs, bus, "--tag", "u/", "--count", "1", *bus.flags)
     fire(bus, "u/1", "name=Zoë", "city=東京")
     assert listen.wait() == 0
@@ -358,8 +337,10 @@ def test_listen_prints_non_ascii_as_salt_does(procs: Callable[..., Proc], bus: B
     assert rest == json.dumps(data, ensure_ascii=False)
 
 
-def test_listen_pretty_and_json(procs: Callable[..., Proc], bus: Bus) -> None:
-    start_serve(procs, bus)
+def test_listen_pretty_and_json(
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
+) -> None:
+    start_serve(serves, bus)
     pretty = start_listen(procs, bus, "--tag", "app/", "--count", "2", "--pretty", *bus.flags)
     as_json = start_listen(procs, bus, "--tag", "app/", "--count", "2", "--json", *bus.flags)
     fire(bus, "app/deploy", '{"z": 1, "a": {"y": [1, 2], "b": null}}')
@@ -386,9 +367,9 @@ def test_listen_pretty_and_json(procs: Callable[..., Proc], bus: Bus) -> None:
 
 
 def test_fire_key_value_pairs_parse_as_json_where_they_parse(
-    procs: Callable[..., Proc], bus: Bus
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
 ) -> None:
-    start_serve(procs, bus)
+    start_serve(serves, bus)
     listen = start_listen(procs, bus, "--tag", "kv", "--count", "1", "--json", *bus.flags)
     fire(
         bus,
@@ -471,8 +452,8 @@ def test_out_of_range_numbers_are_usage_errors(args: list[str], bus: Bus) -> Non
     assert_clean_stderr(result.stderr)
 
 
-def test_oversized_event_is_refused_by_fire(procs: Callable[..., Proc], bus: Bus) -> None:
-    start_serve(procs, bus)
+def test_oversized_event_is_refused_by_fire(serves: Callable[..., ServeProcess], bus: Bus) -> None:
+    start_serve(serves, bus)
     result = run(
         "fire", *bus.flags, "a/b", "x=" + "y" * 3000, env=clean_env(SALTBUS_MAX_EVENT_SIZE="1000")
     )
@@ -497,12 +478,12 @@ def test_fire_with_no_bus_exits_1_naming_the_socket(sock_dir: Path) -> None:
 
 
 def test_fire_values_that_do_not_round_trip_are_still_verified(
-    procs: Callable[..., Proc], bus: Bus
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
 ) -> None:
     """fire checks its event comes out of the publish socket. Values msgpack
     carries differently (ints past 64 bits travel as strings, as in Salt) or
     that never equal themselves (NaN) must not make it report a lost event."""
-    start_serve(procs, bus)
+    start_serve(serves, bus)
     listen = start_listen(procs, bus, "--tag", "odd", "--count", "2", "--json", *bus.flags)
     big = 123456789012345678901234567890
     fire(bus, "odd/big", f"big={big}")
@@ -513,8 +494,8 @@ def test_fire_values_that_do_not_round_trip_are_still_verified(
     assert math.isnan(second["x"])
 
 
-def test_fire_ack_prints_the_sequence_number(procs: Callable[..., Proc], bus: Bus) -> None:
-    start_serve(procs, bus)
+def test_fire_ack_prints_the_sequence_number(serves: Callable[..., ServeProcess], bus: Bus) -> None:
+    start_serve(serves, bus)
     seqs = []
     for i in range(3):
         result = run("fire", *bus.flags, "--ack", "acked", f"i={i}")
@@ -528,17 +509,17 @@ def test_fire_ack_prints_the_sequence_number(procs: Callable[..., Proc], bus: Bu
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
 def test_listen_survives_a_publisher_restart(
-    procs: Callable[..., Proc], bus: Bus, how: signal.Signals
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus, how: signal.Signals
 ) -> None:
-    serve = start_serve(procs, bus)
+    serve = start_serve(serves, bus)
     listen = start_listen(procs, bus, "--tag", "restart/", "--count", "3", *bus.flags)
     fire(bus, "restart/before", "n=1")
     assert split_line(listen.line())[0] == "restart/before"
-    serve.popen.send_signal(how)
+    serve.send_signal(how)
     serve.wait()
     # Fired while no publisher runs: lost, as on Salt's bus.
     assert run("fire", *bus.flags, "restart/nobody", "n=0").returncode == 1
-    start_serve(procs, bus)
+    start_serve(serves, bus)
     # Fired at once, perhaps before listen is back: the journal replays it.
     fire(bus, "restart/during", "n=2")
     wait_until(lambda: bus.subscribed(listen.pid), "listen to subscribe again")
@@ -549,8 +530,10 @@ def test_listen_survives_a_publisher_restart(
     assert_clean_stderr(listen.stderr())
 
 
-def test_sigint_to_listen_exits_0(procs: Callable[..., Proc], bus: Bus) -> None:
-    start_serve(procs, bus)
+def test_sigint_to_listen_exits_0(
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
+) -> None:
+    start_serve(serves, bus)
     listen = start_listen(procs, bus, *bus.flags)
     listen.popen.send_signal(signal.SIGINT)
     assert listen.wait() == 0
@@ -558,11 +541,11 @@ def test_sigint_to_listen_exits_0(procs: Callable[..., Proc], bus: Bus) -> None:
 
 
 def test_sigint_to_listen_waiting_for_a_publisher_exits_0(
-    procs: Callable[..., Proc], bus: Bus
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
 ) -> None:
-    serve = start_serve(procs, bus)
+    serve = start_serve(serves, bus)
     listen = start_listen(procs, bus, *bus.flags)
-    serve.popen.send_signal(signal.SIGTERM)
+    serve.send_signal(signal.SIGTERM)
     assert serve.wait() == 0
     wait_until(lambda: not bus.pub.exists(), "the publisher to go")
     time.sleep(0.3)  # let listen notice and start waiting; any phase must exit cleanly
@@ -579,9 +562,9 @@ def test_listen_with_no_publisher_exits_1_naming_the_socket(bus: Bus) -> None:
     assert_clean_stderr(result.stderr)
 
 
-def test_listen_output_closed_early_is_quiet(bus: Bus, procs: Callable[..., Proc]) -> None:
+def test_listen_output_closed_early_is_quiet(bus: Bus, serves: Callable[..., ServeProcess]) -> None:
     """`saltbus listen --count 5 | head -1`: the reader goes away after one line."""
-    start_serve(procs, bus)
+    start_serve(serves, bus)
     read_end, write_end = os.pipe()
     with open(bus.root / "listen.err", "w") as stderr:
         listen = subprocess.Popen(
@@ -622,8 +605,10 @@ def test_listen_output_closed_early_is_quiet(bus: Bus, procs: Callable[..., Proc
         listen.wait(WAIT)
 
 
-def test_listen_into_head_in_a_shell_pipeline(bus: Bus, procs: Callable[..., Proc]) -> None:
-    start_serve(procs, bus)
+def test_listen_into_head_in_a_shell_pipeline(
+    bus: Bus, serves: Callable[..., ServeProcess]
+) -> None:
+    start_serve(serves, bus)
     script = (
         f'"{SALTBUS}" listen --sock-dir "{bus.sock_dir}" --tag pipe/ --count 5 | head -1; '
         'echo "status ${PIPESTATUS[0]}" >&2'
@@ -659,11 +644,13 @@ def test_listen_into_head_in_a_shell_pipeline(bus: Bus, procs: Callable[..., Pro
 # -- Salt generations and where settings come from -----------------------------------------
 
 
-def test_salt_version_3006_end_to_end(procs: Callable[..., Proc], sock_dir: Path) -> None:
+def test_salt_version_3006_end_to_end(
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], sock_dir: Path
+) -> None:
     bus = Bus(sock_dir, salt_version="3006")
     version = ["--salt-version", "3006"]
-    serve = start_serve(procs, bus, *version)
-    assert "3006" in serve.stderr()
+    serve = start_serve(serves, bus, *version)
+    assert "3006" in serve.log
     listen = start_listen(procs, bus, "--tag", "old/", "--count", "1", *version, *bus.flags)
     # A Salt 3006 listener (raw): the publish socket now puts a length before each frame.
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -688,7 +675,7 @@ def test_salt_version_3006_end_to_end(procs: Callable[..., Proc], sock_dir: Path
 
 
 def test_config_file_sock_dir_is_honoured(
-    procs: Callable[..., Proc], bus: Bus, tmp_path: Path
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus, tmp_path: Path
 ) -> None:
     config_file = tmp_path / "saltbus.yaml"
     config_file.write_text(
@@ -696,11 +683,9 @@ def test_config_file_sock_dir_is_honoured(
         "interface: 0.0.0.0  # a Salt option saltbus does not use\n"
     )
     flags = ["--config", os.fspath(config_file)]
-    serve = procs("serve", *flags)
-    wait_until(
-        lambda: bus.listening() or serve.popen.poll() is not None, "serve --config's sockets"
-    )
-    assert serve.popen.poll() is None, serve.stderr()
+    serve = serves(bus.config, *flags)
+    assert serve.alive(), serve.log
+    assert bus.listening()
     listen = procs("listen", "--tag", "cfg", "--count", "1", *flags)
     wait_until(lambda: bus.subscribed(listen.pid), "listen --config to subscribe")
     result = run("fire", *flags, "cfg/evt", "via=config")
@@ -712,14 +697,14 @@ def test_config_file_sock_dir_is_honoured(
 
 
 def test_saltbus_sock_dir_environment_variable_is_honoured(
-    procs: Callable[..., Proc], bus: Bus
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
 ) -> None:
     env = clean_env(
         SALTBUS_SOCK_DIR=os.fspath(bus.sock_dir), SALTBUS_DATA_DIR=os.fspath(bus.data_dir)
     )
-    serve = procs("serve", env=env)
-    wait_until(lambda: bus.listening() or serve.popen.poll() is not None, "serve's sockets")
-    assert serve.popen.poll() is None, serve.stderr()
+    serve = serves(bus.config, env=env)
+    assert serve.alive(), serve.log
+    assert bus.listening()
     listen = procs("listen", "--tag", "env", "--count", "1", env=env)
     wait_until(lambda: bus.subscribed(listen.pid), "listen (env) to subscribe")
     result = run("fire", "env/evt", "via=env", env=env)
@@ -729,8 +714,10 @@ def test_saltbus_sock_dir_environment_variable_is_honoured(
     assert json.loads(split_line(line)[1])["via"] == "env"
 
 
-def test_flag_wins_over_environment(procs: Callable[..., Proc], bus: Bus, sock_dir: Path) -> None:
-    start_serve(procs, bus)
+def test_flag_wins_over_environment(
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus, sock_dir: Path
+) -> None:
+    start_serve(serves, bus)
     env = clean_env(SALTBUS_SOCK_DIR=os.fspath(sock_dir / "elsewhere"))
     listen = procs("listen", "--tag", "prec", "--count", "1", *bus.flags, env=env)
     wait_until(lambda: bus.subscribed(listen.pid), "listen to subscribe")
@@ -742,14 +729,16 @@ def test_flag_wins_over_environment(procs: Callable[..., Proc], bus: Bus, sock_d
 # -- serve refusing to start ----------------------------------------------------------------
 
 
-def test_second_serve_on_the_same_sock_dir_exits_1(procs: Callable[..., Proc], bus: Bus) -> None:
-    first = start_serve(procs, bus)
+def test_second_serve_on_the_same_sock_dir_exits_1(
+    serves: Callable[..., ServeProcess], bus: Bus
+) -> None:
+    first = start_serve(serves, bus)
     second = run("serve", *bus.flags, "--data-dir", os.fspath(bus.data_dir), timeout=WAIT)
     assert second.returncode == 1
     lines = second.stderr.splitlines()
     assert len(lines) == 1 and os.fspath(bus.sock_dir) in lines[0], second.stderr
     assert_clean_stderr(second.stderr)
-    assert first.popen.poll() is None
+    assert first.alive()
     assert bus.listening()
 
 
