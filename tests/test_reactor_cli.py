@@ -5,11 +5,8 @@ form of Salt's reactor documentation."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +20,8 @@ from saltbus import Config, Listener, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.event import Event
 from tests.interop.saltpeer import SALT_VERSIONS, salt_fire, salt_publisher
+from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
 
-SALTBUS = Path(sys.executable).with_name("saltbus")
 WAIT = 30.0
 
 
@@ -32,13 +29,12 @@ class Proc:
     """A saltbus command whose stderr a thread keeps reading."""
 
     def __init__(self, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SALTBUS_")}
         self.popen = subprocess.Popen(
             [str(SALTBUS), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=clean_env(),
         )
         self._lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -83,28 +79,8 @@ class Proc:
                 stream.close()
 
 
-@contextlib.contextmanager
-def running(*args: str, ready: str) -> Iterator[Proc]:
-    proc = Proc(*args)
-    try:
-        proc.wait_for(ready)
-        yield proc
-    finally:
-        proc.close()
-
-
-def bus_args(config: Config) -> list[str]:
-    return ["--sock-dir", str(config.sock_dir), "--data-dir", str(config.data_dir)]
-
-
-@contextlib.contextmanager
-def serve(config: Config, *extra: str) -> Iterator[Proc]:
-    with running("serve", *bus_args(config), *extra, ready="Ctrl-C to stop") as proc:
-        yield proc
-
-
 def react(config: Config, conf: Path, *extra: str) -> Proc:
-    proc = Proc("react", "--config", str(conf), *bus_args(config), *extra)
+    proc = Proc("react", "--config", str(conf), *bus_flags(config), *extra)
     try:
         proc.wait_for("running on the")
     except BaseException:
@@ -176,7 +152,7 @@ def test_a_reaction_runs_a_command_that_writes_a_file(
         },
         "  - 'app/deploy/*':\n    - deploy.sls\n",
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -224,7 +200,7 @@ def test_a_reaction_posts_to_a_local_http_server(
         "  - 'app/deploy/*': [hook.sls]\n",
     )
     try:
-        with serve(bus_config):
+        with ServeProcess.for_bus(bus_config):
             reports.connect(5)
             proc = react(bus_config, conf)
             try:
@@ -249,7 +225,7 @@ def test_a_condition_filters(bus_config: Config, tmp_path: Path, reports: Listen
         },
         "  - 'log/*': [w.sls]\n",
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -273,7 +249,7 @@ def test_throttling_over_a_burst_of_100(
         },
         "  - 'burst/*': [t.sls]\n",
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -303,7 +279,7 @@ def test_a_failing_action_and_a_salt_master_action_produce_error_events(
         },
         "  - 'go': [f.sls]\n",
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -330,7 +306,7 @@ def test_the_loop_guard(bus_config: Config, tmp_path: Path, reports: Listener) -
         "  - 'ping/*': [l.sls]\n",
         "reactor_max_depth: 4\n",
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -354,7 +330,7 @@ def test_a_full_queue_fires_overflow(bus_config: Config, tmp_path: Path, reports
         "  - 'work': [s.sls]\n",
         "reactor_worker_threads: 1\nreactor_worker_hwm: 1\n",
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -382,7 +358,7 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(
     conf = reactor_conf(
         tmp_path, {"r.sls": "old:\n  event.send: [{tag: x}]\n"}, "  - 'r': [r.sls]\n"
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -396,7 +372,7 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(
 
             (tmp_path / "r.sls").write_text("new:\n  event.send: [{tag: x}]\n  - broken\n")
             done = subprocess.run(
-                [str(SALTBUS), "react", "--reload", "--config", str(conf), *bus_args(bus_config)],
+                [str(SALTBUS), "react", "--reload", "--config", str(conf), *bus_flags(bus_config)],
                 capture_output=True,
                 text=True,
                 timeout=WAIT,
@@ -417,7 +393,7 @@ def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(
 def test_reload_without_a_running_reactor(bus_config: Config, tmp_path: Path) -> None:
     conf = reactor_conf(tmp_path, {"r.sls": ""}, "  - 'r': [r.sls]\n")
     done = subprocess.run(
-        [str(SALTBUS), "react", "--reload", "--config", str(conf), *bus_args(bus_config)],
+        [str(SALTBUS), "react", "--reload", "--config", str(conf), *bus_flags(bus_config)],
         capture_output=True,
         text=True,
         timeout=WAIT,
@@ -437,7 +413,7 @@ def test_reload_does_not_lose_queued_work(bus_config: Config, tmp_path: Path) ->
         "  - 'q': [q.sls]\n",
         "reactor_worker_threads: 1\n",
     )
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         proc = react(bus_config, conf)
         try:
             with Sender(bus_config) as sender:
@@ -468,7 +444,7 @@ def test_catch_up_after_missing_1000_events_exactly_once(
         "  - 'n/*': [c.sls]\n",
     )
     lines = lambda: out.read_text().split() if out.exists() else []  # noqa: E731
-    with serve(bus_config, "--journal", "batch"):
+    with ServeProcess.for_bus(bus_config, "--journal", "batch"):
         proc = react(bus_config, conf)
         with Sender(bus_config) as sender:
             for n in range(10):
@@ -500,7 +476,7 @@ def test_catch_up_after_kill_9_loses_nothing(bus_config: Config, tmp_path: Path)
         "  - 'n': [c.sls]\n",
     )
     lines = lambda: out.read_text().split() if out.exists() else []  # noqa: E731
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         proc = react(bus_config, conf)
         with Sender(bus_config) as sender:
             for n in range(300):
@@ -581,7 +557,7 @@ def test_a_configuration_in_the_form_of_salts_documentation(
     out = tmp_path / "out"
     conf = reactor_conf(tmp_path, salt_doc_files(out), "")
     conf.write_text(SALT_DOC_MASTER)
-    with serve(bus_config):
+    with ServeProcess.for_bus(bus_config):
         reports.connect(5)
         proc = react(bus_config, conf)
         try:
@@ -611,7 +587,7 @@ def test_check_lists_the_configuration(tmp_path: Path, bus_config: Config) -> No
     conf = reactor_conf(tmp_path, salt_doc_files(tmp_path / "out"), "")
     conf.write_text(SALT_DOC_MASTER)
     done = subprocess.run(
-        [str(SALTBUS), "react", "--check", "--config", str(conf), *bus_args(bus_config)],
+        [str(SALTBUS), "react", "--check", "--config", str(conf), *bus_flags(bus_config)],
         capture_output=True,
         text=True,
         timeout=WAIT,
@@ -624,7 +600,7 @@ def test_check_lists_the_configuration(tmp_path: Path, bus_config: Config) -> No
     bad = tmp_path / "reactor/start.sls"
     bad.write_text("a:\n  cmd.run:\n    - cmd: [x]\n   - oops\n")
     done = subprocess.run(
-        [str(SALTBUS), "react", "--check", "--config", str(conf), *bus_args(bus_config)],
+        [str(SALTBUS), "react", "--check", "--config", str(conf), *bus_flags(bus_config)],
         capture_output=True,
         text=True,
         timeout=WAIT,
@@ -642,8 +618,8 @@ def test_serve_runs_the_reactor_in_process(
         {"s.sls": f"mark:\n  cmd.run: [{{cmd: [sh, -c, 'echo {{{{ data.v }}}} > {out}']}}]\n"},
         "  - 'app/*': [s.sls]\n",
     )
-    with serve(bus_config, "--config", str(conf)) as server:
-        server.wait_for("reactor 'reactor' running")
+    with ServeProcess.for_bus(bus_config, "--config", str(conf)) as server:
+        server.wait_for_log("reactor 'reactor' running")
         reports.connect(5)
         sent = fire(bus_config, "app/x", {"v": "served"})
         (ret,) = collect(reports, 1)
@@ -655,7 +631,7 @@ def test_serve_runs_the_reactor_in_process(
         assert set(holds()) == {"reactor"}
         # `saltbus react --reload` finds the reactor inside serve.
         done = subprocess.run(
-            [str(SALTBUS), "react", "--reload", "--config", str(conf), *bus_args(bus_config)],
+            [str(SALTBUS), "react", "--reload", "--config", str(conf), *bus_flags(bus_config)],
             capture_output=True,
             text=True,
             timeout=WAIT,
@@ -664,7 +640,7 @@ def test_serve_runs_the_reactor_in_process(
         assert done.returncode == 0, done.stderr
         assert collect(reports, 1)[0].tag == "saltbus/reactor/reload"
         assert server.stop() == 0
-    assert "reactor stopped" in server.stderr
+    assert "reactor stopped" in server.log
 
 
 def test_help_explains_with_an_example() -> None:
