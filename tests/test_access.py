@@ -15,7 +15,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -30,6 +29,7 @@ from saltbus.control import Refused, decode_control
 from saltbus.server import EmbeddedPublisher
 from saltbus.server.access import AccessPolicy, PeerCredentials
 from saltbus.wire import FrameDecoder, encode_frame, pack_body
+from tests.serve_support import ServeProcess
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -270,26 +270,9 @@ def test_serve_warns_when_tcp_is_open_to_everyone(bus_config: Config, tmp_path: 
         f"ipc_mode: tcp\ntcp_master_pub_port: {config.tcp_master_pub_port}\n"
         f"tcp_master_pull_port: {config.tcp_master_pull_port}\n"
     )
-    saltbus_cli = Path(sys.executable).with_name("saltbus")
-    proc = subprocess.Popen(
-        [
-            str(saltbus_cli),
-            "serve",
-            "--config",
-            str(config_file),
-            "--sock-dir",
-            str(config.sock_dir),
-            "--tcp-allow-unauthenticated",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        while "serving" in line:
-            line = proc.stderr.readline()
+    with ServeProcess.for_bus(
+        config, "--config", str(config_file), "--tcp-allow-unauthenticated"
+    ) as proc:
+        proc.wait_for_log("any local user", WAIT)
+        line = next(line for line in proc.log.splitlines() if "serving" not in line)
         assert "WARNING" in line and "any local user" in line
-    finally:
-        proc.terminate()
-        proc.wait(WAIT)
