@@ -19,7 +19,7 @@ import pytest
 from saltbus import Config, Listener, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.event import Event
-from tests.interop.saltpeer import SALT_VERSIONS, salt_fire, salt_publisher
+from tests.interop.salt_peer_client import SALT_VERSIONS, salt_fire, salt_publisher
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
 
 WAIT = 30.0

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from saltbus.config import Config
-from tests.interop.saltpeer import (
+from tests.interop.salt_peer_client import (
     _command,
     _node_args,
     _SaltProcess,
@@ -115,7 +115,7 @@ def saltbus_daemon(sock_dir: Path, version: str, node: str = "master") -> ServeP
 
 
 class SaltPublisher:
-    """Salt's publisher (via ``salt_peer.py publisher``), its stderr readable while it runs."""
+    """Salt's publisher (via ``salt_side_peer.py publisher``), its stderr readable while it runs."""
 
     def __init__(self, version: str, sock_dir: Path, node: str) -> None:
         self.version = version

@@ -1,6 +1,6 @@
 """Fixtures for tests that run real Salt (``scripts/salt-venvs`` creates its venvs).
 
-Helpers live in ``tests.interop.saltpeer`` (importable because ``tests`` and
+Helpers live in ``tests.interop.salt_peer_client`` (importable because ``tests`` and
 ``tests.interop`` are packages). Fixtures here are visible to ``tests/interop`` only.
 Every test collected from this directory gets the ``interop`` marker, so
 ``pytest -m "not interop"`` runs the rest of the suite without Salt.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.saltpeer import SALT_VERSIONS, salt_publisher
+from tests.interop.salt_peer_client import SALT_VERSIONS, salt_publisher
 
 HERE = Path(__file__).resolve().parent
 

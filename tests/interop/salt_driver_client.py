@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.interop.buses import START_TIMEOUT, STOP_TIMEOUT, node_id, read_temp, stop_process
-from tests.interop.saltpeer import REPO_ROOT, SaltPeerError, salt_python
+from tests.interop.salt_peer_client import REPO_ROOT, SaltPeerError, salt_python
 
 DRIVER_SCRIPT = Path(__file__).resolve().with_name("salt_side_driver.py")
 
 
 def to_json_value(value: object) -> object:
-    """JSON for what JSON lacks, as salt_peer.py prints it: bytes as ``{"__bytes__": hex}``."""
+    """JSON for what JSON lacks, as salt_side_peer.py prints it: bytes as ``{"__bytes__": hex}``."""
     if isinstance(value, bytes | bytearray):
         return {"__bytes__": bytes(value).hex()}
     raise TypeError(f"cannot send {type(value).__name__} to the Salt driver")

@@ -3,7 +3,7 @@
 This script is *executed* by a Salt venv's python, never imported by the test process
 (which has no Salt); its test side is ``tests/interop/salt_driver_client.py``.
 
-``salt_peer.py`` starts one Salt process per fire or listen; Salt's imports cost about
+``salt_side_peer.py`` starts one Salt process per fire or listen; Salt's imports cost about
 0.6 s each time. This driver keeps one process per Salt generation for a whole test
 module and holds any number of named ``MasterEvent``/``MinionEvent`` objects, on any
 bus, so a test can fire many events, listen on several buses and compare results
@@ -39,9 +39,9 @@ import time
 import traceback
 from typing import Any
 
-# salt_peer.py sits next to this file (sys.path[0]), and imports Salt in the order Salt
+# salt_side_peer.py sits next to this file (sys.path[0]), and imports Salt in the order Salt
 # needs (salt._logging first); its salt.utils.event is the one used here.
-import salt_peer
+import salt_side_peer as salt_peer
 
 salt_event = salt_peer.salt.utils.event
 

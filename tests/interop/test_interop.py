@@ -31,7 +31,7 @@ from tests.interop.buses import (
     strip_stamp,
 )
 from tests.interop.salt_driver_client import DriverPool
-from tests.interop.saltpeer import SALT_VERSIONS, salt_publisher
+from tests.interop.salt_peer_client import SALT_VERSIONS, salt_publisher
 from tests.serve_support import ServeProcess
 
 # Which generations' listeners read each daemon framing (WIRE.md): a daemon set to 3006

@@ -16,7 +16,7 @@ import pytest
 from saltbus.config import Config
 from saltbus.http import SALT_HOOK_PREFIX, create_app
 from tests.http_support import SseMessage, SseReader, serve, sse
-from tests.interop.saltpeer import SALT_VERSIONS, salt_publisher
+from tests.interop.salt_peer_client import SALT_VERSIONS, salt_publisher
 
 WAIT = 15.0
 

@@ -1,7 +1,7 @@
 """saltbus's library and CLI against Salt's own publisher, every generation (issues 2 and 9).
 
 Salt 3006, 3007 and 3008 each run their own master and minion event publisher
-(``salt_peer.py publisher``); saltbus's Salt-style classes, ``Listener``/``Sender``,
+(``salt_side_peer.py publisher``); saltbus's Salt-style classes, ``Listener``/``Sender``,
 ``saltbus listen``, ``saltbus fire`` and ``saltbus doctor`` fire into and read from them,
 and Salt's own client is on the other end. Also: the wrong ``--salt-version`` is reported,
 not silent; and a saltbus listener never writes to a Salt publisher (Salt 3007 and 3008
@@ -42,7 +42,7 @@ from tests.interop.buses import (
     strip_stamp,
 )
 from tests.interop.salt_driver_client import DriverPool
-from tests.interop.saltpeer import SALT_VERSIONS, salt_fire, salt_publisher
+from tests.interop.salt_peer_client import SALT_VERSIONS, salt_fire, salt_publisher
 
 WAIT = 10.0
 # Salt publishers whose pull socket drops what a saltbus set to another generation

@@ -1,7 +1,7 @@
 """The Salt harness itself: Salt talks to Salt, and each generation's bytes are as WIRE.md says.
 
-These tests involve no saltbus code. They prove that the Salt venvs, ``salt_peer.py`` and
-``saltpeer`` work, so an interop failure elsewhere points at saltbus, and they pin the
+These tests involve no saltbus code. They prove that the Salt venvs, ``salt_side_peer.py`` and
+``salt_peer_client`` work, so an interop failure elsewhere points at saltbus, and they pin the
 framing facts saltbus must match ("Salt generations differ in framing" in WIRE.md).
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tests.interop.saltpeer import (
+from tests.interop.salt_peer_client import (
     salt_fire,
     salt_info,
     salt_listener,

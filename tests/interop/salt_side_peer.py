@@ -1,7 +1,7 @@
 """Drive real Salt from one of the Salt virtual environments (see ``scripts/salt-venvs``).
 
 This script is *executed* by a Salt venv's python, never imported by the test process
-(which has no Salt). ``tests/interop/saltpeer.py`` wraps it for tests.
+(which has no Salt). ``tests/interop/salt_peer_client.py`` wraps it for tests.
 
 Subcommands::
 
@@ -112,7 +112,10 @@ def announce_when_ready(paths: tuple[str, ...]) -> None:
     deadline = time.monotonic() + READY_DEADLINE
     while not all(accepts_connections(p) for p in paths):
         if time.monotonic() > deadline:
-            print(f"salt_peer: sockets not ready after {READY_DEADLINE}s: {paths}", file=sys.stderr)
+            print(
+                f"salt_side_peer: sockets not ready after {READY_DEADLINE}s: {paths}",
+                file=sys.stderr,
+            )
             sys.stderr.flush()
             os._exit(EXIT_NOT_READY)
         time.sleep(0.05)
@@ -201,7 +204,7 @@ def to_json(value: object) -> str:
 def cmd_fire(args: argparse.Namespace) -> int:
     data = json.loads(args.data)
     if not isinstance(data, dict):
-        print("salt_peer: --data must be a JSON object", file=sys.stderr)
+        print("salt_side_peer: --data must be a JSON object", file=sys.stderr)
         return 2
     event = make_event(args, listen=False)
     try:
@@ -223,7 +226,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + READY_DEADLINE
         while not subscriber_connected(event):
             if time.monotonic() > deadline:
-                print("salt_peer: could not connect to the publish socket", file=sys.stderr)
+                print("salt_side_peer: could not connect to the publish socket", file=sys.stderr)
                 return EXIT_NOT_READY
             if event.cpub:
                 event.close_pub()

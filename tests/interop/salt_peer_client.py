@@ -2,10 +2,10 @@
 
 The test process runs in the project venv, which has no Salt. Each Salt generation lives
 in its own venv made by ``scripts/salt-venvs``; this module starts
-``tests/interop/salt_peer.py`` with that venv's python and speaks its line protocol
+``tests/interop/salt_side_peer.py`` with that venv's python and speaks its line protocol
 (``READY``, one JSON object per line, ``TIMEOUT``).
 
-Import it as ``from tests.interop.saltpeer import ...``: ``tests/__init__.py`` and
+Import it as ``from tests.interop.salt_peer_client import ...``: ``tests/__init__.py`` and
 ``tests/interop/__init__.py`` make ``tests`` a package, so pytest puts the repository root
 on ``sys.path`` whatever directory it is started from.
 
@@ -32,7 +32,7 @@ SALT_VERSIONS: tuple[str, ...] = ("3006", "3007", "3008")
 """Salt generations with a venv: 3006.30 (LTS), 3007.8 and 3008.5."""
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PEER_SCRIPT = Path(__file__).resolve().with_name("salt_peer.py")
+PEER_SCRIPT = Path(__file__).resolve().with_name("salt_side_peer.py")
 
 READY_TIMEOUT = 30.0
 """Seconds a Salt process gets to print READY; Salt imports take ~1 s on a quiet machine."""
@@ -41,7 +41,7 @@ STOP_TIMEOUT = 10.0
 RUN_TIMEOUT = 60.0
 """Seconds a one-shot Salt command (fire, info) may take before it is killed."""
 EXIT_TIMEOUT = 3
-"""Exit code of ``salt_peer.py listen`` when a ``get_event`` returned None."""
+"""Exit code of ``salt_side_peer.py listen`` when a ``get_event`` returned None."""
 
 
 class SaltVenvMissingError(RuntimeError):
@@ -81,7 +81,7 @@ def _command(version: str, subcommand: str, *args: str) -> list[str]:
 
 
 class _SaltProcess:
-    """A long-running salt_peer.py with stdout read line by line in the background.
+    """A long-running salt_side_peer.py with stdout read line by line in the background.
 
     A reader thread (rather than reads with a deadline) keeps READY waits bounded
     whatever the child does, and stderr goes to a file so a chatty Salt can never block
@@ -242,7 +242,7 @@ def salt_info(version: str) -> dict[str, Any]:
 
 
 class SaltListener:
-    """A running ``salt_peer.py listen``: already subscribed when handed out."""
+    """A running ``salt_side_peer.py listen``: already subscribed when handed out."""
 
     def __init__(self, peer: _SaltProcess) -> None:
         self._peer = peer
