@@ -20,6 +20,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,6 +115,15 @@ class Bus:
         return len(mine) >= count
 
 
+# Run a command with SIGINT at its default, as from a terminal: a shell without job
+# control starts background jobs with SIGINT ignored, and pytest run that way
+# would hand the ignoring on to the commands whose Ctrl-C these tests send.
+WITH_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 class Proc:
     """A background saltbus process: stdout lines through a queue, stderr to a file."""
 
@@ -121,7 +131,7 @@ class Proc:
         self.log = log
         with open(log, "w") as stderr:
             self.popen = subprocess.Popen(
-                [os.fspath(SALTBUS), *args],
+                [sys.executable, "-c", WITH_DEFAULT_SIGINT, os.fspath(SALTBUS), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
