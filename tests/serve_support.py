@@ -233,8 +233,13 @@ class ServeProcess:
         return self._status("VmRSS")
 
     def peak_rss(self) -> int:
-        """The high-water mark of the resident set since the daemon started."""
+        """The high-water mark of the resident set since the daemon started
+        (or since :meth:`reset_peak_rss`)."""
         return self._status("VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        """Start :meth:`peak_rss` afresh from the resident set now (Linux >= 4.0)."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
