@@ -16,6 +16,7 @@ from saltbus.cli.main import build_parser
 from saltbus.client.admin import fetch_stats
 from saltbus.control import Subscribe, encode_control
 from saltbus.server import EmbeddedPublisher, Server
+from saltbus.server import replay as replay_module
 from saltbus.wire import FrameDecoder, Framing, unpack_body
 
 
@@ -80,6 +81,26 @@ def test_resume_replays_what_was_missed_without_gap_or_duplicate(
             events = drain(resumed, 300)
     assert [e.data["n"] for e in events] == list(range(1, 301))
     assert [e.seq for e in events] == list(range(since + 1, since + 301))
+
+
+@pytest.mark.parametrize(
+    ("tag", "match_type"),
+    [("wanted/", "startswith"), ("/wanted", "endswith"), (r"^w.nted/\d+/wanted$", "regex")],
+)
+def test_a_filtered_resume_replays_only_its_events_across_chunks(
+    bus_config: Config, publisher: EmbeddedPublisher, tag: str, match_type: str
+):
+    # The filter is applied inside the journal's query: more matching events
+    # than one replay chunk, among as many that do not match.
+    wanted = replay_module.CHUNK + 500
+    with Sender(bus_config) as sender:
+        for n in range(2 * wanted):
+            name = f"wanted/{n}/wanted" if n % 2 else f"noise/{n}/noise"
+            sender.fire(name, {"n": n}, ack=n == 2 * wanted - 1)
+        with Listener(bus_config, tag, match_type, since=0) as resumed:
+            sender.fire(f"wanted/{2 * wanted}/wanted", {"n": 2 * wanted})
+            events = drain(resumed, wanted + 1)
+    assert [e.data["n"] for e in events] == [*range(1, 2 * wanted, 2), 2 * wanted]
 
 
 def test_listener_resumes_across_a_publisher_restart(bus_config: Config):

@@ -26,7 +26,7 @@ from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.holds import RetentionHolds
 from saltbus.server.intake import Intake
-from saltbus.server.replay import first_available, replay
+from saltbus.server.replay import TagPattern, first_available, replay
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
 from saltbus.wire import pack_body
 
@@ -271,11 +271,14 @@ class Server:
         # replay covers it, and live events after it wait in the queue.
         until = self.fanout.last_seq
         subscriber.hold()
-        task = asyncio.create_task(self._replay(subscriber, since, until))
+        pattern = request.patterns[0] if len(request.patterns) == 1 else None
+        task = asyncio.create_task(self._replay(subscriber, since, until, pattern))
         self._replays.add(task)
         task.add_done_callback(self._replays.discard)
 
-    async def _replay(self, subscriber: Subscriber, since: int, until: int) -> None:
+    async def _replay(
+        self, subscriber: Subscriber, since: int, until: int, pattern: TagPattern | None
+    ) -> None:
         assert self.journal_path is not None
         path = self.journal_path
         try:
@@ -283,7 +286,7 @@ class Server:
             subscriber.write_direct(
                 encode_control(Subscribed(until, self.epoch, True, first), subscriber.framing)
             )
-            sent = await replay(subscriber, path, since, until)
+            sent = await replay(subscriber, path, since, until, pattern)
             log.debug("replayed %d events to %s", sent, subscriber.peer)
         except Exception as exc:
             log.error("replay to %s failed: %s", subscriber.peer, exc)

@@ -12,20 +12,26 @@ import logging
 from pathlib import Path
 from typing import Final
 
+from saltbus.event import MatchType
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.server.fanout import Subscriber, event_frame
 
 log = logging.getLogger("saltbus.server")
 
+TagPattern = tuple[str, MatchType]
+
 CHUNK: Final = 2_000
 
 
-def _read_chunk(path: Path, since: int, until: int) -> list[JournalRecord]:
+def _read_chunk(
+    path: Path, since: int, until: int, pattern: TagPattern | None
+) -> list[JournalRecord]:
     # A fresh read-only connection per chunk: SQLite connections belong to one
     # thread, and to_thread may use any worker.
+    tag, match_type = pattern or ("", MatchType.STARTSWITH)
     with Journal.open(path, readonly=True) as journal:
-        return journal.read(since=since, until=until, limit=CHUNK)
+        return journal.read(since=since, until=until, limit=CHUNK, tag=tag, match_type=match_type)
 
 
 def first_available(path: Path) -> int | None:
@@ -33,13 +39,22 @@ def first_available(path: Path) -> int | None:
         return journal.first_seq()
 
 
-async def replay(subscriber: Subscriber, path: Path, since: int, until: int) -> int:
-    """Write journaled events in (since, until] to ``subscriber``; returns how many."""
+async def replay(
+    subscriber: Subscriber,
+    path: Path,
+    since: int,
+    until: int,
+    pattern: TagPattern | None = None,
+) -> int:
+    """Write journaled events in (since, until] to ``subscriber``; returns how
+    many. A subscriber with one tag ``pattern`` has it applied inside SQLite
+    (a rare tag's replay then reads its events, not the whole journal); its
+    matcher is applied to what comes back in any case."""
     sent = 0
     position = since
     matcher = subscriber.matcher
     while position < until and not subscriber.closed:
-        records = await asyncio.to_thread(_read_chunk, path, position, until)
+        records = await asyncio.to_thread(_read_chunk, path, position, until, pattern)
         if not records:
             break
         position = records[-1].seq
