@@ -54,6 +54,7 @@ class Progress:
         self.epoch: int | None = None
         self._open: OrderedDict[int, int] = OrderedDict()
         self._seen: int | None = None
+        self._mark: int | None = None
         self._saved: int | None = None
         self._interval = interval
         self._last_save = float("-inf")
@@ -65,6 +66,7 @@ class Progress:
         self._seen = seq
         if jobs:
             self._open[seq] = jobs
+        self._update_mark()
         self.maybe_save()
 
     def done(self, seq: int | None) -> None:
@@ -75,14 +77,19 @@ class Progress:
             self._open[seq] = left
         else:
             del self._open[seq]
+            self._update_mark()
             self.maybe_save()
+
+    def _update_mark(self) -> None:
+        # Kept as a plain value: the journal writer's thread reads it (the
+        # publisher's retention hold), and iterating _open from there could
+        # meet it being changed.
+        self._mark = next(iter(self._open)) - 1 if self._open else self._seen
 
     @property
     def mark(self) -> int | None:
         """Every event up to this sequence number is handled."""
-        if self._open:
-            return next(iter(self._open)) - 1
-        return self._seen
+        return self._mark
 
     @property
     def in_flight(self) -> int:
