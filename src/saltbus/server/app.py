@@ -16,7 +16,7 @@ from typing import Any, Final
 from saltbus.config import Address, Config
 from saltbus.control import Subscribe, Subscribed, encode_control
 from saltbus.errors import ConfigError
-from saltbus.event import tag_matcher
+from saltbus.event import MatchType, tag_matcher
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
@@ -26,7 +26,7 @@ from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.holds import RetentionHolds
 from saltbus.server.intake import Intake
-from saltbus.server.replay import TagPattern, first_available, replay
+from saltbus.server.replay import first_available, replay
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
 from saltbus.wire import pack_body
 
@@ -277,7 +277,7 @@ class Server:
         task.add_done_callback(self._replays.discard)
 
     async def _replay(
-        self, subscriber: Subscriber, since: int, until: int, pattern: TagPattern | None
+        self, subscriber: Subscriber, since: int, until: int, pattern: tuple[str, MatchType] | None
     ) -> None:
         assert self.journal_path is not None
         path = self.journal_path

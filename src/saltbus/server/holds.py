@@ -55,9 +55,6 @@ class RetentionHolds:
         if self.on_change is not None:
             self.on_change()
 
-    def names(self) -> list[str]:
-        return sorted(self._positions)
-
     def positions(self) -> dict[str, int]:
         """Each consumer's last seq taken (0 while it is starting). Called
         from the journal writer's thread."""

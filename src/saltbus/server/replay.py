@@ -19,13 +19,11 @@ from saltbus.server.fanout import Subscriber, event_frame
 
 log = logging.getLogger("saltbus.server")
 
-TagPattern = tuple[str, MatchType]
-
 CHUNK: Final = 2_000
 
 
 def _read_chunk(
-    path: Path, since: int, until: int, pattern: TagPattern | None
+    path: Path, since: int, until: int, pattern: tuple[str, MatchType] | None
 ) -> list[JournalRecord]:
     # A fresh read-only connection per chunk: SQLite connections belong to one
     # thread, and to_thread may use any worker.
@@ -44,7 +42,7 @@ async def replay(
     path: Path,
     since: int,
     until: int,
-    pattern: TagPattern | None = None,
+    pattern: tuple[str, MatchType] | None = None,
 ) -> int:
     """Write journaled events in (since, until] to ``subscriber``; returns how
     many. A subscriber with one tag ``pattern`` has it applied inside SQLite

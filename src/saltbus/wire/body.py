@@ -13,7 +13,7 @@ from saltbus.errors import FrameTooLargeError, LocalProtocolError, RemoteProtoco
 TAG_END: Final = b"\n\n"
 DEFAULT_MAX_EVENT_SIZE: Final = 1_048_576
 _INT64_MIN: Final = -(2**63)
-_UINT64_MAX: Final = 2**64 - 1
+UINT64_MAX: Final = 2**64 - 1  # msgpack's largest int
 
 
 def _to_msgpack_safe(value: Any) -> Any:
@@ -21,7 +21,7 @@ def _to_msgpack_safe(value: Any) -> Any:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
-        return value if _INT64_MIN <= value <= _UINT64_MAX else str(value)
+        return value if _INT64_MIN <= value <= UINT64_MAX else str(value)
     if isinstance(value, Mapping):
         return {_to_msgpack_safe(k): _to_msgpack_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

@@ -11,13 +11,12 @@ from typing import Any, Final
 import msgpack
 
 from saltbus.errors import RemoteProtocolError
-from saltbus.wire.body import body_tag
+from saltbus.wire.body import UINT64_MAX, body_tag
 from saltbus.wire.generations import Framing
 
 # Room for the tag and the frame's own keys on top of an event's data.
 FRAME_OVERHEAD: Final = 65_536
 LENGTH: Final = struct.Struct(">I")  # the 4-byte big-endian prefix of Salt 3006/3008
-_UINT64_MAX: Final = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +103,7 @@ def encode_event_frames(
     last_time: float | None = None
     middle = b""
     for seq, when, body in events:
-        if type(seq) is not int or type(when) is not float or not 0 <= seq <= _UINT64_MAX:
+        if type(seq) is not int or type(when) is not float or not 0 <= seq <= UINT64_MAX:
             append(encode_frame(body, {"seq": seq, "time": when}, framing))  # as msgpack does
             continue
         if when is not last_time:  # the same object for a batch; 0.0 == -0.0, too
