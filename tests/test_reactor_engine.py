@@ -389,6 +389,8 @@ def test_a_reactor_whose_reading_task_dies_says_so_and_stops(
             await asyncio.wait_for(reactor.wait_for_stop(), WAIT)
             assert reactor.failure is not None
             assert "reactor-ingest ended: RuntimeError('the subscription broke')" in reactor.failure
+            with pytest.raises(BusError, match="the reactor stopped: reactor-ingest ended"):
+                reactor.raise_if_failed()
 
     with caplog.at_level("CRITICAL", logger="saltbus.reactor"):
         asyncio.run(main())

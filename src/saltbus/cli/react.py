@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
-from saltbus.errors import BusError, ConfigError
+from saltbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from saltbus.reactor import Reactor, Rules
@@ -176,8 +176,7 @@ async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None
         await reactor.wait_for_stop()
     finally:
         await reactor.stop()
-    if reactor.failure is not None:
-        raise BusError(f"the reactor stopped: {reactor.failure}")
+    reactor.raise_if_failed()
 
 
 async def start_alongside(config: Config, args: argparse.Namespace) -> Reactor:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
-from saltbus.errors import BusError
 
 if TYPE_CHECKING:
     from saltbus.reactor import Reactor
@@ -97,10 +96,12 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
     from saltbus.server import Server  # noqa: PLC0415
 
     server = Server(config)
+    # With a `reactor:` section (and serve's own arguments, which it reloads
+    # from), the reactor runs here as a client of this bus.
+    reactor_args = args if config.reactor else None
     # The reactor's catch-up and the federation export read the journal from
     # their positions: it keeps what they have not taken from the start.
-    in_process_reactor = bool(config.reactor and args is not None)
-    if in_process_reactor and config.reactor_catch_up:
+    if reactor_args is not None and config.reactor_catch_up:
         server.retention_holds.hold(REACTOR_HOLD)
     if config.cluster:
         server.retention_holds.hold(CLUSTER_HOLD)
@@ -123,9 +124,8 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         )
     reactor = bridge = None
     try:
-        # With a `reactor:` section, the reactor runs here as a client of this bus.
-        if in_process_reactor and args is not None:
-            reactor = await react.start_alongside(config, args)
+        if reactor_args is not None:
+            reactor = await react.start_alongside(config, reactor_args)
             if config.reactor_catch_up:
                 server.retention_holds.hold(REACTOR_HOLD, reactor.journal_position)
         # With a `cluster:` section (or --cluster), so does the federation bridge.
@@ -140,8 +140,8 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
             await reactor.stop()
         await server.shutdown()
     print(f"saltbus: stopped at seq {server.fanout.last_seq}", file=sys.stderr, flush=True)
-    if reactor is not None and reactor.failure is not None:
-        raise BusError(f"the reactor stopped: {reactor.failure}")
+    if reactor is not None:
+        reactor.raise_if_failed()
 
 
 async def _until_exit_or_reactor_failure(server: Server, reactor: Reactor | None) -> None:

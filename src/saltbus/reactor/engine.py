@@ -25,6 +25,7 @@ from saltbus.client.aio import AsyncClient, Subscription
 from saltbus.config import Config
 from saltbus.errors import (
     BusClosedError,
+    BusError,
     FrameTooLargeError,
     NoPublisherError,
     SaltbusError,
@@ -154,6 +155,12 @@ class Reactor:
         if mark is None and self._client is not None:
             mark = self._client.session.last_seq
         return mark
+
+    def raise_if_failed(self) -> None:
+        """Raise BusError naming the cause if the reactor stopped by itself
+        (see _supervise): what `saltbus react` and `saltbus serve` exit 1 with."""
+        if self.failure is not None:
+            raise BusError(f"the reactor stopped: {self.failure}")
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop. Safe from a signal handler."""
