@@ -63,17 +63,25 @@ def test_publisher_feeds_its_returners_and_reports_them(
     assert Path(f"{out}.closed").exists(), "the returner was not closed at shutdown"
 
 
-def test_journal_keeps_what_a_failing_returner_has_not_taken(
-    bus_config: Config, plugin_dir: Path, tmp_path: Path
-):
+def down_returner(bus_config: Config, tmp_path: Path) -> tuple[Config, Path, Path]:
+    """A bus whose events expire after 0.5 s, with the jsonfile returner failing
+    while the returned flag file exists (it does: the "database" is down);
+    also the file it writes events to."""
     out, flag = tmp_path / "events.jsonl", tmp_path / "down"
-    flag.touch()  # the "database" is down from the start
+    flag.touch()
     config = bus_config.replace(
         journal_max_age=0.5,
         event_return="jsonfile",
         event_return_retry_max_seconds=0.2,
         returner_options={"jsonfile": {"path": str(out), "fail_while": str(flag)}},
     )
+    return config, flag, out
+
+
+def test_journal_keeps_what_a_failing_returner_has_not_taken(
+    bus_config: Config, plugin_dir: Path, tmp_path: Path
+):
+    config, flag, out = down_returner(bus_config, tmp_path)
     path = journal_path(config.data_dir, config.sock_dir, config.socket_prefix)
 
     def first_seq() -> int | None:
@@ -100,13 +108,7 @@ def test_journal_keeps_what_a_failing_returner_has_not_taken(
 
 
 def test_a_removed_returner_holds_nothing(bus_config: Config, plugin_dir: Path, tmp_path: Path):
-    flag = tmp_path / "down"
-    flag.touch()
-    config = bus_config.replace(
-        journal_max_age=0.5,
-        event_return="jsonfile",
-        returner_options={"jsonfile": {"path": str(tmp_path / "out"), "fail_while": str(flag)}},
-    )
+    config, _, _ = down_returner(bus_config, tmp_path)
     with EmbeddedPublisher(config), Sender(config) as sender:
         for n in range(5):
             sender.fire("app/evt", {"n": n}, timeout=5, ack=True)
