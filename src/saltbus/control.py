@@ -16,7 +16,8 @@ Messages, by direction:
 - firing client → publisher: an *event* frame whose head asks for an
   acknowledgement, ``{"saltbus": {"op": "ack", "id": N}}``.
 - publisher → firing client: :class:`Ack` (the event's sequence number, once
-  it is journaled).
+  it is journaled), or :class:`Nack` (the event was not taken: the journal
+  cannot commit, and why).
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class Nack:
+    """An event that asked for an acknowledgement was not taken (``id`` is the
+    client's request id): the journal cannot commit it, for ``reason``."""
+
+    id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class StatsRequest:
     pass
 
@@ -103,7 +113,7 @@ class Stats:
 
 
 ControlMessage = (
-    Subscribe | Subscribed | Lagged | Ack | StatsRequest | Stats | Auth | Welcome | Refused
+    Subscribe | Subscribed | Lagged | Ack | Nack | StatsRequest | Stats | Auth | Welcome | Refused
 )
 
 
@@ -131,6 +141,8 @@ def _to_dict(message: ControlMessage) -> dict[str, Any]:
         return {"op": "lagged", "delivered": message.delivered}
     if isinstance(message, Ack):
         return {"op": "acked", "id": message.id, "seq": message.seq}
+    if isinstance(message, Nack):
+        return {"op": "nack", "id": message.id, "reason": message.reason}
     if isinstance(message, StatsRequest):
         return {"op": "stats"}
     if isinstance(message, Auth):
@@ -196,6 +208,8 @@ def _from_dict(control: Mapping[str, Any]) -> ControlMessage:
         return Lagged(_int(control.get("delivered", 0)))
     if op == "acked":
         return Ack(_int(control["id"]), _int(control["seq"]))
+    if op == "nack":
+        return Nack(_int(control["id"]), str(control.get("reason", "not journaled")))
     if op == "stats":
         return StatsRequest()
     if op == "auth":

@@ -74,6 +74,11 @@ class BusTimeoutError(BusError, TimeoutError):
     """An operation on the bus did not complete in the time allowed."""
 
 
+class JournalUnavailableError(BusError):
+    """The publisher did not take an event because its journal cannot commit
+    (disk full, read-only, I/O error); the message names the cause."""
+
+
 class SlowConsumerError(BusError):
     """A subscription's bounded queue overflowed because it was not read fast enough."""
 
