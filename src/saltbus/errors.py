@@ -86,3 +86,12 @@ class SlowConsumerError(BusError):
 class JournalError(SaltbusError):
     """The event journal could not be opened, written or read, or was asked to
     store events out of sequence."""
+
+
+class JournalWriteError(JournalError):
+    """The journal's file cannot be written (disk full, read-only, I/O error,
+    damage). ``reason`` says which in a few words."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any, TextIO
 
 from saltbus.cli import cluster
@@ -48,11 +49,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         f"{stats['events_per_second']}/s over {stats['uptime']} s",
         file=out,
     )
-    journal = stats.get("journal")
-    if journal:
-        print(f"journal: {journal} ({stats.get('journal_in_flight', 0)} in flight)", file=out)
-    else:
-        print("journal: off", file=out)
+    for line in _journal_lines(stats):
+        print(line, file=out)
     holds = stats.get("journal_holds") or {}
     if holds:
         held = ", ".join(f"{name} at seq {seq}" for name, seq in sorted(holds.items()))
@@ -67,6 +65,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"queued {sub['queued_events']:>7} ({sub['queued_bytes']} B)  dropped {sub['dropped']}",
             file=out,
         )
+        if sub.get("patterns"):
+            print(f"    filter: {' or '.join(sub['patterns'])}", file=out)
     returners = stats.get("returners", [])
     print(f"returners: {len(returners)}", file=out)
     for ret in returners:
@@ -81,3 +81,22 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for line in cluster.describe(stats["cluster"]):
             print(line, file=out)
     return 0
+
+
+def _journal_lines(stats: dict[str, Any]) -> list[str]:
+    journal = stats.get("journal")
+    if not journal:
+        return ["journal: off"]
+    lines = [f"journal: {journal} ({stats.get('journal_in_flight', 0)} in flight)"]
+    failure = stats.get("journal_error")
+    if failure:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(failure["since"]))
+        lines.append(
+            f"  FAILING since {since} ({failure['reason']}): {failure['held']} events held, "
+            "firing connections wait, acked fires are refused"
+        )
+        lines.append(f"  error: {failure['error']}")
+    failures, refused = stats.get("journal_failures", 0), stats.get("journal_refused", 0)
+    if failures or refused:
+        lines.append(f"  failed commits: {failures}, acked fires refused: {refused}")
+    return lines

@@ -20,6 +20,14 @@ later batches. The journal's last seq does not move for a failed batch, so
 the publisher may resubmit the same records, or give up on them (not fan them
 out, answer an acked fire with an error). A callback that raises is logged
 and does not stop the writer.
+
+When the journal itself cannot commit (the disk is full, read-only or failing:
+:class:`JournalWriteError`), a later batch must not be committed either, or
+the journal would hold seqs with a hole below them that a resuming reader
+could never be told of. So the failure sticks: every batch after it fails
+with the same error, untried, until a batch submitted with ``probe=True``
+commits. The publisher renumbers what failed after the journal's last seq and
+resubmits it as the probe, so numbering goes on without a gap.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import itertools
 import logging
 import math
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from saltbus.errors import JournalError
+from saltbus.errors import JournalError, JournalWriteError
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Durability, Journal
 
@@ -64,6 +73,7 @@ class _Batch:
     records: Sequence[JournalRecord]
     on_committed: CommittedCallback
     on_failed: FailedCallback
+    probe: bool = False
 
 
 # What close() puts on the queue: everything before it is committed first.
@@ -119,6 +129,8 @@ class JournalWriter:
         self._opened = threading.Event()
         self._open_error: BaseException | None = None
         self._last_seq = 0
+        # The error the journal failed with, until a probe batch commits.
+        self._failure: JournalWriteError | None = None
         self._transactions = 0
         self._records_committed = 0
 
@@ -174,14 +186,18 @@ class JournalWriter:
         on_committed: CommittedCallback,
         *,
         on_failed: FailedCallback,
+        probe: bool = False,
     ) -> None:
         """Queue ``records`` (seqs strictly increasing, above every seq
         submitted before) to be committed. Exactly one callback will be called
         for them, from the writer thread, in submission order among all
         batches: ``on_committed(records)`` once they are committed, or
         ``on_failed(records, error)`` if they could not be. Never blocks on
-        the disk. Raises JournalError if the writer is not running."""
-        batch = _Batch(records, on_committed, on_failed)
+        the disk. Raises JournalError if the writer is not running.
+
+        After a :class:`JournalWriteError`, batches fail untried until one
+        with ``probe`` commits (see the module's docstring)."""
+        batch = _Batch(records, on_committed, on_failed, probe)
         with self._lock:
             if self._state != "running":
                 raise JournalError(f"journal writer for {self.path} is {self._state}, not running")
@@ -291,26 +307,51 @@ class JournalWriter:
         return group, False
 
     def _commit(self, journal: Journal, group: list[_Batch]) -> None:
+        if self._failure is not None:
+            # Only a probe may try again; what comes before it fails untried.
+            while group and not group[0].probe:
+                self._finish(group.pop(0), self._failure)
+            if not group:
+                return
         records = list(itertools.chain.from_iterable(batch.records for batch in group))
         try:
             journal.append(records)
         except Exception as exc:
             if len(group) == 1:
-                self._finish(group[0], _as_journal_error(exc))
+                self._fail(group[0], exc)
                 return
             # Find the culprit(s): one transaction per batch, in order.
             for batch in group:
+                if self._failure is not None and not batch.probe:
+                    self._finish(batch, self._failure)
+                    continue
                 try:
                     journal.append(batch.records)
                 except Exception as batch_exc:
-                    self._finish(batch, _as_journal_error(batch_exc))
+                    self._fail(batch, batch_exc)
                 else:
-                    self._committed(len(batch.records), batch.records)
-                    self._finish(batch, None)
+                    self._succeeded(batch)
             return
         self._committed(len(records), records)
+        if self._failure is not None:
+            self._recovered()
         for batch in group:
             self._finish(batch, None)
+
+    def _succeeded(self, batch: _Batch) -> None:
+        self._committed(len(batch.records), batch.records)
+        if self._failure is not None:
+            self._recovered()
+        self._finish(batch, None)
+
+    def _fail(self, batch: _Batch, exc: Exception) -> None:
+        error = _as_journal_error(exc)
+        if isinstance(error, JournalWriteError):
+            self._failure = error
+        self._finish(batch, error)
+
+    def _recovered(self) -> None:
+        self._failure = None
 
     def _committed(self, count: int, records: Sequence[JournalRecord]) -> None:
         self._transactions += 1
@@ -335,6 +376,13 @@ class JournalWriter:
             deleted = journal.enforce_retention(max_rows=RETENTION_STEP_ROWS, hold=hold)
             if deleted and hold is not None:
                 self._warn_of_loss(journal, holds)
+        except JournalError as exc:
+            # A full disk or a damaged file: said in one line, not a traceback
+            # every interval (the commit path reports the same trouble).
+            log.error(
+                "journal retention failed; retrying in %.0f s: %s", self._retention_interval, exc
+            )
+            deleted = 0
         except Exception:
             log.exception("journal retention on %s failed; retrying later", self.path)
             deleted = 0
@@ -370,11 +418,48 @@ class JournalWriter:
 
 
 def _as_journal_error(exc: Exception) -> JournalError:
-    if isinstance(exc, JournalError):
+    """The error a batch failed with: a :class:`JournalWriteError` when the
+    journal's file is what failed (so later batches would fail too), a plain
+    JournalError when the batch itself could not be stored."""
+    cause = exc.__cause__ if isinstance(exc, JournalError) else exc
+    if _file_failed(cause):
+        error: JournalError = JournalWriteError(_reason(cause), str(exc))
+    elif isinstance(exc, JournalError):
         return exc
-    error = JournalError(f"cannot journal the batch: {exc}")
-    error.__cause__ = exc
+    else:
+        error = JournalError(f"cannot journal the batch: {exc}")
+    error.__cause__ = cause
     return error
+
+
+def _file_failed(exc: BaseException | None) -> bool:
+    # IntegrityError and the like are about one batch's rows; OperationalError
+    # (full, read-only, locked, I/O) and a damaged file are about the journal.
+    if isinstance(exc, OSError | sqlite3.OperationalError):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc,
+        sqlite3.IntegrityError
+        | sqlite3.InterfaceError
+        | sqlite3.ProgrammingError
+        | sqlite3.DataError,
+    )
+
+
+def _reason(exc: BaseException | None) -> str:
+    """What an operator is to fix, in a few words."""
+    text = str(exc).lower()
+    if "disk is full" in text or "no space" in text:
+        return "disk full"
+    if "readonly" in text or "read-only" in text:
+        return "read-only"
+    if "malformed" in text or "not a database" in text:
+        return "damaged journal"
+    if "i/o" in text:
+        return "I/O error"
+    if "locked" in text or "busy" in text:
+        return "journal locked"
+    return str(exc) or type(exc).__name__
 
 
 def _seq_range(records: Sequence[JournalRecord]) -> str:

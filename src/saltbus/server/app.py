@@ -212,6 +212,7 @@ class Server:
             await asyncio.wait_for(self.intake.drained(), DRAIN_TIMEOUT)
         except TimeoutError:
             log.error("journal did not finish committing within %s s", DRAIN_TIMEOUT)
+        self.intake.close()
         for task in list(self._replays):
             task.cancel()
         await self._drain_subscribers()
@@ -247,6 +248,7 @@ class Server:
     def subscribe(self, subscriber: Subscriber, request: Subscribe) -> None:
         """Apply a saltbus listener's filter and, when asked, replay from the journal."""
         subscriber.resumable = True
+        subscriber.patterns = tuple(f"{m}:{p}" for p, m in request.patterns)
         matchers = [tag_matcher(p, m) for p, m in request.patterns]
         subscriber.matcher = (
             None
@@ -345,7 +347,7 @@ class Server:
     # -- inspection --------------------------------------------------------
 
     def subscriber_stats(self) -> list[SubscriberStats]:
-        return [s.stats() for s in self.fanout.subscribers]
+        return [s.stats() for s in self.fanout.subscribers if not s.inspector]
 
     def stats(self) -> dict[str, Any]:
         uptime = time.monotonic() - self._started
@@ -361,6 +363,8 @@ class Server:
             "journal": str(self.journal_path) if self.journal_path else None,
             "journal_in_flight": self.intake.in_flight,
             "journal_failures": self.intake.commit_failures,
+            "journal_error": _failure_stats(self.intake),
+            "journal_refused": self.intake.refused,
             "journal_holds": self.retention_holds.positions(),
             "pull_connections": len(self.pull_connections),
             "returners": self.returners.stats() if self.returners is not None else [],
@@ -373,6 +377,7 @@ class Server:
                     "queued_bytes": s.queued_bytes,
                     "resumable": s.resumable,
                     "filtered": s.filtered,
+                    "patterns": list(s.patterns),
                 }
                 for s in self.subscriber_stats()
             ],
@@ -412,6 +417,19 @@ async def _serve(
     if sock.family == socket.AF_UNIX:
         return await loop.create_unix_server(factory, sock=sock)
     return await loop.create_server(factory, sock=sock)
+
+
+def _failure_stats(intake: Intake) -> dict[str, Any] | None:
+    """Why the journal cannot commit now, since when, and what waits for it."""
+    failure = intake.journal_failure
+    if failure is None:
+        return None
+    return {
+        "reason": failure.reason,
+        "error": str(failure),
+        "since": intake.failing_since,
+        "held": intake.held,
+    }
 
 
 def _bound_address(sock: socket.socket, configured: Address) -> Address:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 from saltbus.control import (
     Ack,
     Auth,
+    Nack,
     Refused,
     Stats,
     StatsRequest,
@@ -158,6 +159,13 @@ class PullConnection(asyncio.Protocol):
         framing = self._decoder.framing or Framing.BARE
         transport.write(b"".join(encode_control(Ack(i, s), framing) for i, s in acks))
 
+    def send_nacks(self, request_ids: Sequence[int], reason: str) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        framing = self._decoder.framing or Framing.BARE
+        transport.write(b"".join(encode_control(Nack(i, reason), framing) for i in request_ids))
+
     def pause_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.pause_reading()
@@ -224,6 +232,7 @@ class SubscriberConnection(asyncio.Protocol):
                 if isinstance(message, Subscribe):
                     self._server.subscribe(self.subscriber, message)
                 elif isinstance(message, StatsRequest):
+                    self.subscriber.inspector = True
                     stats = encode_control(Stats(self._server.stats()), self.subscriber.framing)
                     self.subscriber.write_direct(stats)
         except RemoteProtocolError:

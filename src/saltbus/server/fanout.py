@@ -36,6 +36,7 @@ class SubscriberStats:
     queued_bytes: int
     resumable: bool = False
     filtered: bool = False
+    patterns: tuple[str, ...] = ()
 
 
 class Subscriber:
@@ -68,6 +69,10 @@ class Subscriber:
         self.max_bytes = max_bytes
         self.framing = framing
         self.resumable = False
+        # Its tag filter as text, for statistics ("startswith:salt/auth").
+        self.patterns: tuple[str, ...] = ()
+        # A connection that only asks for statistics: not shown in them.
+        self.inspector = False
         self.delivered = 0
         self.dropped = 0
         self.closed = False
@@ -198,6 +203,7 @@ class Subscriber:
             self._queued_bytes,
             self.resumable,
             self.matcher is not None,
+            self.patterns,
         )
 
 

@@ -5,18 +5,33 @@ that saw sequence number N can resume after N from the journal even if the
 publisher is killed the next instant, and a restarted publisher never gives N
 to another event. Commits happen on the journal's own thread, in groups; the
 event loop only hands batches over and gets them back in order.
+
+When the journal cannot commit (disk full, read-only, I/O error), nothing is
+delivered that a resuming reader would later miss. The intake *holds* what
+failed and what arrives meanwhile, in arrival order: a connection whose event
+is held is not read again (a Salt client's ``fire_event`` then times out and
+returns False, as with a publisher that takes nothing), and an event that asks
+for an acknowledgement is refused at once with a :class:`~saltbus.control.Nack`
+naming the cause. Once a second, the held events are renumbered after the
+journal's last seq and tried again as the writer's probe; when they commit,
+they are delivered and the connections read again: numbering goes on with no
+gap. ``saltbus/journal/failed`` (held first, so it is delivered, journaled,
+when the journal recovers) and ``saltbus/journal/recovered`` mark the span.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
+from saltbus.errors import JournalError, JournalWriteError
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.writer import JournalWriter
 from saltbus.server.fanout import FanOut
+from saltbus.wire import pack_body
 
 log = logging.getLogger("saltbus.server")
 
@@ -32,16 +47,25 @@ IN_FLIGHT_LOW_BYTES: Final = 1024 * 1024
 # instead of one per event. An event after a quiet spell goes out at once, so
 # this adds no latency at low rates. (With a journal, group commit batches.)
 COALESCE_SECONDS: Final = 0.0005
-
-
-class AckTarget(Protocol):
-    def send_acks(self, acks: Sequence[tuple[int, int]]) -> None: ...
+# While the journal cannot commit, how often the held events are tried again.
+PROBE_INTERVAL: Final = 1.0
+JOURNAL_FAILED_TAG: Final = "saltbus/journal/failed"
+JOURNAL_RECOVERED_TAG: Final = "saltbus/journal/recovered"
 
 
 class PausableReader(Protocol):
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
+
+
+class AckTarget(PausableReader, Protocol):
+    """A firing connection: told which of its events were journaled (or not),
+    and not read while its events wait for the journal."""
+
+    def send_acks(self, acks: Sequence[tuple[int, int]]) -> None: ...
+
+    def send_nacks(self, request_ids: Sequence[int], reason: str) -> None: ...
 
 
 class Intake:
@@ -58,6 +82,16 @@ class Intake:
         self.in_flight_bytes = 0
         self.received = 0
         self.commit_failures = 0
+        # Acked fires answered with a Nack, since the start.
+        self.refused = 0
+        # Set while the journal cannot commit (see the module's docstring).
+        self.journal_failure: JournalWriteError | None = None
+        self.failing_since: float | None = None
+        self._held: list[tuple[bytes, str]] = []  # failed in the journal, in order
+        self._held_late: list[tuple[bytes, str]] = []  # arrived while failing
+        self._held_sources: set[AckTarget] = set()
+        self._refused_while_failing = 0
+        self._probe: asyncio.TimerHandle | None = None
         # Told the last committed seq after each commit (the returner runner).
         self.on_commit: Callable[[int], None] | None = None
         self._paused = False
@@ -97,12 +131,25 @@ class Intake:
                 self._pending_acks.append((source, pairs))
             self._schedule_flush()
             return
-        records = self.fanout.number(bodies, tags)
-        self.received += len(records)
+        self.received += len(bodies)
+        if self.journal_failure is not None:
+            self._hold(bodies, tags, acks, source, self._held_late)
+            return
+        self._submit(self.fanout.number(bodies, tags), acks, source)
+
+    def _submit(
+        self,
+        records: list[JournalRecord],
+        acks: Sequence[tuple[int, int]],
+        source: AckTarget | None,
+        *,
+        probe: bool = False,
+    ) -> None:
+        assert self.writer is not None
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         self.in_flight += len(records)
-        size = sum(len(body) for body in bodies)
+        size = sum(len(r.body) for r in records)
         self.in_flight_bytes += size
         self._drained.clear()
         over = self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES
@@ -112,12 +159,12 @@ class Intake:
                 reader.pause_reading()
 
         def committed(batch: Sequence[JournalRecord]) -> None:
-            loop.call_soon_threadsafe(self._committed, batch, acks, source, size)
+            loop.call_soon_threadsafe(self._committed, batch, acks, source, size, probe)
 
-        def failed(batch: Sequence[JournalRecord], error: BaseException) -> None:
-            loop.call_soon_threadsafe(self._failed, batch, error, size)
+        def failed(batch: Sequence[JournalRecord], error: JournalError) -> None:
+            loop.call_soon_threadsafe(self._failed, batch, error, acks, source, size)
 
-        self.writer.submit(records, committed, on_failed=failed)
+        self.writer.submit(records, committed, on_failed=failed, probe=probe)
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:
@@ -156,6 +203,7 @@ class Intake:
         acks: Sequence[tuple[int, int]],
         source: AckTarget | None,
         size: int,
+        probe: bool,
     ) -> None:
         self._settle(len(records), size)
         self.fanout.deliver(records)
@@ -163,14 +211,141 @@ class Intake:
             self.on_commit(records[-1].seq)
         if acks and source is not None:
             source.send_acks([(request_id, records[index].seq) for index, request_id in acks])
+        if probe:
+            self._recovered(records)
 
-    def _failed(self, records: Sequence[JournalRecord], error: BaseException, size: int) -> None:
-        # The bus keeps working without durability rather than stopping: the
-        # events go out, and their firing clients get no acknowledgement.
+    def _failed(
+        self,
+        records: Sequence[JournalRecord],
+        error: JournalError,
+        acks: Sequence[tuple[int, int]],
+        source: AckTarget | None,
+        size: int,
+    ) -> None:
         self.commit_failures += 1
-        log.error("journal commit of %d events failed: %s", len(records), error)
         self._settle(len(records), size)
-        self.fanout.deliver(records)
+        bodies = [r.body for r in records]
+        tags = [r.tag for r in records]
+        if not isinstance(error, JournalWriteError):
+            # This batch alone cannot be stored (the journal is fine): it is
+            # refused, and never delivered as if it had been journaled.
+            log.error("refused %d events the journal cannot store: %s", len(records), error)
+            self._refuse(acks, source, str(error))
+            return
+        if self.journal_failure is None:
+            self._start_failing(error)
+        self._hold(bodies, tags, acks, source, self._held)
+        if self.in_flight == 0 and self.writer is not None:
+            # Every numbered batch is back: the next seq is the journal's, so
+            # statistics and new subscribers see the seq readers can resume from.
+            self.fanout.next_seq = self.writer.last_seq + 1
+        self._schedule_probe()
+
+    # -- while the journal cannot commit ----------------------------------------
+
+    def _start_failing(self, error: JournalWriteError) -> None:
+        assert self.writer is not None
+        self.journal_failure = error
+        self.failing_since = time.time()
+        self._refused_while_failing = 0
+        log.error(
+            "journal cannot commit (%s): %s; holding events until it can (acked fires "
+            "are refused, firing connections wait)",
+            error.reason,
+            error,
+        )
+        notice = {
+            "reason": error.reason,
+            "error": str(error),
+            "last_seq": self.writer.last_seq,
+            "since": self.failing_since,
+        }
+        self._held.append((pack_body(JOURNAL_FAILED_TAG, notice), JOURNAL_FAILED_TAG))
+
+    def _hold(
+        self,
+        bodies: Sequence[bytes],
+        tags: Sequence[str],
+        acks: Sequence[tuple[int, int]],
+        source: AckTarget | None,
+        into: list[tuple[bytes, str]],
+    ) -> None:
+        assert self.journal_failure is not None
+        self._refuse(acks, source, f"journal cannot commit: {self.journal_failure.reason}")
+        acked = {index for index, _ in acks}
+        kept = [pair for i, pair in enumerate(zip(bodies, tags, strict=True)) if i not in acked]
+        if not kept:
+            return
+        into += kept
+        if source is not None and source not in self._held_sources:
+            self._held_sources.add(source)
+            source.pause_reading()
+
+    def _refuse(self, acks: Sequence[tuple[int, int]], source: AckTarget | None, why: str) -> None:
+        if not acks:
+            return
+        self.refused += len(acks)
+        self._refused_while_failing += len(acks)
+        if source is not None:
+            source.send_nacks([request_id for _, request_id in acks], why)
+
+    def _schedule_probe(self) -> None:
+        if self._probe is None and self.in_flight == 0 and self._loop is not None:
+            self._probe = self._loop.call_later(PROBE_INTERVAL, self._run_probe)
+
+    def _run_probe(self) -> None:
+        """Renumber the held events after the journal's last seq and try them."""
+        self._probe = None
+        if self.journal_failure is None or self.writer is None or self.in_flight:
+            return
+        held = self._held + self._held_late
+        self._held, self._held_late = [], []
+        self.fanout.next_seq = self.writer.last_seq + 1
+        bodies = [body for body, _ in held]
+        tags = [tag for _, tag in held]
+        self._submit(self.fanout.number(bodies, tags), (), None, probe=True)
+
+    def _recovered(self, records: Sequence[JournalRecord]) -> None:
+        error, since = self.journal_failure, self.failing_since
+        assert error is not None and since is not None
+        self.journal_failure = None
+        self.failing_since = None
+        seconds = time.time() - since
+        log.warning(
+            "journal commits again after %.1f s (%s): %d held events journaled and delivered, "
+            "%d acked fires refused",
+            seconds,
+            error.reason,
+            len(records),
+            self._refused_while_failing,
+        )
+        sources, self._held_sources = self._held_sources, set()
+        if not self._paused:
+            for source in sources:
+                source.resume_reading()
+        notice: dict[str, Any] = {
+            "reason": error.reason,
+            "seconds": round(seconds, 3),
+            "held": len(records) - 1,  # the failed notice is one of them
+            "refused": self._refused_while_failing,
+        }
+        self.accept([pack_body(JOURNAL_RECOVERED_TAG, notice)], [JOURNAL_RECOVERED_TAG])
+
+    @property
+    def held(self) -> int:
+        """Events waiting for the journal to commit again."""
+        return len(self._held) + len(self._held_late)
+
+    def close(self) -> None:
+        """Stop trying the journal; say what is lost with the held events."""
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        if self.held:
+            log.error(
+                "%d events held while the journal could not commit are lost at shutdown",
+                self.held,
+            )
 
     def _settle(self, count: int, size: int) -> None:
         self.in_flight -= count
@@ -182,7 +357,8 @@ class Intake:
         ):
             self._paused = False
             for reader in self.readers:
-                reader.resume_reading()
+                if reader not in self._held_sources:
+                    reader.resume_reading()
         if self.in_flight == 0:
             self._drained.set()
 
