@@ -1,0 +1,54 @@
+"""The writer's failure that sticks: once the journal's file cannot be written
+(a full disk here, a real tmpfs), no later batch commits around the hole until
+a probe batch does, and batch-specific failures still fail alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saltbus.errors import JournalWriteError
+from saltbus.journal.store import Journal
+from saltbus.journal.writer import JournalWriter
+from tests.disk_support import fill, small_disk
+from tests.test_journal import Outcomes, records, seqs
+
+BIG = 20_000  # bytes of data per event: a few fill the margin left
+
+
+def test_a_full_disk_fails_every_later_batch_until_a_probe_commits(tmp_path: Path) -> None:
+    outcomes = Outcomes()
+    with small_disk(tmp_path, 8) as disk:
+        path = disk / "bus.sqlite3"
+        with JournalWriter(path, durability="batch") as writer:
+            writer.submit(records(1, 5), outcomes.committed, on_failed=outcomes.failed)
+            outcomes.wait_for(1)
+            filler = fill(disk, leave=64 * 1024)
+            # Batches of big events until one fails for want of space.
+            seq = 6
+            while not outcomes.errors and seq < 1000:
+                batch = records(seq, seq + 9)
+                batch = [r.__class__(r.seq, r.time, r.tag, r.body + b"\0" * BIG) for r in batch]
+                writer.submit(batch, outcomes.committed, on_failed=outcomes.failed)
+                outcomes.wait_for(1)
+                seq += 10
+            assert outcomes.errors, "the disk never filled"
+            error = outcomes.errors[-1]
+            assert isinstance(error, JournalWriteError) and error.reason == "disk full"
+            last = writer.last_seq
+            filler.unlink()
+            # Space is back, but a plain batch still fails untried: it would
+            # commit above the events that failed.
+            writer.submit(records(seq, seq), outcomes.committed, on_failed=outcomes.failed)
+            outcomes.wait_for(1)
+            assert outcomes.order[-1][0] == "failed"
+            assert outcomes.errors[-1] is error
+            # The probe, renumbered after the journal's last seq, commits.
+            writer.submit(
+                records(last + 1, last + 3), outcomes.committed, on_failed=outcomes.failed, probe=True
+            )
+            outcomes.wait_for(1)
+            writer.submit(records(last + 4, last + 4), outcomes.committed, on_failed=outcomes.failed)
+            outcomes.wait_for(1)
+            assert [kind for kind, _ in outcomes.order[-2:]] == ["committed", "committed"]
+        with Journal.open(path, readonly=True) as journal:
+            assert seqs(journal.read()) == list(range(1, last + 5))
