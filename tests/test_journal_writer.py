@@ -43,11 +43,10 @@ def test_a_full_disk_fails_every_later_batch_until_a_probe_commits(tmp_path: Pat
             assert outcomes.order[-1][0] == "failed"
             assert outcomes.errors[-1] is error
             # The probe, renumbered after the journal's last seq, commits.
-            writer.submit(
-                records(last + 1, last + 3), outcomes.committed, on_failed=outcomes.failed, probe=True
-            )
+            done, failed = outcomes.committed, outcomes.failed
+            writer.submit(records(last + 1, last + 3), done, on_failed=failed, probe=True)
             outcomes.wait_for(1)
-            writer.submit(records(last + 4, last + 4), outcomes.committed, on_failed=outcomes.failed)
+            writer.submit(records(last + 4, last + 4), done, on_failed=failed)
             outcomes.wait_for(1)
             assert [kind for kind, _ in outcomes.order[-2:]] == ["committed", "committed"]
         with Journal.open(path, readonly=True) as journal:

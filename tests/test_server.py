@@ -841,10 +841,13 @@ def test_publish_framing_follows_salt_version(
 # -- slow and misbehaving subscribers --------------------------------------------------------
 
 
-def test_stuck_subscriber_drops_while_another_gets_everything(sock_dir: Path) -> None:
+def test_a_stuck_subscriber_is_cut_loose_while_another_gets_everything(sock_dir: Path) -> None:
     n, size = 50_000, 1024
     config = make_config(
-        sock_dir, subscriber_queue_events=2000, subscriber_queue_bytes=2 * 1024 * 1024
+        sock_dir,
+        subscriber_queue_events=2000,
+        subscriber_queue_bytes=2 * 1024 * 1024,
+        subscriber_stall_timeout=1.0,
     )
     with EmbeddedPublisher(config) as bus:
         stuck = RawSubscriber(bus.pub_address)
@@ -852,60 +855,27 @@ def test_stuck_subscriber_drops_while_another_gets_everything(sock_dir: Path) ->
         good = RawSubscriber(bus.pub_address)
         wait_until(lambda: len(bus.subscriber_stats()) == 2, "subscribers")
         frames = [encode_frame(body("bulk", i, pad=size - 30)) for i in range(n)]
-        assert all(1000 < len(f) < 1100 for f in frames[:10])
-        started = time.perf_counter()
         with connect(bus.pull_address) as pull:
             batch = 500
             for start in range(0, n, batch):
                 pull.sendall(b"".join(frames[start : start + batch]))
-                # Pace the firing client to the reading subscriber (a window of
-                # 1,000 events, under its 2,000-event bound), as a real one would be.
                 good.read_tag("bulk", max(0, start + batch - 1000), timeout=30)
             bulk = good.read_tag("bulk", n, timeout=60)
-        elapsed = time.perf_counter() - started
+        # The reader that kept reading lost nothing, though the stuck one
+        # filled its queue: the firing side waited instead.
         assert [data_of(f)["n"] for f in bulk] == list(range(n))
-        # The drops are reported on the bus (saltbus/subscriber/lagged, once a
-        # second); wait for the report that covers them all.
-        stats = bus.subscriber_stats()  # same process: both peers have the same label
-        assert len(stats) == 2
-        reading, stalled = sorted(stats, key=lambda s: s.dropped)
-        # Read on until no report came for two intervals.
-        deadline = time.monotonic() + WAIT
-        quiet_since = time.monotonic()
-        seen = 0
-        while time.monotonic() - quiet_since < 2 * LAG_REPORT_INTERVAL:
-            assert time.monotonic() < deadline, "lagged reports never stopped"
-            good._read(time.monotonic() + 0.1)
-            if (now := sum(1 for f in good.frames if f.tag == LAGGED_TAG)) != seen:
-                seen, quiet_since = now, time.monotonic()
-        reports = [data_of(f) for f in good.frames if f.tag == LAGGED_TAG]
-        assert reports
-        assert {r["peer"] for r in reports} == {stalled.peer}
-        assert sum(r["dropped"] for r in reports) == reports[-1]["total_dropped"]
-        stats = bus.subscriber_stats()
-        reading, stalled = sorted(stats, key=lambda s: s.dropped)
-        # Every drop was reported but the one the last report itself caused.
-        assert stalled.dropped - 1 <= reports[-1]["total_dropped"] <= stalled.dropped
-        published = n + len(reports)
-        assert reading.dropped == 0
-        assert reading.delivered == published
-        assert stalled.dropped > n // 2
-        assert stalled.queued_events <= config.subscriber_queue_events
-        assert stalled.queued_bytes <= config.subscriber_queue_bytes
-        assert stalled.delivered + stalled.dropped + stalled.queued_events == published
-        print(
-            f"\n{n} x {size} B with a stuck subscriber in {elapsed:.2f} s "
-            f"({n / elapsed:.0f} events/s); stuck: {stalled}"
-        )
-        # The stuck one, reading at last, gets an in-order run of the newest events.
+        # The stuck one was cut loose after the stall timeout, and its loss reported.
+        wait_until(lambda: len(bus.subscriber_stats()) == 1, "the stuck subscriber cut loose")
+        reports = good.read_tag(LAGGED_TAG, 1, timeout=30)
+        assert reports[0].tag == LAGGED_TAG
+        assert data_of(reports[0])["dropped"] > 0
+        assert bus.subscriber_stats()[0].dropped == 0
+        # What it gets, reading at last, is an in-order run, then the end.
         stuck.sock.setblocking(True)
-        expected = stalled.delivered + stalled.queued_events
-        got = stuck.read(expected, timeout=30)
+        got = stuck.read_to_eof(timeout=30)
         seqs = [f.head["seq"] for f in got]
         assert seqs == sorted(seqs)
-        ns = [data_of(f)["n"] for f in got if f.tag == "bulk"]
-        assert ns == sorted(ns)
-        assert ns[-1] == n - 1
+        assert len(got) < n
         stuck.close()
         good.close()
 
@@ -952,7 +922,7 @@ def test_stuck_subscriber_memory_is_bounded_in_serve(
     assert len(good.read_tag("bulk", n)) == n
     assert growth < 48, f"publisher memory grew by {growth:.0f} MB"
     assert bus.alive()
-    assert "not reading" in bus.log
+    assert "(stuck; see subscriber_stall_timeout)" in bus.log
     stuck.close()
     good.close()
 
@@ -961,7 +931,7 @@ def test_lagged_reports_stop_when_the_traffic_stops(sock_dir: Path) -> None:
     """A stuck Salt listener's drops are reported once a second while events
     flow; the reports must not keep themselves going (each one pushing one more
     event out of the stuck queue) once nothing is fired any more."""
-    config = make_config(sock_dir, subscriber_queue_events=10)
+    config = make_config(sock_dir, subscriber_queue_events=10, subscriber_stall_timeout=1.0)
     with EmbeddedPublisher(config) as bus:
         stuck = RawSubscriber(bus.pub_address)
         stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -983,7 +953,7 @@ def test_lagged_reports_stop_when_the_traffic_stops(sock_dir: Path) -> None:
         reports = [data_of(f) for f in good.frames if f.tag == LAGGED_TAG]
         assert len(reports) <= 2, reports
         assert reports[0] == data_of(first[0])
-        assert reports[0]["dropped"] > 1000
+        assert reports[0]["dropped"] > 0
         stuck.close()
         good.close()
 

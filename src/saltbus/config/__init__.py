@@ -72,6 +72,10 @@ class Config:
     # publisher holds at most this much for it (plus the kernel's socket buffer).
     subscriber_queue_events: int = 100_000
     subscriber_queue_bytes: int = 8 * 1024 * 1024
+    # A Salt listener over those bounds slows the firing side while it reads;
+    # one that takes nothing for this long is stuck and is disconnected.
+    # (Salt 3008's publish_drain_timeout, which a Salt config file sets too.)
+    subscriber_stall_timeout: float = 5.0
     # The journal: none, batch (group commit; survives a crash of the process)
     # or fsync (on disk before an event is acknowledged). One SQLite file per
     # bus under data_dir (default: /var/lib/saltbus as root, else
@@ -152,6 +156,10 @@ class Config:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be a TCP port, not {port}")
+        if not self.subscriber_stall_timeout > 0:
+            raise ConfigError(
+                f"subscriber_stall_timeout must be positive, not {self.subscriber_stall_timeout}"
+            )
         if self.max_connections <= 0 or self.partial_frame_timeout <= 0:
             raise ConfigError("max_connections and partial_frame_timeout must be positive")
         check_returner_settings(self)
@@ -310,6 +318,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
     # A key with no value ("id:") is as if it were absent, as with overrides.
     values = {k: v for k, v in loaded.items() if k in _FIELDS and v is not None}
+    if loaded.get("publish_drain_timeout") is not None:
+        values.setdefault("subscriber_stall_timeout", loaded["publish_drain_timeout"])
     return with_salt_returner_options(loaded, values)
 
 
@@ -357,7 +367,7 @@ def _convert(name: str, value: Any) -> Any:
         return to_bool(name, value)
     if name == "sock_group":
         return str(value)
-    if name in ("journal_max_age", "partial_frame_timeout"):
+    if name in ("journal_max_age", "partial_frame_timeout", "subscriber_stall_timeout"):
         try:
             return float(value)
         except (TypeError, ValueError):

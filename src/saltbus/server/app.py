@@ -70,6 +70,9 @@ class Server:
         self._exit: asyncio.Event | None = None
         self._replays: set[asyncio.Task[None]] = set()
         self._dropped_unreported: dict[Subscriber, int] = {}
+        # Salt listeners whose queue is over its bounds: while there is one,
+        # the pull connections are not read (see Subscriber).
+        self._backlogged: set[Subscriber] = set()
         self._lag_report: asyncio.TimerHandle | None = None
         self._lag_events_last_fired = 0
         self._started = time.monotonic()
@@ -84,7 +87,7 @@ class Server:
 
     @property
     def intake_paused(self) -> bool:
-        return self.intake._paused
+        return self.intake.paused
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -303,6 +306,24 @@ class Server:
             loop = asyncio.get_running_loop()
             self._lag_report = loop.call_later(LAG_REPORT_INTERVAL, self._fire_lag_reports)
 
+    def report_backlog(self, subscriber: Subscriber, backlogged: bool) -> None:
+        """Slow the firing side while a Salt listener catches up."""
+        if backlogged:
+            self._backlogged.add(subscriber)
+            self.intake.pause("subscribers")
+            log.info("subscriber %s is behind; firing connections wait for it", subscriber.peer)
+            return
+        self._backlogged.discard(subscriber)
+        if not self._backlogged:
+            self.intake.resume("subscribers")
+
+    def _cut_loose_stuck(self, now: float) -> None:
+        timeout = self.config.subscriber_stall_timeout
+        for subscriber in list(self._backlogged):
+            stalled = now - subscriber.last_progress
+            if stalled > timeout:
+                subscriber.cut_loose(stalled)
+
     def _fire_lag_reports(self) -> None:
         self._lag_report = None
         reports, self._dropped_unreported = self._dropped_unreported, {}
@@ -332,9 +353,11 @@ class Server:
         ``partial_frame_timeout``: each holds a buffer, and a few thousand such
         connections would otherwise hold the publisher's memory."""
         timeout = self.config.partial_frame_timeout
+        interval = min(1.0, timeout / 2, self.config.subscriber_stall_timeout / 4)
         while True:
-            await asyncio.sleep(min(1.0, timeout / 2))
+            await asyncio.sleep(interval)
             now = time.monotonic()
+            self._cut_loose_stuck(now)
             for pull in list(self.pull_connections):
                 if pull.stalled_since(now) > timeout:
                     log.warning(

@@ -210,6 +210,7 @@ class SubscriberConnection(asyncio.Protocol):
             max_bytes=config.subscriber_queue_bytes,
             framing=server.fanout.framing,
             on_dropped=server.report_dropped,
+            on_backlog=server.report_backlog,
         )
         server.subscriber_connections.add(self)
         if admission.authenticated:

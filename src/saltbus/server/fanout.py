@@ -44,11 +44,19 @@ class Subscriber:
 
     While the transport accepts data, frames go straight to it. When it pauses
     (the reader is not keeping up) or a replay is being sent, frames queue
-    here. Past ``max_events`` or ``max_bytes``, a Salt subscriber loses its
-    oldest queued events (counted, and reported through ``on_dropped``); a
-    resumable saltbus subscriber is sent a :class:`Lagged` notice and
-    disconnected instead, and resumes from the journal without loss. Either
-    way a stalled reader costs bounded memory and never delays anyone else.
+    here. Past ``max_events`` or ``max_bytes``:
+
+    - a resumable saltbus subscriber is sent a :class:`Lagged` notice and
+      disconnected, and resumes from the journal without loss;
+    - a Salt subscriber, which cannot resume, is *backlogged*: with an
+      ``on_backlog`` handler (the publisher's), the firing side is slowed
+      until the queue is back under half its bounds, so a reader that keeps
+      reading loses nothing to a burst. One that makes no progress for the
+      stall timeout is *stuck*: the publisher calls :meth:`cut_loose`;
+    - without a handler, it loses its oldest queued events (counted, and
+      reported through ``on_dropped``).
+
+    Either way a stalled reader costs bounded memory.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class Subscriber:
         matcher: TagMatcher | None = None,
         framing: Framing = Framing.BARE,
         on_dropped: Callable[[Subscriber, int], None] | None = None,
+        on_backlog: Callable[[Subscriber, bool], None] | None = None,
     ) -> None:
         self.transport = transport
         self.peer = peer
@@ -77,6 +86,10 @@ class Subscriber:
         self.dropped = 0
         self.closed = False
         self._on_dropped = on_dropped
+        self._on_backlog = on_backlog
+        self.backlogged = False
+        # When the reader last took data (its transport was writable again).
+        self.last_progress = time.monotonic()
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._paused = False
@@ -105,6 +118,13 @@ class Subscriber:
             return
         if self.resumable:
             self.disconnect_lagged()
+            return
+        if self._on_backlog is not None:
+            # Memory stays bounded: the publisher stops reading what is fired,
+            # so what still comes is what it had read already.
+            if not self.backlogged:
+                self.backlogged = True
+                self._on_backlog(self, True)
             return
         dropped = 0
         while len(self._queue) > self.max_events or self._queued_bytes > self.max_bytes:
@@ -145,6 +165,7 @@ class Subscriber:
 
     def resume(self) -> None:
         self._paused = False
+        self.last_progress = time.monotonic()
         self._writable.set()
         if not self._holding:
             self._flush()
@@ -157,6 +178,36 @@ class Subscriber:
         waiting in :meth:`writable` (it would wait forever, holding its events)."""
         self.closed = True
         self._writable.set()
+        self._end_backlog()
+
+    def cut_loose(self, stalled_for: float) -> None:
+        """A backlogged Salt reader made no progress for ``stalled_for``
+        seconds: its queued events are dropped (counted and reported) and its
+        connection closed, so that the firing side goes on."""
+        dropped = len(self._queue)
+        log.warning(
+            "subscriber %s took nothing for %.1f s with %d events queued; closing it "
+            "(stuck; see subscriber_stall_timeout)",
+            self.peer,
+            stalled_for,
+            dropped,
+        )
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.dropped += dropped
+        self.closed = True
+        # abort, not close: close would wait for the reader to take what the
+        # transport buffers, which a stuck reader never does.
+        self.transport.abort()
+        self._end_backlog()
+        if self._on_dropped is not None and dropped:
+            self._on_dropped(self, dropped)
+
+    def _end_backlog(self) -> None:
+        if self.backlogged:
+            self.backlogged = False
+            if self._on_backlog is not None:
+                self._on_backlog(self, False)
 
     def _flush(self) -> None:
         queue = self._queue
@@ -171,6 +222,12 @@ class Subscriber:
             self.delivered += len(chunk)
             # write() may call pause() synchronously, which ends the loop.
             self.transport.write(b"".join(chunk))
+        if (
+            self.backlogged
+            and len(queue) <= self.max_events // 2
+            and self._queued_bytes <= self.max_bytes // 2
+        ):
+            self._end_backlog()
         if not queue and self._lagging:
             self._lagging = False
             log.warning(

@@ -94,7 +94,10 @@ class Intake:
         self._probe: asyncio.TimerHandle | None = None
         # Told the last committed seq after each commit (the returner runner).
         self.on_commit: Callable[[int], None] | None = None
-        self._paused = False
+        # Why the pull connections are not read now: "journal" (too much in
+        # flight) and "subscribers" (a Salt listener that reads, but slower
+        # than events come); they are read again once no reason is left.
+        self._pause_reasons: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained = asyncio.Event()
         self._drained.set()
@@ -152,11 +155,8 @@ class Intake:
         size = sum(len(r.body) for r in records)
         self.in_flight_bytes += size
         self._drained.clear()
-        over = self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES
-        if over and not self._paused:
-            self._paused = True
-            for reader in self.readers:
-                reader.pause_reading()
+        if self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES:
+            self.pause("journal")
 
         def committed(batch: Sequence[JournalRecord]) -> None:
             loop.call_soon_threadsafe(self._committed, batch, acks, source, size, probe)
@@ -320,7 +320,7 @@ class Intake:
             self._refused_while_failing,
         )
         sources, self._held_sources = self._held_sources, set()
-        if not self._paused:
+        if not self.paused:
             for source in sources:
                 source.resume_reading()
         notice: dict[str, Any] = {
@@ -350,17 +350,32 @@ class Intake:
     def _settle(self, count: int, size: int) -> None:
         self.in_flight -= count
         self.in_flight_bytes -= size
-        if (
-            self._paused
-            and self.in_flight < IN_FLIGHT_LOW
-            and self.in_flight_bytes < IN_FLIGHT_LOW_BYTES
-        ):
-            self._paused = False
+        if self.in_flight < IN_FLIGHT_LOW and self.in_flight_bytes < IN_FLIGHT_LOW_BYTES:
+            self.resume("journal")
+        if self.in_flight == 0:
+            self._drained.set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the pull connections are not being read now."""
+        return bool(self._pause_reasons)
+
+    def pause(self, reason: str) -> None:
+        """Stop reading the pull connections (firing clients then block in
+        their sends) until :meth:`resume` with every reason given."""
+        if not self._pause_reasons:
+            for reader in self.readers:
+                reader.pause_reading()
+        self._pause_reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._pause_reasons:
+            return
+        self._pause_reasons.discard(reason)
+        if not self._pause_reasons:
             for reader in self.readers:
                 if reader not in self._held_sources:
                     reader.resume_reading()
-        if self.in_flight == 0:
-            self._drained.set()
 
     async def drained(self) -> None:
         """Wait until every event handed to the journal was delivered."""
