@@ -16,7 +16,7 @@ from typing import Any, Final
 from saltbus.config import Address, Config
 from saltbus.control import Subscribe, Subscribed, encode_control
 from saltbus.errors import ConfigError
-from saltbus.event import MatchType, tag_matcher
+from saltbus.event import MatchType, tag_matcher, utc_stamp
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
@@ -60,7 +60,12 @@ class Server:
             self.journal_path = journal_path(data_dir, config.sock_dir, config.socket_prefix)
         self._writer: JournalWriter | None = None
         self.returners: ReturnerRunner | None = None
-        self.intake = Intake(self.fanout, None, self.pull_connections)  # type: ignore[arg-type]
+        self.intake = Intake(
+            self.fanout,
+            None,
+            self.pull_connections,  # type: ignore[arg-type]
+            stamp_has_offset=config.generation.stamp_has_offset,
+        )
         self.epoch = secrets.randbits(63)
         # The lock file also marks the bus as saltbus's, in tcp mode too.
         self._lock = BusLock(config)
@@ -335,7 +340,12 @@ class Server:
         bodies = [
             pack_body(
                 LAGGED_TAG,
-                {"peer": sub.peer, "dropped": count, "total_dropped": sub.dropped},
+                {
+                    "peer": sub.peer,
+                    "dropped": count,
+                    "total_dropped": sub.dropped,
+                    "_stamp": utc_stamp(self.config.generation.stamp_has_offset),
+                },
             )
             for sub, count in reports.items()
             if count > echo

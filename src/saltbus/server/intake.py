@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 from saltbus.errors import JournalError, JournalWriteError
+from saltbus.event import utc_stamp
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.writer import JournalWriter
 from saltbus.server.fanout import FanOut
@@ -74,10 +75,13 @@ class Intake:
         fanout: FanOut,
         writer: JournalWriter | None,
         readers: set[PausableReader],
+        *,
+        stamp_has_offset: bool = False,
     ) -> None:
         self.fanout = fanout
         self.writer = writer
         self.readers = readers
+        self._stamp_has_offset = stamp_has_offset
         self.in_flight = 0
         self.in_flight_bytes = 0
         self.received = 0
@@ -259,6 +263,7 @@ class Intake:
             "error": str(error),
             "last_seq": self.writer.last_seq,
             "since": self.failing_since,
+            "_stamp": utc_stamp(self._stamp_has_offset),
         }
         self._held.append((pack_body(JOURNAL_FAILED_TAG, notice), JOURNAL_FAILED_TAG))
 
@@ -328,6 +333,7 @@ class Intake:
             "seconds": round(seconds, 3),
             "held": len(records) - 1,  # the failed notice is one of them
             "refused": self._refused_while_failing,
+            "_stamp": utc_stamp(self._stamp_has_offset),
         }
         self.accept([pack_body(JOURNAL_RECOVERED_TAG, notice)], [JOURNAL_RECOVERED_TAG])
 
