@@ -591,12 +591,31 @@ def test_sigint_to_listen_waiting_for_a_publisher_exits_0(
     assert_clean_stderr(listen.stderr())
 
 
-def test_listen_with_no_publisher_exits_1_naming_the_socket(bus: Bus) -> None:
-    result = run("listen", *bus.flags, "--count", "1", timeout=WAIT)
+def test_listen_no_wait_with_no_publisher_exits_1_naming_the_socket(bus: Bus) -> None:
+    result = run("listen", *bus.flags, "--no-wait", "--count", "1", timeout=WAIT)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and os.fspath(bus.pub) in lines[0], result.stderr
+    assert lines[0].startswith("saltbus: error: ")
     assert_clean_stderr(result.stderr)
+
+
+def test_listen_started_before_the_bus_waits_for_it(
+    procs: Callable[..., Proc], serves: Callable[..., ServeProcess], bus: Bus
+) -> None:
+    """It once exited 1 at once, though it reconnects after a publisher restart."""
+    listen = procs("listen", "--tag", "early/", "--count", "2", *bus.flags)
+    wait_until(lambda: "waiting for the bus" in listen.stderr(), "listen to say it waits")
+    assert listen.popen.poll() is None
+    start_serve(serves, bus)
+    wait_until(lambda: bus.subscribed(listen.pid), "listen to subscribe")
+    fire(bus, "early/one", "n=1")
+    fire(bus, "early/two", "n=2")
+    assert listen.wait() == 0, listen.stderr()
+    assert [split_line(line)[0] for line in listen.rest()] == ["early/one", "early/two"]
+    lines = listen.stderr().splitlines()
+    assert len(lines) == 1, lines  # said once, however long it waited
+    assert os.fspath(bus.pub) in lines[0] and "--no-wait" in lines[0]
 
 
 def test_listen_output_closed_early_is_quiet(bus: Bus, serves: Callable[..., ServeProcess]) -> None:
