@@ -100,7 +100,27 @@ def test_nan_and_infinity_are_refused_with_a_way_out(raw: str) -> None:
 def test_what_json_objects_cannot_carry_is_refused_naming_where(text: str, where: str) -> None:
     assert where in refused(text)
     assert where in refused("-", stdin=text)
-    assert where in refused(f"v={text}")
+    assert where.replace("data", "data['v']", 1) in refused(f"v={text}")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (r'{"a": "\ud800"}', "data['a'] ('\\ud800') holds a lone surrogate"),
+        (r'{"a": ["x\udfffy"]}', "data['a'][0] ('x\\udfffy') holds a lone surrogate"),
+        (r'{"a": {"\udc00": 1}}', "a key in data['a'] ('\\udc00') holds a lone surrogate"),
+    ],
+)
+def test_lone_surrogates_utf8_cannot_carry_are_refused(text: str, where: str) -> None:
+    assert where in refused(text)
+    assert where.replace("data", "data['v']", 1) in refused(f"v={text}")
+
+
+def test_a_surrogate_pair_is_one_character() -> None:
+    assert parse_data([r'{"a": "\ud83d\ude00"}', r's="\ud83d\ude00"']) == {
+        "a": "\U0001f600",
+        "s": "\U0001f600",
+    }
 
 
 def test_integers_msgpack_cannot_carry_are_refused() -> None:

@@ -13,8 +13,9 @@ The rules, chosen so that a user can tell from a word what it becomes:
   ``no`` is false: a version or a country code silently changes.
 - A key given twice, in two words or twice in one object, is an error rather
   than the last one silently winning.
-- NaN and Infinity (not JSON: ``jq`` cannot read them back) and integers
-  msgpack cannot carry (outside -2**63 .. 2**64-1) are errors, wherever they are.
+- NaN and Infinity (not JSON: ``jq`` cannot read them back), integers
+  msgpack cannot carry (outside -2**63 .. 2**64-1) and lone surrogate escapes
+  (``"\\ud800"``, which UTF-8 cannot carry) are errors, wherever they are.
 """
 
 from __future__ import annotations
@@ -116,13 +117,8 @@ def _value(key: str, raw: str) -> Any:
             f"""for the text, quote it: {key}='"{raw}"'"""
         )
     if raw.startswith(('"', "[", "{")):
-        try:
-            return _loads(raw, f"the value of {key}")
-        except ConfigError as exc:
-            raise ConfigError(
-                f"{exc} (a value starting with {raw[0]} is read as JSON; for text, "
-                "write it as a JSON string)"
-            ) from None
+        hint = f" (a value starting with {raw[0]} is read as JSON; for text, write a JSON string)"
+        return _loads(raw, f"the value of {key}", root=(key,), hint=hint)
     number = _number(raw)
     if number is None:
         return raw
@@ -144,7 +140,9 @@ def _number(raw: str) -> int | float | None:
     return value  # type: ignore[no-any-return]
 
 
-def _loads(text: str, source: str) -> Any:
+def _loads(text: str, source: str, *, root: tuple[str, ...] = (), hint: str = "") -> Any:
+    """``text`` as JSON by the rules; ``root`` is where it sits in the data."""
+
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj: dict[str, Any] = {}
         for key, value in pairs:
@@ -156,21 +154,27 @@ def _loads(text: str, source: str) -> Any:
     try:
         value = json.loads(text, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source} is not valid JSON: {exc}") from None
+        raise ConfigError(f"{source} is not valid JSON: {exc}{hint}") from None
     except RecursionError:
         raise ConfigError(f"{source} is nested too deeply") from None
-    _check_values(value, source)
+    _check_values(value, source, root)
     return value
 
 
-def _check_values(value: Any, source: str) -> None:
-    """Refuse NaN, Infinity (also from an overflowing 1e999) and integers
-    msgpack cannot carry, naming where they are."""
-    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+def _check_values(value: Any, source: str, root: tuple[str, ...]) -> None:
+    """Refuse NaN, Infinity (also from an overflowing 1e999), integers msgpack
+    cannot carry and lone surrogates, naming where they are."""
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, root)]
     while pending:
         item, path = pending.pop()
         if isinstance(item, dict):
+            for key in item:
+                if not _utf8(key):
+                    raise _surrogate_error(source, f"a key in {_where(path)}", key)
             pending.extend((v, (*path, k)) for k, v in item.items())
+        elif isinstance(item, str):
+            if not _utf8(item):
+                raise _surrogate_error(source, _where(path), item)
         elif isinstance(item, list):
             pending.extend((v, (*path, i)) for i, v in enumerate(item))
         elif isinstance(item, float) and not math.isfinite(item):
@@ -180,6 +184,23 @@ def _check_values(value: Any, source: str) -> None:
             )
         elif isinstance(item, int) and not _carried(item):
             raise _int_error(source, _where(path))
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is free of the lone surrogates a JSON \\ud800 escape
+    gives, which UTF-8 (and so msgpack) cannot carry."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate_error(source: str, where: str, text: str) -> ConfigError:
+    return ConfigError(
+        f"{source}: {where} ({text!r:.40}) holds a lone surrogate escape (\\ud800-\\udfff), "
+        "which UTF-8 cannot carry; escape a whole surrogate pair or the character itself"
+    )
 
 
 def _carried(value: int) -> bool:
