@@ -19,8 +19,8 @@ HELP = "fire an event onto a bus"
 DESCRIPTION = """\
 Fire one event with tag TAG. Each DATA word is one of:
   {...}       a JSON object
-  -           a JSON object read from stdin (data of any size)
-  @FILE       a JSON object read from FILE
+  -           a JSON object read from stdin (no ~128 KiB limit, as for words)
+  @FILE       a JSON object read from FILE (likewise)
   key=value   one key; the value is JSON where it is JSON as written: true,
               false, null, a number that writes back as the same text (1, -3,
               2.5), or a value starting with " [ or { (then it must be valid
@@ -28,8 +28,9 @@ Fire one event with tag TAG. Each DATA word is one of:
               1e3, 007 and web1. For text that looks like JSON, quote it:
               n='"1"'.
 The words are combined; a key given twice is an error, not the last one
-winning. NaN, Infinity and integers outside -2**63 .. 2**64-1 are refused:
-jq cannot read the first two back, and msgpack cannot carry the others.
+winning. NaN, Infinity, integers outside -2**63 .. 2**64-1 and lone surrogate
+escapes (\\ud800) are refused: jq cannot read the first two back, and
+msgpack cannot carry the others.
 (Salt's event.send reads values as YAML, where 1.10 becomes 1.1 and no
 becomes false: saltbus keeps what was written.) A `_stamp` is added as
 Salt's clients add it.
