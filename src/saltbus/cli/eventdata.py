@@ -3,7 +3,8 @@
 The rules, chosen so that a user can tell from a word what it becomes:
 
 - ``{...}`` is a JSON object; ``-`` is a JSON object read from stdin and
-  ``@FILE`` one read from FILE (data of any size, past the command line's limit).
+  ``@FILE`` one read from FILE: not held to the ~128 KiB a command-line word
+  may have (max_event_size still applies).
 - ``key=value``: the value is JSON where it is JSON *as written*: ``true``,
   ``false``, ``null``, a number whose JSON text writes back the same (``1``,
   ``-3``, ``2.5``), or a value starting with ``"``, ``[`` or ``{`` (which must

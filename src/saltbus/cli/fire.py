@@ -19,8 +19,9 @@ HELP = "fire an event onto a bus"
 DESCRIPTION = """\
 Fire one event with tag TAG. Each DATA word is one of:
   {...}       a JSON object
-  -           a JSON object read from stdin (no ~128 KiB limit, as for words)
-  @FILE       a JSON object read from FILE (likewise)
+  -           a JSON object read from stdin, of any size up to max_event_size
+              (a word on the command line is held to ~128 KiB)
+  @FILE       a JSON object read from FILE, likewise
   key=value   one key; the value is JSON where it is JSON as written: true,
               false, null, a number that writes back as the same text (1, -3,
               2.5), or a value starting with " [ or { (then it must be valid
