@@ -5,6 +5,9 @@ form of Salt's reactor documentation."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import re
 import signal
 import subprocess
 import threading
@@ -17,8 +20,13 @@ from typing import Any, ClassVar
 import pytest
 
 from saltbus import Config, Listener, Sender
+from saltbus.cli import react as react_command
+from saltbus.cli import stats as stats_command
+from saltbus.cli.main import build_parser
 from saltbus.client.admin import fetch_stats
+from saltbus.client.aio import AsyncClient
 from saltbus.event import Event
+from saltbus.server import Server
 from tests.interop.salt_peer_client import SALT_VERSIONS, salt_fire, salt_publisher
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
 
@@ -264,7 +272,8 @@ def test_throttling_over_a_burst_of_100(
     for e in rets:
         counts[e.data["reaction"]] = counts.get(e.data["reaction"], 0) + 1
     assert counts == {"once": 1, "per_host": 4}
-    assert "throttled=195" in proc.stderr
+    assert "throttled 195" in proc.stderr
+    assert "skipped by once_within: once 99, per_host 96" in proc.stderr
 
 
 def test_a_failing_action_and_a_salt_master_action_produce_error_events(
@@ -457,7 +466,13 @@ def test_catch_up_after_missing_1000_events_exactly_once(
         started = time.monotonic()
         proc = react(bus_config, conf)
         try:
-            assert "catching up after seq" in proc.stderr
+            # It says how far back it reaches: the 1,000 and the ret events after its mark.
+            found = re.search(
+                r"catching up (\d+) events from seq (\d+) to (\d+) \(oldest ", proc.stderr
+            )
+            assert found, proc.stderr
+            count, first, last = map(int, found.groups())
+            assert count >= 1000 and last - first + 1 == count
             wait_until(lambda: len(lines()) >= 1010, timeout=120)
             took = time.monotonic() - started
             time.sleep(0.5)
@@ -641,6 +656,51 @@ def test_serve_runs_the_reactor_in_process(
         assert collect(reports, 1)[0].tag == "saltbus/reactor/reload"
         assert server.stop() == 0
     assert "reactor stopped" in server.log
+
+
+def test_a_reactor_in_serve_counts_its_skips_in_saltbus_stats(
+    bus_config: Config, tmp_path: Path
+) -> None:
+    """In process: serve's reactor, started as serve starts it, given the server."""
+    conf = reactor_conf(
+        tmp_path,
+        {
+            "r.sls": "never:\n  event.send: [{tag: x}]\n  when: data.n > 99\n"
+            "once:\n  event.send: [{tag: y}]\n  once_within: 1h\n"
+        },
+        "  - 's/*': [r.sls]\n",
+    )
+    flags = [*bus_flags(bus_config), "--config", str(conf)]
+    config = Config.load(conf, env={}, overrides={"sock_dir": bus_config.sock_dir})
+    config = config.replace(data_dir=bus_config.data_dir)
+
+    async def main() -> tuple[dict[str, Any], str]:
+        async with Server(config) as server:
+            reactor = await react_command.start_alongside(
+                config, build_parser().parse_args(["serve", *flags]), server
+            )
+            try:
+                async with AsyncClient(config) as client:
+                    for n in range(3):
+                        await client.fire("s/x", {"n": n}, ack=True)
+                deadline = time.monotonic() + WAIT
+                while reactor.stats.throttled < 2 or reactor.stats.filtered < 3:
+                    assert time.monotonic() < deadline, reactor.stats
+                    await asyncio.sleep(0.02)
+                raw = await asyncio.to_thread(fetch_stats, config, 5.0)
+                out = io.StringIO()
+                args = build_parser().parse_args(["stats", "--sock-dir", str(config.sock_dir)])
+                await asyncio.to_thread(stats_command.run, args, out)
+            finally:
+                await reactor.stop()
+        return raw, out.getvalue()
+
+    raw, shown = asyncio.run(main())
+    assert raw["reactor"]["skipped_by_when"] == {"never": 3}
+    assert raw["reactor"]["skipped_by_throttle"] == {"once": 2}
+    assert raw["reactor"]["succeeded"] == 1
+    assert "  skipped (when: false): never 3\n" in shown
+    assert "  skipped (once_within): once 2\n" in shown
 
 
 def test_help_explains_with_an_example() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -76,7 +77,9 @@ def by_reaction(events: list[Event]) -> dict[str, int]:
 
 
 @pytest.mark.usefixtures("publisher")
-def test_when_condition_filters(bus_config: Config, tmp_path: Path) -> None:
+def test_when_condition_filters(
+    bus_config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     config = setup(
         bus_config,
         tmp_path,
@@ -97,13 +100,19 @@ def test_when_condition_filters(bus_config: Config, tmp_path: Path) -> None:
                 f"alert/{n}" for n in (1, 3, 5, 7, 9)
             ]
             assert reactor.stats.filtered == 5
+            assert reactor.stats.skipped_by_when == {"crit": 5}
 
-    asyncio.run(main())
+    with caplog.at_level("DEBUG", logger="saltbus.reactor"):
+        asyncio.run(main())
+    skips = [r.getMessage() for r in caplog.records if "skipped for" in r.getMessage()]
+    assert len(skips) == 5, skips
+    assert skips[0].startswith(f"crit ({tmp_path / 'a.sls'}:1) skipped for log/0 (seq ")
+    assert skips[0].endswith("when: data.level == 'crit' is false")
 
 
 @pytest.mark.usefixtures("publisher")
 def test_throttling_a_burst_of_100_with_and_without_group_by(
-    bus_config: Config, tmp_path: Path
+    bus_config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     text = (
         "once:\n  event.send:\n    - tag: t/once\n  once_within: 1h\n"
@@ -119,8 +128,15 @@ def test_throttling_a_burst_of_100_with_and_without_group_by(
             await nothing_more(reports)
             assert by_reaction(rets) == {"once": 1, "per_host": 5}
             assert reactor.stats.throttled == 99 + 95
+            assert reactor.stats.skipped_by_throttle == {"once": 99, "per_host": 95}
+            assert "skipped by once_within: once 99, per_host 95" in str(reactor.stats)
 
-    asyncio.run(main())
+    with caplog.at_level("DEBUG", logger="saltbus.reactor"):
+        asyncio.run(main())
+    skips = [r.getMessage() for r in caplog.records if "(once_within)" in r.getMessage()]
+    assert len(skips) == 99 + 95
+    assert sum(m.startswith("once (") and m.endswith("(once_within)") for m in skips) == 99
+    assert sum(m.endswith('(once_within) for host="web3"') for m in skips) == 19
 
 
 @pytest.mark.usefixtures("publisher")
@@ -256,7 +272,9 @@ def test_reload_swaps_rules_and_a_bad_one_keeps_the_old(bus_config: Config, tmp_
     asyncio.run(main())
 
 
-def test_catch_up_after_a_stop_exactly_once(bus_config: Config, tmp_path: Path) -> None:
+def test_catch_up_after_a_stop_exactly_once(
+    bus_config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     text = "count:\n  cmd.run:\n    - cmd: [sh, -c, 'echo {{ data.n }} >> %s']\n" % (
         tmp_path / "out"
     )
@@ -279,15 +297,23 @@ def test_catch_up_after_a_stop_exactly_once(bus_config: Config, tmp_path: Path) 
                     await client.fire("n", {"n": n})
                 assert await handled(10) == list(range(10))
             for n in range(10, 60):  # the reactor is down
-                await client.fire("n", {"n": n}, ack=True)
+                fired_last = (await client.fire("n", {"n": n}, ack=True)).seq
             async with running(config) as (reactor, _c, _r):
                 assert reactor.caught_up_from is not None
+                backlog = reactor.backlog
+                # The 50 fired while it was down, and any ret event fired after its mark.
+                assert backlog is not None and backlog.first == reactor.caught_up_from + 1
+                assert backlog.events >= 50 and backlog.last == fired_last
                 assert await handled(60) == list(range(60))
                 await asyncio.sleep(0.3)
             assert len(out.read_text().split()) == 60
 
-    with EmbeddedPublisher(config):
+    with EmbeddedPublisher(config), caplog.at_level("INFO", logger="saltbus.reactor"):
         asyncio.run(main())
+    (line,) = [r.getMessage() for r in caplog.records if "catching up" in r.getMessage()]
+    assert re.fullmatch(
+        r"catching up \d+ events from seq \d+ to \d+ \(oldest \d\d:\d\d:\d\d, \d+ s ago\)", line
+    ), line
 
 
 @pytest.mark.usefixtures("publisher")

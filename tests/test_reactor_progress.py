@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -14,14 +15,18 @@ import pytest
 from saltbus.client.positions import PositionStore
 from saltbus.config import Config
 from saltbus.errors import BusError
+from saltbus.journal import Journal, JournalRecord
 from saltbus.reactor.progress import (
+    Backlog,
     PidFile,
     Progress,
+    backlog,
     bus_journal,
     pid_path,
     position_store,
     signal_reactor,
 )
+from saltbus.wire import pack_body
 
 
 def test_mark_waits_for_the_oldest_event_in_flight(tmp_path: Path) -> None:
@@ -100,3 +105,51 @@ def test_a_stale_pid_file_is_not_signalled(tmp_path: Path) -> None:
     path.write_text("999999\n")
     with pytest.raises(BusError, match="stale"):
         signal_reactor(path)
+
+
+def journal_with(path: Path, times: list[float]) -> int:
+    """A journal holding one event per time, seqs from 1; its epoch."""
+    with Journal.open(path) as journal:
+        epoch = journal.claim_epoch()
+        journal.append(
+            [
+                JournalRecord(seq, at, "t", pack_body("t", {"n": seq}))
+                for seq, at in enumerate(times, 1)
+            ]
+        )
+    return epoch
+
+
+def test_backlog_is_what_the_journal_holds_after_the_position(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    now = time.time()
+    epoch = journal_with(path, [now - 600 + n for n in range(10)])
+    found = backlog(path, 3, epoch)
+    assert found == Backlog(3, 4, 10, now - 600 + 3)
+    assert found.events == 7
+    stamp = time.strftime("%H:%M:%S", time.localtime(now - 597))
+    assert found.describe(now) == (
+        f"catching up 7 events from seq 4 to 10 (oldest {stamp}, 10 min ago)"
+    )
+    # A position saved before any epoch was known (a Salt-era position) still counts.
+    assert backlog(path, 3, None) == found
+    nothing = backlog(path, 10, epoch)
+    assert nothing is not None and nothing.events == 0
+    assert nothing.describe(now) == "nothing to catch up: every event up to seq 10 was handled"
+    # A journal made anew numbers its events in another epoch: the saved position means nothing.
+    assert backlog(path, 3, epoch + 1) is None
+
+
+@pytest.mark.parametrize(
+    ("ago", "fmt", "said"),
+    [
+        (5, "%H:%M:%S", "5 s ago"),
+        (59 * 60, "%H:%M:%S", "59 min ago"),
+        (3 * 3600, "%H:%M:%S", "3.0 h ago"),
+        (3 * 86400, "%Y-%m-%d %H:%M:%S", "3.0 days ago"),
+    ],
+)
+def test_backlog_says_how_old_its_oldest_event_is(ago: float, fmt: str, said: str) -> None:
+    now = 2_000_000_000.0
+    text = Backlog(0, 1, 5, now - ago).describe(now)
+    assert text.endswith(f"(oldest {time.strftime(fmt, time.localtime(now - ago))}, {said})")

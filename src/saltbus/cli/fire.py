@@ -3,29 +3,44 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
 from saltbus.cli.common import add_bus_options, config_from_args, seconds
+from saltbus.cli.eventdata import parse_data
 from saltbus.client.listener import Listener
 from saltbus.client.sender import Sender
 from saltbus.config import Config
-from saltbus.errors import ConfigError, SaltbusError
+from saltbus.errors import SaltbusError
 from saltbus.event import Event
-from saltbus.wire import pack_data
 
 HELP = "fire an event onto a bus"
 DESCRIPTION = """\
-Fire one event with tag TAG. DATA is a JSON object, or key=value pairs whose
-values are read as JSON when they parse (so n=1 is a number and ok=true a
-boolean) and as text otherwise; both forms may be combined. A `_stamp` is added
-as Salt's clients add it.
+Fire one event with tag TAG. Each DATA word is one of:
+  {...}       a JSON object
+  -           a JSON object read from stdin, of any size up to max_event_size
+              (a word on the command line is held to ~128 KiB)
+  @FILE       a JSON object read from FILE, likewise
+  key=value   one key; the value is JSON where it is JSON as written: true,
+              false, null, a number that writes back as the same text (1, -3,
+              2.5), or a value starting with " [ or { (then it must be valid
+              JSON). Anything else is text: version=1.10 stays "1.10", as do
+              1e3, 007 and web1. For text that looks like JSON, quote it:
+              n='"1"'.
+The words are combined; a key given twice is an error, not the last one
+winning. NaN, Infinity, integers outside -2**63 .. 2**64-1 and lone surrogate
+escapes (\\ud800) are refused: jq cannot read the first two back, and
+msgpack cannot carry the others.
+(Salt's event.send reads values as YAML, where 1.10 becomes 1.1 and no
+becomes false: saltbus keeps what was written.) A `_stamp` is added as
+Salt's clients add it.
 
 examples:
   saltbus fire salt/auth '{"id": "web1", "act": "accept"}'
-  saltbus fire app/deploy version=1.2 hosts='["a", "b"]'
+  saltbus fire app/deploy version=1.10 replicas=3 hosts='["a", "b"]'
+  saltbus fire app/report @report.json host=web1
+  build-report | saltbus fire app/report -
 """
 
 
@@ -38,7 +53,10 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("tag", metavar="TAG", help="the event's tag, e.g. salt/auth")
     parser.add_argument(
-        "data", metavar="DATA", nargs="*", help="a JSON object and/or key=value pairs"
+        "data",
+        metavar="DATA",
+        nargs="*",
+        help="a JSON object, - (one from stdin), @FILE (one from FILE), key=value pairs",
     )
     parser.add_argument(
         "--timeout",
@@ -61,37 +79,6 @@ def add_parser(commands: Any) -> None:
     )
     add_bus_options(parser)
     parser.set_defaults(run=run)
-
-
-def parse_data(items: list[str]) -> dict[str, Any]:
-    """A JSON object and/or key=value pairs, merged left to right."""
-    data: dict[str, Any] = {}
-    for item in items:
-        if item.lstrip().startswith("{"):
-            try:
-                value = json.loads(item)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"DATA is not valid JSON: {exc}") from None
-            data.update(value)
-            continue
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            if item.lstrip().startswith(("[", '"')) or _is_json_scalar(item):
-                raise ConfigError(f"DATA must be a JSON object or key=value pairs, not {item!r}")
-            raise ConfigError(f"expected key=value or a JSON object, got {item!r}")
-        try:
-            data[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            data[key] = raw
-    return data
-
-
-def _is_json_scalar(item: str) -> bool:
-    try:
-        json.loads(item)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,9 +131,7 @@ def _seen(listener: Listener, sent: Event, timeout: float) -> bool:
 
 
 def _same_event(received: Event, sent: Event) -> bool:
-    """Whether ``received`` is ``sent`` as it came back through msgpack, which
-    carries some values differently (ints past 64 bits as strings, as Salt
-    does) or as values that never equal themselves (NaN): compare the bytes."""
-    if received.tag != sent.tag:
-        return False
-    return received.data == sent.data or pack_data(received.data) == pack_data(sent.data)
+    """Whether ``received`` is ``sent`` back through msgpack. DATA's rules keep
+    out what would come back unequal (NaN, integers past 64 bits), so the
+    data compare equal."""
+    return received.tag == sent.tag and received.data == sent.data

@@ -18,6 +18,7 @@ from saltbus.cli.common import (
 )
 from saltbus.client.listener import Listener
 from saltbus.client.positions import PositionStore
+from saltbus.errors import NoPublisherError
 from saltbus.event import Event
 
 HELP = "print events from a bus as they arrive"
@@ -26,8 +27,11 @@ Print each event as it arrives. By default one line per event,
 TAG<TAB>JSON, exactly as `salt-run state.event` prints; --pretty as
 `state.event pretty=True`; --json one {"tag", "data"} object per line, for jq.
 
-If the publisher goes away, listen waits for it and reconnects by itself; from
-a saltbus publisher it then resumes from the journal, losing nothing. With
+If no publisher runs yet, listen says so once on stderr and waits for one
+(--no-wait: exit 1 instead), then prints the events fired once it is
+connected. If the publisher goes away, listen waits for it and reconnects by
+itself; from a saltbus publisher it then resumes from the journal, losing
+nothing. With
 --resume NAME the position is also kept on disk under NAME, so a listener
 stopped (or killed) and started again with the same NAME continues where it
 stopped. Ctrl-C exits 0.
@@ -45,6 +49,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--count", type=positive_int, metavar="N", help="exit after N events")
     parser.add_argument(
         "--resume", metavar="NAME", help="keep this listener's position under NAME and resume it"
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit 1 at once if no publisher runs (default: wait for one to start)",
     )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--pretty", action="store_true", help="indented JSON, sorted keys")
@@ -74,7 +83,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     listener = Listener(config, args.tag, args.match_type, since=since, epoch=epoch)
     remaining = args.count
     try:
-        listener.connect()
+        _connect_or_wait(listener, wait=not args.no_wait)
         while remaining is None or remaining > 0:
             event = listener.receive(None)
             if event is None:
@@ -89,3 +98,18 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     finally:
         listener.close()
     return 0
+
+
+def _connect_or_wait(listener: Listener, *, wait: bool) -> None:
+    """Connect now, or say once that the bus is not there yet and leave the
+    connecting to ``receive``, which retries until a publisher starts."""
+    try:
+        listener.connect()
+    except NoPublisherError as exc:
+        if not wait:
+            raise
+        print(
+            f"saltbus: waiting for the bus to start: {exc} (--no-wait exits instead)",
+            file=sys.stderr,
+            flush=True,
+        )

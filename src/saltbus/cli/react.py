@@ -14,6 +14,9 @@ from saltbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from saltbus.reactor import Reactor, Rules
+    from saltbus.server import Server
+
+STATS_KEY = "reactor"  # its part of the server's statistics
 
 HELP = "run reactions (commands, events, HTTP posts, Python) when events match"
 DESCRIPTION = """\
@@ -84,9 +87,14 @@ reactor_catch_up (true), reactor_name ("reactor").
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
-ones). SIGHUP or `saltbus react --reload` re-reads the configuration without
-losing queued reactions; a configuration with errors is reported (file and
-line) and the running one stays. `saltbus serve --config FILE` runs the
+ones), saying how far back that reaches: "catching up N events from seq A
+to B (oldest HH:MM:SS, X min ago)". A reaction skipped by `when:` or
+`once_within:` is logged at debug (saltbus --log-level debug react ...) and
+counted per reaction in the statistics logged when the reactor stops.
+
+SIGHUP or `saltbus react --reload` re-reads the configuration without losing
+queued reactions; a configuration with errors is reported (file and line)
+and the running one stays. `saltbus serve --config FILE` runs the
 reactor in-process when FILE has a `reactor:` section. SIGTERM or Ctrl-C
 lets queued reactions finish (up to 30 s) and exits 0.
 
@@ -164,11 +172,9 @@ async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None
     loop.add_signal_handler(signal.SIGHUP, reactor.request_reload)
     await reactor.start()
     try:
-        since = reactor.caught_up_from
         print(
             f"saltbus: reactor {config.reactor_name!r} running on the {config.node} bus in "
-            f"{config.sock_dir}: {len(rules.rules)} tag globs, {rules.files} reaction files"
-            f"{f'; catching up after seq {since}' if since is not None else ''}; "
+            f"{config.sock_dir}: {len(rules.rules)} tag globs, {rules.files} reaction files; "
             "SIGHUP reloads, Ctrl-C stops",
             file=sys.stderr,
             flush=True,
@@ -179,8 +185,11 @@ async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None
     reactor.raise_if_failed()
 
 
-async def start_alongside(config: Config, args: argparse.Namespace) -> Reactor:
-    """Start the reactor of ``config`` in the running loop (``saltbus serve``)."""
+async def start_alongside(
+    config: Config, args: argparse.Namespace, server: Server | None = None
+) -> Reactor:
+    """Start the reactor of ``config`` in the running loop (``saltbus serve``);
+    with ``server``, its statistics are part of the server's (`saltbus stats`)."""
     _reactor_package()
     import asyncio  # noqa: PLC0415
 
@@ -189,6 +198,8 @@ async def start_alongside(config: Config, args: argparse.Namespace) -> Reactor:
     rules = load_rules(config, _base_dir(args))
     reactor = Reactor(config, rules, loader=lambda: _reload(args))
     await reactor.start()
+    if server is not None:
+        server.stats_sources[STATS_KEY] = reactor.stats.as_dict
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reactor.request_reload)
     print(
         f"saltbus: reactor {config.reactor_name!r} running: {len(rules.rules)} tag globs, "
@@ -197,6 +208,22 @@ async def start_alongside(config: Config, args: argparse.Namespace) -> Reactor:
         flush=True,
     )
     return reactor
+
+
+def describe(stats: dict[str, Any]) -> list[str]:
+    """The reactor's part of `saltbus stats`: what it did, and what it skipped
+    for which reaction (a reaction that never runs says why here)."""
+    lines = [
+        f"reactor: {stats['events']} events, {stats['matched']} matched, "
+        f"{stats['succeeded']} succeeded, {stats['failed']} failed, "
+        f"{stats['dropped']} dropped (queue full), {stats['stopped']} stopped (loop guard)"
+    ]
+    for why, key in (("when: false", "skipped_by_when"), ("once_within", "skipped_by_throttle")):
+        counts = stats.get(key) or {}
+        if counts:
+            skipped = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+            lines.append(f"  skipped ({why}): {skipped}")
+    return lines
 
 
 def _config(args: argparse.Namespace) -> Config:

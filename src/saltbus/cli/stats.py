@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from saltbus.cli import cluster
+from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, config_from_args, seconds
 from saltbus.client.admin import fetch_stats
 
@@ -79,6 +79,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             print(f"    last error: {ret['last_error']} (retry in {ret['retry_in']} s)", file=out)
     if stats.get("cluster"):
         for line in cluster.describe(stats["cluster"]):
+            print(line, file=out)
+    if stats.get(react.STATS_KEY):
+        for line in react.describe(stats[react.STATS_KEY]):
             print(line, file=out)
     return 0
 

@@ -36,7 +36,15 @@ from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of
 from saltbus.reactor.errors import ActionError, ReactionFileError
-from saltbus.reactor.progress import PidFile, Progress, bus_journal, pid_path, position_store
+from saltbus.reactor.progress import (
+    Backlog,
+    PidFile,
+    Progress,
+    backlog,
+    bus_journal,
+    pid_path,
+    position_store,
+)
 from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules
 from saltbus.reactor.spec import Reaction
@@ -90,6 +98,8 @@ class Reactor:
         self._stop = asyncio.Event()
         self._stopping = False
         self.caught_up_from: int | None = None
+        # What it found to catch up on at start (None: nothing saved, or no journal).
+        self.backlog: Backlog | None = None
         # Why the reactor stopped by itself (a task of its own ended): see _supervise.
         self.failure: str | None = None
 
@@ -116,7 +126,7 @@ class Reactor:
         self._client = client
         self.caught_up_from = since
         if since is not None:
-            log.info("catching up: handling the events after seq %d", since)
+            self.backlog = await self._find_backlog(since, epoch)
         self._tasks = [asyncio.create_task(self._ingest(subscription), name="reactor-ingest")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
@@ -124,6 +134,20 @@ class Reactor:
         ]
         for task in self._tasks:
             task.add_done_callback(self._supervise)
+
+    async def _find_backlog(self, since: int, epoch: int | None) -> Backlog | None:
+        """Say how far back a restarted reactor reaches: it is about to run
+        reactions for events that may be minutes or days old."""
+        try:
+            found = await asyncio.to_thread(backlog, bus_journal(self.config), since, epoch)
+        except SaltbusError as exc:
+            log.warning(
+                "catching up on the events after seq %d (how many is unknown: %s)", since, exc
+            )
+            return None
+        if found is not None:
+            log.info("%s", found.describe(time.time()))
+        return found
 
     def _supervise(self, task: asyncio.Task[None]) -> None:
         """A reactor that stopped reading or running, and said nothing, would
@@ -266,11 +290,7 @@ class Reactor:
                 if trigger.cause.depth >= self.max_depth:
                     stopped.append(reaction.name)
                     continue
-                if reaction.once_within is not None and not self._throttle.allow(
-                    (reaction.path, reaction.name, group_values(event.data, reaction.group_by)),
-                    reaction.once_within,
-                ):
-                    self.stats.throttled += 1
+                if reaction.once_within is not None and not self._allowed(reaction, trigger):
                     continue
                 try:
                     self._queue.put_nowait(Job(reaction, trigger))
@@ -292,7 +312,35 @@ class Reactor:
             error = f"when: {reaction.when!r} failed: {type(exc).__name__}: {exc}"
             self._finished(reaction, trigger, Outcome(False, None, error), 0.0)
             return False
-        self.stats.filtered += 1
+        self.stats.skipped_when(reaction)
+        log.debug(
+            "%s (%s) skipped for %s (seq %s): when: %s is false",
+            reaction.name,
+            reaction.where,
+            trigger.tag,
+            trigger.seq,
+            reaction.when,
+        )
+        return False
+
+    def _allowed(self, reaction: Reaction, trigger: Trigger) -> bool:
+        """once_within: whether the reaction's window (for its group) is open."""
+        assert reaction.once_within is not None
+        group = group_values(trigger.data, reaction.group_by)
+        if self._throttle.allow((reaction.path, reaction.name, group), reaction.once_within):
+            return True
+        self.stats.skipped_throttle(reaction)
+        if log.isEnabledFor(logging.DEBUG):
+            pairs = zip(reaction.group_by, group, strict=True)
+            log.debug(
+                "%s (%s) skipped for %s (seq %s): it ran within the last %g s (once_within)%s",
+                reaction.name,
+                reaction.where,
+                trigger.tag,
+                trigger.seq,
+                reaction.once_within,
+                f" for {', '.join(f'{k}={v}' for k, v in pairs)}" if reaction.group_by else "",
+            )
         return False
 
     def _loop_stopped(self, trigger: Trigger, stopped: list[str]) -> None:

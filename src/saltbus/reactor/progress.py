@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
@@ -44,6 +45,60 @@ def position_store(config: Config) -> PositionStore:
 
 def pid_path(config: Config) -> Path:
     return bus_journal(config).with_suffix(".reactors") / f"{config.reactor_name}.pid"
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The journaled events after a reactor's saved position, at its start."""
+
+    since: int  # the saved position: every event up to it was handled
+    first: int | None  # the oldest journaled after it (None: none is)
+    last: int
+    oldest: float | None  # when the publisher received ``first`` (Unix time)
+
+    @property
+    def events(self) -> int:
+        return 0 if self.first is None else self.last - self.first + 1
+
+    def describe(self, now: float) -> str:
+        """``catching up N events from seq A to B (oldest HH:MM:SS, X min ago)``."""
+        if self.first is None or self.oldest is None:
+            return f"nothing to catch up: every event up to seq {self.since} was handled"
+        ago = max(0.0, now - self.oldest)
+        stamp = time.strftime(
+            "%H:%M:%S" if ago < 86400 else "%Y-%m-%d %H:%M:%S", time.localtime(self.oldest)
+        )
+        return (
+            f"catching up {self.events} events from seq {self.first} to {self.last} "
+            f"(oldest {stamp}, {_how_long(ago)} ago)"
+        )
+
+
+def _how_long(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def backlog(journal: Path, since: int, epoch: int | None) -> Backlog | None:
+    """What a reactor that handled every event up to ``since`` (numbered in
+    ``epoch``) finds in ``journal`` to catch up on; None when the journal
+    numbers its events anew (the reactor then starts with new events, and
+    the client says so). Raises :class:`JournalError`."""
+    from saltbus.journal import Journal  # noqa: PLC0415 (SQLite only for a reactor with a journal)
+
+    with Journal.open(journal, readonly=True) as store:
+        if epoch is not None and store.epoch() not in (None, epoch):
+            return None
+        oldest = store.read(since=since, limit=1)
+        last = store.last_seq()
+    if not oldest:
+        return Backlog(since, None, last, None)
+    return Backlog(since, oldest[0].seq, last, oldest[0].time)
 
 
 class Progress:

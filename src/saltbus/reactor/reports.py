@@ -17,7 +17,7 @@ guard; a loop event is always past the limit, so it cannot start reactions
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final
 
 from saltbus.reactor.actions import Outcome, Trigger
@@ -34,7 +34,8 @@ RELOAD_TAG: Final = PREFIX + "reload"
 
 @dataclass
 class Stats:
-    """What a reactor did since it started (logged when it stops)."""
+    """What a reactor did since it started: logged when it stops, and shown
+    by ``saltbus stats`` when the reactor runs inside ``saltbus serve``."""
 
     events: int = 0
     matched: int = 0
@@ -48,6 +49,38 @@ class Stats:
     render_errors: int = 0
     internal_errors: int = 0  # an event the reactor itself failed on (a bug; logged)
     reloads: int = 0
+    # Per reaction name: a reaction that never runs should say why.
+    skipped_by_when: dict[str, int] = field(default_factory=dict)
+    skipped_by_throttle: dict[str, int] = field(default_factory=dict)
+
+    def skipped_when(self, reaction: Reaction) -> None:
+        self.filtered += 1
+        self.skipped_by_when[reaction.name] = self.skipped_by_when.get(reaction.name, 0) + 1
+
+    def skipped_throttle(self, reaction: Reaction) -> None:
+        self.throttled += 1
+        counts = self.skipped_by_throttle
+        counts[reaction.name] = counts.get(reaction.name, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        """A copy, as plain JSON-ready values (the counts go on changing)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        values = [(f.name, getattr(self, f.name)) for f in fields(self)]
+        totals = ", ".join(f"{name} {value}" for name, value in values if isinstance(value, int))
+        return totals + "".join(
+            f"; {what}: {_counts(counts)}"
+            for what, counts in (
+                ("skipped by when", self.skipped_by_when),
+                ("skipped by once_within", self.skipped_by_throttle),
+            )
+            if counts
+        )
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
 
 
 def ret_tag(reaction: Reaction) -> str:
