@@ -147,8 +147,8 @@ async def fire_endpoint(bridge: Bridge, request: Request) -> Response:
     try:
         body = await read_body(request, bridge.config.max_event_size)
         message = json.loads(body)
-    except BodyTooLargeError:
-        return error(413, f"body over max_event_size ({bridge.config.max_event_size} bytes)")
+    except BodyTooLargeError as exc:
+        return error(413, str(exc))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error(400, f"body is not JSON: {exc}")
     if not isinstance(message, dict):

@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from saltbus.config import Config
+from saltbus.errors import SaltbusError
 from saltbus.event import Event, MatchType
 from saltbus.http.hub import Hub
 from saltbus.http.settings import Settings
@@ -89,8 +90,13 @@ class Bridge:
         )
 
 
-class BodyTooLargeError(Exception):
-    pass
+class BodyTooLargeError(SaltbusError):
+    """A request's body is over the limit (``max_event_size``): it would not fit
+    in an event, so it is refused before it is all read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body over max_event_size ({limit} bytes)")
+        self.limit = limit
 
 
 async def read_body(conn: Request, limit: int) -> bytes:
@@ -98,13 +104,13 @@ async def read_body(conn: Request, limit: int) -> bytes:
     ``limit`` bytes rather than after it was all held in memory."""
     declared = conn.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError
+        raise BodyTooLargeError(limit)
     parts: list[bytes] = []
     size = 0
     async for chunk in conn.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLargeError
+            raise BodyTooLargeError(limit)
         parts.append(chunk)
     return b"".join(parts)
 

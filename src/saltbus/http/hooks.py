@@ -96,8 +96,8 @@ async def hook_endpoint(bridge: Bridge, request: Request) -> Response:
             return error(403, f"token {grant.name!r} may not fire {tag!r}")
     try:
         body = await read_body(request, bridge.config.max_event_size)
-    except BodyTooLargeError:
-        return error(413, f"body over max_event_size ({bridge.config.max_event_size} bytes)")
+    except BodyTooLargeError as exc:
+        return error(413, str(exc))
     if secret is not None:
         presented = request.headers.get(SIGNATURE_HEADER, "")
         if not hmac.compare_digest(presented.encode(), sign(secret, body).encode()):
