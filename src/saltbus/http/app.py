@@ -29,14 +29,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from saltbus.config import Config
-from saltbus.errors import (
-    BusTimeoutError,
-    FrameTooLargeError,
-    LocalProtocolError,
-    NoPublisherError,
-    SaltbusError,
+from saltbus.errors import SaltbusError
+from saltbus.http.bridge import (
+    BodyTooLargeError,
+    Bridge,
+    error,
+    fire_failure_status,
+    read_body,
+    unauthorized,
 )
-from saltbus.http.bridge import BodyTooLargeError, Bridge, error, read_body, unauthorized
 from saltbus.http.hooks import hook_endpoint
 from saltbus.http.openapi import document
 from saltbus.http.settings import Settings
@@ -163,16 +164,8 @@ async def fire_endpoint(bridge: Bridge, request: Request) -> Response:
     bridge.ensure_started()
     try:
         event = await bridge.hub.fire(tag, data)
-    except FrameTooLargeError as exc:
-        return error(413, str(exc))
-    except LocalProtocolError as exc:
-        return error(400, str(exc))
-    except NoPublisherError as exc:
-        return error(503, str(exc))
-    except BusTimeoutError as exc:
-        return error(504, str(exc))
     except SaltbusError as exc:
-        return error(502, str(exc))
+        return error(fire_failure_status(exc), str(exc))
     return JSONResponse({"success": True, "tag": tag, "seq": event.seq})
 
 

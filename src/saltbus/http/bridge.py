@@ -14,7 +14,14 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from saltbus.config import Config
-from saltbus.errors import SaltbusError
+from saltbus.errors import (
+    BusTimeoutError,
+    FrameTooLargeError,
+    JournalUnavailableError,
+    LocalProtocolError,
+    NoPublisherError,
+    SaltbusError,
+)
 from saltbus.event import Event, MatchType
 from saltbus.http.hub import Hub
 from saltbus.http.settings import Settings
@@ -132,6 +139,20 @@ def unauthorized(message: str = "a valid token is needed") -> JSONResponse:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status)
+
+
+def fire_failure_status(exc: SaltbusError) -> int:
+    """The HTTP status of a fire that failed with ``exc``: the request's fault
+    (4xx), or the bus's (5xx: gone, full, too slow, or an error of its own)."""
+    if isinstance(exc, FrameTooLargeError):
+        return 413
+    if isinstance(exc, LocalProtocolError):
+        return 400
+    if isinstance(exc, NoPublisherError | JournalUnavailableError):
+        return 503
+    if isinstance(exc, BusTimeoutError):
+        return 504
+    return 502
 
 
 class GrantWatch:

@@ -47,6 +47,11 @@ _FILTERS: Final = [
 
 _UNAUTHORIZED = _response("no valid token", _ERROR)
 _FORBIDDEN = _response("the token may not fire this tag", _ERROR)
+_FIRE_FAILURES: Final = {
+    "502": _response("the publisher failed the fire", _ERROR),
+    "503": _response("no publisher, or its journal cannot take the event", _ERROR),
+    "504": _response("the publisher did not acknowledge in time", _ERROR),
+}
 
 
 def document(settings: Settings, *, auth: bool = True) -> dict[str, Any]:
@@ -160,7 +165,7 @@ def document(settings: Settings, *, auth: bool = True) -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "403": _FORBIDDEN,
                         "413": _response("over max_event_size", _ERROR),
-                        "503": _response("no publisher", _ERROR),
+                        **_FIRE_FAILURES,
                     },
                 },
             },
@@ -212,13 +217,11 @@ def _hook(prefix: str, *, with_path: bool) -> dict[str, Any]:
             },
         },
         "responses": {
-            "200": _response(
-                "fired", {"type": "object", "properties": {"success": {"type": "boolean"}}}
-            ),
+            "200": _response("fired", {"$ref": "#/components/schemas/Fired"}),
             "401": _response("no valid token or signature", _ERROR),
             "403": _FORBIDDEN,
             "413": _response("over max_event_size", _ERROR),
-            "503": _response("no publisher", _ERROR),
+            **_FIRE_FAILURES,
         },
     }
     if with_path:
