@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 from starlette.responses import Response
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from saltbus.errors import ConfigError, SaltbusError
 from saltbus.event import Event, MatchType
@@ -63,8 +63,21 @@ async def ws_endpoint(bridge: Bridge, websocket: WebSocket) -> None:
     finally:
         await stop(pump, listen, stopper)
         code = GOING_AWAY if stopper.done() and not stopper.cancelled() else NORMAL
-        with contextlib.suppress(RuntimeError, OSError):
-            await websocket.close(code)
+        await _close(websocket, code)
+    if session.client_close is not None:
+        log.debug("token %r closed its WebSocket (code %d)", grant.name, session.client_close)
+
+
+async def _close(websocket: WebSocket, code: int) -> None:
+    """Close our side, unless a side already did: after the client's close (the
+    usual end) a close frame cannot be sent, and trying would raise out of the
+    app, which the server logs as an error with a traceback."""
+    connected = WebSocketState.CONNECTED
+    if websocket.client_state is not connected or websocket.application_state is not connected:
+        return
+    # The client may go away between the check and the send.
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await websocket.close(code)
 
 
 async def _deny(websocket: WebSocket, response: Response) -> None:
@@ -88,6 +101,7 @@ class _Session:
         self.websocket = websocket
         self.grant = grant
         self.watch = bridge.watch(websocket, grant)
+        self.client_close: int | None = None  # the client's close code, once it closed
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -109,8 +123,15 @@ class _Session:
                     )
 
     async def listen(self) -> None:
+        """Answer what the client sends, until it closes (its close ends the session)."""
         while True:
-            text = await self.websocket.receive_text()
+            received = await self.websocket.receive()
+            if received["type"] == "websocket.disconnect":
+                self.client_close = int(received.get("code", NORMAL))
+                return
+            text = received.get("text")
+            if text is None:  # a binary message: read as the UTF-8 of the same JSON
+                text = (received.get("bytes") or b"").decode("utf-8", "replace")
             await self.send(await self._fire(text))
 
     async def _fire(self, text: str) -> dict[str, Any]:
