@@ -71,7 +71,9 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS: certificate")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="serve HTTPS: private key")
     serve.add_argument(
-        "--no-access-log", action="store_true", help="do not log each request (tokens are hidden)"
+        "--no-access-log",
+        action="store_true",
+        help="do not log each request and WebSocket (when logged, ?token= values are hidden)",
     )
     auth = parser.add_argument_group("authentication")
     choice = auth.add_mutually_exclusive_group()
@@ -138,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
         # only this one needs the http extra.
         import uvicorn  # noqa: PLC0415
 
-        from saltbus.http.app import RedactTokens, create_app  # noqa: PLC0415
-        from saltbus.http.serving import BridgeServer  # noqa: PLC0415
+        from saltbus.http.app import create_app  # noqa: PLC0415
+        from saltbus.http.serving import BridgeServer, access_log_filters  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigError(
             f"saltbus http needs the http extra (pip install 'saltbus[http]'): {exc}"
@@ -162,7 +164,6 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         app = create_app(config, tokens=tokens, settings=settings)
-        logging.getLogger("uvicorn.access").addFilter(RedactTokens())
         server = BridgeServer(
             uvicorn.Config(
                 app,
@@ -175,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
             ),
             app.state.bridge,
         )
-        server.run(sockets=[sock])
+        with access_log_filters(access_log=not args.no_access_log):
+            server.run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -167,19 +166,3 @@ async def fire_endpoint(bridge: Bridge, request: Request) -> Response:
     except SaltbusError as exc:
         return error(fire_failure_status(exc), str(exc))
     return JSONResponse({"success": True, "tag": tag, "seq": event.seq})
-
-
-_TOKEN_IN_QUERY: Final = re.compile(r"([?&]token=)[^&\s\"]*")
-
-
-class RedactTokens(logging.Filter):
-    """Hides ``?token=`` values in access log lines (EventSource can send a
-    token in the URL only, and access logs show URLs)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1…", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True
