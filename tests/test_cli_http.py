@@ -20,6 +20,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from saltbus.cli.main import main
+from saltbus.client import Sender
 from saltbus.config import Config
 from saltbus.server import EmbeddedPublisher
 from tests.http_support import bearer, make_tokens
@@ -151,6 +152,23 @@ def test_serves_with_tokens_and_stops_with_open_streams(
         late = client.stream("GET", f"{url}/events?token={secrets['me']}")
         late.__enter__()
     late.__exit__(None, None, None)
+
+
+def test_backlog_reads_the_journal_in_the_data_dir(
+    bus_config: Config, publisher: EmbeddedPublisher
+):
+    with Sender(bus_config) as sender:
+        last = sender.fire("cli/backlog", {"n": 1}, ack=True)
+    assert bus_config.data_dir is not None
+    args = ["--no-auth", "--sock-dir", str(bus_config.sock_dir)]
+    with (
+        saltbus_http(*args, "--data-dir", str(bus_config.data_dir)) as (_, url),
+        httpx.Client(timeout=WAIT) as client,
+        client.stream("GET", f"{url}/events?backlog=1") as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("id:")) == f"id: {last.seq}"
+        assert next(lines) == "event: cli/backlog"
 
 
 def test_websocket_log_hides_the_token_and_a_normal_close_logs_no_error(

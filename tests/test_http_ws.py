@@ -110,6 +110,17 @@ def test_resume_over_a_websocket(ws_url: str, sender: Sender, secrets: dict[str,
     assert got == seqs
 
 
+def test_backlog_over_a_websocket(ws_url: str, sender: Sender, secrets: dict[str, str]):
+    seqs = [sender.fire("bk/x", {"n": n}, ack=True).seq for n in range(10)]
+    sender.fire("other/y", {}, ack=True)
+    with connect(f"{ws_url}?tag=bk/&backlog=3&token={secrets['admin']}") as ws:
+        backlog = [_receive(ws)["seq"] for _ in range(3)]
+        live = sender.fire("bk/live", {}, ack=True)
+        after = _receive(ws)
+    assert backlog == seqs[-3:]
+    assert after["seq"] == live.seq
+
+
 def test_a_scoped_token_never_sees_other_events(
     app: Starlette, ws_url: str, sender: Sender, secrets: dict[str, str]
 ):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
-from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.errors import ConfigError
 from saltbus.http.settings import DEFAULT_HOOK_PREFIX, SALT_HOOK_PREFIX, Settings
 
@@ -33,19 +33,23 @@ Serve the bus over HTTP (Starlette on uvicorn):
   GET  /events        Server-Sent Events: id = sequence number, event = tag,
                       data = {{"tag", "data"}}; ?tag=&match_type= filter on the
                       server; Last-Event-ID (or ?last_event_id=) resumes from
-                      the journal with no gap; ?format=salt for salt-api's form
+                      the journal with no gap; ?backlog=N starts with the last
+                      N events from the journal; ?format=salt for salt-api's form
   POST /events        fire {{"tag", "data"}}; answers the event's sequence number
   GET  /ws            a WebSocket: the same stream, and {{"tag", "data"}} fires
   POST /hook/PATH     fire {DEFAULT_HOOK_PREFIX}/PATH with {{"body", "post", "headers"}}
                       as salt-api's /hook (--hook-prefix {SALT_HOOK_PREFIX} for
-                      reactor files written for salt-api)
+                      reactor files written for salt-api); answers its sequence number
   GET  /openapi.json  the API's OpenAPI document
 
 Every request needs a token from --tokens FILE (`saltbus token create`), in an
 `Authorization: Bearer` header or, for EventSource, WebSocket and hooks, a
 ?token= parameter; a token reads and fires only the tags its patterns allow.
 Without --tokens, saltbus http refuses to start unless --no-auth is given,
-and then serves on loopback only.
+and then serves on loopback only. Tokens in URLs are hidden in the log.
+
+?backlog= reads the journal as `saltbus history` does: give the publisher's
+--data-dir if it has one.
 
 examples:
   saltbus token create me --fire '*' --tokens ~/.config/saltbus/tokens.json
@@ -117,6 +121,7 @@ def add_parser(commands: Any) -> None:
         f"from the journal (default {Settings.queue_size})",
     )
     add_bus_options(parser)
+    add_journal_options(parser)
     parser.set_defaults(run=run)
 
 

@@ -23,6 +23,7 @@ from saltbus.errors import (
     SaltbusError,
 )
 from saltbus.event import Event, MatchType
+from saltbus.http.backlog import backlog_start, journal_file
 from saltbus.http.hub import Hub
 from saltbus.http.settings import Settings
 from saltbus.http.stream import EventStream
@@ -47,6 +48,7 @@ class Bridge:
         # cancelled (clients reconnect, and resume, when it is back).
         self.stopping = asyncio.Event()
         self.payloads = PayloadCache()
+        self._warned_no_journal = False
 
     @property
     def auth(self) -> bool:
@@ -75,6 +77,34 @@ class Bridge:
     def watch(self, conn: HTTPConnection, grant: Grant) -> GrantWatch:
         """For a long-lived connection: tells when its token was revoked."""
         return GrantWatch(self, conn, grant, self.settings.heartbeat)
+
+    async def start_point(
+        self,
+        grant: Grant,
+        *,
+        resume: int | None,
+        backlog: int | None,
+        tag: str = "",
+        match_type: MatchType = MatchType.STARTSWITH,
+    ) -> int | None:
+        """Where a stream starts: after ``resume`` when the client gave one (it
+        reconnects: what it has seen is not sent again), else just before the
+        last ``backlog`` events it may see, else live (None)."""
+        if resume is not None or not backlog or not self.config.served_by_saltbus():
+            return resume
+        path = journal_file(self.config)
+        if not path.exists():
+            if not self._warned_no_journal:
+                self._warned_no_journal = True
+                log.warning(
+                    "no journal at %s: ?backlog= starts live (is the publisher's journal on, "
+                    "and is its --data-dir the bridge's too?)",
+                    path,
+                )
+            return None
+        return await asyncio.to_thread(
+            backlog_start, path, backlog, grant.may_read, tag=tag, match_type=match_type
+        )
 
     def stream(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from saltbus.http.backlog import MAX_BACKLOG
 from saltbus.http.settings import Settings
 
 VERSION: Final = "3.1.0"
@@ -41,6 +42,12 @@ _FILTERS: Final = [
         "last_event_id",
         "resume after this sequence number (as the Last-Event-ID header does)",
         {"type": "integer", "minimum": 0},
+    ),
+    _query(
+        "backlog",
+        "open with the last N events the stream would send, from the journal, then go on "
+        "live with no gap (ignored when resuming)",
+        {"type": "integer", "minimum": 0, "maximum": MAX_BACKLOG},
     ),
     _query("token", "the bearer token, for clients that cannot send headers (EventSource)"),
 ]

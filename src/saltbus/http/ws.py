@@ -1,8 +1,9 @@
 """``GET /ws``: the bus over a WebSocket, both ways.
 
 Server to client: one text message per event, ``{"tag", "data", "seq"}``
-(``seq`` null from a Salt publisher). The same filters and resume point as
-``/events``: ``?tag=``, ``?match_type=``, ``?last_event_id=``.
+(``seq`` null from a Salt publisher). The same filters, resume point and
+backlog as ``/events``: ``?tag=``, ``?match_type=``, ``?last_event_id=``,
+``?backlog=``.
 
 Client to server: ``{"tag": ..., "data": {...}, "id": <anything>}`` fires an
 event if the token may fire that tag; the answer is ``{"fired": {"tag",
@@ -23,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from saltbus.errors import ConfigError, SaltbusError
 from saltbus.event import Event, MatchType
+from saltbus.http.backlog import parse_backlog
 from saltbus.http.bridge import Bridge, dumps, error, parse_seq, unauthorized
 from saltbus.http.stream import EventStream
 from saltbus.http.tasks import stop
@@ -43,13 +45,16 @@ async def ws_endpoint(bridge: Bridge, websocket: WebSocket) -> None:
     params = websocket.query_params
     try:
         match_type = MatchType.parse(params.get("match_type"), bridge.config.event_match_type)
-        bridge.ensure_started()
-        stream = bridge.stream(
+        tag = params.get("tag", "")
+        since = await bridge.start_point(
             grant,
-            tag=params.get("tag", ""),
+            resume=parse_seq(params.get("last_event_id")),
+            backlog=parse_backlog(params.get("backlog")),
+            tag=tag,
             match_type=match_type,
-            since=parse_seq(params.get("last_event_id")),
         )
+        bridge.ensure_started()
+        stream = bridge.stream(grant, tag=tag, match_type=match_type, since=since)
     except ConfigError as exc:
         await _deny(websocket, error(400, str(exc)))
         return
