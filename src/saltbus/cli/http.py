@@ -29,7 +29,8 @@ HELP = "serve a bus over HTTP: SSE, WebSocket, webhooks and a live page"
 DESCRIPTION = f"""\
 Serve the bus over HTTP (Starlette on uvicorn):
 
-  GET  /              a live page of the events (token in the URL: /#token=SECRET)
+  GET  /              a live page: the last 100 events, then live ones (token
+                      in the URL: /#token=SECRET)
   GET  /events        Server-Sent Events: id = sequence number, event = tag,
                       data = {{"tag", "data"}}; ?tag=&match_type= filter on the
                       server; Last-Event-ID (or ?last_event_id=) resumes from
