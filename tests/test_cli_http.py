@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from saltbus.cli.main import main
+from saltbus.client import Sender
 from saltbus.config import Config
 from saltbus.server import EmbeddedPublisher
 from tests.http_support import bearer, make_tokens
@@ -25,11 +30,13 @@ WAIT = 15.0
 
 
 @contextlib.contextmanager
-def saltbus_http(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def saltbus_http(
+    *args: str, log_level: str = "info"
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`saltbus http ARGS --port 0`; yields the process and its base URL (read
     from what it prints); stopped with SIGINT, which must end it cleanly."""
     proc = subprocess.Popen(
-        [str(SALTBUS), "http", "--port", "0", *args],
+        [str(SALTBUS), "--log-level", log_level, "http", "--port", "0", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -48,6 +55,43 @@ def saltbus_http(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
             proc.kill()
             proc.wait(WAIT)
         proc.stderr.close()
+
+
+class LogTail:
+    """The rest of a process's log, read by a thread, so that a test can wait
+    for a line without blocking on the pipe."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, name="log-tail", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, needle: str, count: int = 1) -> None:
+        """Wait until ``needle`` was logged ``count`` times."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: "".join(self._lines).count(needle) >= count, WAIT
+            )
+        assert found, f"{needle!r} not logged {count} times:\n{self.text()}"
+
+    def text(self) -> str:
+        with self._changed:
+            return "".join(self._lines)
+
+    def rest(self, proc: subprocess.Popen[str]) -> str:
+        """Everything logged, once ``proc`` is stopped (SIGINT) and gone."""
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+        self._thread.join(WAIT)
+        return self.text()
 
 
 def test_refuses_to_run_without_authentication(
@@ -108,6 +152,72 @@ def test_serves_with_tokens_and_stops_with_open_streams(
         late = client.stream("GET", f"{url}/events?token={secrets['me']}")
         late.__enter__()
     late.__exit__(None, None, None)
+
+
+def test_backlog_reads_the_journal_in_the_data_dir(
+    bus_config: Config, publisher: EmbeddedPublisher
+):
+    with Sender(bus_config) as sender:
+        last = sender.fire("cli/backlog", {"n": 1}, ack=True)
+    assert bus_config.data_dir is not None
+    args = ["--no-auth", "--sock-dir", str(bus_config.sock_dir)]
+    with (
+        saltbus_http(*args, "--data-dir", str(bus_config.data_dir)) as (_, url),
+        httpx.Client(timeout=WAIT) as client,
+        client.stream("GET", f"{url}/events?backlog=1") as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("id:")) == f"id: {last.seq}"
+        assert next(lines) == "event: cli/backlog"
+
+
+def test_websocket_log_hides_the_token_and_a_normal_close_logs_no_error(
+    bus_config: Config, publisher: EmbeddedPublisher, tmp_path: Path
+):
+    secret = make_tokens(tmp_path / "tokens.json", me=(["*"], ["*"]))["me"]
+    args = ["--tokens", str(tmp_path / "tokens.json"), "--sock-dir", str(bus_config.sock_dir)]
+    # At debug level, where the WebSocket library also logs each request header.
+    with saltbus_http(*args, log_level="debug") as (proc, url):
+        assert proc.stderr is not None
+        log = LogTail(proc.stderr)
+        ws_url = url.replace("http://", "ws://", 1)
+        headers = {"Authorization": f"Bearer {secret}"}
+        ways: list[dict[str, Any]] = [
+            {"uri": f"{ws_url}/ws?tag=app/&token={secret}"},
+            {"uri": f"{ws_url}/ws?tag=app/", "additional_headers": headers},
+        ]
+        for number, options in enumerate(ways, start=1):
+            with ws_connect(**options, open_timeout=WAIT) as ws:
+                ws.send(json.dumps({"tag": "app/log", "data": {}}))
+                # The answer and the event itself, in either order.
+                got = [json.loads(ws.recv(timeout=WAIT)) for _ in range(2)]
+                assert sorted(next(iter(message)) for message in got) == ["fired", "tag"]
+            # Closed by the client, as a page or a script does when done.
+            log.wait_for("closed its WebSocket (code 1000)", count=number)
+        text = log.rest(proc)
+    assert secret not in text
+    assert secret[:12] not in text  # not even part of it
+    assert '"WebSocket /ws?tag=app/&token=…" [accepted]' in text  # the line is still there
+    assert '"WebSocket /ws?tag=app/" [accepted]' in text
+    assert "Traceback" not in text
+    assert "Exception in ASGI" not in text
+    assert "ERROR" not in text
+
+
+def test_no_access_log_leaves_out_websocket_lines_too(
+    bus_config: Config, publisher: EmbeddedPublisher
+):
+    args = ["--no-auth", "--no-access-log", "--sock-dir", str(bus_config.sock_dir)]
+    with saltbus_http(*args, log_level="debug") as (proc, url):
+        assert proc.stderr is not None
+        log = LogTail(proc.stderr)
+        with ws_connect(f"{url.replace('http://', 'ws://', 1)}/ws", open_timeout=WAIT):
+            pass
+        log.wait_for("closed its WebSocket")
+        assert httpx.get(f"{url}/whoami", timeout=WAIT).status_code == 200
+        text = log.rest(proc)
+    assert '"WebSocket /ws"' not in text
+    assert '"GET /whoami' not in text
 
 
 def test_no_auth_says_so(bus_config: Config, publisher: EmbeddedPublisher):

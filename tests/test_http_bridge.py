@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+import asyncio
 
+import pytest
+from starlette.requests import Request
+from starlette.types import Message
+
+from saltbus.errors import SaltbusError
 from saltbus.event import Event
-from saltbus.http.bridge import PayloadCache, dumps, parse_seq, presented_token
+from saltbus.http.bridge import (
+    BodyTooLargeError,
+    PayloadCache,
+    dumps,
+    parse_seq,
+    presented_token,
+    read_body,
+)
 from saltbus.http.ws import message
 
 
@@ -31,6 +43,30 @@ def test_presented_token():
     # The header wins over the query.
     both = _request("token=q", authorization="Bearer h")
     assert presented_token(both, query_token=True) == "h"
+
+
+def _upload(chunks: list[bytes], **headers: str) -> Request:
+    """A POST whose body arrives in ``chunks``."""
+    messages = [
+        {"type": "http.request", "body": chunk, "more_body": n < len(chunks) - 1}
+        for n, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    scope = _request(**headers).scope | {"method": "POST"}
+    return Request(scope, receive)
+
+
+def test_read_body_refuses_what_is_over_the_limit_as_a_saltbus_error():
+    assert asyncio.run(read_body(_upload([b"ab", b"cd"]), 4)) == b"abcd"
+    # Streamed past the limit, or declared over it: refused, under the one tree.
+    for request in (_upload([b"ab", b"cde"]), _upload([b"a"], content_length="5")):
+        with pytest.raises(SaltbusError) as refused:
+            asyncio.run(read_body(request, 4))
+        assert isinstance(refused.value, BodyTooLargeError)
+        assert str(refused.value) == "body over max_event_size (4 bytes)"
 
 
 def test_parse_seq():

@@ -13,7 +13,7 @@ import pytest
 from saltbus.client import Listener
 from saltbus.config import Config
 from saltbus.event import Event
-from saltbus.http import SALT_HOOK_PREFIX, TokenStore, create_app
+from saltbus.http import SALT_HOOK_PREFIX, Settings, TokenStore, create_app
 from saltbus.http.hooks import hook_tag, parse_post, secret_for, sign
 from saltbus.server import EmbeddedPublisher
 from tests.http_support import bearer, in_process, make_tokens
@@ -63,8 +63,10 @@ def test_hook_fires_what_salt_api_fires(
         | bearer(secrets["hooks"]),
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"success": True}
     assert event is not None and event.tag == "saltbus/hook/deploy/web"
+    # Answered as POST /events is: acknowledged, with the seq the bus gave it.
+    assert isinstance(event.seq, int)
+    assert answer.json() == {"success": True, "tag": "saltbus/hook/deploy/web", "seq": event.seq}
     assert event.data["body"] == body.decode()
     assert event.data["post"] == {"ref": "main", "n": 1}
     headers = event.data["headers"]
@@ -100,6 +102,7 @@ def test_hmac_signature_is_accepted_without_a_token(
     )
     assert answer.status_code == 200, answer.text
     assert event is not None and event.tag == "saltbus/hook/github"
+    assert answer.json()["seq"] == event.seq
     assert event.data["post"] == {"action": "opened"}
 
 
@@ -163,6 +166,25 @@ def test_salt_api_prefix(bus_config: Config, publisher: EmbeddedPublisher):
         assert asyncio.run(main()).status_code == 200
         event = listener.receive(5)
     assert event is not None and event.tag == "salt/netapi/hook/x"
+
+
+def test_a_hook_without_a_publisher_is_503(bus_config: Config, tokens: TokenStore):
+    app = create_app(
+        bus_config,
+        tokens=tokens,
+        hook_secrets={"github": SECRET},
+        settings=Settings(fire_timeout=0.3),
+    )
+
+    async def main() -> httpx.Response:
+        async with in_process(app) as client:
+            body = b"{}"
+            signed = {"X-Hub-Signature-256": sign(SECRET, body)}
+            return await client.post("/hook/github", content=body, headers=signed)
+
+    answer = asyncio.run(main())
+    assert answer.status_code == 503
+    assert answer.json()["success"] is False and answer.json()["error"]
 
 
 def test_bad_json_is_400(

@@ -35,7 +35,7 @@ NEWEST_N = "const r = document.querySelector('#events tr.event'); return r && r.
 
 @pytest.fixture
 def secrets(tmp_path: Path) -> dict[str, str]:
-    return make_tokens(tmp_path / "tokens.json", viewer=(["*"], []))
+    return make_tokens(tmp_path / "tokens.json", viewer=(["*"], []), app=(["app/*"], []))
 
 
 @pytest.fixture
@@ -194,12 +194,68 @@ def test_the_page_shows_filters_and_pauses(
     assert _severe_console_messages(browser) == []
 
 
+def _seqs(driver: WebDriver) -> list[int]:
+    """The seqs of the rows, top (newest) first."""
+    script = (
+        "return Array.from(document.querySelectorAll('#events tr.event')).map(r => r.dataset.seq)"
+    )
+    seqs = driver.execute_script(script)
+    assert isinstance(seqs, list)
+    return [int(seq) for seq in seqs]
+
+
+def test_the_page_opens_with_the_backlog_then_goes_on_live(
+    browser: WebDriver, app: Starlette, base_url: str, sender: Sender, secrets: dict[str, str]
+):
+    fired = [sender.fire("app/old", {"n": n}, ack=True).seq for n in range(150)]
+    browser.get(f"{base_url}/#token={secrets['viewer']}")
+    # The last 100 from the journal, newest on top.
+    _until(browser, lambda d: len(_seqs(d)) == 100, "the backlog shown")
+    assert _seqs(browser) == fired[:-101:-1]
+    assert browser.execute_script(NEWEST_N) == 149
+    _live(browser, app)
+    live = [sender.fire("app/new", {"n": n}, ack=True).seq for n in range(3)]
+    _until(browser, lambda d: len(_seqs(d)) == 103, "the live events shown")
+    # Backlog and live met with no gap and no duplicate.
+    assert _seqs(browser) == (fired[-100:] + live)[::-1]
+    assert _tags(browser)[:3] == ["app/new"] * 3
+    assert _severe_console_messages(browser) == []
+
+
+def test_a_new_token_in_the_fragment_replaces_the_old_one(
+    browser: WebDriver, app: Starlette, base_url: str, sender: Sender, secrets: dict[str, str]
+):
+    sender.fire("salt/auth", {"id": "web1"}, ack=True)
+    sender.fire("app/one", {}, ack=True)
+    browser.get(f"{base_url}/#token={secrets['viewer']}")
+    _until(browser, lambda d: _tags(d) == ["app/one", "salt/auth"], "the viewer's backlog")
+    assert "token viewer" in browser.find_element(By.ID, "who").text
+    browser.execute_script("window.sameDocument = true")
+
+    # Another link with another token, opened in the same tab.
+    browser.get(f"{base_url}/#token={secrets['app']}")
+    _until(browser, lambda d: "token app" in d.find_element(By.ID, "who").text, "the new token")
+    assert browser.execute_script("return window.sameDocument") is True  # not a reload
+    _until(browser, lambda d: _tags(d) == ["app/one"], "only what the new token may read")
+    assert "token" not in browser.current_url
+    _live(browser, app)
+    sender.fire("salt/key", {"id": "web2"})
+    sender.fire("app/two", {})
+    _until(browser, lambda d: _tags(d)[0] == "app/two", "a live event of the new token")
+    assert "salt/key" not in _tags(browser)
+    stored = browser.execute_script("return sessionStorage.getItem('saltbus-token')")
+    assert stored == secrets["app"]
+
+
 def test_the_page_asks_for_a_token(
     browser: WebDriver, app: Starlette, base_url: str, sender: Sender, secrets: dict[str, str]
 ):
     browser.get(f"{base_url}/")
     form = browser.find_element(By.ID, "login")
     _until(browser, lambda d: form.is_displayed(), "the token form")
+    # Not waiting for events while there is no token to ask for them with.
+    empty = browser.find_element(By.ID, "empty").text
+    assert "Waiting" not in empty and "token" in empty
     field = browser.find_element(By.ID, "token-input")
     field.send_keys("sbt_wrong\n")
     _until(
@@ -210,5 +266,6 @@ def test_the_page_asks_for_a_token(
     field.send_keys(secrets["viewer"] + "\n")
     _live(browser, app)
     assert not form.is_displayed()
+    assert browser.find_element(By.ID, "empty").text == "Waiting for events…"
     sender.fire("app/hello", {})
     _until(browser, lambda d: _tags(d) == ["app/hello"], "the event shown")

@@ -130,6 +130,31 @@ def test_resume_with_the_query_parameter(
         assert [m.event for m in stream.take(2)] == ["q/b", "q/c"]
 
 
+def test_backlog_opens_with_the_last_events_then_goes_on_live(
+    base_url: str, client: httpx.Client, sender: Sender, secrets: dict[str, str]
+):
+    before = []
+    for n in range(30):
+        sender.fire("other/x", {"n": n}, ack=True)  # the app token may not read these
+        before.append(sender.fire("app/bk", {"n": n}, ack=True).seq)
+    sender.fire("other/last", {}, ack=True)
+    url = f"{base_url}/events?backlog=5&token={secrets['app']}"
+    with sse(client, url) as stream:
+        backlog = stream.take(5)
+        later = [sender.fire("app/bk", {"n": n}, ack=True).seq for n in range(30, 35)]
+        live = stream.take(5)
+    assert [int(m.id or 0) for m in backlog] == before[-5:]
+    assert [m.json()["data"]["n"] for m in backlog] == list(range(25, 30))
+    # No gap and no duplicate where the backlog meets the live events.
+    assert [int(m.id or 0) for m in live] == later
+
+    # A reconnecting EventSource sends Last-Event-ID to the same URL: it
+    # resumes there, not with the backlog again.
+    resume = {"Last-Event-ID": str(later[2])}
+    with sse(client, f"{url}&tag=app/", headers=resume) as stream:
+        assert [int(m.id or 0) for m in stream.take(2)] == later[3:]
+
+
 def test_salt_api_form(
     app: Starlette, base_url: str, client: httpx.Client, sender: Sender, secrets: dict[str, str]
 ):
@@ -181,7 +206,7 @@ def test_a_scoped_token_never_sees_other_events(
 
 def test_bad_parameters_are_400(base_url: str, client: httpx.Client, secrets: dict[str, str]):
     headers = bearer(secrets["admin"])
-    for query in ("match_type=sideways", "tag=(&match_type=regex", "format=xml"):
+    for query in ("match_type=sideways", "tag=(&match_type=regex", "format=xml", "backlog=-1"):
         answer = client.get(f"{base_url}/events?{query}", headers=headers)
         assert answer.status_code == 400, query
         assert "error" in answer.json()

@@ -88,7 +88,13 @@ def test_fire_through_the_websocket(
         broken = _receive(ws)
         ws.send(json.dumps({"tag": "app/cmd/x", "data": "text"}))
         bad_data = _receive(ws)
+        # A binary message is read as the UTF-8 of the same JSON.
+        ws.send(json.dumps({"tag": "app/cmd/binary", "data": {}, "id": 9}).encode())
+        binary = _receive(ws)
+        binary_event = listener.receive(5)
     assert event is not None and event.data["svc"] == "web"
+    assert binary_event is not None and binary_event.tag == "app/cmd/binary"
+    assert binary == {"id": 9, "fired": {"tag": "app/cmd/binary", "seq": binary_event.seq}}
     assert answer == {"id": 7, "fired": {"tag": "app/cmd/restart", "seq": event.seq}}
     assert refused["id"] == 8 and "may not fire" in refused["error"]
     assert "not JSON" in broken["error"]
@@ -102,6 +108,17 @@ def test_resume_over_a_websocket(ws_url: str, sender: Sender, secrets: dict[str,
     with connect(url) as ws:
         got = [_receive(ws)["seq"] for _ in range(100)]
     assert got == seqs
+
+
+def test_backlog_over_a_websocket(ws_url: str, sender: Sender, secrets: dict[str, str]):
+    seqs = [sender.fire("bk/x", {"n": n}, ack=True).seq for n in range(10)]
+    sender.fire("other/y", {}, ack=True)
+    with connect(f"{ws_url}?tag=bk/&backlog=3&token={secrets['admin']}") as ws:
+        backlog = [_receive(ws)["seq"] for _ in range(3)]
+        live = sender.fire("bk/live", {}, ack=True)
+        after = _receive(ws)
+    assert backlog == seqs[-3:]
+    assert after["seq"] == live.seq
 
 
 def test_a_scoped_token_never_sees_other_events(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
-from saltbus.cli.common import add_bus_options, config_from_args
+from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.errors import ConfigError
 from saltbus.http.settings import DEFAULT_HOOK_PREFIX, SALT_HOOK_PREFIX, Settings
 
@@ -29,23 +29,28 @@ HELP = "serve a bus over HTTP: SSE, WebSocket, webhooks and a live page"
 DESCRIPTION = f"""\
 Serve the bus over HTTP (Starlette on uvicorn):
 
-  GET  /              a live page of the events (token in the URL: /#token=SECRET)
+  GET  /              a live page: the last 100 events, then live ones (token
+                      in the URL: /#token=SECRET)
   GET  /events        Server-Sent Events: id = sequence number, event = tag,
                       data = {{"tag", "data"}}; ?tag=&match_type= filter on the
                       server; Last-Event-ID (or ?last_event_id=) resumes from
-                      the journal with no gap; ?format=salt for salt-api's form
+                      the journal with no gap; ?backlog=N starts with the last
+                      N events from the journal; ?format=salt for salt-api's form
   POST /events        fire {{"tag", "data"}}; answers the event's sequence number
   GET  /ws            a WebSocket: the same stream, and {{"tag", "data"}} fires
   POST /hook/PATH     fire {DEFAULT_HOOK_PREFIX}/PATH with {{"body", "post", "headers"}}
                       as salt-api's /hook (--hook-prefix {SALT_HOOK_PREFIX} for
-                      reactor files written for salt-api)
+                      reactor files written for salt-api); answers its sequence number
   GET  /openapi.json  the API's OpenAPI document
 
 Every request needs a token from --tokens FILE (`saltbus token create`), in an
 `Authorization: Bearer` header or, for EventSource, WebSocket and hooks, a
 ?token= parameter; a token reads and fires only the tags its patterns allow.
 Without --tokens, saltbus http refuses to start unless --no-auth is given,
-and then serves on loopback only.
+and then serves on loopback only. Tokens in URLs are hidden in the log.
+
+?backlog= reads the journal as `saltbus history` does: give the publisher's
+--data-dir if it has one.
 
 examples:
   saltbus token create me --fire '*' --tokens ~/.config/saltbus/tokens.json
@@ -71,7 +76,9 @@ def add_parser(commands: Any) -> None:
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS: certificate")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="serve HTTPS: private key")
     serve.add_argument(
-        "--no-access-log", action="store_true", help="do not log each request (tokens are hidden)"
+        "--no-access-log",
+        action="store_true",
+        help="do not log each request and WebSocket (when logged, ?token= values are hidden)",
     )
     auth = parser.add_argument_group("authentication")
     choice = auth.add_mutually_exclusive_group()
@@ -115,6 +122,7 @@ def add_parser(commands: Any) -> None:
         f"from the journal (default {Settings.queue_size})",
     )
     add_bus_options(parser)
+    add_journal_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -138,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         # only this one needs the http extra.
         import uvicorn  # noqa: PLC0415
 
-        from saltbus.http.app import RedactTokens, create_app  # noqa: PLC0415
-        from saltbus.http.serving import BridgeServer  # noqa: PLC0415
+        from saltbus.http.app import create_app  # noqa: PLC0415
+        from saltbus.http.serving import BridgeServer, access_log_filters  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigError(
             f"saltbus http needs the http extra (pip install 'saltbus[http]'): {exc}"
@@ -162,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         app = create_app(config, tokens=tokens, settings=settings)
-        logging.getLogger("uvicorn.access").addFilter(RedactTokens())
         server = BridgeServer(
             uvicorn.Config(
                 app,
@@ -175,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
             ),
             app.state.bridge,
         )
-        server.run(sockets=[sock])
+        with access_log_filters(access_log=not args.no_access_log):
+            server.run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -29,14 +28,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from saltbus.config import Config
-from saltbus.errors import (
-    BusTimeoutError,
-    FrameTooLargeError,
-    LocalProtocolError,
-    NoPublisherError,
-    SaltbusError,
+from saltbus.errors import SaltbusError
+from saltbus.http.bridge import (
+    BodyTooLargeError,
+    Bridge,
+    error,
+    fire_failure_status,
+    read_body,
+    unauthorized,
 )
-from saltbus.http.bridge import BodyTooLargeError, Bridge, error, read_body, unauthorized
 from saltbus.http.hooks import hook_endpoint
 from saltbus.http.openapi import document
 from saltbus.http.settings import Settings
@@ -147,8 +147,8 @@ async def fire_endpoint(bridge: Bridge, request: Request) -> Response:
     try:
         body = await read_body(request, bridge.config.max_event_size)
         message = json.loads(body)
-    except BodyTooLargeError:
-        return error(413, f"body over max_event_size ({bridge.config.max_event_size} bytes)")
+    except BodyTooLargeError as exc:
+        return error(413, str(exc))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error(400, f"body is not JSON: {exc}")
     if not isinstance(message, dict):
@@ -163,30 +163,6 @@ async def fire_endpoint(bridge: Bridge, request: Request) -> Response:
     bridge.ensure_started()
     try:
         event = await bridge.hub.fire(tag, data)
-    except FrameTooLargeError as exc:
-        return error(413, str(exc))
-    except LocalProtocolError as exc:
-        return error(400, str(exc))
-    except NoPublisherError as exc:
-        return error(503, str(exc))
-    except BusTimeoutError as exc:
-        return error(504, str(exc))
     except SaltbusError as exc:
-        return error(502, str(exc))
+        return error(fire_failure_status(exc), str(exc))
     return JSONResponse({"success": True, "tag": tag, "seq": event.seq})
-
-
-_TOKEN_IN_QUERY: Final = re.compile(r"([?&]token=)[^&\s\"]*")
-
-
-class RedactTokens(logging.Filter):
-    """Hides ``?token=`` values in access log lines (EventSource can send a
-    token in the URL only, and access logs show URLs)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub(r"\1…", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True

@@ -14,7 +14,16 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from saltbus.config import Config
+from saltbus.errors import (
+    BusTimeoutError,
+    FrameTooLargeError,
+    JournalUnavailableError,
+    LocalProtocolError,
+    NoPublisherError,
+    SaltbusError,
+)
 from saltbus.event import Event, MatchType
+from saltbus.http.backlog import backlog_start, journal_file
 from saltbus.http.hub import Hub
 from saltbus.http.settings import Settings
 from saltbus.http.stream import EventStream
@@ -39,6 +48,7 @@ class Bridge:
         # cancelled (clients reconnect, and resume, when it is back).
         self.stopping = asyncio.Event()
         self.payloads = PayloadCache()
+        self._warned_no_journal = False
 
     @property
     def auth(self) -> bool:
@@ -68,6 +78,34 @@ class Bridge:
         """For a long-lived connection: tells when its token was revoked."""
         return GrantWatch(self, conn, grant, self.settings.heartbeat)
 
+    async def start_point(
+        self,
+        grant: Grant,
+        *,
+        resume: int | None,
+        backlog: int | None,
+        tag: str = "",
+        match_type: MatchType = MatchType.STARTSWITH,
+    ) -> int | None:
+        """Where a stream starts: after ``resume`` when the client gave one (it
+        reconnects: what it has seen is not sent again), else just before the
+        last ``backlog`` events it may see, else live (None)."""
+        if resume is not None or not backlog or not self.config.served_by_saltbus():
+            return resume
+        path = journal_file(self.config)
+        if not path.exists():
+            if not self._warned_no_journal:
+                self._warned_no_journal = True
+                log.warning(
+                    "no journal at %s: ?backlog= starts live (is the publisher's journal on, "
+                    "and is its --data-dir the bridge's too?)",
+                    path,
+                )
+            return None
+        return await asyncio.to_thread(
+            backlog_start, path, backlog, grant.may_read, tag=tag, match_type=match_type
+        )
+
     def stream(
         self,
         grant: Grant,
@@ -89,8 +127,13 @@ class Bridge:
         )
 
 
-class BodyTooLargeError(Exception):
-    pass
+class BodyTooLargeError(SaltbusError):
+    """A request's body is over the limit (``max_event_size``): it would not fit
+    in an event, so it is refused before it is all read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body over max_event_size ({limit} bytes)")
+        self.limit = limit
 
 
 async def read_body(conn: Request, limit: int) -> bytes:
@@ -98,13 +141,13 @@ async def read_body(conn: Request, limit: int) -> bytes:
     ``limit`` bytes rather than after it was all held in memory."""
     declared = conn.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError
+        raise BodyTooLargeError(limit)
     parts: list[bytes] = []
     size = 0
     async for chunk in conn.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLargeError
+            raise BodyTooLargeError(limit)
         parts.append(chunk)
     return b"".join(parts)
 
@@ -126,6 +169,20 @@ def unauthorized(message: str = "a valid token is needed") -> JSONResponse:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status)
+
+
+def fire_failure_status(exc: SaltbusError) -> int:
+    """The HTTP status of a fire that failed with ``exc``: the request's fault
+    (4xx), or the bus's (5xx: gone, full, too slow, or an error of its own)."""
+    if isinstance(exc, FrameTooLargeError):
+        return 413
+    if isinstance(exc, LocalProtocolError):
+        return 400
+    if isinstance(exc, NoPublisherError | JournalUnavailableError):
+        return 503
+    if isinstance(exc, BusTimeoutError):
+        return 504
+    return 502
 
 
 class GrantWatch:

@@ -2,8 +2,10 @@
 
 The request fires ``<prefix>/<path>`` with ``{"body": <raw body as text>,
 "post": <body parsed as JSON or a form, else {}>, "headers": {...}}`` and is
-answered ``{"success": true}``, as salt-api's ``/hook`` does (prefix
-``salt/netapi/hook`` for Salt's reactor files written for salt-api).
+answered ``{"success": true}`` as salt-api's ``/hook`` is (prefix
+``salt/netapi/hook`` for Salt's reactor files written for salt-api), plus the
+``tag`` and the ``seq`` the publisher gave the event, as ``POST /events``
+answers (the fire is acknowledged: once answered, the event is journaled).
 
 Who may call it:
 
@@ -32,8 +34,15 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from saltbus.errors import FrameTooLargeError, SaltbusError
-from saltbus.http.bridge import BodyTooLargeError, Bridge, error, read_body, unauthorized
+from saltbus.errors import SaltbusError
+from saltbus.http.bridge import (
+    BodyTooLargeError,
+    Bridge,
+    error,
+    fire_failure_status,
+    read_body,
+    unauthorized,
+)
 
 log = logging.getLogger("saltbus.http")
 
@@ -96,8 +105,8 @@ async def hook_endpoint(bridge: Bridge, request: Request) -> Response:
             return error(403, f"token {grant.name!r} may not fire {tag!r}")
     try:
         body = await read_body(request, bridge.config.max_event_size)
-    except BodyTooLargeError:
-        return error(413, f"body over max_event_size ({bridge.config.max_event_size} bytes)")
+    except BodyTooLargeError as exc:
+        return error(413, str(exc))
     if secret is not None:
         presented = request.headers.get(SIGNATURE_HEADER, "")
         if not hmac.compare_digest(presented.encode(), sign(secret, body).encode()):
@@ -114,10 +123,10 @@ async def hook_endpoint(bridge: Bridge, request: Request) -> Response:
     }
     bridge.ensure_started()
     try:
-        await bridge.hub.fire(tag, data)
-    except FrameTooLargeError as exc:
-        return JSONResponse({"success": False, "error": str(exc)}, 413)
-    except (SaltbusError, ValueError) as exc:
-        log.warning("hook %r: not fired: %s", path, exc)
-        return JSONResponse({"success": False, "error": str(exc)}, 503)
-    return JSONResponse({"success": True})
+        event = await bridge.hub.fire(tag, data)
+    except SaltbusError as exc:
+        status = fire_failure_status(exc)
+        if status >= 500:
+            log.warning("hook %r: not fired: %s", path, exc)
+        return JSONResponse({"success": False, "error": str(exc)}, status)
+    return JSONResponse({"success": True, "tag": tag, "seq": event.seq})

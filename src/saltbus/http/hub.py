@@ -31,9 +31,10 @@ CONNECT_RETRY: Final = 0.5
 FIRE_TIMEOUT: Final = 5.0
 
 
-class MemberLaggedError(Exception):
+class MemberLaggedError(SlowConsumerError):
     """The member's queue overflowed (or the fan-out lost events): what was
-    queued is gone, and the connection must catch up from the journal."""
+    queued is gone, and the connection must catch up from the journal. A
+    :class:`SlowConsumerError`, as a subscription's overflow is."""
 
 
 class _Renumbered:

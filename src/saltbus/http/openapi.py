@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from saltbus.http.backlog import MAX_BACKLOG
 from saltbus.http.settings import Settings
 
 VERSION: Final = "3.1.0"
@@ -42,11 +43,22 @@ _FILTERS: Final = [
         "resume after this sequence number (as the Last-Event-ID header does)",
         {"type": "integer", "minimum": 0},
     ),
+    _query(
+        "backlog",
+        "open with the last N events the stream would send, from the journal, then go on "
+        "live with no gap (ignored when resuming)",
+        {"type": "integer", "minimum": 0, "maximum": MAX_BACKLOG},
+    ),
     _query("token", "the bearer token, for clients that cannot send headers (EventSource)"),
 ]
 
 _UNAUTHORIZED = _response("no valid token", _ERROR)
 _FORBIDDEN = _response("the token may not fire this tag", _ERROR)
+_FIRE_FAILURES: Final = {
+    "502": _response("the publisher failed the fire", _ERROR),
+    "503": _response("no publisher, or its journal cannot take the event", _ERROR),
+    "504": _response("the publisher did not acknowledge in time", _ERROR),
+}
 
 
 def document(settings: Settings, *, auth: bool = True) -> dict[str, Any]:
@@ -160,7 +172,7 @@ def document(settings: Settings, *, auth: bool = True) -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "403": _FORBIDDEN,
                         "413": _response("over max_event_size", _ERROR),
-                        "503": _response("no publisher", _ERROR),
+                        **_FIRE_FAILURES,
                     },
                 },
             },
@@ -212,13 +224,11 @@ def _hook(prefix: str, *, with_path: bool) -> dict[str, Any]:
             },
         },
         "responses": {
-            "200": _response(
-                "fired", {"type": "object", "properties": {"success": {"type": "boolean"}}}
-            ),
+            "200": _response("fired", {"$ref": "#/components/schemas/Fired"}),
             "401": _response("no valid token or signature", _ERROR),
             "403": _FORBIDDEN,
             "413": _response("over max_event_size", _ERROR),
-            "503": _response("no publisher", _ERROR),
+            **_FIRE_FAILURES,
         },
     }
     if with_path:

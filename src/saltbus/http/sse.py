@@ -9,6 +9,10 @@ Three forms (``?format=``):
 - ``salt``: salt-api's stream, for its existing clients: ``retry: 400`` first,
   then ``tag: <tag>`` and ``data: <json>`` per event, no ids.
 
+``?backlog=N`` opens the stream with the last ``N`` events it would send, from
+the journal, then goes on live; a resume point (``Last-Event-ID``, as
+EventSource sends when it reconnects to the same URL) wins over it.
+
 An idle stream gets a comment every ``heartbeat`` seconds, so proxies keep it
 open; that is also when a revoked token's stream is ended.
 """
@@ -27,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from saltbus.errors import ConfigError
 from saltbus.event import Event, MatchType
+from saltbus.http.backlog import parse_backlog
 from saltbus.http.bridge import Bridge, dumps, error, parse_seq, unauthorized
 from saltbus.http.tasks import stop
 
@@ -120,13 +125,16 @@ async def events_endpoint(bridge: Bridge, request: Request) -> Response:
         return error(400, f"format must be one of {', '.join(FORMATS)}")
     try:
         match_type = MatchType.parse(params.get("match_type"), bridge.config.event_match_type)
-        bridge.ensure_started()
-        stream = bridge.stream(
+        tag = params.get("tag", "")
+        since = await bridge.start_point(
             grant,
-            tag=params.get("tag", ""),
+            resume=parse_seq(request.headers.get("last-event-id"), params.get("last_event_id")),
+            backlog=parse_backlog(params.get("backlog")),
+            tag=tag,
             match_type=match_type,
-            since=parse_seq(request.headers.get("last-event-id"), params.get("last_event_id")),
         )
+        bridge.ensure_started()
+        stream = bridge.stream(grant, tag=tag, match_type=match_type, since=since)
     except ConfigError as exc:
         return error(400, str(exc))
 

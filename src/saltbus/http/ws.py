@@ -1,8 +1,9 @@
 """``GET /ws``: the bus over a WebSocket, both ways.
 
 Server to client: one text message per event, ``{"tag", "data", "seq"}``
-(``seq`` null from a Salt publisher). The same filters and resume point as
-``/events``: ``?tag=``, ``?match_type=``, ``?last_event_id=``.
+(``seq`` null from a Salt publisher). The same filters, resume point and
+backlog as ``/events``: ``?tag=``, ``?match_type=``, ``?last_event_id=``,
+``?backlog=``.
 
 Client to server: ``{"tag": ..., "data": {...}, "id": <anything>}`` fires an
 event if the token may fire that tag; the answer is ``{"fired": {"tag",
@@ -19,10 +20,11 @@ import logging
 from typing import Any
 
 from starlette.responses import Response
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from saltbus.errors import ConfigError, SaltbusError
 from saltbus.event import Event, MatchType
+from saltbus.http.backlog import parse_backlog
 from saltbus.http.bridge import Bridge, dumps, error, parse_seq, unauthorized
 from saltbus.http.stream import EventStream
 from saltbus.http.tasks import stop
@@ -43,13 +45,16 @@ async def ws_endpoint(bridge: Bridge, websocket: WebSocket) -> None:
     params = websocket.query_params
     try:
         match_type = MatchType.parse(params.get("match_type"), bridge.config.event_match_type)
-        bridge.ensure_started()
-        stream = bridge.stream(
+        tag = params.get("tag", "")
+        since = await bridge.start_point(
             grant,
-            tag=params.get("tag", ""),
+            resume=parse_seq(params.get("last_event_id")),
+            backlog=parse_backlog(params.get("backlog")),
+            tag=tag,
             match_type=match_type,
-            since=parse_seq(params.get("last_event_id")),
         )
+        bridge.ensure_started()
+        stream = bridge.stream(grant, tag=tag, match_type=match_type, since=since)
     except ConfigError as exc:
         await _deny(websocket, error(400, str(exc)))
         return
@@ -63,8 +68,21 @@ async def ws_endpoint(bridge: Bridge, websocket: WebSocket) -> None:
     finally:
         await stop(pump, listen, stopper)
         code = GOING_AWAY if stopper.done() and not stopper.cancelled() else NORMAL
-        with contextlib.suppress(RuntimeError, OSError):
-            await websocket.close(code)
+        await _close(websocket, code)
+    if session.client_close is not None:
+        log.debug("token %r closed its WebSocket (code %d)", grant.name, session.client_close)
+
+
+async def _close(websocket: WebSocket, code: int) -> None:
+    """Close our side, unless a side already did: after the client's close (the
+    usual end) a close frame cannot be sent, and trying would raise out of the
+    app, which the server logs as an error with a traceback."""
+    connected = WebSocketState.CONNECTED
+    if websocket.client_state is not connected or websocket.application_state is not connected:
+        return
+    # The client may go away between the check and the send.
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await websocket.close(code)
 
 
 async def _deny(websocket: WebSocket, response: Response) -> None:
@@ -88,6 +106,7 @@ class _Session:
         self.websocket = websocket
         self.grant = grant
         self.watch = bridge.watch(websocket, grant)
+        self.client_close: int | None = None  # the client's close code, once it closed
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -109,8 +128,15 @@ class _Session:
                     )
 
     async def listen(self) -> None:
+        """Answer what the client sends, until it closes (its close ends the session)."""
         while True:
-            text = await self.websocket.receive_text()
+            received = await self.websocket.receive()
+            if received["type"] == "websocket.disconnect":
+                self.client_close = int(received.get("code", NORMAL))
+                return
+            text = received.get("text")
+            if text is None:  # a binary message: read as the UTF-8 of the same JSON
+                text = (received.get("bytes") or b"").decode("utf-8", "replace")
             await self.send(await self._fire(text))
 
     async def _fire(self, text: str) -> dict[str, Any]:

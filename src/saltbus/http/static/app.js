@@ -1,14 +1,18 @@
-// The live page: an EventSource on events?format=message, newest events first.
+// The live page: an EventSource on events?format=message, newest events first:
+// the last BACKLOG events from the journal, then live ones.
 // The DOM is built with textContent only: event data is never parsed as HTML.
 "use strict";
 
 (() => {
   const MAX_ROWS = 1000;      // rows kept in the table (the oldest are dropped)
   const MAX_PENDING = 10000;  // events held while paused
+  const BACKLOG = 100;        // past events shown when the page (or a new token) starts
   const $ = (id) => document.getElementById(id);
 
   const state = {
     token: null,
+    starts: 0,      // start() calls so far: an older one's answer is ignored
+    retry: 0,       // the timer of the next start() after an error
     source: null,
     lastSeq: null,
     paused: false,
@@ -45,17 +49,25 @@
   }
 
   async function start() {
-    state.token = takeToken();
+    clearTimeout(state.retry);
+    const token = takeToken();
+    // Another token may read other events: what the old one showed goes, and
+    // the new one starts with its own backlog.
+    if (token !== state.token) resetView();
+    state.token = token;
+    const current = (state.starts += 1);
     let grant = null;
     try {
-      grant = await whoami(state.token);
+      grant = await whoami(token);
     } catch (err) {
+      if (current !== state.starts) return;
       setStatus("error", "cannot reach the bridge");
-      setTimeout(start, 3000);
+      state.retry = setTimeout(start, 3000);
       return;
     }
+    if (current !== state.starts) return;
     if (grant === null) {
-      askForToken(state.token ? "that token is not valid (any more)" : "");
+      askForToken(token ? "that token is not valid (any more)" : "");
       return;
     }
     $("login").hidden = true;
@@ -65,11 +77,21 @@
 
   function askForToken(message) {
     sessionStorage.removeItem("saltbus-token");
+    if (state.source) state.source.close();
+    state.source = null;
     setStatus("error", "token needed");
+    setEmpty("Give a token to see the events.");
+    $("who").textContent = "";
     $("login").hidden = false;
     $("login-error").textContent = message;
     $("token-input").focus();
   }
+
+  // A link with another #token= opened in this tab changes only the fragment:
+  // no new page load, so the page takes the new token itself.
+  window.addEventListener("hashchange", () => {
+    if (new URLSearchParams(location.hash.slice(1)).get("token")) start();
+  });
 
   $("login").addEventListener("submit", (submit) => {
     submit.preventDefault();
@@ -81,6 +103,8 @@
   // -- the stream
   function streamUrl(resume) {
     const params = new URLSearchParams({ format: "message" });
+    // resume: go on from the last event shown, or, when none was, open with
+    // the backlog (the server ignores it when EventSource resumes by itself).
     if (state.token) params.set("token", state.token);
     if (state.filter) {
       params.set("tag", state.filter);
@@ -91,24 +115,30 @@
     // here. Another filter starts live: resuming would replay, from the
     // journal, every event of the new filter since the last one shown.
     if (resume && state.lastSeq !== null) params.set("last_event_id", String(state.lastSeq));
+    else if (resume) params.set("backlog", String(BACKLOG));
     return "events?" + params.toString();
   }
 
   function connect(resume) {
     if (state.source) state.source.close();
     setStatus("connecting", "connecting");
+    setEmpty("Waiting for events…");
     const source = new EventSource(streamUrl(resume));
     state.source = source;
-    source.onopen = () => setStatus(state.paused ? "paused" : "live", state.paused ? "paused" : "live");
+    source.onopen = () => {
+      if (source === state.source) setStatus(state.paused ? "paused" : "live", state.paused ? "paused" : "live");
+    };
     source.onerror = () => {
+      if (source !== state.source) return; // a stream closed since
       if (source.readyState === EventSource.CLOSED) {
         setStatus("error", "disconnected");
-        setTimeout(start, 3000); // a refused stream is not retried by EventSource
+        state.retry = setTimeout(start, 3000); // a refused stream is not retried by EventSource
       } else {
         setStatus("connecting", "reconnecting");
       }
     };
     source.onmessage = (message) => {
+      if (source !== state.source) return;
       let event;
       try {
         event = JSON.parse(message.data);
@@ -255,6 +285,29 @@
     $("empty").hidden = false;
     state.selected = null;
   });
+
+  function resetView() {
+    if (state.source) state.source.close();
+    state.source = null;
+    state.lastSeq = null;
+    state.pending = [];
+    state.overflow = 0;
+    state.incoming = [];
+    state.received = 0;
+    state.thisSecond = 0;
+    state.selected = null;
+    $("events").replaceChildren();
+    $("empty").hidden = false;
+    $("count").textContent = "0";
+    $("detail-tag").textContent = "Click an event to see its data";
+    $("detail-meta").textContent = "";
+    $("detail").textContent = "";
+    showPending();
+  }
+
+  function setEmpty(text) {
+    $("empty").textContent = text;
+  }
 
   function setStatus(kind, text) {
     const status = $("status");
