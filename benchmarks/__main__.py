@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.procs import BenchError
-from benchmarks.report import machine, summarize, table
+from benchmarks.report import machine, summarize, table, targets, targets_table
 from benchmarks.scenarios import BUS_KEYS, BUSES, FULL, SCENARIOS, SHORT
 
 
@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, per_bus in raw.items()
     }
     print(table(summary))
+    checked = targets(summary)
+    if checked:
+        print()
+        print(targets_table(checked))
     print(
         f"\n{'short' if args.short else 'full'} mode, {params.repeat} run(s) each "
         f"(latency {params.latency_repeat}, stuck reader {params.stuck_repeat}), "
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "params": asdict(params),
             "buses": {b.key: asdict(b) for b in BUSES},
             "summary": summary,
+            "targets": checked,
             "runs": raw,
             "errors": errors,
         }

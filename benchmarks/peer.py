@@ -143,6 +143,7 @@ class RawLib:
         self._sub: socket.socket | None = None
         self._unpacker: Any = None
         self._ready: list[tuple[str, dict[str, Any]]] = []
+        self.decode = False  # the latency listener needs each event's `sent`
 
     def frame(self, tag: str, data: dict[str, Any]) -> bytes:
         data = dict(data, _stamp=_stamp())
@@ -170,12 +171,14 @@ class RawLib:
         self._unpacker = self._msgpack.Unpacker(raw=False)
 
     def receive(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
-        """Only the tag: the data is not decoded (``{}``)."""
+        """Only the tag: the data is not decoded (``{}``) unless ``decode``."""
         assert self._sub is not None
         while True:
             for frame in self._unpacker:
                 body = frame["body"]
-                return body[: body.index(b"\n\n")].decode(), {}
+                cut = body.index(b"\n\n")
+                data = self._msgpack.unpackb(body[cut + 2 :]) if self.decode else {}
+                return body[:cut].decode(), data
             readable, _, _ = select.select([self._sub], [], [], timeout)
             if not readable:
                 return None
@@ -210,7 +213,7 @@ def role_fire(args: argparse.Namespace) -> int:
             return 4
         lib.fire(SYNC_TAG, {"sync": True})
     count, size, failed = args.count, args.size, 0
-    if args.lib == "raw":
+    if args.lib == "raw" and args.rate <= 0:
         # Encoded before the clock starts: the reference moves bytes, nothing else.
         frames = [lib.frame(f"{EVT_PREFIX}{n}", make_data(n, 0.0, size)) for n in range(count)]
         t_start = time.monotonic()
@@ -239,6 +242,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def role_listen(args: argparse.Namespace) -> int:
     lib = load_lib(args.lib, args.sock_dir)
+    if args.latency and isinstance(lib, RawLib):
+        lib.decode = True
     deadline = time.monotonic() + args.deadline
     lib.subscribe()
     while True:

@@ -96,6 +96,86 @@ def ratio(results: dict[str, Any], row: Row) -> str:
     return f"{value:.1f}x" if value >= 1 else f"{value:.3f}x"
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A bound on ``metric`` of ``scenario``: ours / base <= ``most``."""
+
+    label: str
+    scenario: str
+    metric: str
+    ours: str
+    base: str
+    most: float
+
+
+# The latency targets the journal issue holds saltbus to, with the journal at
+# its default (issue 13): the publishers with the same raw clients, and each
+# library end to end through its own publisher.
+TARGETS: Final = (
+    Target(
+        "publisher p50 (raw clients) <= 0.6x Salt's",
+        "latency",
+        "p50_ms",
+        "saltbus-raw",
+        "salt-raw",
+        0.6,
+    ),
+    Target(
+        "publisher p99 (raw clients) <= Salt's", "latency", "p99_ms", "saltbus-raw", "salt-raw", 1.0
+    ),
+    Target("library end to end p99 <= 1/5 of Salt's", "latency", "p99_ms", "saltbus", "salt", 0.2),
+    Target(
+        "journal-on p99 <= 1.5x journal-off (raw clients)",
+        "latency",
+        "p99_ms",
+        "saltbus-raw",
+        "saltbus-nojournal-raw",
+        1.5,
+    ),
+    Target(
+        "journal-on p99 <= 1.5x journal-off (saltbus clients)",
+        "latency",
+        "p99_ms",
+        "saltbus",
+        "saltbus-nojournal",
+        1.5,
+    ),
+)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with the medians it compares, its ratio and whether it is met."""
+    checked = []
+    for target in TARGETS:
+        per_bus = results.get(target.scenario, {})
+        ours = per_bus.get(target.ours, {}).get(target.metric)
+        base = per_bus.get(target.base, {}).get(target.metric)
+        if ours is None or base is None or not base["median"]:
+            continue
+        value = ours["median"] / base["median"]
+        checked.append(
+            {
+                "target": target.label,
+                "ours": ours["median"],
+                "base": base["median"],
+                "ratio": value,
+                "met": value <= target.most,
+            }
+        )
+    return checked
+
+
+def targets_table(checked: list[dict[str, Any]]) -> str:
+    lines = ["targets (medians):"]
+    for t in checked:
+        verdict = "met" if t["met"] else "NOT MET"
+        lines.append(
+            f"  {t['target']:55} {t['ours']:.3f} / {t['base']:.3f} ms = "
+            f"{t['ratio']:.2f}x  {verdict}"
+        )
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any], buses: Sequence[Bus] = BUSES) -> str:
     shown = [b for b in buses if any(b.key in per_bus for per_bus in results.values())]
     keys = [b.key for b in shown]

@@ -33,13 +33,18 @@ class Bus:
     journal: str = "none"
 
 
+# saltbus as users run it comes first: its default configuration, journal on.
 BUSES: Final = (
     Bus("salt", "Salt 3007.8", "salt", "salt"),
-    Bus("saltbus", "saltbus", "saltbus", "saltbus"),
-    Bus("saltbus-salt-clients", "saltbus pub + Salt clients", "saltbus", "salt"),
-    Bus("saltbus-journal", "saltbus journal=batch", "saltbus", "saltbus", "batch"),
+    Bus("saltbus", "saltbus (default)", "saltbus", "saltbus", "batch"),
+    Bus("saltbus-nojournal", "saltbus journal=none", "saltbus", "saltbus"),
+    Bus("saltbus-salt-clients", "saltbus pub + Salt clients", "saltbus", "salt", "batch"),
     Bus("relay", "relay + saltbus clients", "relay", "saltbus"),
     Bus("relay-raw", "relay + raw clients", "relay", "raw"),
+    # The publishers alone: the same raw clients on each (latency).
+    Bus("salt-raw", "Salt pub + raw clients", "salt", "raw"),
+    Bus("saltbus-raw", "saltbus pub (default) + raw clients", "saltbus", "raw", "batch"),
+    Bus("saltbus-nojournal-raw", "saltbus pub journal=none + raw", "saltbus", "raw"),
 )
 BUS_KEYS: Final = tuple(b.key for b in BUSES)
 
@@ -200,11 +205,29 @@ def stuck(bus: Bus, p: Params) -> dict[str, Any]:
     return run_case(bus, case_deadline(n), body)
 
 
+_FLOW: Final = (
+    "salt",
+    "saltbus",
+    "saltbus-nojournal",
+    "saltbus-salt-clients",
+    "relay",
+    "relay-raw",
+)
 SCENARIOS: Final[dict[str, tuple[Callable[[Bus, Params], dict[str, Any]], tuple[str, ...]]]] = {
-    "throughput": (throughput, BUS_KEYS),
-    "fanout": (fanout, BUS_KEYS),
-    "latency": (latency, ("salt", "saltbus", "saltbus-salt-clients", "relay")),
-    # With its journal, a saltbus listener that falls behind resumes without loss;
-    # without one, a listener more than a queue (8 MiB) behind loses events.
-    "stuck": (stuck, ("salt", "saltbus", "saltbus-journal", "saltbus-salt-clients")),
+    "throughput": (throughput, _FLOW),
+    "fanout": (fanout, _FLOW),
+    "latency": (
+        latency,
+        (
+            "salt",
+            "saltbus",
+            "saltbus-nojournal",
+            "saltbus-salt-clients",
+            "relay",
+            "salt-raw",
+            "saltbus-raw",
+            "saltbus-nojournal-raw",
+        ),
+    ),
+    "stuck": (stuck, ("salt", "saltbus", "saltbus-nojournal", "saltbus-salt-clients")),
 }
