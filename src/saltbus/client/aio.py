@@ -215,6 +215,18 @@ class AsyncClient:
                     self.config.pull_address, timeout
                 )
                 self._ack_decoder = FrameDecoder()
+                auth = auth_frame(self.config, self.config.generation.pull_framing)
+                if auth is not None:
+                    # A tcp-mode bus refuses a connection without its secret,
+                    # and the events written on it would be lost unseen.
+                    self._pull_writer.write(auth)
+                    try:
+                        await asyncio.wait_for(self._welcome(self._pull_reader), max(timeout, 1.0))
+                    except TimeoutError:
+                        await self._close_pull()
+                        raise BusTimeoutError(
+                            f"no answer to authentication within {timeout} s"
+                        ) from None
             try:
                 self._pull_writer.write(frame)
                 await asyncio.wait_for(self._pull_writer.drain(), timeout)
