@@ -12,6 +12,7 @@ from saltbus import (
     BusClosedError,
     BusTimeoutError,
     Config,
+    LocalProtocolError,
     NoPublisherError,
     SlowConsumerError,
 )
@@ -105,10 +106,18 @@ def test_connect_without_publisher_raises(sock_dir: Path):
 def test_fire_rejects_bad_input(bus_config: Config, publisher: EmbeddedPublisher):
     async def main() -> None:
         async with AsyncClient(bus_config) as bus:
-            with pytest.raises(ValueError, match="non-empty"):
+            # One answer for bad input, as from the blocking Sender: a
+            # LocalProtocolError, which is also a ValueError (as in Salt).
+            with pytest.raises(LocalProtocolError, match="non-empty"):
                 await bus.fire("", {})
-            with pytest.raises(TypeError, match="mapping"):
+            with pytest.raises(LocalProtocolError, match="mapping"):
                 await bus.fire("a/b", [1])  # type: ignore[arg-type]
+            with pytest.raises(LocalProtocolError, match="non-empty str"):
+                await bus.fire(7, {})  # type: ignore[arg-type]
+            with pytest.raises(LocalProtocolError, match="cannot be encoded"):
+                await bus.fire("a/b", {"x": object()})
+            # Nothing half-sent: the bus still fires.
+            assert (await bus.fire("a/ok", {}, ack=True)).seq == 1
 
     asyncio.run(main())
 
