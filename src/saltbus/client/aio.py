@@ -221,9 +221,10 @@ class AsyncClient:
     async def _open_pull(self, timeout: float) -> None:
         """Open the pull connection; on a tcp-mode bus, present the secret and
         wait to be admitted (a refused connection would lose what is written)."""
+        secret = read_secret(self.config)
         reader, writer = await _open(self.config.pull_address, timeout)
         self._pull_reader, self._pull_writer = reader, writer
-        hello = self.firing.connect(read_secret(self.config))
+        hello = self.firing.connect(secret)
         if not hello:
             return
         writer.write(hello)
