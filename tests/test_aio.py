@@ -12,10 +12,15 @@ from saltbus import (
     BusClosedError,
     BusTimeoutError,
     Config,
+    JournalUnavailableError,
+    LocalProtocolError,
     NoPublisherError,
     SlowConsumerError,
 )
+from saltbus.control import Nack, encode_control
 from saltbus.server import EmbeddedPublisher, Server
+from saltbus.wire import Framing
+from tests.firing_support import saltbus_lock, stand_in
 
 
 def test_fire_and_iterate(bus_config: Config, publisher: EmbeddedPublisher):
@@ -105,10 +110,18 @@ def test_connect_without_publisher_raises(sock_dir: Path):
 def test_fire_rejects_bad_input(bus_config: Config, publisher: EmbeddedPublisher):
     async def main() -> None:
         async with AsyncClient(bus_config) as bus:
-            with pytest.raises(ValueError, match="non-empty"):
+            # One answer for bad input, as from the blocking Sender: a
+            # LocalProtocolError, which is also a ValueError (as in Salt).
+            with pytest.raises(LocalProtocolError, match="non-empty"):
                 await bus.fire("", {})
-            with pytest.raises(TypeError, match="mapping"):
+            with pytest.raises(LocalProtocolError, match="mapping"):
                 await bus.fire("a/b", [1])  # type: ignore[arg-type]
+            with pytest.raises(LocalProtocolError, match="non-empty str"):
+                await bus.fire(7, {})  # type: ignore[arg-type]
+            with pytest.raises(LocalProtocolError, match="cannot be encoded"):
+                await bus.fire("a/b", {"x": object()})
+            # Nothing half-sent: the bus still fires.
+            assert (await bus.fire("a/ok", {}, ack=True)).seq == 1
 
     asyncio.run(main())
 
@@ -128,3 +141,52 @@ def test_fire_reconnects_after_a_publisher_restart(bus_config: Config):
             await bus.close()
 
     assert asyncio.run(main()) == "second/evt"
+
+
+def test_a_nack_raises_journal_unavailable_at_once(bus_config: Config):
+    def nack(request_id: int) -> bytes:
+        return encode_control(Nack(request_id, "read-only file system"), Framing.BARE)
+
+    async def main() -> None:
+        bus = AsyncClient(bus_config)  # firing only: no publish socket here
+        try:
+            # Raised on the answer: waiting out the timeout would raise BusTimeoutError.
+            with pytest.raises(JournalUnavailableError, match="read-only file system"):
+                await bus.fire("a/b", {}, timeout=30, ack=True)
+            with pytest.raises(JournalUnavailableError):
+                await bus.fire("a/c", {}, timeout=30, ack=True)
+        finally:
+            await bus.close()
+
+    with stand_in(bus_config, nack) as standin:
+        asyncio.run(main())
+    assert standin.requests == [1, 2]  # one connection, kept after a Nack
+
+
+def test_a_missing_ack_from_saltbus_does_not_blame_salt(bus_config: Config):
+    async def main() -> str:
+        bus = AsyncClient(bus_config)  # firing only: no publish socket here
+        try:
+            with pytest.raises(
+                BusTimeoutError, match=r"no acknowledgement within 0\.2 s"
+            ) as caught:
+                await bus.fire("a/b", {}, timeout=0.2, ack=True)
+        finally:
+            await bus.close()
+        return str(caught.value)
+
+    with saltbus_lock(bus_config.lock_path), stand_in(bus_config, lambda _id: b""):
+        assert "Salt publisher" not in asyncio.run(main())
+
+
+def test_a_missing_ack_from_salt_says_salt_never_acknowledges(bus_config: Config):
+    async def main() -> None:
+        bus = AsyncClient(bus_config)  # firing only: no publish socket here
+        try:
+            with pytest.raises(BusTimeoutError, match="a Salt publisher never acknowledges"):
+                await bus.fire("a/b", {}, timeout=0.2, ack=True)
+        finally:
+            await bus.close()
+
+    with stand_in(bus_config, lambda _id: b""):
+        asyncio.run(main())

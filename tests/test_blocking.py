@@ -7,8 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from saltbus import BusClosedError, Config, Event, Listener, NoPublisherError, Sender
+from saltbus import (
+    BusClosedError,
+    BusTimeoutError,
+    Config,
+    Event,
+    JournalUnavailableError,
+    Listener,
+    LocalProtocolError,
+    NoPublisherError,
+    Sender,
+)
+from saltbus.control import Nack, encode_control
 from saltbus.server import EmbeddedPublisher
+from saltbus.wire import Framing
+from tests.firing_support import saltbus_lock, stand_in
 
 
 def test_fire_and_receive(bus_config: Config, publisher: EmbeddedPublisher):
@@ -104,3 +117,36 @@ def test_sender_writes_the_configured_generation(sock_dir: Path):
             assert event is not None and event.data["g"] == generation
             stamp = event.data["_stamp"]
             assert stamp.endswith("+00:00") == (generation == "3008")
+
+
+def test_sender_rejects_bad_input_with_one_error(bus_config: Config, publisher: EmbeddedPublisher):
+    with Sender(bus_config) as sender:
+        for tag, data in (("a/b", [1]), (3, {}), ("", {}), ("a/b", {"k": object()})):
+            with pytest.raises(LocalProtocolError):
+                sender.fire(tag, data)  # type: ignore[arg-type]
+        assert sender.fire("a/ok", {}, ack=True).seq == 1
+
+
+def test_a_nack_raises_journal_unavailable_at_once(bus_config: Config):
+    def nack(request_id: int) -> bytes:
+        return encode_control(Nack(request_id, "disk full"), Framing.BARE)
+
+    with stand_in(bus_config, nack) as standin, Sender(bus_config) as sender:
+        # Raised on the answer: waiting out the timeout would raise BusTimeoutError.
+        with pytest.raises(JournalUnavailableError, match="disk full"):
+            sender.fire("a/b", {}, timeout=30, ack=True)
+        # The connection is kept: the next event goes on it.
+        with pytest.raises(JournalUnavailableError):
+            sender.fire("a/c", {}, timeout=30, ack=True)
+        assert standin.requests == [1, 2]
+
+
+def test_a_missing_ack_from_saltbus_does_not_blame_salt(bus_config: Config):
+    with (
+        saltbus_lock(bus_config.lock_path),
+        stand_in(bus_config, lambda _id: b""),
+        Sender(bus_config) as sender,
+        pytest.raises(BusTimeoutError, match=r"no acknowledgement within 0\.2 s") as caught,
+    ):
+        sender.fire("a/b", {}, timeout=0.2, ack=True)
+    assert "Salt publisher" not in str(caught.value)

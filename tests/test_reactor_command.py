@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from saltbus.errors import SaltbusError
 from saltbus.reactor.command import OUTPUT_LIMIT, Commands, CommandTimeoutError
 
 
@@ -47,10 +48,12 @@ def test_both_outputs_are_read_as_written_and_capped() -> None:
 
 def test_timeout_kills_the_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "bg"
-    with pytest.raises(CommandTimeoutError):
+    with pytest.raises(CommandTimeoutError) as caught:
         Commands().run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], shell=False,
                        cwd=None, env=None, timeout=0.3)  # fmt: skip
     wait_gone(int(pidfile.read_text()))
+    # In saltbus's one exception tree, and not an OSError ("could not start").
+    assert isinstance(caught.value, SaltbusError) and not isinstance(caught.value, OSError)
 
 
 def test_a_background_child_outlives_a_command_that_ended(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,10 @@ import pytest
 import saltbus
 from saltbus.client import saltstyle
 from saltbus.config import Config
+from saltbus.control import Nack, encode_control
 from saltbus.server import EmbeddedPublisher
+from saltbus.wire import Framing
+from tests.firing_support import stand_in
 
 
 @pytest.fixture
@@ -175,10 +179,15 @@ def test_unsubscribe_trims_the_cache(event: saltbus.MasterEvent, firer: saltbus.
 
 
 def test_fire_event_rejects_bad_input(firer: saltbus.MasterEvent):
-    with pytest.raises(ValueError, match="Empty tag"):
+    # ValueError as in Salt; saltbus's LocalProtocolError is one.
+    with pytest.raises(saltbus.LocalProtocolError, match="Empty tag"):
         firer.fire_event({}, "")
-    with pytest.raises(ValueError, match="Dict object expected"):
+    with pytest.raises(saltbus.LocalProtocolError, match="Dict object expected"):
         firer.fire_event(["not", "a", "dict"], "a/b")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty str tag"):
+        firer.fire_event({}, 7)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        firer.fire_event({"k": object()}, "a/b")
 
 
 def test_fire_event_does_not_change_the_callers_dict(
@@ -191,17 +200,55 @@ def test_fire_event_does_not_change_the_callers_dict(
     assert received is not None and set(received) == {"k", "_stamp"}
 
 
-def test_oversized_event_is_refused_not_trimmed(bus_config: Config):
+def test_oversized_event_is_not_sent_and_returns_false(
+    bus_config: Config, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, "saltbus.client")
     config = bus_config.replace(max_event_size=1024)
     with (
         EmbeddedPublisher(config),
         saltbus.MasterEvent(config.sock_dir, opts={"max_event_size": 1024}) as ev,
     ):
-        with pytest.raises(saltbus.FrameTooLargeError, match="max_event_size"):
-            ev.fire_event({"blob": "x" * 2048}, "big/one")
+        # Salt trims oversized data and sends it; saltbus returns False and says why.
+        assert ev.fire_event({"blob": "x" * 2048}, "big/one") is False
         assert ev.fire_event({"small": 1}, "small/one") is True
         received = ev.get_event(wait=5, full=True)
     assert received is not None and received["tag"] == "small/one"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "fire_event('big/one') returned False" in warnings[0]
+    assert "max_event_size (1024 bytes)" in warnings[0]
+
+
+def test_oversized_event_raises_with_raise_errors(bus_config: Config):
+    config = bus_config.replace(max_event_size=1024)
+    with (
+        EmbeddedPublisher(config),
+        saltbus.MasterEvent(
+            config.sock_dir, opts={"max_event_size": 1024}, listen=False, raise_errors=True
+        ) as ev,
+        pytest.raises(saltbus.FrameTooLargeError, match="max_event_size"),
+    ):
+        ev.fire_event({"blob": "x" * 2048}, "big/one")
+
+
+def test_fire_event_with_ack_returns_the_seq(bus_config: Config, publisher: EmbeddedPublisher):
+    with saltbus.MasterEvent(bus_config.sock_dir, listen=False) as ev:
+        assert ev.fire_event({"n": 1}, "a/1", ack=True) == 1
+        assert ev.fire_event({"n": 2}, "a/2") is True
+        assert ev.fire_event({"n": 3}, "a/3", ack=True) == 3
+
+
+def test_fire_event_with_ack_returns_false_for_bus_trouble(bus_config: Config):
+    def nack(request_id: int) -> bytes:
+        return encode_control(Nack(request_id, "disk full"), Framing.BARE)
+
+    with (
+        stand_in(bus_config, nack),
+        saltbus.MasterEvent(bus_config.sock_dir, listen=False) as ev,
+    ):
+        assert ev.fire_event({}, "a/b", timeout=5000, ack=True) is False
+    with saltbus.MasterEvent(bus_config.sock_dir, listen=False) as ev:
+        assert ev.fire_event({}, "a/b", timeout=100, ack=True) is False  # no publisher
 
 
 def test_fire_event_without_publisher_returns_false(sock_dir: Path):

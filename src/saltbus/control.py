@@ -25,7 +25,8 @@ from __future__ import annotations
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from types import MappingProxyType
+from typing import Any, ClassVar, Final, get_args
 
 from saltbus.errors import ConfigError, RemoteProtocolError
 from saltbus.event import MatchType, tag_matcher
@@ -34,13 +35,39 @@ from saltbus.wire import Frame, Framing, encode_frame
 CONTROL_KEY: Final = "saltbus"
 
 
+# Each message names its ``op`` and converts itself to and from the dict under
+# CONTROL_KEY; the registry below is built from ControlMessage, so a message
+# added there is encoded and decoded with no other edit (and tested by the
+# round trip over every type in tests/test_control.py).
+
+
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     """Filter what this subscriber is sent, and optionally resume after ``since``."""
 
+    op: ClassVar[str] = "subscribe"
     patterns: tuple[tuple[str, MatchType], ...] = ()
     since: int | None = None
     epoch: int | None = None  # the publisher's epoch ``since`` counts in
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "patterns": [[p, str(m)] for p, m in self.patterns],
+            "since": self.since,
+            "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Subscribe:
+        patterns = tuple((str(p), MatchType(m)) for p, m in control.get("patterns") or ())
+        for pattern, match_type in patterns:
+            # A regex that does not compile is refused here, as any malformed
+            # message, rather than by the publisher acting on it (cached: once).
+            tag_matcher(pattern, match_type)
+        return cls(
+            patterns, _optional_int(control.get("since")), _optional_int(control.get("epoch"))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,25 +80,60 @@ class Subscribed:
     start again (a new journal, or no journal and a restart), and a ``since``
     from another epoch is not replayed."""
 
+    op: ClassVar[str] = "subscribed"
     seq: int
     epoch: int = 0
     replaying: bool = False
     first: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op": self.op,
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "replaying": self.replaying,
+            "first": self.first,
+        }
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Subscribed:
+        return cls(
+            _int(control["seq"]),
+            _int(control.get("epoch", 0)),
+            bool(control.get("replaying")),
+            _optional_int(control.get("first")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Lagged:
     """The subscriber's queue overflowed; the connection is being closed."""
 
+    op: ClassVar[str] = "lagged"
     delivered: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "delivered": self.delivered}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Lagged:
+        return cls(_int(control.get("delivered", 0)))
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
     """An acknowledged event's sequence number (``id`` is the client's request id)."""
 
+    op: ClassVar[str] = "acked"
     id: int
     seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "id": self.id, "seq": self.seq}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Ack:
+        return cls(_int(control["id"]), _int(control["seq"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,79 +141,102 @@ class Nack:
     """An event that asked for an acknowledgement was not taken (``id`` is the
     client's request id): the journal cannot commit it, for ``reason``."""
 
+    op: ClassVar[str] = "nack"
     id: int
     reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "id": self.id, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Nack:
+        return cls(_int(control["id"]), str(control.get("reason", "not journaled")))
 
 
 @dataclass(frozen=True, slots=True)
 class StatsRequest:
-    pass
+    op: ClassVar[str] = "stats"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> StatsRequest:
+        return cls()
 
 
 @dataclass(frozen=True, slots=True)
 class Auth:
     """A saltbus client's first frame on a TCP connection: the bus's secret."""
 
+    op: ClassVar[str] = "auth"
     secret: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "secret": self.secret}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Auth:
+        return cls(str(control["secret"]))
 
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """The answer to a good :class:`Auth`."""
 
+    op: ClassVar[str] = "welcome"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Welcome:
+        return cls()
+
 
 @dataclass(frozen=True, slots=True)
 class Refused:
     """The publisher refuses this connection, and says why; it closes next."""
 
+    op: ClassVar[str] = "refused"
     reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Refused:
+        return cls(str(control.get("reason", "refused")))
 
 
 @dataclass(frozen=True, slots=True)
 class Stats:
+    op: ClassVar[str] = "stats-reply"
     stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "stats": dict(self.stats)}
+
+    @classmethod
+    def from_dict(cls, control: Mapping[str, Any]) -> Stats:
+        stats = control.get("stats")
+        if not isinstance(stats, dict):
+            raise TypeError("stats must be a map")
+        return cls(stats)
 
 
 ControlMessage = (
     Subscribe | Subscribed | Lagged | Ack | Nack | StatsRequest | Stats | Auth | Welcome | Refused
 )
 
+# The message type of each op, from the union above.
+MESSAGE_TYPES: Final[Mapping[str, type[ControlMessage]]] = MappingProxyType(
+    {cls.op: cls for cls in get_args(ControlMessage)}
+)
+
 
 def encode_control(message: ControlMessage, framing: Framing) -> bytes:
-    return encode_frame(b"", {CONTROL_KEY: _to_dict(message)}, framing)
-
-
-def _to_dict(message: ControlMessage) -> dict[str, Any]:
-    if isinstance(message, Subscribe):
-        return {
-            "op": "subscribe",
-            "patterns": [[p, str(m)] for p, m in message.patterns],
-            "since": message.since,
-            "epoch": message.epoch,
-        }
-    if isinstance(message, Subscribed):
-        return {
-            "op": "subscribed",
-            "seq": message.seq,
-            "epoch": message.epoch,
-            "replaying": message.replaying,
-            "first": message.first,
-        }
-    if isinstance(message, Lagged):
-        return {"op": "lagged", "delivered": message.delivered}
-    if isinstance(message, Ack):
-        return {"op": "acked", "id": message.id, "seq": message.seq}
-    if isinstance(message, Nack):
-        return {"op": "nack", "id": message.id, "reason": message.reason}
-    if isinstance(message, StatsRequest):
-        return {"op": "stats"}
-    if isinstance(message, Auth):
-        return {"op": "auth", "secret": message.secret}
-    if isinstance(message, Welcome):
-        return {"op": "welcome"}
-    if isinstance(message, Refused):
-        return {"op": "refused", "reason": message.reason}
-    return {"op": "stats-reply", "stats": dict(message.stats)}
+    return encode_frame(b"", {CONTROL_KEY: message.to_dict()}, framing)
 
 
 def ack_request_head(request_id: int) -> dict[str, Any]:
@@ -188,42 +273,10 @@ def decode_control(frame: Frame) -> ControlMessage | None:
 
 def _from_dict(control: Mapping[str, Any]) -> ControlMessage:
     op = control.get("op")
-    if op == "subscribe":
-        patterns = tuple((str(p), MatchType(m)) for p, m in control.get("patterns") or ())
-        for pattern, match_type in patterns:
-            # A regex that does not compile is refused here, as any malformed
-            # message, rather than by the publisher acting on it (cached: once).
-            tag_matcher(pattern, match_type)
-        return Subscribe(
-            patterns, _optional_int(control.get("since")), _optional_int(control.get("epoch"))
-        )
-    if op == "subscribed":
-        return Subscribed(
-            _int(control["seq"]),
-            _int(control.get("epoch", 0)),
-            bool(control.get("replaying")),
-            _optional_int(control.get("first")),
-        )
-    if op == "lagged":
-        return Lagged(_int(control.get("delivered", 0)))
-    if op == "acked":
-        return Ack(_int(control["id"]), _int(control["seq"]))
-    if op == "nack":
-        return Nack(_int(control["id"]), str(control.get("reason", "not journaled")))
-    if op == "stats":
-        return StatsRequest()
-    if op == "auth":
-        return Auth(str(control["secret"]))
-    if op == "welcome":
-        return Welcome()
-    if op == "refused":
-        return Refused(str(control.get("reason", "refused")))
-    if op == "stats-reply":
-        stats = control.get("stats")
-        if not isinstance(stats, dict):
-            raise TypeError("stats must be a map")
-        return Stats(stats)
-    raise ValueError(f"unknown op {op!r}")
+    message_type = MESSAGE_TYPES.get(op) if isinstance(op, str) else None
+    if message_type is None:
+        raise ValueError(f"unknown op {op!r}")
+    return message_type.from_dict(control)
 
 
 def _int(value: Any) -> int:

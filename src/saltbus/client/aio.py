@@ -18,25 +18,27 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
+from saltbus.client.firing import FiringSession
 from saltbus.client.session import SubscriberSession
-from saltbus.client.sockets import RETRY_INTERVAL, auth_frame, describe
+from saltbus.client.sockets import RETRY_INTERVAL, auth_frame, describe, read_secret
 from saltbus.config import Address, Config
-from saltbus.control import Ack, Refused, Welcome, ack_request_head, decode_control
 from saltbus.errors import (
     AccessDeniedError,
     BusClosedError,
     BusTimeoutError,
+    JournalUnavailableError,
     LaggedError,
     NoPublisherError,
     RemoteProtocolError,
+    SaltbusError,
     SlowConsumerError,
 )
-from saltbus.event import Event, MatchType, tag_matcher, utc_stamp
-from saltbus.wire import FrameDecoder, check_event_size, encode_frame, pack_body
+from saltbus.event import Event, MatchType, tag_matcher
+from saltbus.wire import FrameDecoder
 
 log = logging.getLogger("saltbus.client")
 
@@ -132,8 +134,7 @@ class AsyncClient:
         self._pull_writer: asyncio.StreamWriter | None = None
         self._fire_lock = asyncio.Lock()
         self._subscribed = asyncio.Event()
-        self._ack_decoder = FrameDecoder()
-        self._next_ack_id = 1
+        self.firing = FiringSession.for_config(config)
 
     async def connect(self, timeout: float = 0.0) -> None:
         """Connect to the publish socket, retrying for ``timeout`` seconds."""
@@ -179,84 +180,92 @@ class AsyncClient:
     ) -> Event:
         """Fire one event (``_stamp`` added to a copy of ``data``) and return it
         as sent. With ``ack``, wait until the publisher journaled it and return
-        it with its sequence number (:class:`BusTimeoutError` after ``timeout``)."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"event data must be a mapping, not {type(data).__name__}")
-        stamped = dict(data)
-        stamped["_stamp"] = utc_stamp(self.config.generation.stamp_has_offset)
-        body = pack_body(tag, stamped)
-        check_event_size(body, self.config.max_event_size)
-        framing = self.config.generation.pull_framing
+        it with its sequence number (:class:`BusTimeoutError` after ``timeout``,
+        :class:`JournalUnavailableError` at once when it cannot journal it).
+        Raises :class:`LocalProtocolError` (a ValueError) for bad input."""
         async with self._fire_lock:
-            if not ack:
-                await self._send(encode_frame(body, framing=framing), timeout)
-                return Event(tag, stamped)
-            request_id = self._next_ack_id
-            self._next_ack_id += 1
-            await self._send(encode_frame(body, ack_request_head(request_id), framing), timeout)
+            frame, request_id, event = self.firing.event(tag, data, ack)
+            await self._send(frame, timeout)
+            if request_id is None:
+                return event
             try:
                 seq = await asyncio.wait_for(self._ack(request_id), timeout)
             except TimeoutError:
                 await self._close_pull()
-                raise BusTimeoutError(
-                    f"no acknowledgement within {timeout} s; a Salt publisher never "
-                    "acknowledges (acknowledged fire needs saltbus's publisher)"
+                raise self.firing.ack_timeout(
+                    timeout, served_by_saltbus=self.config.served_by_saltbus()
                 ) from None
-            return Event(tag, stamped, seq)
+            return Event(event.tag, event.data, seq)
 
     async def _send(self, frame: bytes, timeout: float) -> None:
         if self._pull_reader is not None and self._pull_reader.at_eof():
             # The publisher closed this connection (it writes on it only to
-            # acknowledge); a write now would be taken by the kernel and lost.
+            # answer); a write now would be taken by the kernel and lost.
             await self._close_pull()
         for attempt in (1, 2):
             if self._pull_writer is None:
-                self._pull_reader, self._pull_writer = await _open(
-                    self.config.pull_address, timeout
-                )
-                self._ack_decoder = FrameDecoder()
+                await self._open_pull(timeout)
+            assert self._pull_writer is not None
             try:
                 self._pull_writer.write(frame)
                 await asyncio.wait_for(self._pull_writer.drain(), timeout)
                 return
             except TimeoutError:
                 await self._close_pull()
-                raise BusTimeoutError(
-                    f"the publisher did not take the event within {timeout} s"
-                ) from None
+                raise self.firing.send_timeout(timeout) from None
             except OSError as exc:
                 await self._close_pull()
                 if attempt == 2:
                     raise NoPublisherError(f"cannot send to the publisher: {exc}") from None
 
-    async def _welcome(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            for frame in self._ack_decoder:
-                message = decode_control(frame)
-                if isinstance(message, Welcome):
-                    return
-                if isinstance(message, Refused):
-                    await self._close_pull()
-                    raise AccessDeniedError(f"the publisher refused this client: {message.reason}")
-            data = await reader.read(65536)
-            if not data:
-                await self._close_pull()
-                raise AccessDeniedError("the publisher closed the connection during authentication")
-            self._ack_decoder.receive_data(data)
+    async def _open_pull(self, timeout: float) -> None:
+        """Open the pull connection; on a tcp-mode bus, present the secret and
+        wait to be admitted (a refused connection would lose what is written)."""
+        secret = read_secret(self.config)
+        reader, writer = await _open(self.config.pull_address, timeout)
+        self._pull_reader, self._pull_writer = reader, writer
+        hello = self.firing.connect(secret)
+        if not hello:
+            return
+        writer.write(hello)
+        wait = max(timeout, 1.0)
+        try:
+            await asyncio.wait_for(self._read_until(reader, self.firing.welcomed), wait)
+        except TimeoutError:
+            await self._close_pull()
+            raise self.firing.welcome_timeout(wait) from None
+        except SaltbusError:
+            await self._close_pull()
+            raise
 
     async def _ack(self, request_id: int) -> int:
         reader = self._pull_reader
         assert reader is not None
-        while True:
-            for frame in self._ack_decoder:
-                message = decode_control(frame)
-                if isinstance(message, Ack) and message.id == request_id:
-                    return message.seq
-            data = await reader.read(65536)
-            if not data:
-                await self._close_pull()
-                raise NoPublisherError("the publisher closed the connection before acknowledging")
-            self._ack_decoder.receive_data(data)
+        seq: int | None = None
+
+        def answered() -> bool:
+            nonlocal seq
+            seq = self.firing.acked(request_id)
+            return seq is not None
+
+        try:
+            await self._read_until(reader, answered)
+        except JournalUnavailableError:
+            raise  # the connection is sound: the publisher answered
+        except SaltbusError:
+            await self._close_pull()
+            raise
+        assert seq is not None
+        return seq
+
+    async def _read_until(self, reader: asyncio.StreamReader, done: Callable[[], bool]) -> None:
+        """Feed the firing session what the publisher writes until ``done()``."""
+        while not done():
+            try:
+                data = await reader.read(65536)
+            except OSError as exc:
+                raise NoPublisherError(f"the publisher went away: {exc}") from None
+            self.firing.receive_data(data)
 
     async def close(self) -> None:
         task, self._reader_task = self._reader_task, None

@@ -2,8 +2,10 @@
 
 Programs written for Salt rely on its return conventions, so they are kept:
 ``get_event`` returns None when ``wait`` passes, ``fire_event`` returns False
-when no publisher listens. Underneath, :class:`~saltbus.client.listener.Listener`
-and :class:`~saltbus.client.sender.Sender` raise; this module is where those
+when no publisher listens (or the event is over ``max_event_size``: Salt trims
+it, saltbus does not send it) and raises ValueError only for bad input.
+Underneath, :class:`~saltbus.client.listener.Listener` and
+:class:`~saltbus.client.sender.Sender` raise; this module is where those
 errors become Salt's values. One difference is on purpose: a ``get_event`` that
 times out keeps its connection, so polling with small waits loses no event.
 """
@@ -20,7 +22,12 @@ from typing import Any, Final
 from saltbus.client.listener import Listener
 from saltbus.client.sender import Sender
 from saltbus.config import Config
-from saltbus.errors import NoPublisherError, SaltbusError
+from saltbus.errors import (
+    FrameTooLargeError,
+    LocalProtocolError,
+    NoPublisherError,
+    SaltbusError,
+)
 from saltbus.event import Event, MatchType, TagMatcher, tag_matcher
 
 log = logging.getLogger("saltbus.client")
@@ -179,31 +186,45 @@ class SaltEvent:
 
     # -- firing ------------------------------------------------------------
 
-    def fire_event(self, data: Mapping[str, Any], tag: str, timeout: float = 1000) -> bool:
-        """Fire an event; False when no publisher takes it within ``timeout`` ms.
+    def fire_event(
+        self, data: Mapping[str, Any], tag: str, timeout: float = 1000, ack: bool = False
+    ) -> bool | int:
+        """Fire an event; True when sent, False when it was not (no publisher
+        took it within ``timeout`` ms, or it was too large). With ``ack``, wait
+        until the publisher journaled it and return its sequence number (an
+        int) instead of True; False when it did not acknowledge in time.
 
-        Raises ValueError for an empty tag, data that is not a mapping, or an
-        event over ``max_event_size`` (Salt trims those silently; saltbus refuses).
+        Bus trouble returns False, as in Salt (``raise_errors=True`` raises the
+        saltbus error instead). So does data over ``max_event_size``, with a
+        warning: Salt trims such data and sends it, saltbus refuses to send a
+        changed event. Bad input raises :class:`LocalProtocolError`, which is a
+        ValueError as in Salt: an empty tag or one that is not a str, data that
+        is not a mapping, data msgpack cannot carry.
         """
-        if not tag:
-            raise ValueError("Empty tag.")
+        if isinstance(tag, str) and not tag:
+            raise LocalProtocolError("Empty tag.")
         if not isinstance(data, Mapping):
-            raise ValueError(f"Dict object expected, not {type(data).__name__!r}.")
+            raise LocalProtocolError(f"Dict object expected, not {type(data).__name__!r}.")
         try:
-            self._sender.fire(tag, data, timeout=timeout / 1000)
-        except ValueError:
+            event = self._sender.fire(tag, data, timeout=timeout / 1000, ack=ack)
+        except FrameTooLargeError as exc:
+            if self.raise_errors:
+                raise
+            log.warning("fire_event(%r) returned False: %s", tag, exc)
+            return False
+        except LocalProtocolError:
             raise
         except SaltbusError as exc:
             if self.raise_errors:
                 raise
             log.debug("fire_event(%r) failed: %s", tag, exc)
             return False
-        return True
+        return event.seq if ack and event.seq is not None else True
 
     def fire_master(self, data: Mapping[str, Any], tag: str, timeout: float = 1000) -> bool:
         """Salt's wrapper shape for events meant for the master."""
         msg = {"tag": tag, "data": data, "events": None, "pretag": None}
-        return self.fire_event(msg, "fire_master", timeout)
+        return self.fire_event(msg, "fire_master", timeout) is not False
 
     # -- lifetime ----------------------------------------------------------
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import select
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from saltbus.client.sockets import auth_frame, connect, expect_welcome, refusal_pending
+from saltbus.client.firing import FiringSession
+from saltbus.client.sockets import connect, read_secret, refusal_pending
 from saltbus.config import Config
-from saltbus.control import Ack, ack_request_head, decode_control
-from saltbus.errors import BusTimeoutError, NoPublisherError, RemoteProtocolError
+from saltbus.errors import JournalUnavailableError, NoPublisherError, SaltbusError
 from saltbus.event import Event
-from saltbus.wire import FrameDecoder, check_event_size, data_packer, encode_frame, pack_body
 
 # A publisher that refuses a connection says so at once; this is how long a
 # client of another user's bus waits to hear it before it sends.
@@ -30,11 +29,8 @@ class Sender:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.session = FiringSession.for_config(config)
         self._sock: socket.socket | None = None
-        self._decoder = FrameDecoder()
-        self._next_ack_id = 1
-        self._stamp = UtcStamper(config.generation.stamp_has_offset)
-        self._packer = data_packer()
         # The connection last made ready for sending, and whether it is TCP.
         self._ready: socket.socket | None = None
         self._tcp = False
@@ -47,23 +43,15 @@ class Sender:
         With ``ack``, wait until the publisher has journaled it, and return it
         with the sequence number it was given. Raises :class:`NoPublisherError`
         when no publisher listens, :class:`BusTimeoutError` when it does not take
-        (or acknowledge) the event in ``timeout`` seconds, ``ValueError`` (a
-        LocalProtocolError) for bad input.
+        (or acknowledge) the event in ``timeout`` seconds,
+        :class:`JournalUnavailableError` when it cannot journal it, and
+        :class:`LocalProtocolError` (a ValueError) for bad input.
         """
-        if type(data) is not dict and not isinstance(data, Mapping):
-            raise TypeError(f"event data must be a mapping, not {type(data).__name__}")
-        stamped = dict(data)
-        stamped["_stamp"] = self._stamp()
-        body = pack_body(tag, stamped, self._packer)
-        check_event_size(body, self.config.max_event_size)
-        framing = self.config.generation.pull_framing
-        if not ack:
-            self.send_frame(encode_frame(body, framing=framing), timeout)
-            return Event(tag, stamped)
-        request_id = self._next_ack_id
-        self._next_ack_id += 1
-        self.send_frame(encode_frame(body, ack_request_head(request_id), framing), timeout)
-        return Event(tag, stamped, self._wait_for_ack(request_id, timeout))
+        frame, request_id, event = self.session.event(tag, data, ack)
+        self.send_frame(frame, timeout)
+        if request_id is None:
+            return event
+        return Event(event.tag, event.data, self._wait_for_ack(request_id, timeout))
 
     def send_frame(self, frame: bytes, timeout: float = 1.0) -> None:
         """Send an encoded frame, reconnecting once if the publisher was restarted."""
@@ -76,7 +64,6 @@ class Sender:
         for attempt in (1, 2):
             if self._sock is None:
                 self._sock = self._connect(timeout)
-                self._decoder = FrameDecoder()
             if self._sock is not self._ready:
                 self._make_ready(self._sock)
             try:
@@ -85,9 +72,7 @@ class Sender:
             except TimeoutError:
                 # Part of the frame may have gone: the stream has lost its place.
                 self.close()
-                raise BusTimeoutError(
-                    f"the publisher did not take the event within {timeout} s"
-                ) from None
+                raise self.session.send_timeout(timeout) from None
             except OSError as exc:
                 self.close()
                 if attempt == 2:
@@ -98,11 +83,12 @@ class Sender:
         address = self.config.pull_address
         sock = connect(address, timeout)
         try:
-            auth = auth_frame(self.config, self.config.generation.pull_framing)
-            if auth is not None:
-                sock.settimeout(timeout)
-                sock.sendall(auth)
-                expect_welcome(sock, max(timeout, 1.0))
+            hello = self.session.connect(read_secret(self.config))
+            if hello:
+                _send_all(sock, hello, timeout)
+                wait = max(timeout, 1.0)
+                if not self._read_until(sock, self.session.welcomed, wait):
+                    raise self.session.welcome_timeout(wait)
             else:
                 refusal_pending(sock, address, REFUSAL_WAIT)
         except BaseException:
@@ -119,38 +105,44 @@ class Sender:
 
     def _wait_for_ack(self, request_id: int, timeout: float) -> int:
         assert self._sock is not None
+        seq: int | None = None
+
+        def answered() -> bool:
+            nonlocal seq
+            seq = self.session.acked(request_id)
+            return seq is not None
+
+        try:
+            if not self._read_until(self._sock, answered, timeout):
+                raise self.session.ack_timeout(
+                    timeout, served_by_saltbus=self.config.served_by_saltbus()
+                )
+        except JournalUnavailableError:
+            raise  # the connection is sound: the publisher answered
+        except SaltbusError:
+            self.close()
+            raise
+        assert seq is not None
+        return seq
+
+    def _read_until(self, sock: socket.socket, done: Callable[[], bool], timeout: float) -> bool:
+        """Feed the session what arrives on ``sock`` until ``done()``; False
+        when ``timeout`` seconds pass first."""
         deadline = time.monotonic() + timeout
-        while True:
-            for frame in self._decoder:
-                message = decode_control(frame)
-                if isinstance(message, Ack) and message.id == request_id:
-                    return message.seq
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.close()
-                raise BusTimeoutError(
-                    f"no acknowledgement within {timeout} s; a Salt publisher never "
-                    "acknowledges (acknowledged fire needs saltbus's publisher)"
-                )
-            if not _wait_for(self._sock, select.POLLIN, remaining):
+                return False
+            if not _wait_for(sock, select.POLLIN, remaining):
                 continue
             try:
-                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+                data = sock.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 continue
             except OSError as exc:
-                self.close()
-                raise NoPublisherError(
-                    f"the publisher went away before acknowledging: {exc}"
-                ) from None
-            if not data:
-                self.close()
-                raise NoPublisherError("the publisher closed the connection before acknowledging")
-            try:
-                self._decoder.receive_data(data)
-            except RemoteProtocolError:
-                self.close()
-                raise
+                raise NoPublisherError(f"the publisher went away: {exc}") from None
+            self.session.receive_data(data)
+        return True
 
     def close(self) -> None:
         if self._sock is not None:
@@ -213,24 +205,3 @@ def _send_all(sock: socket.socket, data: bytes, timeout: float | None) -> None:
             view = view[sock.send(view, socket.MSG_DONTWAIT) :]
         except BlockingIOError:
             continue
-
-
-class UtcStamper:
-    """``saltbus.event.utc_stamp`` for a stream of events: the same text
-    (ISO 8601 UTC, microseconds unless 0, ``+00:00`` when asked), with the date
-    and time formatted once a second instead of a ``datetime`` per event."""
-
-    def __init__(self, with_offset: bool = False) -> None:
-        self._suffix = "+00:00" if with_offset else ""
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(self) -> str:
-        second, nanos = divmod(time.time_ns(), 1_000_000_000)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        micros = nanos // 1000
-        if micros:
-            return f"{self._prefix}.{micros:06d}{self._suffix}"
-        return self._prefix + self._suffix

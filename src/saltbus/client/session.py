@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import assert_never
 
 from saltbus.control import (
+    Ack,
+    Auth,
     Lagged,
+    Nack,
     Refused,
     Stats,
+    StatsRequest,
     Subscribe,
     Subscribed,
+    Welcome,
     decode_control,
     encode_control,
     event_seq,
@@ -137,17 +143,22 @@ class SubscriberSession:
 
     def _on_control(self, frame: Frame) -> None:
         message = decode_control(frame)
-        if isinstance(message, Subscribed):
-            self._on_subscribed(message)
-        elif isinstance(message, Lagged):
-            raise LaggedError(
-                "the publisher disconnected this listener because it fell behind "
-                f"(after {message.delivered} events); resuming catches up"
-            )
-        elif isinstance(message, Stats):
-            self.stats = message
-        elif isinstance(message, Refused):
-            raise AccessDeniedError(f"the publisher refused this listener: {message.reason}")
+        match message:
+            case Subscribed():
+                self._on_subscribed(message)
+            case Lagged():
+                raise LaggedError(
+                    "the publisher disconnected this listener because it fell behind "
+                    f"(after {message.delivered} events); resuming catches up"
+                )
+            case Stats():
+                self.stats = message
+            case Refused():
+                raise AccessDeniedError(f"the publisher refused this listener: {message.reason}")
+            case None | Welcome() | Subscribe() | StatsRequest() | Auth() | Ack() | Nack():
+                pass  # nothing a listener acts on (a Welcome is implied by what follows)
+            case _:
+                assert_never(message)
 
     def _on_subscribed(self, message: Subscribed) -> None:
         self._awaiting_subscribed = False

@@ -8,10 +8,9 @@ import socket
 import time
 
 from saltbus.config import Address, Config
-from saltbus.control import Auth, Refused, Welcome, decode_control, encode_control
+from saltbus.control import Auth, Refused, decode_control, encode_control
 from saltbus.errors import (
     AccessDeniedError,
-    BusTimeoutError,
     NoPublisherError,
     RemoteProtocolError,
 )
@@ -60,13 +59,14 @@ def connect(address: Address, timeout: float) -> socket.socket:
         return sock
 
 
-def auth_frame(config: Config, framing: Framing) -> bytes | None:
-    """The frame proving this client may use a tcp-mode saltbus bus (None in
-    ipc mode, or when the bus admits clients without a secret)."""
+def read_secret(config: Config) -> str | None:
+    """The secret this client presents to a tcp-mode saltbus bus (None in
+    ipc mode, or when the bus admits clients without one). Read at each
+    connect: the publisher makes a new one each time it starts."""
     if config.ipc_mode != "tcp":
         return None
     try:
-        secret = config.secret_path.read_text().strip()
+        return config.secret_path.read_text().strip()
     except FileNotFoundError:
         return None
     except PermissionError:
@@ -74,30 +74,13 @@ def auth_frame(config: Config, framing: Framing) -> bytes | None:
             f"cannot read the bus's secret {config.secret_path}: permission denied; run as "
             "the bus's user or a member of its group (sock_group)"
         ) from None
-    return encode_control(Auth(secret), framing)
 
 
-def expect_welcome(sock: socket.socket, timeout: float) -> None:
-    """After sending :func:`auth_frame`, wait for the publisher's answer."""
-    decoder = FrameDecoder(max_frame_size=65536)
-    deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        if not data:
-            raise AccessDeniedError("the publisher closed the connection during authentication")
-        decoder.receive_data(data)
-        for frame in decoder:
-            message = decode_control(frame) if not frame.body else None
-            if isinstance(message, Welcome):
-                sock.settimeout(None)
-                return
-            if isinstance(message, Refused):
-                raise AccessDeniedError(f"the publisher refused this client: {message.reason}")
-    raise BusTimeoutError(f"no answer to authentication within {timeout} s")
+def auth_frame(config: Config, framing: Framing) -> bytes | None:
+    """The frame proving this client may use a tcp-mode saltbus bus (None when
+    it need not: see :func:`read_secret`)."""
+    secret = read_secret(config)
+    return None if secret is None else encode_control(Auth(secret), framing)
 
 
 def refusal_pending(sock: socket.socket, address: Address, timeout: float) -> None:

@@ -22,12 +22,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Final
 
+from saltbus.errors import SaltbusError
+
 OUTPUT_LIMIT: Final = 64 * 1024
 READ_SIZE: Final = 64 * 1024
 
 
-class CommandTimeoutError(Exception):
-    """The command ran past its timeout; its process group was killed."""
+class CommandTimeoutError(SaltbusError):
+    """The command ran past its timeout; its process group was killed.
+
+    Not a TimeoutError: that is an OSError, which callers read as "could not
+    start the command"."""
 
 
 @dataclass
