@@ -4,13 +4,14 @@ a probe batch does, and batch-specific failures still fail alone."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from saltbus.errors import JournalWriteError
 from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
 from tests.disk_support import fill, small_disk
-from tests.test_journal import Outcomes, records, seqs
+from tests.test_journal import Gate, Outcomes, records, seqs
 
 BIG = 20_000  # bytes of data per event: a few fill the margin left
 
@@ -51,3 +52,39 @@ def test_a_full_disk_fails_every_later_batch_until_a_probe_commits(tmp_path: Pat
             assert [kind for kind, _ in outcomes.order[-2:]] == ["committed", "committed"]
         with Journal.open(path, readonly=True) as journal:
             assert seqs(journal.read()) == list(range(1, last + 5))
+
+
+def test_an_idle_writer_commits_inline_and_a_busy_one_leaves_it_to_its_thread(
+    tmp_path: Path,
+) -> None:
+    outcomes = Outcomes()
+    path = tmp_path / "bus.sqlite3"
+    with JournalWriter(path, durability="batch") as writer:
+        assert writer.commit_inline(records(1, 3))
+        assert writer.last_seq == 3
+        # A batch queued behind a held commit: an inline one now would jump it.
+        gate = Gate(writer, outcomes)
+        gate.submit_first(records(4, 4))
+        writer.submit(records(5, 5), outcomes.committed, on_failed=outcomes.failed)
+        assert not writer.commit_inline(records(6, 6))
+        gate.open()
+        outcomes.wait_for(2)
+        assert writer.commit_inline(records(6, 7))
+    with Journal.open(path, readonly=True) as journal:
+        assert seqs(journal.read()) == list(range(1, 8))
+    with JournalWriter(path, durability="fsync") as writer:
+        assert not writer.commit_inline(records(8, 8)), "fsync commits stay off the caller"
+
+
+def test_checkpoints_copy_the_wal_into_the_database_off_the_commit_path(tmp_path: Path) -> None:
+    path = tmp_path / "bus.sqlite3"
+    with JournalWriter(path, durability="batch") as writer:
+        size_before = path.stat().st_size
+        for first in range(1, 2001, 10):
+            assert writer.commit_inline(records(first, first + 9))
+        # Autocheckpoint is off on the writer's connection; the checkpointer's
+        # connection copies the WAL into the file within a second or two.
+        deadline = time.monotonic() + 10
+        while path.stat().st_size <= size_before:
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.1)

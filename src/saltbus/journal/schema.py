@@ -97,7 +97,10 @@ def _connect_writable(path: Path, durability: Durability) -> sqlite3.Connection:
     _create_private_file(path)
     # isolation_level=None: the store issues BEGIN/COMMIT itself, so that an
     # append is exactly one transaction and reads take no write lock.
-    conn = sqlite3.connect(path, isolation_level=None)
+    # check_same_thread=False: the journal writer commits on the publisher's
+    # event loop when it is idle, and on its own thread under load, never both
+    # at once (its lock), so the connection moves between two threads.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]

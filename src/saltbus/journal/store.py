@@ -407,6 +407,19 @@ class Journal:
             bytes=int(size),
         )
 
+    def checkpoint_in_background(self) -> None:
+        """Leave checkpoints to :meth:`checkpoint` from another connection:
+        SQLite's automatic ones run inside a commit, and copying megabytes of
+        WAL there is the commit's latency spike."""
+        with _sqlite_errors("configure", self.path):
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file without waiting for
+        (or blocking) the writer and readers (a PASSIVE checkpoint)."""
+        with _sqlite_errors("checkpoint", self.path):
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def close(self) -> None:
         """Close the file. Idempotent."""
         self._conn.close()

@@ -21,6 +21,14 @@ the publisher may resubmit the same records, or give up on them (not fan them
 out, answer an acked fire with an error). A callback that raises is logged
 and does not stop the writer.
 
+When the writer is idle (nothing queued, no commit running) and durability is
+``"batch"``, :meth:`JournalWriter.commit_inline` commits a batch on the caller's
+thread at once: at low rates an event then costs no hand-off to the writer
+thread and back, which was most of the journal's latency. SQLite's automatic
+checkpoints, which copy the WAL into the database inside some commit (a spike
+of milliseconds), run instead on a checkpointer thread with its own
+connection, PASSIVE, once a second while there are commits.
+
 When the journal itself cannot commit (the disk is full, read-only or failing:
 :class:`JournalWriteError`), a later batch must not be committed either, or
 the journal would hold seqs with a hole below them that a resuming reader
@@ -66,6 +74,8 @@ RETENTION_STEP_ROWS: Final = 20_000
 # The size limit deleting events a consumer has not taken is logged at most this often.
 LOSS_WARNING_INTERVAL: Final = 60.0
 START_TIMEOUT: Final = 30.0
+# How often the checkpointer copies the WAL into the database while commits come.
+CHECKPOINT_INTERVAL: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,11 @@ class JournalWriter:
         self._last_seq = 0
         # The error the journal failed with, until a probe batch commits.
         self._failure: JournalWriteError | None = None
+        # Held while a commit or retention runs, on whichever thread: an
+        # inline commit takes it without waiting, or leaves the batch to the thread.
+        self._busy = threading.Lock()
+        self._journal: Journal | None = None
+        self._checkpointer: _Checkpointer | None = None
         self._transactions = 0
         self._records_committed = 0
 
@@ -203,6 +218,35 @@ class JournalWriter:
                 raise JournalError(f"journal writer for {self.path} is {self._state}, not running")
             self._queue.put(batch)
 
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+        """Commit ``records`` on the calling thread, now, if the writer is idle
+        (nothing queued or committing, no failure) and durability is
+        ``"batch"``. True when committed; False when the caller is to
+        :meth:`submit` them instead. Raises JournalError (JournalWriteError
+        when the file failed, which sticks as for a batch) when the commit fails.
+
+        The caller must not have batches submitted and not yet called back:
+        those would commit after these, out of order."""
+        journal = self._journal
+        if journal is None or self._durability != "batch" or self._state != "running":
+            return False
+        if not self._busy.acquire(blocking=False):
+            return False
+        try:
+            if self._failure is not None or not self._queue.empty():
+                return False
+            try:
+                journal.append(records)
+            except Exception as exc:
+                error = _as_journal_error(exc)
+                if isinstance(error, JournalWriteError):
+                    self._failure = error
+                raise error from exc
+            self._committed(len(records), records)
+            return True
+        finally:
+            self._busy.release()
+
     def retain_now(self) -> None:
         """Apply retention as soon as what is queued now is committed, rather
         than at the next interval (the consumers holding it have changed)."""
@@ -224,6 +268,8 @@ class JournalWriter:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise JournalError(f"journal writer for {self.path} did not stop within {timeout} s")
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     def __enter__(self) -> JournalWriter:
         if self._state == "new":
@@ -249,10 +295,14 @@ class JournalWriter:
                 max_bytes=self._max_bytes,
             )
             self._last_seq = journal.last_seq()
+            if self._durability == "batch":
+                journal.checkpoint_in_background()
+                self._checkpointer = _Checkpointer(self.path)
         except BaseException as exc:  # reported to start(), which raises it
             self._open_error = exc
             self._opened.set()
             return
+        self._journal = journal
         self._opened.set()
         try:
             self._serve(journal)
@@ -264,6 +314,8 @@ class JournalWriter:
                 self._state = "closed"
             self._fail_queued(JournalError(f"journal writer stopped: {exc!r}"))
         finally:
+            with self._busy:
+                self._journal = None
             journal.close()
 
     def _serve(self, journal: Journal) -> None:
@@ -274,7 +326,8 @@ class JournalWriter:
             due = self._retention_due.is_set()
             if retains and (due or next_retention <= time.monotonic()):
                 self._retention_due.clear()
-                next_retention = self._retention_step(journal)
+                with self._busy:
+                    next_retention = self._retention_step(journal)
             wait = None if next_retention == math.inf else next_retention - time.monotonic()
             try:
                 first = self._queue.get(timeout=None if wait is None else max(wait, 0.0))
@@ -282,7 +335,8 @@ class JournalWriter:
                 continue
             group, closing = self._take_group(first)
             if group:
-                self._commit(journal, group)
+                with self._busy:
+                    self._commit(journal, group)
 
     def _take_group(self, first: _Item) -> tuple[list[_Batch], bool]:
         """``first`` and whatever else is queued now (up to the group bound);
@@ -358,6 +412,8 @@ class JournalWriter:
         self._records_committed += count
         if records:
             self._last_seq = records[-1].seq
+        if self._checkpointer is not None:
+            self._checkpointer.poke()
 
     def _finish(self, batch: _Batch, error: JournalError | None) -> None:
         try:
@@ -415,6 +471,54 @@ class JournalWriter:
                 return
             if isinstance(item, _Batch):
                 self._finish(item, error)
+
+
+class _Checkpointer:
+    """PASSIVE checkpoints from a connection of its own, on a thread of its
+    own, at most once per CHECKPOINT_INTERVAL while commits come (see the
+    module's docstring): neither the writer nor the readers wait for them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._poked = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"saltbus-checkpoint:{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def poke(self) -> None:
+        if not self._poked.is_set():
+            self._poked.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._poked.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            journal = Journal.open(self.path)
+        except JournalError as exc:
+            log.error("journal checkpoints on %s cannot start: %s", self.path, exc)
+            return
+        failing = False
+        try:
+            while not self._stop.is_set():
+                self._poked.wait()
+                if self._stop.wait(CHECKPOINT_INTERVAL):
+                    break
+                self._poked.clear()
+                try:
+                    journal.checkpoint()
+                except JournalError as exc:
+                    if not failing:  # a full disk fails every one: say it once
+                        log.warning("journal checkpoint failed; retrying: %s", exc)
+                    failing = True
+                else:
+                    failing = False
+        finally:
+            journal.close()
 
 
 def _as_journal_error(exc: Exception) -> JournalError:

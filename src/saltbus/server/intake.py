@@ -161,6 +161,17 @@ class Intake:
         self._drained.clear()
         if self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES:
             self.pause("journal")
+        if not probe and self.in_flight == len(records):
+            # Nothing else in flight: an idle writer commits on this thread,
+            # now, with no hand-off to its thread and back (the latency).
+            try:
+                inline = self.writer.commit_inline(records)
+            except JournalError as exc:
+                self._failed(records, exc, acks, source, size)
+                return
+            if inline:
+                self._committed(records, acks, source, size, probe)
+                return
 
         def committed(batch: Sequence[JournalRecord]) -> None:
             loop.call_soon_threadsafe(self._committed, batch, acks, source, size, probe)
