@@ -21,9 +21,10 @@ from typing import Final
 from saltbus.errors import JournalError
 from saltbus.event import MatchType
 from saltbus.journal import inserts
+from saltbus.journal.damage import JournalDamagedError, is_damage
 from saltbus.journal.query import Filters, plan
 from saltbus.journal.records import JournalRecord, JournalStats
-from saltbus.journal.schema import Durability, connect
+from saltbus.journal.schema import Durability, connect, has_column
 
 __all__ = ["Durability", "Journal"]
 
@@ -40,10 +41,15 @@ _BIND_ERRORS: Final = (ValueError, OverflowError, TypeError)
 
 @contextlib.contextmanager
 def _sqlite_errors(action: str, path: Path) -> Iterator[None]:
-    """Report SQLite's errors as JournalError, naming the file and the action."""
+    """Report SQLite's errors as JournalError, naming the file and the action;
+    a damaged file as JournalDamagedError, in one line that says how to recover."""
     try:
         yield
     except (sqlite3.Error, *_BIND_ERRORS) as exc:
+        if is_damage(exc):
+            raise JournalDamagedError(
+                path, f"is damaged ({exc}; found trying to {action} it)"
+            ) from exc
         raise JournalError(f"cannot {action} journal {path}: {exc}") from exc
 
 
@@ -79,18 +85,25 @@ class Journal:
         max_age: float | None = None,
         max_bytes: int | None = None,
         readonly: bool = False,
+        check: bool = False,
+        sock_dir: Path | None = None,
     ) -> Journal:
         """Open the journal at ``path``, creating it (and its directories, 0700)
         unless ``readonly``. ``durability``: ``"batch"`` survives the process
         being killed, ``"fsync"`` survives a power cut (each commit is synced).
         ``max_age`` (seconds) and ``max_bytes`` (of bodies) bound what
-        :meth:`enforce_retention` keeps; None keeps everything."""
+        :meth:`enforce_retention` keeps; None keeps everything.
+
+        A damaged file raises :class:`~saltbus.journal.damage.JournalDamagedError`;
+        ``check`` (the daemon's start) reads its pages first to find damage
+        before it is used. ``sock_dir`` (the daemon's) is recorded in the file,
+        so that ``saltbus journal list`` can say whose journal it is."""
         if max_age is not None and not (max_age > 0 and math.isfinite(max_age)):
             raise JournalError(f"max_age must be a positive number of seconds, not {max_age!r}")
         if max_bytes is not None and max_bytes < 0:
             raise JournalError(f"max_bytes must be zero or more, not {max_bytes!r}")
-        conn = connect(path, durability=durability, readonly=readonly)
-        return cls(
+        conn = connect(path, durability=durability, readonly=readonly, check=check)
+        journal = cls(
             conn,
             path,
             durability=durability,
@@ -98,6 +111,13 @@ class Journal:
             max_bytes=max_bytes,
             readonly=readonly,
         )
+        if sock_dir is not None and not readonly:
+            try:
+                journal.record_sock_dir(sock_dir)
+            except BaseException:
+                journal.close()
+                raise
+        return journal
 
     # -- positions ----------------------------------------------------------
 
@@ -125,6 +145,20 @@ class Journal:
         epoch = self.epoch()
         assert epoch is not None  # set just above, and never cleared
         return epoch
+
+    def record_sock_dir(self, sock_dir: Path) -> None:
+        """Store the (resolved) sock_dir of the bus this journal belongs to."""
+        with _sqlite_errors("write the bus's sock_dir to", self.path):
+            self._conn.execute("UPDATE meta SET sock_dir = ?", (str(sock_dir.resolve()),))
+
+    def sock_dir(self) -> Path | None:
+        """The sock_dir of the bus whose daemon last opened this journal (None
+        before a daemon recorded it: journals of older saltbus versions)."""
+        with _sqlite_errors("read", self.path):
+            if not has_column(self._conn, "meta", "sock_dir"):
+                return None
+            value = self._conn.execute("SELECT sock_dir FROM meta").fetchone()[0]
+        return None if value is None else Path(value)
 
     def first_seq(self) -> int | None:
         """The oldest seq still retained, None when no event is."""
