@@ -146,6 +146,16 @@ class Journal:
         assert epoch is not None  # set just above, and never cleared
         return epoch
 
+    def restore_meta(self, *, epoch: int | None, last_seq: int, sock_dir: str | None) -> None:
+        """Give a journal rebuilt from a damaged one that file's epoch (None
+        leaves it unset), its last seq (raised, never lowered: the events it
+        salvaged may end before it) and its bus's sock_dir."""
+        with _sqlite_errors("write meta to", self.path):
+            self._conn.execute(
+                "UPDATE meta SET epoch = ?, last_seq = max(last_seq, ?), sock_dir = ?",
+                (epoch, last_seq, sock_dir),
+            )
+
     def record_sock_dir(self, sock_dir: Path) -> None:
         """Store the (resolved) sock_dir of the bus this journal belongs to."""
         with _sqlite_errors("write the bus's sock_dir to", self.path):
