@@ -180,11 +180,13 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.json:
         print(to_json(_check_report(salvage, readable, fix)), file=out)
     elif salvage.healthy:
-        print(f"journal {path}: healthy ({readable} events, last seq {salvage.last_seq})", file=out)
+        print(
+            f"journal {path} is healthy ({readable} events, last seq {salvage.last_seq})", file=out
+        )
     else:
         for problem in salvage.problems:
-            print(f"journal {path}: {problem}", file=out)
-        print(f"journal {path}: `{fix}` keeps what is readable", file=out)
+            print(f"journal {path} {problem}", file=out)
+        print(f"`{fix}` keeps what is readable and starts a fresh journal", file=out)
     return 0 if salvage.healthy else 1
 
 

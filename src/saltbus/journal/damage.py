@@ -68,10 +68,15 @@ def header_problem(path: Path) -> str | None:
 
     A missing file is not a problem here: the caller decides whether to create it.
     """
+    return unusable(path) or truncation(path)
+
+
+def unusable(path: Path) -> str | None:
+    """Why SQLite cannot read anything from ``path`` at all (empty, not SQLite,
+    a header that makes no sense), or None."""
     try:
         with open(path, "rb") as file:
             header = file.read(HEADER_SIZE)
-            size = os.fstat(file.fileno()).st_size
     except FileNotFoundError:
         return None
     except IsADirectoryError:
@@ -79,7 +84,7 @@ def header_problem(path: Path) -> str | None:
     except OSError:
         # Unreadable (permissions): SQLite will say so in its own words.
         return None
-    if size == 0:
+    if not header:
         if _wal_holds_data(path):
             return None  # a journal whose every page is still in its WAL
         return "is an empty file (0 bytes): whatever it held is gone"
@@ -89,18 +94,37 @@ def header_problem(path: Path) -> str | None:
             "or an overwritten header"
         )
     if len(header) < HEADER_SIZE:
-        return f"is truncated: {size} bytes, less than an SQLite header"
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
+        return f"is truncated: {len(header)} bytes, less than an SQLite header"
+    page_size = _page_size(header)
     if page_size < 512 or page_size & (page_size - 1):
         return f"has a damaged header (page size {page_size})"
+    return None
+
+
+def truncation(path: Path) -> str | None:
+    """How ``path`` is shorter than its header says (SQLite can still read the
+    pages that are there), or None."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(HEADER_SIZE)
+            size = os.fstat(file.fileno()).st_size
+    except OSError:
+        return None
+    if len(header) < HEADER_SIZE or not header.startswith(SQLITE_MAGIC):
+        return None
     pages = int.from_bytes(header[28:32], "big")
     # The page count is valid only when the "version valid for" number matches
     # the change counter (older writers left it stale).
     pages_valid = header[24:28] == header[92:96] and pages > 0
-    if pages_valid and size < pages * page_size and not _wal_holds_data(path):
-        return f"is truncated: {size} bytes where its header says {pages * page_size}"
+    expected = pages * _page_size(header)
+    if pages_valid and size < expected and not _wal_holds_data(path):
+        return f"is truncated: {size} bytes where its header says {expected}"
     return None
+
+
+def _page_size(header: bytes) -> int:
+    size = int.from_bytes(header[16:18], "big")
+    return 65536 if size == 1 else size
 
 
 def _wal_holds_data(path: Path) -> bool:

@@ -22,8 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from saltbus.journal.pages import scan
 from saltbus.journal.records import JournalRecord
-from saltbus.journal.salvage import Salvage, connect_readonly, events, inspect
+from saltbus.journal.salvage import (
+    EVENTS_LOST,
+    LostRanges,
+    Salvage,
+    connect_readonly,
+    events,
+    inspect,
+    is_sound,
+)
 from saltbus.journal.store import Journal
 
 # Events written to the new journal per transaction.
@@ -94,6 +103,11 @@ def _write_fresh(path: Path, fresh: Path) -> tuple[Salvage, int, int, bool]:
                         batch = []
                 journal.append(batch)
                 kept += len(batch)
+                if salvage.lost:
+                    kept += _from_pages(path, journal, salvage)
+            if (not salvage.readable or salvage.unreachable) and path.stat().st_size:
+                kept += _whole_file(path, journal)
+            journal.recount()
             for name, (seq, _updated) in (salvage.cursors or {}).items():
                 journal.set_cursor(name, seq)
                 cursors += 1
@@ -109,6 +123,36 @@ def _write_fresh(path: Path, fresh: Path) -> tuple[Salvage, int, int, bool]:
         if conn is not None:
             conn.close()
     return salvage, kept, cursors, epoch_kept
+
+
+def _from_pages(path: Path, journal: Journal, salvage: Salvage) -> int:
+    """Events of the lost seq ranges found on intact leaf pages that SQLite
+    could not reach (under a damaged interior page); ``salvage.lost`` then
+    keeps only the seqs still missing."""
+    lost = LostRanges(list(salvage.lost.ranges))
+    found: dict[int, JournalRecord] = {}
+    for record in scan(path, lost.covers):
+        if record.seq not in found and is_sound(record):
+            found[record.seq] = record
+    stored = journal.insert_missing([found[seq] for seq in sorted(found)])
+    salvage.lost = lost.without(sorted(found))
+    if not salvage.lost:
+        salvage.problems = [p for p in salvage.problems if not p.startswith(EVENTS_LOST)]
+    return stored
+
+
+def _whole_file(path: Path, journal: Journal) -> int:
+    """Every event found on the pages of a file SQLite cannot open as a
+    journal (its first page or header damaged), stored in batches."""
+    stored = 0
+    batch: list[JournalRecord] = []
+    for record in scan(path, lambda _seq: True):
+        if is_sound(record):
+            batch.append(record)
+        if len(batch) >= BATCH:
+            stored += journal.insert_missing(batch)
+            batch = []
+    return stored + journal.insert_missing(batch)
 
 
 def _remove(path: Path) -> None:

@@ -23,8 +23,9 @@ from saltbus.errors import ProtocolError
 from saltbus.journal.damage import (
     JournalDamagedError,
     describe_findings,
-    header_problem,
     is_damage,
+    truncation,
+    unusable,
 )
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION
@@ -33,6 +34,7 @@ from saltbus.wire import body_tag
 # Rows per query while salvaging: large enough to read a healthy journal fast,
 # small enough that a chunk lost to an error costs little to read again.
 CHUNK: Final = 2000
+EVENTS_LOST: Final = "has events that cannot be read"
 # The findings of quick_check a `journal check` reports (one line each).
 MAX_FINDINGS: Final = 20
 
@@ -58,6 +60,24 @@ class LostRanges:
 
     def count(self) -> int:
         return sum(last - first + 1 for first, last in self.ranges)
+
+    def covers(self, seq: int) -> bool:
+        # Few ranges (one per damaged place): a linear test is enough.
+        return any(first <= seq <= last for first, last in self.ranges)
+
+    def without(self, seqs: list[int]) -> LostRanges:
+        """These ranges less ``seqs`` (sorted)."""
+        left = LostRanges()
+        for first, last in self.ranges:
+            start = first
+            for seq in seqs:
+                if start <= seq <= last:
+                    if seq > start:
+                        left.add(start, seq - 1)
+                    start = seq + 1
+            if start <= last:
+                left.add(start, last)
+        return left
 
     def describe(self) -> str:
         """``"12-40, 77"``: the ranges as a person reads them."""
@@ -186,6 +206,7 @@ class Salvage:
     path: Path
     problems: list[str] = field(default_factory=list)
     readable: bool = False  # SQLite could open it as a saltbus journal
+    unreachable: bool = False  # ... but found no way to its events
     last_seq: int | None = None  # from meta; None when meta is unreadable
     count: int | None = None  # events by meta's running total
     epoch: int | None = None
@@ -206,15 +227,18 @@ def inspect(path: Path, conn: sqlite3.Connection | None = None) -> Salvage:
     when given; one is opened and closed otherwise.
     """
     salvage = Salvage(path)
-    problem = header_problem(path)
+    problem = unusable(path)
     if problem is not None:
-        salvage.problems.append(f"the file {problem}")
+        salvage.problems.append(problem)
         return salvage
+    problem = truncation(path)
+    if problem is not None:
+        salvage.problems.append(problem)
     own = conn is None
     try:
         conn = conn or connect_readonly(path)
     except sqlite3.Error as exc:
-        salvage.problems.append(f"SQLite cannot open it: {exc}")
+        salvage.problems.append(f"cannot be opened by SQLite: {exc}")
         return salvage
     try:
         _inspect(conn, salvage)
@@ -227,24 +251,35 @@ def inspect(path: Path, conn: sqlite3.Connection | None = None) -> Salvage:
 def _inspect(conn: sqlite3.Connection, salvage: Salvage) -> None:
     version_rows = _try(conn, "PRAGMA user_version")
     if version_rows is None:
-        salvage.problems.append("its schema cannot be read (the first page is damaged)")
+        salvage.problems.append("has a schema that cannot be read (a damaged first page)")
         return
     version = int(str(version_rows[0][0]))
     if version == 0 or version > SCHEMA_VERSION:
-        what = "not a saltbus journal" if version == 0 else f"schema version {version}, newer"
-        salvage.problems.append(f"it is an SQLite file but {what}")
+        what = "not a saltbus journal" if version == 0 else f"of schema version {version}, newer"
+        salvage.problems.append(f"is an SQLite file but {what}")
         return
     salvage.readable = True
-    findings = _try(conn, f"PRAGMA quick_check({MAX_FINDINGS})")
-    if findings is None:
-        salvage.problems.append("SQLite's quick_check cannot run (the schema is damaged)")
-    elif [row[0] for row in findings] != ["ok"]:
+    try:
+        findings = conn.execute(f"PRAGMA quick_check({MAX_FINDINGS})").fetchall()
+    except sqlite3.DatabaseError as exc:
+        salvage.problems.append(f"has damaged pages (SQLite's quick_check stopped: {exc})")
+    else:
+        _report_findings(salvage, findings)
+    _read_meta(conn, salvage)
+
+
+def _report_findings(salvage: Salvage, findings: list[tuple[object, ...]]) -> None:
+    if [row[0] for row in findings] != ["ok"]:
         salvage.problems.append(
-            f"SQLite's quick_check: {describe_findings([str(row[0]) for row in findings])}"
+            "has damaged pages (SQLite's quick_check: "
+            f"{describe_findings([str(row[0]) for row in findings])})"
         )
+
+
+def _read_meta(conn: sqlite3.Connection, salvage: Salvage) -> None:
     meta = _try(conn, "SELECT * FROM meta")
     if not meta:
-        salvage.problems.append("its meta row (last seq, epoch) cannot be read")
+        salvage.problems.append("has a meta row (last seq, epoch) that cannot be read")
     else:
         names = [column[0] for column in conn.execute("SELECT * FROM meta LIMIT 0").description]
         row = dict(zip(names, meta[0], strict=True))
@@ -255,7 +290,7 @@ def _inspect(conn: sqlite3.Connection, salvage: Salvage) -> None:
         salvage.sock_dir = sock_dir if isinstance(sock_dir, str) else None
     cursors = _try(conn, "SELECT name, seq, updated FROM cursors")
     if cursors is None:
-        salvage.problems.append("its cursors (readers' positions) cannot be read")
+        salvage.problems.append("has cursors (readers' positions) that cannot be read")
     else:
         salvage.cursors = {
             str(name): (int(str(seq)), float(str(updated))) for name, seq, updated in cursors
@@ -312,7 +347,8 @@ def events(conn: sqlite3.Connection, salvage: Salvage) -> Iterator[JournalRecord
     sums them up once the iteration ends."""
     upper = upper_bound(conn, salvage)
     if upper is None:
-        salvage.problems.append("no seq can be read from its events")
+        salvage.problems.append("has no event whose seq can be read")
+        salvage.unreachable = True
         return
     reader = raw_reader(conn, salvage.path)
     first = lowest_seq(conn)
@@ -331,4 +367,4 @@ def events(conn: sqlite3.Connection, salvage: Salvage) -> Iterator[JournalRecord
         if not salvage.lost:
             salvage.lost.add(first or 1, upper)
     if salvage.lost:
-        salvage.problems.append(f"events with seqs {salvage.lost.describe()} cannot be read")
+        salvage.problems.append(f"{EVENTS_LOST}: seqs {salvage.lost.describe()}")

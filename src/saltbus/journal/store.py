@@ -212,6 +212,36 @@ class Journal:
                 self._rollback()
                 raise
 
+    def insert_missing(self, records: Sequence[JournalRecord]) -> int:
+        """Store ``records`` whose seqs the journal lacks, in any order (a
+        recovery's events found after the ones around them); seqs it holds
+        already are skipped. Returns how many were stored. The running totals
+        and last_seq are not moved: call :meth:`recount` once done."""
+        stored = 0
+        with _sqlite_errors("append to", self.path):
+            self._conn.execute("BEGIN")
+            try:
+                for record in records:
+                    stored += self._conn.execute(
+                        "INSERT OR IGNORE INTO events (seq, time, tag, body) VALUES (?, ?, ?, ?)",
+                        (record.seq, record.time, record.tag, record.body),
+                    ).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return stored
+
+    def recount(self) -> None:
+        """Set the running totals from the table (one scan), and last_seq to
+        at least its highest seq: after :meth:`insert_missing`."""
+        with _sqlite_errors("count the events of", self.path):
+            self._conn.execute(
+                "UPDATE meta SET count = (SELECT count(*) FROM events), "
+                "bytes = (SELECT coalesce(sum(length(body)), 0) FROM events), "
+                "last_seq = max(last_seq, (SELECT coalesce(max(seq), 0) FROM events))"
+            )
+
     def _rollback(self) -> None:
         # After some errors (SQLITE_FULL, I/O) SQLite has already rolled back;
         # a second ROLLBACK then fails, and that must not hide the first error.
