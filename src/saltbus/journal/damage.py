@@ -134,9 +134,10 @@ def _wal_holds_data(path: Path) -> bool:
         return False
 
 
-def check_header(path: Path) -> None:
-    """Raise :class:`JournalDamagedError` when :func:`header_problem` finds one."""
-    problem = header_problem(path)
+def check_header(path: Path, *, truncated_ok: bool = False) -> None:
+    """Raise :class:`JournalDamagedError` when :func:`header_problem` finds one
+    (with ``truncated_ok``, only when the file cannot be read at all)."""
+    problem = unusable(path) if truncated_ok else header_problem(path)
     if problem is not None:
         raise JournalDamagedError(path, problem)
 

@@ -83,7 +83,9 @@ def describe(path: Path) -> JournalFile:
         except FileNotFoundError:
             continue
         size += stat.st_size
-        last_written = max(last_written, stat.st_mtime)
+        # A reader opening the file creates an empty WAL: that is no write.
+        if stat.st_size:
+            last_written = max(last_written, stat.st_mtime)
     sock_dir = first = last = None
     problem = None
     try:

@@ -28,7 +28,7 @@ from saltbus.journal.damage import (
     unusable,
 )
 from saltbus.journal.records import JournalRecord
-from saltbus.journal.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION
+from saltbus.journal.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, read_past_truncation
 from saltbus.wire import body_tag
 
 # Rows per query while salvaging: large enough to read a healthy journal fast,
@@ -126,8 +126,11 @@ def _read_ranges(
     while pending:
         low, high = pending.pop()
         while low < high:
+            # No more rows than the range can hold: SQLite then stops at the
+            # last one instead of stepping on to the page after it.
+            size = min(chunk, high - low)
             try:
-                records = read(low, high, chunk)
+                records = read(low, high, size)
                 _check_order(records, low, high)
             except JournalDamagedError:
                 if high - low == 1:
@@ -138,7 +141,7 @@ def _read_ranges(
                     pending.extend([(middle, high), (low, middle)])
                 break
             yield from records
-            if len(records) < chunk:
+            if len(records) < size:
                 break
             low = records[-1].seq
 
@@ -169,6 +172,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection to a possibly damaged file (no schema checks)."""
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    read_past_truncation(conn)
     return conn
 
 
@@ -178,9 +182,9 @@ def raw_reader(conn: sqlite3.Connection, path: Path) -> RangeReader:
     def read(since: int, until: int, limit: int) -> list[JournalRecord]:
         try:
             rows = conn.execute(
-                "SELECT seq, time, tag, body FROM events WHERE seq > ? AND seq <= ? "
+                "SELECT seq, time, tag, body FROM events WHERE seq >= ? AND seq <= ? "
                 "ORDER BY seq LIMIT ?",
-                (since, until, limit),
+                (since + 1, until, limit),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             if is_damage(exc):

@@ -20,6 +20,7 @@ from saltbus.journal.damage import (
     edge_check,
     is_damage,
     quick_check,
+    truncation,
 )
 
 Durability = Literal["batch", "fsync"]
@@ -117,7 +118,9 @@ def connect(
     if durability not in _SYNCHRONOUS:
         raise JournalError(f"unknown durability {durability!r}; use 'batch' or 'fsync'")
     try:
-        check_header(path)
+        # A reader can still read the pages a truncated file has; a daemon
+        # must not append to it.
+        check_header(path, truncated_ok=readonly)
         conn = _connect_readonly(path) if readonly else _connect_writable(path, durability)
         try:
             if check:
@@ -170,6 +173,8 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if truncation(path) is not None:
+            read_past_truncation(conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         _check_version(version, path)
         if version == 0:
@@ -183,6 +188,16 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def read_past_truncation(conn: sqlite3.Connection) -> None:
+    """Let a read-only connection read the pages a truncated file still has.
+
+    SQLite refuses a file shorter than its header says as a whole; with
+    writable_schema it takes the file's own size instead. The connection is
+    read-only (mode=ro), so nothing can be written through it.
+    """
+    conn.execute("PRAGMA writable_schema = ON")
 
 
 def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
