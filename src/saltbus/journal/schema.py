@@ -275,7 +275,7 @@ def _create_journal_file(path: Path) -> None:
     if path.exists():
         return
     draft = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
-    _create_private_file(draft)
+    _create_private_file(draft, path)
     try:
         conn = sqlite3.connect(draft, isolation_level=None)
         try:
@@ -295,7 +295,7 @@ def _create_journal_file(path: Path) -> None:
                 leftover.unlink()
 
 
-def _create_private_file(path: Path) -> None:
+def _create_private_file(path: Path, journal: Path) -> None:
     # The journal holds every event of the bus, which only the bus's user may
     # read (DESIGN.md, Security). SQLite would create the file 0644; making it
     # first, empty, 0600 is enough, and SQLite gives its -wal and -shm files
@@ -304,6 +304,6 @@ def _create_private_file(path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise JournalError(
-            f"cannot create journal {path}: {exc.strerror or exc}; {_DATA_DIR_HINT}"
+            f"cannot create journal {journal}: {exc.strerror or exc}; {_DATA_DIR_HINT}"
         ) from None
     os.close(fd)
