@@ -7,6 +7,7 @@ store's methods can assume a connection in WAL mode with the current schema.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sqlite3
@@ -283,8 +284,7 @@ def _create_journal_file(path: Path) -> None:
             _migrate(conn, draft)
         finally:
             conn.close()  # the last connection checkpoints the WAL into the file
-        with contextlib.suppress(FileExistsError):  # another process made it first
-            os.link(draft, path)
+        _put_in_place(draft, path)
     except OSError as exc:
         raise JournalError(
             f"cannot create journal {path}: {exc.strerror or exc}; {_DATA_DIR_HINT}"
@@ -293,6 +293,22 @@ def _create_journal_file(path: Path) -> None:
         for leftover in (draft, Path(f"{draft}-wal"), Path(f"{draft}-shm")):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
+
+
+def _put_in_place(draft: Path, path: Path) -> None:
+    """Give ``draft`` the name ``path`` unless a file has it (another process
+    made the journal first: that one is kept)."""
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        # A file system without hard links: a rename, which would replace a
+        # journal made meanwhile, so only after checking there is none.
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        if not path.exists():
+            os.rename(draft, path)
 
 
 def _create_private_file(path: Path, journal: Path) -> None:
