@@ -24,10 +24,13 @@ from saltbus.journal import Journal
 from tests.journal_support import (
     CURSOR,
     PAGE,
+    TABLE_LEAF,
     build_journal,
     events_on_pages,
+    events_root,
     middle_leaves,
     overwrite_pages,
+    page_types,
     seqs,
     truncate,
 )
@@ -274,3 +277,28 @@ def test_journal_help_names_every_subcommand() -> None:
     for sub in ("check", "recover", "list", "prune"):
         text = run("journal", sub, "--help").stdout
         assert "--sock-dir" in text and "--data-dir" in text and "--config" in text
+
+
+def test_a_journal_the_daemon_wrote_and_a_disk_damaged(
+    bus: Config, serves: Callable[..., ServeProcess]
+) -> None:
+    daemon = serves(bus, *bus_flags(bus))
+    for n in range(3):
+        fired = run("fire", "--sock-dir", str(bus.sock_dir), "--ack", f"app/{n}")
+        assert fired.returncode == 0, fired.stderr
+    listed = _json_lines(run("journal", "list", *bus_flags(bus), "--json").stdout)
+    assert [(row["sock_dir"], row["served"]) for row in listed] == [
+        (str(bus.sock_dir.resolve()), True)
+    ]
+    daemon.stop()
+    path = journal_file(bus)
+    leaf = events_root(path)  # three events: the root is the one leaf
+    assert page_types(path)[leaf] == TABLE_LEAF
+    overwrite_pages(path, [leaf])
+
+    refused = run("serve", *bus_flags(bus))
+    assert refused.returncode != 0
+    assert "is damaged" in one_line(refused.stderr)
+    history = run("history", *bus_flags(bus))
+    assert history.returncode == 1 and history.stdout == ""
+    assert "seqs 1-3 " in one_line(history.stderr)
