@@ -95,6 +95,7 @@ def read_around(
     *,
     chunk: int = CHUNK,
     first: int | None = None,
+    gaps: LostRanges | None = None,
 ) -> Iterator[JournalRecord]:
     """Every readable record with ``since < seq <= until``, in seq order; the
     seq ranges whose reads failed are added to ``lost``.
@@ -104,8 +105,9 @@ def read_around(
     too: once a read has failed, the seqs missing between ``first`` and
     ``until`` are added to ``lost`` as well (the publisher numbers events
     without gaps; a journal rebuilt by recovery has the gaps it reported).
+    The missing seqs are also added to ``gaps`` when given, failure or not.
     """
-    gaps = LostRanges()
+    gaps = LostRanges() if gaps is None else gaps
     expected = first
     for record in _read_ranges(read, since, until, lost, chunk):
         if expected is not None and record.seq > expected:
@@ -320,18 +322,6 @@ def upper_bound(conn: sqlite3.Connection, salvage: Salvage) -> int | None:
     return None
 
 
-def _gaps(conn: sqlite3.Connection, path: Path, first: int, upper: int) -> list[tuple[int, int]]:
-    gaps = LostRanges()
-    expected = first
-    for record in _read_ranges(raw_reader(conn, path), 0, upper, gaps, CHUNK):
-        if record.seq > expected:
-            gaps.add(expected, record.seq - 1)
-        expected = record.seq + 1
-    if expected <= upper:
-        gaps.add(expected, upper)
-    return gaps.ranges
-
-
 def lowest_seq(conn: sqlite3.Connection) -> int | None:
     """The lowest seq the table holds by its tag index (which a damaged table
     page does not hide), else by the table itself."""
@@ -357,7 +347,8 @@ def events(conn: sqlite3.Connection, salvage: Salvage) -> Iterator[JournalRecord
     reader = raw_reader(conn, salvage.path)
     first = lowest_seq(conn)
     readable = 0
-    for record in read_around(reader, 0, upper, salvage.lost, first=first or 1):
+    gaps = LostRanges()
+    for record in read_around(reader, 0, upper, salvage.lost, first=first or 1, gaps=gaps):
         if is_sound(record):
             readable += 1
             yield record
@@ -366,9 +357,11 @@ def events(conn: sqlite3.Connection, salvage: Salvage) -> Iterator[JournalRecord
     if not salvage.lost and salvage.count is not None and readable < salvage.count:
         # No read failed, yet events are missing: damaged pages that read as
         # empty. The seqs missing since the first are the suspects.
-        for record_range in _gaps(conn, salvage.path, first or 1, upper):
-            salvage.lost.add(*record_range)
+        for low, high in gaps.ranges:
+            salvage.lost.add(low, high)
         if not salvage.lost:
-            salvage.lost.add(first or 1, upper)
+            salvage.problems.append(
+                f"counts {salvage.count} events in meta, but {readable} can be read"
+            )
     if salvage.lost:
         salvage.problems.append(f"{EVENTS_LOST}: seqs {salvage.lost.describe()}")
