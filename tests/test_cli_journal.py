@@ -8,8 +8,10 @@ event that was not on a damaged page.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 
 from saltbus.cli.common import journal_file
+from saltbus.cli.journal import recover_command
 from saltbus.config import Config
 from saltbus.journal import Journal
 from tests.journal_support import (
@@ -302,3 +305,16 @@ def test_a_journal_the_daemon_wrote_and_a_disk_damaged(
     history = run("history", *bus_flags(bus))
     assert history.returncode == 1 and history.stdout == ""
     assert "seqs 1-3 " in one_line(history.stderr)
+
+
+def test_the_fix_command_names_the_bus_as_it_was_named(tmp_path: Path) -> None:
+    args = argparse.Namespace(data_dir=tmp_path / "my data", config=tmp_path / "minion.yml")
+    config = Config.load(
+        env={}, overrides={"sock_dir": tmp_path / "run", "node": "minion", "id": "web 1"}
+    )
+    command = recover_command(args, config)
+    assert shlex.split(command) == [
+        "saltbus", "journal", "recover", "--sock-dir", str(tmp_path / "run"),
+        "--data-dir", str(tmp_path / "my data"), "--config", str(tmp_path / "minion.yml"),
+        "--node", "minion", "--id", "web 1",
+    ]  # fmt: skip

@@ -360,7 +360,7 @@ def run_prune(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not args.yes and chosen:
         print(f"dry run: --yes removes the {chosen} journal(s) above", file=out)
     elif not chosen:
-        print(f"no journal in {data_dir} is older than {args.older_than:g} s", file=out)
+        print(f"nothing to remove in {data_dir}", file=out)
     return 0
 
 
