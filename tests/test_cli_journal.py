@@ -74,7 +74,6 @@ class Damaged:
     def __init__(self, config: Config, kind: str) -> None:
         self.path = journal_file(config)
         self.records = build_journal(self.path, EVENTS, config.sock_dir)
-        self.kind = kind
         with Journal.open(self.path, readonly=True) as journal:
             self.epoch = journal.epoch()
         size = self.path.stat().st_size
