@@ -16,12 +16,14 @@ from saltbus.cli.common import (
 )
 from saltbus.cli.listen import format_event
 from saltbus.client.listener import Listener
+from saltbus.config import Config
 from saltbus.errors import ConfigError, RemoteProtocolError
 from saltbus.event import Event, MatchType
 from saltbus.wire import unpack_body
 
 if TYPE_CHECKING:
     from saltbus.journal.records import JournalRecord
+    from saltbus.journal.store import Journal
 
 HELP = "print events from a bus's journal (and, with --follow, live ones after them)"
 DESCRIPTION = """\
@@ -29,6 +31,10 @@ Print journaled events of the bus serving --sock-dir, oldest first, in the
 formats of `saltbus listen` (--json adds "seq"). The journal is read from the
 data directory, whether the publisher runs or not. With --follow, history
 then goes on with live events, with no gap and no duplicate at the seam.
+
+A damaged journal's readable events are printed all the same; then one line
+on stderr says which seqs could not be read, and the exit status is 1
+(`saltbus journal recover` rebuilds the journal from what is readable).
 
 examples:
   saltbus history --tag salt/job/ --limit 20
@@ -86,10 +92,24 @@ def _until(text: str | None) -> tuple[int | None, float | None]:
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from saltbus.journal.damage import JournalDamagedError  # noqa: PLC0415
+
+    config = config_from_args(args)
+    try:
+        return _run(args, config, out or sys.stdout)
+    except JournalDamagedError as exc:
+        from saltbus.cli.journal import recover_command  # noqa: PLC0415
+
+        raise exc.with_fix(recover_command(args, config)) from None
+
+
+def _run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
+    import itertools  # noqa: PLC0415
+
+    from saltbus.cli.journal import recover_command  # noqa: PLC0415
+    from saltbus.journal.salvage import LostRanges, read_around  # noqa: PLC0415
     from saltbus.journal.store import Journal  # noqa: PLC0415
 
-    out = out or sys.stdout
-    config = config_from_args(args)
     path = journal_file(config)
     if not path.exists():
         raise ConfigError(
@@ -100,30 +120,62 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if args.follow and args.until is not None:
         raise ConfigError("--follow goes on with live events; it cannot take --until")
     match_type = MatchType.parse(args.match_type, config.event_match_type)
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError(f"--limit must be zero or more, not {args.limit}")
+    after_time = parse_time(args.after) if args.after else None
     printed = 0
+    # Seq ranges a damaged journal could not give: the events around them are
+    # printed all the same, and the ranges are reported at the end.
+    lost = LostRanges()
     with Journal.open(path, readonly=True) as journal:
         epoch = journal.epoch()
         # The seam with live events: everything up to this snapshot comes from
         # the journal, everything after it from the publisher.
         snapshot = journal.last_seq()
         end = snapshot if until_seq is None else min(until_seq, snapshot)
-        records = journal.iter_read(
-            since=args.since or 0,
-            until=end,
-            limit=args.limit,
-            tag=args.tag,
-            match_type=match_type,
-            after_time=parse_time(args.after) if args.after else None,
-            before_time=before_time,
-        )
-        for record in records:
+        every_event = not args.tag and after_time is None and before_time is None
+        first = _first_seq(journal) if every_event else None
+
+        def read(since: int, until: int, limit: int) -> list[JournalRecord]:
+            return journal.read(
+                since=since,
+                until=until,
+                limit=limit,
+                tag=args.tag,
+                match_type=match_type,
+                after_time=after_time,
+                before_time=before_time,
+            )
+
+        start = args.since or 0
+        expected = None if first is None else max(first, start + 1)
+        records = read_around(read, start, end, lost, first=expected)
+        for record in itertools.islice(records, args.limit):
             event = _event(record)
             if event is not None:
                 _print(event, args, out)
                 printed += 1
-    if not args.follow or (args.limit is not None and printed >= args.limit):
-        return 0
-    return _follow(args, config, max(snapshot, args.since or 0), epoch, printed, out)
+    if lost:
+        print(
+            f"saltbus: error: journal {path} is damaged: events with seqs {lost.describe()} "
+            f"cannot be read (the others were printed); `{recover_command(args, config)}` "
+            "keeps what is readable and starts a fresh journal",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.follow and (args.limit is None or printed < args.limit):
+        _follow(args, config, max(snapshot, args.since or 0), epoch, printed, out)
+    return 1 if lost else 0
+
+
+def _first_seq(journal: Journal) -> int | None:
+    """The oldest seq held, None when the pages that say it are damaged."""
+    from saltbus.journal.damage import JournalDamagedError  # noqa: PLC0415
+
+    try:
+        return journal.first_seq()
+    except JournalDamagedError:
+        return None
 
 
 def _follow(

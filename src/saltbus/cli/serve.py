@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
+from saltbus.cli.journal import recover_command
 from saltbus.config import Config
+from saltbus.errors import SaltbusError
 
 if TYPE_CHECKING:
     from saltbus.reactor import Reactor
@@ -31,6 +33,11 @@ removed; a live publisher's sockets are never taken over.
 
 Ctrl-C (SIGINT) or SIGTERM stops it: listeners get what was already
 published, the sockets are removed, and it exits 0.
+
+It refuses to start (one line on stderr, exit 1) on a journal that is
+damaged, empty, truncated or not a journal, naming the `saltbus journal
+recover` command that rebuilds it; and on a sock_dir or data directory this
+user cannot create or write to.
 """
 
 
@@ -78,6 +85,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from saltbus.journal.damage import JournalDamagedError  # noqa: PLC0415
+
     config = cluster.apply_options(
         config_from_args(
             args,
@@ -88,7 +97,20 @@ def run(args: argparse.Namespace) -> int:
         ),
         args,
     )
-    _event_loop_runner()(_serve(config, args))
+    try:
+        _event_loop_runner()(_serve(config, args))
+    except JournalDamagedError as exc:
+        # Named with this bus's options, so that the fix can be pasted as it is.
+        raise exc.with_fix(recover_command(args, config)) from None
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A start-up step on a file or directory this user may not use (an
+        # unwritable --data-dir, a read-only sock_dir): say which, in one line.
+        raise SaltbusError(
+            f"cannot serve: {exc.filename}: {exc.strerror}; check that this user can write "
+            "to --sock-dir and --data-dir"
+        ) from None
     return 0
 
 

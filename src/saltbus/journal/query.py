@@ -69,8 +69,11 @@ def prefix_upper_bound(prefix: str) -> str | None:
 
 def _bounds(filters: Filters, params: Params) -> list[str]:
     """The seq and time terms (the ones every plan shares)."""
-    terms = ["seq > :since"]
-    params["since"] = filters.since
+    # seq >= since + 1 rather than seq > since: SQLite seeks the first key it
+    # wants, not the last one it does not, so a read that starts after a
+    # damaged page does not touch that page.
+    terms = ["seq >= :first"]
+    params["first"] = filters.since + 1
     if filters.until is not None:
         terms.append("seq <= :until")
         params["until"] = filters.until

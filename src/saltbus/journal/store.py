@@ -21,9 +21,10 @@ from typing import Final
 from saltbus.errors import JournalError
 from saltbus.event import MatchType
 from saltbus.journal import inserts
+from saltbus.journal.damage import JournalDamagedError, is_damage
 from saltbus.journal.query import Filters, plan
 from saltbus.journal.records import JournalRecord, JournalStats
-from saltbus.journal.schema import Durability, connect
+from saltbus.journal.schema import Durability, connect, has_column
 
 __all__ = ["Durability", "Journal"]
 
@@ -40,10 +41,15 @@ _BIND_ERRORS: Final = (ValueError, OverflowError, TypeError)
 
 @contextlib.contextmanager
 def _sqlite_errors(action: str, path: Path) -> Iterator[None]:
-    """Report SQLite's errors as JournalError, naming the file and the action."""
+    """Report SQLite's errors as JournalError, naming the file and the action;
+    a damaged file as JournalDamagedError, in one line that says how to recover."""
     try:
         yield
     except (sqlite3.Error, *_BIND_ERRORS) as exc:
+        if is_damage(exc):
+            raise JournalDamagedError(
+                path, f"is damaged ({exc}; found trying to {action} it)"
+            ) from exc
         raise JournalError(f"cannot {action} journal {path}: {exc}") from exc
 
 
@@ -79,18 +85,25 @@ class Journal:
         max_age: float | None = None,
         max_bytes: int | None = None,
         readonly: bool = False,
+        check: bool = False,
+        sock_dir: Path | None = None,
     ) -> Journal:
         """Open the journal at ``path``, creating it (and its directories, 0700)
         unless ``readonly``. ``durability``: ``"batch"`` survives the process
         being killed, ``"fsync"`` survives a power cut (each commit is synced).
         ``max_age`` (seconds) and ``max_bytes`` (of bodies) bound what
-        :meth:`enforce_retention` keeps; None keeps everything."""
+        :meth:`enforce_retention` keeps; None keeps everything.
+
+        A damaged file raises :class:`~saltbus.journal.damage.JournalDamagedError`;
+        ``check`` (the daemon's start) reads its pages first to find damage
+        before it is used. ``sock_dir`` (the daemon's) is recorded in the file,
+        so that ``saltbus journal list`` can say whose journal it is."""
         if max_age is not None and not (max_age > 0 and math.isfinite(max_age)):
             raise JournalError(f"max_age must be a positive number of seconds, not {max_age!r}")
         if max_bytes is not None and max_bytes < 0:
             raise JournalError(f"max_bytes must be zero or more, not {max_bytes!r}")
-        conn = connect(path, durability=durability, readonly=readonly)
-        return cls(
+        conn = connect(path, durability=durability, readonly=readonly, check=check)
+        journal = cls(
             conn,
             path,
             durability=durability,
@@ -98,6 +111,13 @@ class Journal:
             max_bytes=max_bytes,
             readonly=readonly,
         )
+        if sock_dir is not None and not readonly:
+            try:
+                journal.record_sock_dir(sock_dir)
+            except BaseException:
+                journal.close()
+                raise
+        return journal
 
     # -- positions ----------------------------------------------------------
 
@@ -125,6 +145,30 @@ class Journal:
         epoch = self.epoch()
         assert epoch is not None  # set just above, and never cleared
         return epoch
+
+    def restore_meta(self, *, epoch: int | None, last_seq: int, sock_dir: str | None) -> None:
+        """Give a journal rebuilt from a damaged one that file's epoch (None
+        leaves it unset), its last seq (raised, never lowered: the events it
+        salvaged may end before it) and its bus's sock_dir."""
+        with _sqlite_errors("write meta to", self.path):
+            self._conn.execute(
+                "UPDATE meta SET epoch = ?, last_seq = max(last_seq, ?), sock_dir = ?",
+                (epoch, last_seq, sock_dir),
+            )
+
+    def record_sock_dir(self, sock_dir: Path) -> None:
+        """Store the (resolved) sock_dir of the bus this journal belongs to."""
+        with _sqlite_errors("write the bus's sock_dir to", self.path):
+            self._conn.execute("UPDATE meta SET sock_dir = ?", (str(sock_dir.resolve()),))
+
+    def sock_dir(self) -> Path | None:
+        """The sock_dir of the bus whose daemon last opened this journal (None
+        before a daemon recorded it: journals of older saltbus versions)."""
+        with _sqlite_errors("read", self.path):
+            if not has_column(self._conn, "meta", "sock_dir"):
+                return None
+            value = self._conn.execute("SELECT sock_dir FROM meta").fetchone()[0]
+        return None if value is None else Path(value)
 
     def first_seq(self) -> int | None:
         """The oldest seq still retained, None when no event is."""
@@ -167,6 +211,36 @@ class Journal:
             except BaseException:
                 self._rollback()
                 raise
+
+    def insert_missing(self, records: Sequence[JournalRecord]) -> int:
+        """Store ``records`` whose seqs the journal lacks, in any order (a
+        recovery's events found after the ones around them); seqs it holds
+        already are skipped. Returns how many were stored. The running totals
+        and last_seq are not moved: call :meth:`recount` once done."""
+        stored = 0
+        with _sqlite_errors("append to", self.path):
+            self._conn.execute("BEGIN")
+            try:
+                for record in records:
+                    stored += self._conn.execute(
+                        "INSERT OR IGNORE INTO events (seq, time, tag, body) VALUES (?, ?, ?, ?)",
+                        (record.seq, record.time, record.tag, record.body),
+                    ).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        return stored
+
+    def recount(self) -> None:
+        """Set the running totals from the table (one scan), and last_seq to
+        at least its highest seq: after :meth:`insert_missing`."""
+        with _sqlite_errors("count the events of", self.path):
+            self._conn.execute(
+                "UPDATE meta SET count = (SELECT count(*) FROM events), "
+                "bytes = (SELECT coalesce(sum(length(body)), 0) FROM events), "
+                "last_seq = max(last_seq, (SELECT coalesce(max(seq), 0) FROM events))"
+            )
 
     def _rollback(self) -> None:
         # After some errors (SQLITE_FULL, I/O) SQLite has already rolled back;

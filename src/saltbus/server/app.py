@@ -147,7 +147,7 @@ class Server:
         )
 
     def _open_journal(self, path: Path) -> None:
-        with Journal.open(path) as journal:
+        with Journal.open(path, check=True, sock_dir=self.config.sock_dir) as journal:
             self.epoch = journal.claim_epoch()
         writer = JournalWriter(
             path,

@@ -10,6 +10,7 @@ import socket
 import stat
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Final
 
 from saltbus.config import Address, Config
@@ -24,27 +25,69 @@ LOCK_WAIT: Final = 0.2
 def ensure_sock_dir(path: Path) -> bool:
     """Create ``sock_dir`` 0700 when missing; True when it was created. An
     existing directory keeps its mode: it may be Salt's own, shared on purpose."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"sock_dir {path} is a file, not a directory; give a directory as --sock-dir "
+            "(sock_dir in the config)"
+        )
     created = not path.exists()
     try:
         path.mkdir(mode=SOCK_DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create sock_dir {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot create sock_dir {path}: {exc.strerror}; give a --sock-dir this user can create"
+        ) from None
     if not path.is_dir():
         raise ConfigError(f"sock_dir {path} exists and is not a directory")
     return created
 
 
+def lock_path(sock_dir: Path, socket_prefix: str) -> Path:
+    """:attr:`Config.lock_path <saltbus.config.Config.lock_path>` of the bus
+    whose sockets are named by ``socket_prefix`` (which a journal's file name keeps)."""
+    return sock_dir / f".{socket_prefix}.saltbus.lock"
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a publisher holds the bus lock at ``path`` now (as
+    :meth:`Config.served_by_saltbus <saltbus.config.Config.served_by_saltbus>`
+    judges it: a shared lock that cannot be taken at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # another user's file: its presence is all we can see
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class BusLock:
     """An advisory lock next to the sockets, so two saltbus daemons starting at
     once cannot both decide the sockets are stale. The kernel drops it when the
-    holder dies, so a kill -9 leaves nothing to clean up."""
+    holder dies, so a kill -9 leaves nothing to clean up.
 
-    def __init__(self, config: Config) -> None:
-        self.path = config.lock_path
+    Made from the bus's Config, or from the lock file's path (the journal
+    commands, which lock a bus to keep its publisher from starting meanwhile).
+    """
+
+    def __init__(self, config: Config | Path) -> None:
+        self.path = config if isinstance(config, Path) else config.lock_path
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the bus's lock file {self.path}: {exc.strerror}; give a "
+                "--sock-dir this user can write to"
+            ) from None
         # Clients take a shared lock for an instant to learn whether a publisher
         # holds this one (Config.served_by_saltbus); only a lock held for longer
         # than LOCK_WAIT is another publisher's.
@@ -70,6 +113,18 @@ class BusLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def __enter__(self) -> BusLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 def _is_live(path: Path) -> bool:
