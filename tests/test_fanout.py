@@ -7,7 +7,6 @@ paused, what is dropped past the bounds, and the exact bytes of each frame.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +19,27 @@ from hypothesis import strategies as st
 
 from saltbus.control import Lagged, decode_control
 from saltbus.event import MatchType, tag_matcher
+from saltbus.journal.records import JournalRecord
 from saltbus.server.fanout import FLUSH_CHUNK, TRANSPORT_HIGH_WATER, FanOut, Subscriber
-from saltbus.wire import Frame, FrameDecoder, Framing, encode_frame, pack_body
+from saltbus.wire import Frame, FrameDecoder, Framing, body_tag, encode_frame, pack_body
+
+
+class Feed:
+    """Numbers bodies from 1 and delivers them, as the intake does (the fan-out
+    numbers nothing)."""
+
+    def __init__(self, fanout: FanOut) -> None:
+        self.fanout = fanout
+        self.next_seq = 1
+
+    def publish(self, bodies: Sequence[bytes]) -> int:
+        now = time.time()
+        records = [
+            JournalRecord(self.next_seq + i, now, body_tag(b), b) for i, b in enumerate(bodies)
+        ]
+        self.next_seq += len(records)
+        self.fanout.deliver(records)
+        return self.next_seq - 1
 
 
 class FakeTransport:
@@ -124,6 +142,7 @@ def seqs(frames: Sequence[Frame]) -> list[int]:
 
 def test_order_preserved_and_one_write_per_batch() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber()
     fanout.add(sub)
     batches = [
@@ -131,7 +150,7 @@ def test_order_preserved_and_one_write_per_batch() -> None:
         for start, size in ((0, 3), (3, 1), (4, 5), (9, 200))
     ]
     for batch in batches:
-        fanout.publish(batch)
+        feed.publish(batch)
     assert len(transport.writes) == len(batches)
     for write, batch in zip(transport.writes, batches, strict=True):
         assert [f.body for f in decode(write)] == batch
@@ -142,48 +161,16 @@ def test_order_preserved_and_one_write_per_batch() -> None:
     assert sub.stats().queued_events == 0
 
 
-def test_publish_returns_last_seq_and_empty_batch_writes_nothing() -> None:
-    fanout = FanOut(Framing.BARE)
-    sub, transport = make_subscriber()
-    fanout.add(sub)
-    assert fanout.publish([]) == 0
-    assert transport.writes == []
-    assert fanout.publish([body("t", 1), body("t", 2)]) == 2
-    assert fanout.publish([]) == 2
-    assert fanout.publish([body("t", 3)]) == 3
-    assert fanout.next_seq == 4
-    assert len(transport.writes) == 2
-
-
-def test_sequence_numbers_increase_by_one_from_first_seq() -> None:
-    fanout = FanOut(Framing.BARE, first_seq=41)
-    sub, transport = make_subscriber()
-    fanout.add(sub)
-    for size in (1, 7, 2, 13):
-        fanout.publish([body("s/q", 0)] * size)
-    got = seqs(decode(transport.data))
-    assert got == list(range(41, 41 + 23))
-    assert all(b - a == 1 for a, b in itertools.pairwise(got))
-
-
-def test_sequence_numbers_keep_counting_with_no_subscriber() -> None:
-    fanout = FanOut(Framing.BARE)
-    fanout.publish([body("t", 1), body("t", 2)])
-    sub, transport = make_subscriber()
-    fanout.add(sub)
-    fanout.publish([body("t", 3)])
-    assert seqs(decode(transport.data)) == [3]
-
-
 def test_frame_bytes_are_salts_frame_with_seq_in_head() -> None:
     """A Salt listener reads only ``body``: it must arrive byte for byte, in
     Salt's two-key frame; saltbus's extras ride in ``head``."""
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber()
     fanout.add(sub)
     b = body("salt/auth", 1)
     before = time.time()
-    fanout.publish([b])
+    feed.publish([b])
     value = msgpack.unpackb(transport.data, raw=False)
     assert list(value) == ["head", "body"]
     assert value["body"] == b
@@ -195,9 +182,10 @@ def test_frame_bytes_are_salts_frame_with_seq_in_head() -> None:
 @pytest.mark.parametrize("framing", [Framing.BARE, Framing.LENGTH_PREFIXED])
 def test_framing_of_published_frames(framing: Framing) -> None:
     fanout = FanOut(framing)
+    feed = Feed(fanout)
     sub, transport = make_subscriber()
     fanout.add(sub)
-    fanout.publish([body("f/x", i) for i in range(5)])
+    feed.publish([body("f/x", i) for i in range(5)])
     data = transport.data
     if framing is Framing.LENGTH_PREFIXED:
         assert data[0] == 0x00
@@ -215,11 +203,12 @@ def test_subscriber_sets_transport_high_water() -> None:
 
 def test_unfiltered_subscribers_share_one_write_per_batch() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     pairs = [make_subscriber(peer=f"pid {i} uid 0") for i in range(4)]
     for sub, _t in pairs:
         fanout.add(sub)
-    fanout.publish([body("x", i) for i in range(10)])
-    fanout.publish([body("x", 10)])
+    feed.publish([body("x", i) for i in range(10)])
+    feed.publish([body("x", 10)])
     first = pairs[0][1].writes
     assert len(first) == 2
     for _sub, transport in pairs[1:]:
@@ -228,12 +217,13 @@ def test_unfiltered_subscribers_share_one_write_per_batch() -> None:
 
 def test_removed_subscriber_gets_nothing_more() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber()
     fanout.add(sub)
-    fanout.publish([body("x", 1)])
+    feed.publish([body("x", 1)])
     fanout.remove(sub)
     fanout.remove(sub)  # twice is harmless
-    fanout.publish([body("x", 2)])
+    feed.publish([body("x", 2)])
     assert ns(decode(transport.data)) == [1]
 
 
@@ -242,13 +232,14 @@ def test_removed_subscriber_gets_nothing_more() -> None:
 
 def test_queued_while_paused_and_flushed_in_order_on_resume() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber()
     fanout.add(sub)
-    fanout.publish([body("q", 0)])
+    feed.publish([body("q", 0)])
     sub.pause()
     sent = [body("q", i) for i in range(1, 31)]
     for i in range(0, 30, 3):
-        fanout.publish(sent[i : i + 3])
+        feed.publish(sent[i : i + 3])
     assert len(transport.writes) == 1  # nothing while paused
     stats = sub.stats()
     assert stats.queued_events == 30
@@ -266,17 +257,18 @@ def test_queued_while_paused_and_flushed_in_order_on_resume() -> None:
         0,
     )
     # After the flush, delivery is direct again.
-    fanout.publish([body("q", 31)])
+    feed.publish([body("q", 31)])
     assert ns(decode(transport.writes[-1])) == [31]
 
 
 def test_drop_oldest_past_max_events() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber(max_events=5)
     fanout.add(sub)
     sub.pause()
     for i in range(12):
-        fanout.publish([body("d", i)])
+        feed.publish([body("d", i)])
     stats = sub.stats()
     assert stats.dropped == 7
     assert stats.queued_events == 5
@@ -290,10 +282,11 @@ def test_drop_oldest_past_max_events() -> None:
 
 def test_drop_oldest_past_max_events_within_one_batch() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber(max_events=4)
     fanout.add(sub)
     sub.pause()
-    fanout.publish([body("d", i) for i in range(10)])
+    feed.publish([body("d", i) for i in range(10)])
     assert sub.stats().dropped == 6
     sub.resume()
     assert ns(decode(transport.data)) == [6, 7, 8, 9]
@@ -301,17 +294,18 @@ def test_drop_oldest_past_max_events_within_one_batch() -> None:
 
 def test_drop_oldest_past_max_bytes() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     # Same-sized frames: the tag and data have fixed widths, seq < 128, time a float64.
     probe, probe_transport = make_subscriber()
     fanout.add(probe)
-    fanout.publish([body("b", 10, pad=100)])
+    feed.publish([body("b", 10, pad=100)])
     fanout.remove(probe)
     frame_size = len(probe_transport.data)
     sub, transport = make_subscriber(max_events=10_000, max_bytes=3 * frame_size + frame_size // 2)
     fanout.add(sub)
     sub.pause()
     for i in range(10, 30):
-        fanout.publish([body("b", i, pad=100)])
+        feed.publish([body("b", i, pad=100)])
     stats = sub.stats()
     assert stats.queued_events == 3
     assert stats.queued_bytes == 3 * frame_size
@@ -325,10 +319,11 @@ def test_drop_oldest_past_max_bytes() -> None:
 
 def test_a_frame_larger_than_max_bytes_is_dropped_while_paused() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber(max_bytes=100)
     fanout.add(sub)
     sub.pause()
-    fanout.publish([body("big", 1, pad=500)])
+    feed.publish([body("big", 1, pad=500)])
     assert sub.stats().dropped == 1
     assert sub.stats().queued_bytes == 0
     sub.resume()
@@ -338,22 +333,24 @@ def test_a_frame_larger_than_max_bytes_is_dropped_while_paused() -> None:
 def test_not_paused_subscriber_is_not_bounded_by_queue_limits() -> None:
     """The bounds are for a stalled reader; a reading one gets every event."""
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber(max_events=2, max_bytes=10)
     fanout.add(sub)
-    fanout.publish([body("n", i) for i in range(50)])
+    feed.publish([body("n", i) for i in range(50)])
     assert ns(decode(transport.data)) == list(range(50))
     assert sub.stats().dropped == 0
 
 
 def test_paused_subscriber_never_affects_another() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     stuck, stuck_transport = make_subscriber(max_events=3, peer="pid 2 uid 0")
     good, good_transport = make_subscriber(max_events=3, peer="pid 3 uid 0")
     fanout.add(stuck)
     fanout.add(good)
     stuck.pause()
     for i in range(0, 1000, 10):
-        fanout.publish([body("p", j) for j in range(i, i + 10)])
+        feed.publish([body("p", j) for j in range(i, i + 10)])
     assert stuck_transport.writes == []
     assert stuck.stats().dropped == 997
     assert len(good_transport.writes) == 100
@@ -366,6 +363,7 @@ def test_paused_subscriber_never_affects_another() -> None:
 
 def test_resume_flushes_in_chunks_and_stops_when_the_transport_pauses_again() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     # The transport pauses the subscriber once more than one chunk is unread.
     sub, transport = make_subscriber(
         max_events=100_000, max_bytes=64 << 20, pause_after=FLUSH_CHUNK
@@ -374,7 +372,7 @@ def test_resume_flushes_in_chunks_and_stops_when_the_transport_pauses_again() ->
     sub.pause()
     n = 3000
     for i in range(n):
-        fanout.publish([body("c", i, pad=400)])  # ~430 bytes a frame, ~1.3 MB in all
+        feed.publish([body("c", i, pad=400)])  # ~430 bytes a frame, ~1.3 MB in all
     queued = sub.stats().queued_bytes
     assert queued > 4 * FLUSH_CHUNK
     resumes = 0
@@ -386,7 +384,7 @@ def test_resume_flushes_in_chunks_and_stops_when_the_transport_pauses_again() ->
         # Each write is at most one chunk plus the frame that crossed the line.
         assert all(len(w) < FLUSH_CHUNK + 1024 for w in transport.writes)
         # A publish while paused mid-backlog goes behind the backlog.
-        fanout.publish([body("c", n + resumes - 1, pad=400)])
+        feed.publish([body("c", n + resumes - 1, pad=400)])
     assert resumes >= 3
     transport.drain()
     sub.resume()
@@ -396,14 +394,15 @@ def test_resume_flushes_in_chunks_and_stops_when_the_transport_pauses_again() ->
 
 def test_matcher_filters_and_keeps_global_seq() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     auth, auth_t = make_subscriber(matcher=tag_matcher("salt/auth", MatchType.STARTSWITH))
     job, job_t = make_subscriber(matcher=tag_matcher("*/ret/*", MatchType.FNMATCH))
     everything, all_t = make_subscriber()
     for sub in (auth, job, everything):
         fanout.add(sub)
     tags = ["salt/auth", "salt/job/1/ret/web1", "other", "salt/authx", "salt/job/2/new"]
-    fanout.publish([body(t, i) for i, t in enumerate(tags)])
-    fanout.publish([body("nothing/matches", 99)])
+    feed.publish([body(t, i) for i, t in enumerate(tags)])
+    feed.publish([body("nothing/matches", 99)])
     auth_frames = decode(auth_t.data)
     assert [f.tag for f in auth_frames] == ["salt/auth", "salt/authx"]
     assert seqs(auth_frames) == [1, 4]
@@ -415,10 +414,11 @@ def test_matcher_filters_and_keeps_global_seq() -> None:
 
 def test_filtered_subscriber_queues_only_what_it_wants() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber(max_events=2, matcher=tag_matcher("keep"))
     fanout.add(sub)
     sub.pause()
-    fanout.publish([body("keep", 1), body("skip", 2), body("skip", 3), body("keep", 4)])
+    feed.publish([body("keep", 1), body("skip", 2), body("skip", 3), body("keep", 4)])
     assert sub.stats().queued_events == 2
     assert sub.stats().dropped == 0
     sub.resume()
@@ -430,11 +430,12 @@ def test_lag_is_logged_once_naming_the_peer_and_again_on_catch_up(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="saltbus.server")
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, _transport = make_subscriber(max_events=2, peer="pid 4242 uid 7")
     fanout.add(sub)
     sub.pause()
     for i in range(50):
-        fanout.publish([body("l", i)])
+        feed.publish([body("l", i)])
     lag_lines = [r.getMessage() for r in caplog.records if "not reading" in r.getMessage()]
     assert len(lag_lines) == 1
     assert "pid 4242 uid 7" in lag_lines[0]
@@ -447,11 +448,12 @@ def test_lag_is_logged_once_naming_the_peer_and_again_on_catch_up(
 def test_on_dropped_reports_each_overflow_with_its_count() -> None:
     reports: list[tuple[Subscriber, int]] = []
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, _transport = make_subscriber(max_events=3, on_dropped=lambda s, n: reports.append((s, n)))
     fanout.add(sub)
     sub.pause()
-    fanout.publish([body("r", i) for i in range(5)])  # 2 over
-    fanout.publish([body("r", 5)])  # 1 over
+    feed.publish([body("r", i) for i in range(5)])  # 2 over
+    feed.publish([body("r", 5)])  # 1 over
     assert [(s is sub, n) for s, n in reports] == [(True, 2), (True, 1)]
     assert sum(n for _s, n in reports) == sub.stats().dropped == 3
 
@@ -459,14 +461,15 @@ def test_on_dropped_reports_each_overflow_with_its_count() -> None:
 def test_resumable_subscriber_is_sent_lagged_and_closed_instead_of_losing_events() -> None:
     reports: list[int] = []
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber(max_events=3, on_dropped=lambda _s, n: reports.append(n))
     sub.resumable = True
     other, other_transport = make_subscriber(max_events=3)
     fanout.add(sub)
     fanout.add(other)
-    fanout.publish([body("z", 0)])
+    feed.publish([body("z", 0)])
     sub.pause()
-    fanout.publish([body("z", i) for i in range(1, 5)])  # 4 queued: over the bound
+    feed.publish([body("z", i) for i in range(1, 5)])  # 4 queued: over the bound
     assert transport.closed
     frames = decode(transport.data)
     assert ns(frames[:1]) == [0]
@@ -475,7 +478,7 @@ def test_resumable_subscriber_is_sent_lagged_and_closed_instead_of_losing_events
     assert stats.dropped == 0 and stats.queued_events == 0 and stats.resumable
     assert reports == []
     # Nothing more is written to it (FakeTransport asserts no write after close).
-    fanout.publish([body("z", 5)])
+    feed.publish([body("z", 5)])
     sub.resume()
     assert ns(decode(other_transport.data)) == [0, 1, 2, 3, 4, 5]
 
@@ -484,29 +487,31 @@ def test_hold_queues_live_frames_behind_direct_writes_until_release() -> None:
     """A replay is written with write_direct while live frames wait; on release
     they follow in order."""
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber()
     fanout.add(sub)
     sub.hold()
-    fanout.publish([body("live", 10), body("live", 11)])
+    feed.publish([body("live", 10), body("live", 11)])
     assert transport.writes == []
     replayed = b"".join(encode_frame(body("old", i), {"seq": 100 + i}) for i in range(3))
     sub.write_direct(replayed, 3)
     sub.resume()  # a resume while holding must not let live frames overtake the replay
-    fanout.publish([body("live", 12)])
+    feed.publish([body("live", 12)])
     assert transport.data == replayed
     sub.release()
     assert ns(decode(transport.data)) == [0, 1, 2, 10, 11, 12]
     assert sub.stats().delivered == 6
-    fanout.publish([body("live", 13)])
+    feed.publish([body("live", 13)])
     assert ns(decode(transport.writes[-1])) == [13]
 
 
 def test_closed_subscriber_takes_nothing() -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber()
     fanout.add(sub)
     sub.closed = True
-    fanout.publish([body("c", 1)])
+    feed.publish([body("c", 1)])
     sub.write_direct(b"x", 1)
     assert transport.writes == []
     assert sub.stats().queued_events == 0
@@ -530,6 +535,7 @@ def test_any_pause_pattern_gives_an_ordered_subsequence_and_counts_add_up(
     ops: list[tuple[str, int]], max_events: int
 ) -> None:
     fanout = FanOut(Framing.BARE)
+    feed = Feed(fanout)
     sub, transport = make_subscriber(max_events=max_events)
     fanout.add(sub)
     # A reference model of the policy: direct while reading, else queue and
@@ -541,7 +547,7 @@ def test_any_pause_pattern_gives_an_ordered_subsequence_and_counts_add_up(
     for op, arg in ops:
         if op == "publish":
             batch = list(range(published, published + arg))
-            fanout.publish([body("h", n) for n in batch])
+            feed.publish([body("h", n) for n in batch])
             published += arg
             if not model_paused and not model_queue:
                 expected.extend(batch)

@@ -1101,7 +1101,7 @@ def test_server_in_asyncio_with_serve_and_request_exit(bus_config: Config) -> No
         _r, pull = await asyncio.open_unix_connection(os.fspath(bus_config.pull_address))
         pull.write(encode_frame(body("serve/evt", 1)))
         await pull.drain()
-        await wait_until_async(lambda: server.fanout.next_seq == 2, "the event")
+        await wait_until_async(lambda: server.intake.next_seq == 2, "the event")
         server.request_exit()
         await asyncio.wait_for(task, WAIT)
         data = await asyncio.wait_for(reader.read(), WAIT)  # to EOF

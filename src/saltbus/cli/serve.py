@@ -147,7 +147,7 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
     reactor = bridge = None
     try:
         if reactor_args is not None:
-            reactor = await react.start_alongside(config, reactor_args)
+            reactor = await react.start_alongside(config, reactor_args, server)
             if config.reactor_catch_up:
                 server.retention_holds.hold(REACTOR_HOLD, reactor.journal_position)
         # With a `cluster:` section (or --cluster), so does the federation bridge.
@@ -161,7 +161,7 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         if reactor is not None:
             await reactor.stop()
         await server.shutdown()
-    print(f"saltbus: stopped at seq {server.fanout.last_seq}", file=sys.stderr, flush=True)
+    print(f"saltbus: stopped at seq {server.intake.last_seq}", file=sys.stderr, flush=True)
     if reactor is not None:
         reactor.raise_if_failed()
 

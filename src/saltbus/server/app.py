@@ -25,9 +25,10 @@ from saltbus.server.access import AccessPolicy
 from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.holds import RetentionHolds
-from saltbus.server.intake import Intake
+from saltbus.server.intake import Intake, JournalSink, NoJournal
 from saltbus.server.replay import first_available, replay
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
+from saltbus.server.state import PullPeer, ServerState, SubscriberPeer
 from saltbus.wire import pack_body
 
 log = logging.getLogger("saltbus.server")
@@ -52,20 +53,16 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.fanout = FanOut(config.generation.pub_framing)
-        self.pull_connections: set[PullConnection] = set()
-        self.subscriber_connections: set[SubscriberConnection] = set()
+        self.pull_connections: set[PullPeer] = set()
+        self.subscriber_connections: set[SubscriberPeer] = set()
         self.journal_path: Path | None = None
         if config.journal != "none":
             data_dir = config.data_dir or default_data_dir()
             self.journal_path = journal_path(data_dir, config.sock_dir, config.socket_prefix)
         self._writer: JournalWriter | None = None
         self.returners: ReturnerRunner | None = None
-        self.intake = Intake(
-            self.fanout,
-            None,
-            self.pull_connections,  # type: ignore[arg-type]
-            stamp_has_offset=config.generation.stamp_has_offset,
-        )
+        # Made by startup(), once the journal says where numbering goes on.
+        self._intake: Intake | None = None
         self.epoch = secrets.randbits(63)
         # The lock file also marks the bus as saltbus's, in tcp mode too.
         self._lock = BusLock(config)
@@ -91,8 +88,10 @@ class Server:
         self.retention_holds = RetentionHolds()
 
     @property
-    def intake_paused(self) -> bool:
-        return self.intake.paused
+    def intake(self) -> Intake:
+        if self._intake is None:
+            raise RuntimeError("the server is not started: startup() first")
+        return self._intake
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -108,13 +107,33 @@ class Server:
         try:
             self.access.secure_file(self._lock.path)
             self.access.write_secret()
+            journal: JournalSink = NoJournal()
             if self.journal_path is not None:
                 # Until the returners know their cursors, retention keeps everything.
                 self.retention_holds.hold(_STARTING)
-                await asyncio.to_thread(self._open_journal, self.journal_path)
+                journal = await asyncio.to_thread(self._open_journal, self.journal_path)
                 if cfg.event_return:
                     await asyncio.to_thread(self._start_returners, self.journal_path)
                 self.retention_holds.release(_STARTING)
+            self._intake = Intake(
+                self.fanout,
+                journal,
+                self.pull_connections,
+                on_commit=self._notify_returners,
+                stamp_has_offset=cfg.generation.stamp_has_offset,
+            )
+            state = ServerState(
+                cfg,
+                self.access,
+                self.fanout,
+                self._intake,
+                subscribe=self.subscribe,
+                stats=self.stats,
+                report_dropped=self.report_dropped,
+                report_backlog=self.report_backlog,
+                pull_connections=self.pull_connections,
+                subscriber_connections=self.subscriber_connections,
+            )
             pull_sock = bind_listener(cfg.pull_address)
             try:
                 pub_sock = bind_listener(cfg.pub_address)
@@ -122,8 +141,10 @@ class Server:
                 pull_sock.close()
                 remove_socket_file(cfg.pull_address)
                 raise
-            self._listeners.append(await _serve(loop, lambda: SubscriberConnection(self), pub_sock))
-            self._listeners.append(await _serve(loop, lambda: PullConnection(self), pull_sock))
+            self._listeners.append(
+                await _serve(loop, lambda: SubscriberConnection(state), pub_sock)
+            )
+            self._listeners.append(await _serve(loop, lambda: PullConnection(state), pull_sock))
             self.access.secure_address(cfg.pub_address)
             self.access.secure_address(cfg.pull_address)
             self.pub_address = _bound_address(pub_sock, cfg.pub_address)
@@ -146,7 +167,7 @@ class Server:
             self.pull_address,
         )
 
-    def _open_journal(self, path: Path) -> None:
+    def _open_journal(self, path: Path) -> JournalWriter:
         with Journal.open(path, check=True, sock_dir=self.config.sock_dir) as journal:
             self.epoch = journal.claim_epoch()
         writer = JournalWriter(
@@ -156,11 +177,10 @@ class Server:
             max_bytes=self.config.journal_max_bytes,
             holds=self.retention_holds.positions,
         )
-        last_seq = writer.start()
+        writer.start()
         self._writer = writer
         self.retention_holds.on_change = writer.retain_now
-        self.fanout.next_seq = last_seq + 1
-        self.intake.writer = writer
+        return writer
 
     def _start_returners(self, path: Path) -> None:
         runner = ReturnerRunner(self.config, path)
@@ -168,11 +188,13 @@ class Server:
         self.returners = runner
         for worker in runner.workers:
             self.retention_holds.hold(worker.cursor_name, worker.journal_position)
-        self.intake.on_commit = runner.notify
+
+    def _notify_returners(self, last_seq: int) -> None:
+        if self.returners is not None:
+            self.returners.notify(last_seq)
 
     def _close_returners(self) -> None:
         runner, self.returners = self.returners, None
-        self.intake.on_commit = None
         # Their holds stay: retention must not take what they left behind
         # while the journal is closing (they resume from it at the next start).
         if runner is not None:
@@ -181,7 +203,6 @@ class Server:
     def _close_journal(self) -> None:
         writer, self._writer = self._writer, None
         self.retention_holds.on_change = None
-        self.intake.writer = None
         if writer is not None:
             writer.close()
 
@@ -216,11 +237,13 @@ class Server:
         await asyncio.sleep(SHUTDOWN_GRACE)
         for pull in list(self.pull_connections):
             pull.close()
-        try:
-            await asyncio.wait_for(self.intake.drained(), DRAIN_TIMEOUT)
-        except TimeoutError:
-            log.error("journal did not finish committing within %s s", DRAIN_TIMEOUT)
-        self.intake.close()
+        intake = self._intake
+        if intake is not None:
+            try:
+                await asyncio.wait_for(intake.drained(), DRAIN_TIMEOUT)
+            except TimeoutError:
+                log.error("journal did not finish committing within %s s", DRAIN_TIMEOUT)
+            intake.close()
         for task in list(self._replays):
             task.cancel()
         await self._drain_subscribers()
@@ -237,7 +260,7 @@ class Server:
             self._sweeper.cancel()
         self._lock.release()
         await asyncio.sleep(0)  # let the transports run their connection_lost
-        log.debug("saltbus publisher stopped; last seq %d", self.fanout.last_seq)
+        log.debug("saltbus publisher stopped; last seq %d", intake.last_seq if intake else 0)
 
     async def __aenter__(self) -> Server:
         await self.startup()
@@ -270,16 +293,16 @@ class Server:
             since is not None
             and self.journal_path is not None
             and request.epoch in (None, self.epoch)
-            and since < self.fanout.last_seq
+            and since < self.intake.last_seq
         )
         if not can_replay or since is None:
             subscriber.write_direct(
-                encode_control(Subscribed(self.fanout.last_seq, self.epoch), subscriber.framing)
+                encode_control(Subscribed(self.intake.last_seq, self.epoch), subscriber.framing)
             )
             return
         # Everything up to `until` was delivered live before the hold: the
         # replay covers it, and live events after it wait in the queue.
-        until = self.fanout.last_seq
+        until = self.intake.last_seq
         subscriber.hold()
         pattern = request.patterns[0] if len(request.patterns) == 1 else None
         task = asyncio.create_task(self._replay(subscriber, since, until, pattern))
@@ -389,7 +412,7 @@ class Server:
             "sock_dir": str(self.config.sock_dir),
             "salt_version": self.config.salt_version,
             "epoch": self.epoch,
-            "last_seq": self.fanout.last_seq,
+            "last_seq": self.intake.last_seq,
             "received": self.intake.received,
             "uptime": round(uptime, 3),
             "events_per_second": round(self.intake.received / uptime, 1) if uptime else 0.0,

@@ -6,16 +6,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import assert_never, cast
 
 from saltbus.control import (
     Ack,
     Auth,
+    ControlMessage,
+    Lagged,
     Nack,
     Refused,
     Stats,
     StatsRequest,
     Subscribe,
+    Subscribed,
     Welcome,
     ack_request_id,
     decode_control,
@@ -24,10 +27,8 @@ from saltbus.control import (
 from saltbus.errors import RemoteProtocolError
 from saltbus.server.fanout import Subscriber
 from saltbus.server.sockets import peer_label
+from saltbus.server.state import ServerState
 from saltbus.wire import Frame, FrameDecoder, Framing, tag_and_data_size
-
-if TYPE_CHECKING:
-    from saltbus.server.app import Server
 
 log = logging.getLogger("saltbus.server")
 
@@ -39,8 +40,8 @@ class Admission:
     """The checks every new connection passes before it is used: peer
     credentials and the connection limit at once, the secret over TCP."""
 
-    def __init__(self, server: Server, kind: str, framing: Framing) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, kind: str, framing: Framing) -> None:
+        self.state = state
         self.kind = kind
         self.framing = framing
         self.authenticated = False
@@ -53,14 +54,14 @@ class Admission:
         self._transport = transport
         sock = transport.get_extra_info("socket")
         self.peer = peer_label(sock)
-        server = self.server
-        reason = server.access.refusal(sock)
-        if reason is None and server.connection_count >= server.config.max_connections:
-            reason = f"too many connections (max_connections is {server.config.max_connections})"
+        state = self.state
+        reason = state.access.refusal(sock)
+        if reason is None and state.connection_count >= state.config.max_connections:
+            reason = f"too many connections (max_connections is {state.config.max_connections})"
         if reason is not None:
             self.refuse(reason)
             return False
-        self.authenticated = not server.access.tcp_needs_secret
+        self.authenticated = not state.access.tcp_needs_secret
         if not self.authenticated:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(AUTH_TIMEOUT, self.refuse, "no secret presented")
@@ -69,7 +70,7 @@ class Admission:
     def authenticate(self, frame: Frame) -> bool:
         """Check a tcp connection's first frame; False when refused."""
         message = decode_control(frame) if not frame.body else None
-        if not isinstance(message, Auth) or not self.server.access.secret_ok(message.secret):
+        if not isinstance(message, Auth) or not self.state.access.secret_ok(message.secret):
             what = "a wrong secret" if isinstance(message, Auth) else "no secret"
             self.refuse(f"{what} for this bus (saltbus clients read it from sock_dir)")
             return False
@@ -98,11 +99,11 @@ class PullConnection(asyncio.Protocol):
     """A firing client: frames in, events to the intake. A bad frame closes
     this connection only, after the good frames before it were taken."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
-        self._decoder = FrameDecoder(max_frame_size=server.config.max_frame_size)
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._decoder = FrameDecoder(max_frame_size=state.config.max_frame_size)
         self._transport: asyncio.Transport | None = None
-        self._admission = Admission(server, "pull", server.config.generation.pull_framing)
+        self._admission = Admission(state, "pull", state.config.generation.pull_framing)
         self._progress = time.monotonic()
         self.peer = "unknown peer"
 
@@ -111,8 +112,8 @@ class PullConnection(asyncio.Protocol):
         if not self._admission.open(self._transport):
             return
         self.peer = self._admission.peer
-        self._server.pull_connections.add(self)
-        if self._server.intake_paused:
+        self._state.pull_connections.add(self)
+        if self._state.intake.paused:
             self._transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -123,7 +124,7 @@ class PullConnection(asyncio.Protocol):
         admission = self._admission
         try:
             decoder.receive_data(data)
-            limit = self._server.config.max_event_size
+            limit = self._state.config.max_event_size
             while (frame := decoder.next_frame()) is not None:
                 if not admission.authenticated:
                     if not admission.authenticate(frame):
@@ -146,7 +147,7 @@ class PullConnection(asyncio.Protocol):
         finally:
             self._progress = time.monotonic()
             if bodies:
-                self._server.intake.accept(bodies, tags, acks, self)
+                self._state.intake.accept(bodies, tags, acks, self)
 
     def stalled_since(self, now: float) -> float:
         """Seconds this connection has held part of a frame without new data."""
@@ -176,7 +177,7 @@ class PullConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._admission.cancel()
-        self._server.pull_connections.discard(self)
+        self._state.pull_connections.discard(self)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -188,8 +189,8 @@ class SubscriberConnection(asyncio.Protocol):
     whatever it writes is ignored, as Salt's publisher does); a saltbus
     listener sends control frames: its filter, where to resume, a stats request."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
         self._decoder: FrameDecoder | None = FrameDecoder(max_frame_size=64 * 1024)
         self.subscriber: Subscriber | None = None
         self._transport: asyncio.Transport | None = None
@@ -197,24 +198,24 @@ class SubscriberConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        server = self._server
-        self._admission = admission = Admission(server, "publish", server.fanout.framing)
+        state = self._state
+        self._admission = admission = Admission(state, "publish", state.fanout.framing)
         if not admission.open(self._transport):
             self._decoder = None
             return
-        config = server.config
+        config = state.config
         self.subscriber = Subscriber(
             self._transport,
             admission.peer,
             max_events=config.subscriber_queue_events,
             max_bytes=config.subscriber_queue_bytes,
-            framing=server.fanout.framing,
-            on_dropped=server.report_dropped,
-            on_backlog=server.report_backlog,
+            framing=state.fanout.framing,
+            on_dropped=state.report_dropped,
+            on_backlog=state.report_backlog,
         )
-        server.subscriber_connections.add(self)
+        state.subscriber_connections.add(self)
         if admission.authenticated:
-            server.fanout.add(self.subscriber)
+            state.fanout.add(self.subscriber)
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
@@ -227,18 +228,36 @@ class SubscriberConnection(asyncio.Protocol):
                 if admission is not None and not admission.authenticated:
                     if not admission.authenticate(frame):
                         return
-                    self._server.fanout.add(self.subscriber)
+                    self._state.fanout.add(self.subscriber)
                     continue
-                message = decode_control(frame) if not frame.body else None
-                if isinstance(message, Subscribe):
-                    self._server.subscribe(self.subscriber, message)
-                elif isinstance(message, StatsRequest):
-                    self.subscriber.inspector = True
-                    stats = encode_control(Stats(self._server.stats()), self.subscriber.framing)
-                    self.subscriber.write_direct(stats)
+                self._dispatch(decode_control(frame) if not frame.body else None)
         except RemoteProtocolError:
             # Not a saltbus listener: ignore what it writes from now on.
             self._decoder = None
+
+    def _dispatch(self, message: ControlMessage | None) -> None:
+        assert self.subscriber is not None
+        match message:
+            case Subscribe():
+                self._state.subscribe(self.subscriber, message)
+            case StatsRequest():
+                self.subscriber.inspector = True
+                stats = encode_control(Stats(self._state.stats()), self.subscriber.framing)
+                self.subscriber.write_direct(stats)
+            case (
+                None
+                | Auth()
+                | Subscribed()
+                | Lagged()
+                | Ack()
+                | Nack()
+                | Stats()
+                | Welcome()
+                | Refused()
+            ):
+                pass  # an event frame, or nothing a listener sends: ignored, as Salt does
+            case _:
+                assert_never(message)
 
     def pause_writing(self) -> None:
         if self.subscriber is not None:
@@ -260,8 +279,8 @@ class SubscriberConnection(asyncio.Protocol):
             self._admission.cancel()
         if self.subscriber is not None:
             self.subscriber.close()
-            self._server.fanout.remove(self.subscriber)
-        self._server.subscriber_connections.discard(self)
+            self._state.fanout.remove(self.subscriber)
+        self._state.subscriber_connections.discard(self)
 
     @property
     def pending_bytes(self) -> int:

@@ -7,7 +7,6 @@ bounds, what happens when a reader stalls) can be tested on its own.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections import deque
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from saltbus.control import Lagged, encode_control
 from saltbus.event import TagMatcher
 from saltbus.journal.records import JournalRecord
-from saltbus.wire import Framing, body_tag, encode_event_frames, encode_frame
+from saltbus.wire import Framing, encode_event_frames, encode_frame
 
 log = logging.getLogger("saltbus.server")
 
@@ -269,16 +268,14 @@ def event_frame(record: JournalRecord, framing: Framing) -> bytes:
 
 
 class FanOut:
-    """Numbers events and offers them to every subscriber, in arrival order."""
+    """Offers numbered events to every subscriber, in the order given.
 
-    def __init__(self, framing: Framing, *, first_seq: int = 1) -> None:
+    It numbers nothing: the intake gives seqs, and hands over what the
+    journal committed."""
+
+    def __init__(self, framing: Framing) -> None:
         self.framing = framing
-        self.next_seq = first_seq
         self.subscribers: set[Subscriber] = set()
-
-    @property
-    def last_seq(self) -> int:
-        return self.next_seq - 1
 
     def add(self, subscriber: Subscriber) -> None:
         self.subscribers.add(subscriber)
@@ -286,52 +283,12 @@ class FanOut:
     def remove(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
 
-    def number(
-        self, bodies: Sequence[bytes], tags: Sequence[str] | None = None
-    ) -> list[JournalRecord]:
-        """Give each body the next sequence number and the receive time."""
-        seq = self.next_seq
-        now = time.time()
-        tags = tags if tags is not None else [body_tag(b) for b in bodies]
-        records = [
-            JournalRecord(seq + i, now, tag, body)
-            for i, (tag, body) in enumerate(zip(tags, bodies, strict=True))
-        ]
-        self.next_seq = seq + len(records)
-        return records
-
-    def publish(self, bodies: Sequence[bytes]) -> int:
-        """Number and deliver at once (no journal); returns the last sequence number."""
-        self.deliver(self.number(bodies))
-        return self.last_seq
-
     def deliver(self, records: Sequence[JournalRecord]) -> None:
         """Offer numbered records to every subscriber."""
         if not records:
             return
         frames = encode_event_frames(((r.seq, r.time, r.body) for r in records), self.framing)
         self.offer(frames, [r.tag for r in records])
-
-    def deliver_new(self, bodies: Sequence[bytes], tags: Sequence[str]) -> int:
-        """``deliver(number(bodies, tags))`` without making records (no journal
-        needs them); returns the first sequence number given."""
-        seq, frames = self.number_frames(bodies, tags)
-        if frames:
-            self.offer(frames, tags)
-        return seq
-
-    def number_frames(
-        self, bodies: Sequence[bytes], tags: Sequence[str]
-    ) -> tuple[int, list[bytes]]:
-        """Number bodies received now and encode their frames, for :meth:`offer`;
-        returns the first sequence number given, and the frames."""
-        if len(tags) != len(bodies):
-            raise ValueError("as many tags as bodies are needed")
-        seq = self.next_seq
-        now = time.time()
-        self.next_seq = seq + len(bodies)
-        numbered = zip(range(seq, seq + len(bodies)), itertools.repeat(now), bodies)
-        return seq, encode_event_frames(numbered, self.framing)
 
     def offer(self, frames: list[bytes], tags: Sequence[str]) -> None:
         """Each frame is encoded once and shared by every subscriber's queue;

@@ -1,10 +1,19 @@
 """From the pull socket to the subscribers: number, journal, then deliver and acknowledge.
 
-With a journal, an event is delivered only after it is committed: a listener
-that saw sequence number N can resume after N from the journal even if the
-publisher is killed the next instant, and a restarted publisher never gives N
-to another event. Commits happen on the journal's own thread, in groups; the
-event loop only hands batches over and gets them back in order.
+One path for every event. The intake numbers it (the only place seqs are
+given), hands it to the journal, and delivers it, and acknowledges it, when
+the journal says it is committed. Without a journal, :class:`NoJournal`
+"commits" at once, so that path is this one too.
+
+An event is delivered only after it is committed: a listener that saw
+sequence number N can resume after N from the journal even if the publisher
+is killed the next instant, and a restarted publisher never gives N to
+another event. An idle journal commits on this thread at once
+(``commit_inline``); a busy one on its own thread, in groups, the event loop
+handing batches over and getting them back in order. Events that arrive
+within :data:`COALESCE_SECONDS` of the last flush wait for the next one: one
+commit, one write and one wake-up per listener for a burst, and no delay at
+low rates.
 
 When the journal cannot commit (disk full, read-only, I/O error), nothing is
 delivered that a resuming reader would later miss. The intake *holds* what
@@ -24,13 +33,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from saltbus.errors import JournalError, JournalWriteError
 from saltbus.event import utc_stamp
 from saltbus.journal.records import JournalRecord
-from saltbus.journal.writer import JournalWriter
 from saltbus.server.fanout import FanOut
 from saltbus.wire import pack_body
 
@@ -43,15 +52,60 @@ IN_FLIGHT_HIGH: Final = 50_000
 IN_FLIGHT_LOW: Final = 10_000
 IN_FLIGHT_HIGH_BYTES: Final = 4 * 1024 * 1024
 IN_FLIGHT_LOW_BYTES: Final = 1024 * 1024
-# Without a journal, events that arrive within this long of the last delivery
-# are delivered together: one write and one wake-up per listener for a burst
-# instead of one per event. An event after a quiet spell goes out at once, so
-# this adds no latency at low rates. (With a journal, group commit batches.)
+# Events that arrive within this long of the last flush are flushed together.
 COALESCE_SECONDS: Final = 0.0005
 # While the journal cannot commit, how often the held events are tried again.
 PROBE_INTERVAL: Final = 1.0
 JOURNAL_FAILED_TAG: Final = "saltbus/journal/failed"
 JOURNAL_RECOVERED_TAG: Final = "saltbus/journal/recovered"
+
+CommittedCallback = Callable[[Sequence[JournalRecord]], None]
+FailedCallback = Callable[[Sequence[JournalRecord], JournalError], None]
+
+
+class JournalSink(Protocol):
+    """What the intake needs of a journal (:class:`~saltbus.journal.writer.JournalWriter`)."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool: ...
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+        probe: bool = False,
+    ) -> None: ...
+
+
+class NoJournal:
+    """``journal: none``: every batch is "committed" at once, on the caller's thread."""
+
+    def __init__(self) -> None:
+        self._last_seq = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+        if records:
+            self._last_seq = records[-1].seq
+        return True
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+        probe: bool = False,
+    ) -> None:
+        self.commit_inline(records)
+        on_committed(records)
 
 
 class PausableReader(Protocol):
@@ -69,25 +123,56 @@ class AckTarget(PausableReader, Protocol):
     def send_nacks(self, request_ids: Sequence[int], reason: str) -> None: ...
 
 
+# One accept(): bodies, tags, acks (index, request id), and who sent them.
+_Accepted = tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Numbered events on their way to the journal, and who fired them."""
+
+    records: list[JournalRecord]
+    sources: list[AckTarget | None]  # per record
+    acks: list[tuple[AckTarget, list[tuple[int, int]]]]  # (index in records, request id)
+    size: int
+
+
 class Intake:
     def __init__(
         self,
         fanout: FanOut,
-        writer: JournalWriter | None,
-        readers: set[PausableReader],
+        journal: JournalSink,
+        readers: Collection[PausableReader],
         *,
+        on_commit: Callable[[int], None] | None = None,
         stamp_has_offset: bool = False,
     ) -> None:
         self.fanout = fanout
-        self.writer = writer
+        self.journal = journal
         self.readers = readers
+        # Told the last committed seq after each commit (the returner runner).
+        self.on_commit = on_commit
         self._stamp_has_offset = stamp_has_offset
+        self.next_seq = journal.last_seq + 1
         self.in_flight = 0
         self.in_flight_bytes = 0
         self.received = 0
         self.commit_failures = 0
         # Acked fires answered with a Nack, since the start.
         self.refused = 0
+        # Why the pull connections are not read now: "journal" (too much in
+        # flight) and "subscribers" (a Salt listener that reads, but slower
+        # than events come); they are read again once no reason is left.
+        self._pause_reasons: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
+        # Accepted since the last flush.
+        self._pending: list[
+            tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
+        ] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._last_flush = float("-inf")
         # Set while the journal cannot commit (see the module's docstring).
         self.journal_failure: JournalWriteError | None = None
         self.failing_since: float | None = None
@@ -96,22 +181,11 @@ class Intake:
         self._held_sources: set[AckTarget] = set()
         self._refused_while_failing = 0
         self._probe: asyncio.TimerHandle | None = None
-        # Told the last committed seq after each commit (the returner runner).
-        self.on_commit: Callable[[int], None] | None = None
-        # Why the pull connections are not read now: "journal" (too much in
-        # flight) and "subscribers" (a Salt listener that reads, but slower
-        # than events come); they are read again once no reason is left.
-        self._pause_reasons: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._drained = asyncio.Event()
-        self._drained.set()
-        # Numbered, encoded events waiting for the next coalesced delivery.
-        self._pending_frames: list[bytes] = []
-        self._pending_tags: list[str] = []
-        self._pending_acks: list[tuple[AckTarget, list[tuple[int, int]]]] = []
-        self._pending_last = 0
-        self._flush_handle: asyncio.TimerHandle | None = None
-        self._last_flush = float("-inf")
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq given (what a new subscriber is told it starts after)."""
+        return self.next_seq - 1
 
     def accept(
         self,
@@ -122,68 +196,21 @@ class Intake:
     ) -> None:
         """Take a batch from one connection. ``acks`` pairs an index in the
         batch with the client's request id."""
-        if self.writer is None:
-            # What _committed does, without the records only a journal needs,
-            # the delivery coalesced with the events around it. Nothing is
-            # settled: in_flight counts only events handed to the journal.
-            first, frames = self.fanout.number_frames(bodies, tags)
-            self.received += len(bodies)
-            if not frames:
-                return
-            self._pending_frames += frames
-            self._pending_tags += tags
-            self._pending_last = first + len(frames) - 1
-            if acks and source is not None:
-                pairs = [(request_id, first + index) for index, request_id in acks]
-                self._pending_acks.append((source, pairs))
-            self._schedule_flush()
-            return
+        if len(tags) != len(bodies):
+            raise ValueError("as many tags as bodies are needed")
         self.received += len(bodies)
+        if not bodies:
+            return
         if self.journal_failure is not None:
             self._hold(bodies, tags, acks, source, self._held_late)
             return
-        self._submit(self.fanout.number(bodies, tags), acks, source)
-
-    def _submit(
-        self,
-        records: list[JournalRecord],
-        acks: Sequence[tuple[int, int]],
-        source: AckTarget | None,
-        *,
-        probe: bool = False,
-    ) -> None:
-        assert self.writer is not None
-        loop = self._loop or asyncio.get_running_loop()
-        self._loop = loop
-        self.in_flight += len(records)
-        size = sum(len(r.body) for r in records)
-        self.in_flight_bytes += size
+        self._pending.append((bodies, tags, acks, source))
         self._drained.clear()
-        if self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES:
-            self.pause("journal")
-        if not probe and self.in_flight == len(records):
-            # Nothing else in flight: an idle writer commits on this thread,
-            # now, with no hand-off to its thread and back (the latency).
-            try:
-                inline = self.writer.commit_inline(records)
-            except JournalError as exc:
-                self._failed(records, exc, acks, source, size)
-                return
-            if inline:
-                self._committed(records, acks, source, size, probe)
-                return
-
-        def committed(batch: Sequence[JournalRecord]) -> None:
-            loop.call_soon_threadsafe(self._committed, batch, acks, source, size, probe)
-
-        def failed(batch: Sequence[JournalRecord], error: JournalError) -> None:
-            loop.call_soon_threadsafe(self._failed, batch, error, acks, source, size)
-
-        self.writer.submit(records, committed, on_failed=failed, probe=probe)
+        self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:
-            return  # this batch joins the delivery already due
+            return  # this batch joins the flush already due
         try:
             loop = self._loop or asyncio.get_running_loop()
         except RuntimeError:
@@ -194,72 +221,114 @@ class Intake:
         if loop.time() >= due:
             self._flush()
         else:
-            self._drained.clear()
             self._flush_handle = loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
-        """Deliver the pending events, then acknowledge those that asked."""
         self._flush_handle = None
-        frames, tags, acks = self._pending_frames, self._pending_tags, self._pending_acks
-        self._pending_frames, self._pending_tags, self._pending_acks = [], [], []
+        pending, self._pending = self._pending, []
         if self._loop is not None:
             self._last_flush = self._loop.time()
-        if frames:
-            self.fanout.offer(frames, tags)
-            if self.on_commit is not None:
-                self.on_commit(self._pending_last)
-        for source, pairs in acks:
-            source.send_acks(pairs)
-        self._drained.set()
+        if not pending:
+            self._settled()
+            return
+        if self.journal_failure is not None:
+            # The journal failed while these waited: they wait behind what it holds.
+            for bodies, tags, acks, source in pending:
+                self._hold(bodies, tags, acks, source, self._held_late)
+            self._settled()
+            return
+        all_bodies: list[bytes] = []
+        all_tags: list[str] = []
+        sources: list[AckTarget | None] = []
+        acked: list[tuple[AckTarget, list[tuple[int, int]]]] = []
+        for bodies, tags, acks, source in pending:
+            offset = len(all_bodies)
+            all_bodies += bodies
+            all_tags += tags
+            sources += [source] * len(bodies)
+            if acks and source is not None:
+                acked.append((source, [(offset + index, rid) for index, rid in acks]))
+        records = self._number(all_bodies, all_tags)
+        self._submit(_Batch(records, sources, acked, sum(map(len, all_bodies))))
 
-    def _committed(
-        self,
-        records: Sequence[JournalRecord],
-        acks: Sequence[tuple[int, int]],
-        source: AckTarget | None,
-        size: int,
-        probe: bool,
-    ) -> None:
-        self._settle(len(records), size)
+    def _number(self, bodies: Sequence[bytes], tags: Sequence[str]) -> list[JournalRecord]:
+        """Give each body the next sequence number and the receive time."""
+        seq = self.next_seq
+        now = time.time()
+        self.next_seq = seq + len(bodies)
+        return [
+            JournalRecord(seq + i, now, tag, body)
+            for i, (tag, body) in enumerate(zip(tags, bodies, strict=True))
+        ]
+
+    def _submit(self, batch: _Batch, *, probe: bool = False) -> None:
+        count = len(batch.records)
+        self.in_flight += count
+        self.in_flight_bytes += batch.size
+        self._drained.clear()
+        if self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES:
+            self.pause("journal")
+        if not probe and self.in_flight == count:
+            # Nothing else in flight: an idle journal commits on this thread,
+            # now, with no hand-off to its thread and back (the latency).
+            try:
+                inline = self.journal.commit_inline(batch.records)
+            except JournalError as exc:
+                self._failed(batch, exc)
+                return
+            if inline:
+                self._committed(batch, probe)
+                return
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+
+        def committed(records: Sequence[JournalRecord]) -> None:
+            loop.call_soon_threadsafe(self._committed, batch, probe)
+
+        def failed(records: Sequence[JournalRecord], error: JournalError) -> None:
+            loop.call_soon_threadsafe(self._failed, batch, error)
+
+        self.journal.submit(batch.records, committed, on_failed=failed, probe=probe)
+
+    def _committed(self, batch: _Batch, probe: bool) -> None:
+        self._settle(batch)
+        records = batch.records
         self.fanout.deliver(records)
         if self.on_commit is not None and records:
             self.on_commit(records[-1].seq)
-        if acks and source is not None:
-            source.send_acks([(request_id, records[index].seq) for index, request_id in acks])
+        for source, pairs in batch.acks:
+            source.send_acks([(rid, records[index].seq) for index, rid in pairs])
         if probe:
-            self._recovered(records)
+            self._recovered(len(records))
 
-    def _failed(
-        self,
-        records: Sequence[JournalRecord],
-        error: JournalError,
-        acks: Sequence[tuple[int, int]],
-        source: AckTarget | None,
-        size: int,
-    ) -> None:
+    def _failed(self, batch: _Batch, error: JournalError) -> None:
         self.commit_failures += 1
-        self._settle(len(records), size)
-        bodies = [r.body for r in records]
-        tags = [r.tag for r in records]
+        self._settle(batch)
         if not isinstance(error, JournalWriteError):
             # This batch alone cannot be stored (the journal is fine): it is
             # refused, and never delivered as if it had been journaled.
-            log.error("refused %d events the journal cannot store: %s", len(records), error)
-            self._refuse(acks, source, str(error))
+            log.error("refused %d events the journal cannot store: %s", len(batch.records), error)
+            for source, pairs in batch.acks:
+                self._refuse(source, [rid for _, rid in pairs], str(error))
             return
         if self.journal_failure is None:
             self._start_failing(error)
-        self._hold(bodies, tags, acks, source, self._held)
-        if self.in_flight == 0 and self.writer is not None:
+        acked = {index for _, pairs in batch.acks for index, _ in pairs}
+        reason = self._failure_reason()
+        for source, pairs in batch.acks:
+            self._refuse(source, [rid for _, rid in pairs], reason)
+        for index, record in enumerate(batch.records):
+            if index not in acked:
+                self._keep(record.body, record.tag, batch.sources[index], self._held)
+        if self.in_flight == 0:
             # Every numbered batch is back: the next seq is the journal's, so
             # statistics and new subscribers see the seq readers can resume from.
-            self.fanout.next_seq = self.writer.last_seq + 1
+            self.next_seq = self.journal.last_seq + 1
         self._schedule_probe()
 
     # -- while the journal cannot commit ----------------------------------------
 
     def _start_failing(self, error: JournalWriteError) -> None:
-        assert self.writer is not None
         self.journal_failure = error
         self.failing_since = time.time()
         self._refused_while_failing = 0
@@ -272,11 +341,15 @@ class Intake:
         notice = {
             "reason": error.reason,
             "error": str(error),
-            "last_seq": self.writer.last_seq,
+            "last_seq": self.journal.last_seq,
             "since": self.failing_since,
             "_stamp": utc_stamp(self._stamp_has_offset),
         }
         self._held.append((pack_body(JOURNAL_FAILED_TAG, notice), JOURNAL_FAILED_TAG))
+
+    def _failure_reason(self) -> str:
+        assert self.journal_failure is not None
+        return f"journal cannot commit: {self.journal_failure.reason}"
 
     def _hold(
         self,
@@ -286,24 +359,25 @@ class Intake:
         source: AckTarget | None,
         into: list[tuple[bytes, str]],
     ) -> None:
-        assert self.journal_failure is not None
-        self._refuse(acks, source, f"journal cannot commit: {self.journal_failure.reason}")
+        if acks and source is not None:
+            self._refuse(source, [rid for _, rid in acks], self._failure_reason())
         acked = {index for index, _ in acks}
-        kept = [pair for i, pair in enumerate(zip(bodies, tags, strict=True)) if i not in acked]
-        if not kept:
-            return
-        into += kept
+        for index, (body, tag) in enumerate(zip(bodies, tags, strict=True)):
+            if index not in acked:
+                self._keep(body, tag, source, into)
+
+    def _keep(
+        self, body: bytes, tag: str, source: AckTarget | None, into: list[tuple[bytes, str]]
+    ) -> None:
+        into.append((body, tag))
         if source is not None and source not in self._held_sources:
             self._held_sources.add(source)
             source.pause_reading()
 
-    def _refuse(self, acks: Sequence[tuple[int, int]], source: AckTarget | None, why: str) -> None:
-        if not acks:
-            return
-        self.refused += len(acks)
-        self._refused_while_failing += len(acks)
-        if source is not None:
-            source.send_nacks([request_id for _, request_id in acks], why)
+    def _refuse(self, source: AckTarget, request_ids: list[int], why: str) -> None:
+        self.refused += len(request_ids)
+        self._refused_while_failing += len(request_ids)
+        source.send_nacks(request_ids, why)
 
     def _schedule_probe(self) -> None:
         if self._probe is None and self.in_flight == 0 and self._loop is not None:
@@ -312,16 +386,17 @@ class Intake:
     def _run_probe(self) -> None:
         """Renumber the held events after the journal's last seq and try them."""
         self._probe = None
-        if self.journal_failure is None or self.writer is None or self.in_flight:
+        if self.journal_failure is None or self.in_flight:
             return
         held = self._held + self._held_late
         self._held, self._held_late = [], []
-        self.fanout.next_seq = self.writer.last_seq + 1
+        self.next_seq = self.journal.last_seq + 1
         bodies = [body for body, _ in held]
-        tags = [tag for _, tag in held]
-        self._submit(self.fanout.number(bodies, tags), (), None, probe=True)
+        records = self._number(bodies, [tag for _, tag in held])
+        batch = _Batch(records, [None] * len(records), [], sum(map(len, bodies)))
+        self._submit(batch, probe=True)
 
-    def _recovered(self, records: Sequence[JournalRecord]) -> None:
+    def _recovered(self, committed: int) -> None:
         error, since = self.journal_failure, self.failing_since
         assert error is not None and since is not None
         self.journal_failure = None
@@ -332,7 +407,7 @@ class Intake:
             "%d acked fires refused",
             seconds,
             error.reason,
-            len(records),
+            committed,
             self._refused_while_failing,
         )
         sources, self._held_sources = self._held_sources, set()
@@ -342,7 +417,7 @@ class Intake:
         notice: dict[str, Any] = {
             "reason": error.reason,
             "seconds": round(seconds, 3),
-            "held": len(records) - 1,  # the failed notice is one of them
+            "held": committed - 1,  # the failed notice is one of them
             "refused": self._refused_while_failing,
             "_stamp": utc_stamp(self._stamp_has_offset),
         }
@@ -353,23 +428,17 @@ class Intake:
         """Events waiting for the journal to commit again."""
         return len(self._held) + len(self._held_late)
 
-    def close(self) -> None:
-        """Stop trying the journal; say what is lost with the held events."""
-        if self._probe is not None:
-            self._probe.cancel()
-            self._probe = None
-        if self.held:
-            log.error(
-                "%d events held while the journal could not commit are lost at shutdown",
-                self.held,
-            )
+    # -- flow control and shutdown ------------------------------------------------
 
-    def _settle(self, count: int, size: int) -> None:
-        self.in_flight -= count
-        self.in_flight_bytes -= size
+    def _settle(self, batch: _Batch) -> None:
+        self.in_flight -= len(batch.records)
+        self.in_flight_bytes -= batch.size
         if self.in_flight < IN_FLIGHT_LOW and self.in_flight_bytes < IN_FLIGHT_LOW_BYTES:
             self.resume("journal")
-        if self.in_flight == 0:
+        self._settled()
+
+    def _settled(self) -> None:
+        if self.in_flight == 0 and not self._pending and self._flush_handle is None:
             self._drained.set()
 
     @property
@@ -395,5 +464,16 @@ class Intake:
                     reader.resume_reading()
 
     async def drained(self) -> None:
-        """Wait until every event handed to the journal was delivered."""
+        """Wait until every event accepted was delivered (or is held)."""
         await self._drained.wait()
+
+    def close(self) -> None:
+        """Stop trying the journal; say what is lost with the held events."""
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        if self.held:
+            log.error(
+                "%d events held while the journal could not commit are lost at shutdown",
+                self.held,
+            )

@@ -1,0 +1,203 @@
+"""The intake (saltbus.server.intake) in memory: numbering, acknowledgements,
+and what it does while the journal cannot commit, with a journal sink that
+fails on demand and a fan-out whose one subscriber records what it is sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from saltbus.errors import JournalError, JournalWriteError
+from saltbus.journal.records import JournalRecord
+from saltbus.server import intake as intake_module
+from saltbus.server.fanout import FanOut
+from saltbus.server.intake import (
+    JOURNAL_FAILED_TAG,
+    JOURNAL_RECOVERED_TAG,
+    CommittedCallback,
+    FailedCallback,
+    Intake,
+    NoJournal,
+)
+from saltbus.wire import Framing, pack_body, unpack_body
+
+
+class Sink:
+    """A journal that commits inline or fails, as told."""
+
+    def __init__(self, last_seq: int = 0) -> None:
+        self.last_seq = last_seq
+        self.error: JournalError | None = None
+        self.committed: list[int] = []
+
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+        if self.error is not None:
+            raise self.error
+        self._commit(records)
+        return True
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+        probe: bool = False,
+    ) -> None:
+        if self.error is not None:
+            on_failed(records, self.error)
+            return
+        self._commit(records)
+        on_committed(records)
+
+    def _commit(self, records: Sequence[JournalRecord]) -> None:
+        assert records[0].seq == self.last_seq + 1, "a gap in the journal"
+        self.committed += [r.seq for r in records]
+        self.last_seq = records[-1].seq
+
+
+class Delivered:
+    """Stands for the fan-out: what was delivered, in order."""
+
+    def __init__(self) -> None:
+        self.records: list[JournalRecord] = []
+
+    def deliver(self, records: Sequence[JournalRecord]) -> None:
+        self.records += records
+
+
+class Source:
+    """A firing connection."""
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int]] = []
+        self.nacks: list[tuple[int, str]] = []
+        self.paused = False
+
+    def send_acks(self, acks: Sequence[tuple[int, int]]) -> None:
+        self.acks += acks
+
+    def send_nacks(self, request_ids: Sequence[int], reason: str) -> None:
+        self.nacks += [(i, reason) for i in request_ids]
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def bodies(tag: str, count: int, first: int = 0) -> tuple[list[bytes], list[str]]:
+    return [pack_body(tag, {"n": n}) for n in range(first, first + count)], [tag] * count
+
+
+def make(sink: Sink | NoJournal, readers: set[Source] | None = None) -> tuple[Intake, Delivered]:
+    delivered = Delivered()
+    fanout = FanOut(Framing.BARE)
+    fanout.deliver = delivered.deliver  # type: ignore[method-assign]
+    return Intake(fanout, sink, readers if readers is not None else set()), delivered
+
+
+def run(coro_fn: object) -> None:
+    asyncio.run(coro_fn())  # type: ignore[operator]
+
+
+def test_numbering_goes_on_after_the_journal_and_by_one() -> None:
+    async def main() -> None:
+        intake, delivered = make(Sink(last_seq=40))
+        for size in (1, 7, 2, 13):
+            intake.accept(*bodies("s/q", size))
+            await intake.drained()
+        assert [r.seq for r in delivered.records] == list(range(41, 64))
+        assert intake.last_seq == 63 and intake.received == 23
+
+    run(main)
+
+
+def test_no_journal_is_the_same_path() -> None:
+    async def main() -> None:
+        intake, delivered = make(NoJournal())
+        source = Source()
+        intake.accept(*bodies("a", 3), acks=[(2, 77)], source=source)
+        await intake.drained()
+        assert [r.seq for r in delivered.records] == [1, 2, 3]
+        assert source.acks == [(77, 3)]
+
+    run(main)
+
+
+def test_a_burst_from_two_connections_is_one_commit_each_acked_with_its_seqs() -> None:
+    async def main() -> None:
+        sink = Sink()
+        intake, delivered = make(sink)
+        first, second = Source(), Source()
+        intake.accept(*bodies("a", 1))  # flushed at once: the burst starts after it
+        intake.accept(*bodies("b", 2), acks=[(1, 5)], source=first)
+        intake.accept(*bodies("c", 2), acks=[(0, 9)], source=second)
+        await intake.drained()
+        assert [r.tag for r in delivered.records] == ["a", "b", "b", "c", "c"]
+        assert first.acks == [(5, 3)] and second.acks == [(9, 4)]
+
+    run(main)
+
+
+def test_a_batch_the_journal_cannot_store_is_refused_not_delivered() -> None:
+    async def main() -> None:
+        sink = Sink()
+        intake, delivered = make(sink)
+        source = Source()
+        sink.error = JournalError("seq 1 is not after the journal's last seq 5")
+        intake.accept(*bodies("x", 2), acks=[(0, 1)], source=source)
+        await intake.drained()
+        assert delivered.records == []
+        assert source.nacks and intake.journal_failure is None and intake.refused == 1
+
+    run(main)
+
+
+def test_a_failing_journal_holds_refuses_acks_and_recovers_without_a_gap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(intake_module, "PROBE_INTERVAL", 0.05)
+
+    async def main() -> None:
+        sink = Sink()
+        source, acker = Source(), Source()
+        intake, delivered = make(sink, {source, acker})
+        intake.accept(*bodies("ok", 2))
+        await intake.drained()
+        sink.error = JournalWriteError("disk full", "database or disk is full")
+        intake.accept(*bodies("held", 2), source=source)
+        await intake.drained()
+        assert intake.journal_failure is not None and source.paused
+        intake.accept(*bodies("acked", 1), acks=[(0, 3)], source=acker)
+        assert acker.nacks == [(3, "journal cannot commit: disk full")] and not acker.paused
+        intake.accept(*bodies("late", 1))
+        await asyncio.sleep(0.2)
+        assert [r.tag for r in delivered.records] == ["ok", "ok"], "delivered unjournaled"
+        assert intake.last_seq == 2 and intake.held == 4
+        sink.error = None
+        for _ in range(100):
+            if intake.journal_failure is None and not intake.held:
+                break
+            await asyncio.sleep(0.02)
+        await intake.drained()
+        tags = [r.tag for r in delivered.records]
+        assert tags == [
+            "ok",
+            "ok",
+            JOURNAL_FAILED_TAG,
+            "held",
+            "held",
+            "late",
+            JOURNAL_RECOVERED_TAG,
+        ]
+        assert [r.seq for r in delivered.records] == list(range(1, 8))
+        assert sink.committed == list(range(1, 8))
+        assert not source.paused
+        recovered = unpack_body(delivered.records[-1].body)[1]
+        assert recovered["held"] == 3 and recovered["refused"] == 1
+
+    run(main)
