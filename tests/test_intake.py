@@ -12,15 +12,9 @@ import pytest
 from saltbus.errors import JournalError, JournalWriteError
 from saltbus.journal.records import JournalRecord
 from saltbus.server import intake as intake_module
+from saltbus.server.commits import CommittedCallback, FailedCallback, NoJournal
 from saltbus.server.fanout import FanOut
-from saltbus.server.intake import (
-    JOURNAL_FAILED_TAG,
-    JOURNAL_RECOVERED_TAG,
-    CommittedCallback,
-    FailedCallback,
-    Intake,
-    NoJournal,
-)
+from saltbus.server.intake import JOURNAL_FAILED_TAG, JOURNAL_RECOVERED_TAG, Intake
 from saltbus.wire import Framing, pack_body, unpack_body
 
 

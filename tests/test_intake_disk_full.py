@@ -197,3 +197,48 @@ def test_stats_do_not_list_the_asking_connection(
         text = stats(bus_config)
     assert "subscribers: 1" in text, text
     assert "filter: startswith:salt/auth" in text, text
+
+
+def test_journal_on_error_deliver_delivers_and_tells_resuming_readers_of_the_gap(
+    serves: Callable[..., ServeProcess], sock_dir: Path
+) -> None:
+    with small_disk(sock_dir, 16) as disk:
+        config = Config.load(env={}, overrides={"sock_dir": sock_dir / "bus", "data_dir": disk})
+        daemon = serves(config, *bus_flags(config), "--journal-on-error", "deliver")
+        live = Collector(config)
+        filler = fill(disk, leave=600_000)
+        sender = Sender(config)
+        refused = 0
+        for n in range(20_000):
+            try:
+                sender.fire("test/acked", {"n": n, "pad": PAD}, 5, ack=True)
+            except JournalUnavailableError:
+                refused += 1
+                if refused == 5:
+                    break
+        assert refused == 5, "the journal never filled"
+        for n in range(20):
+            sender.fire("test/plain", {"n": n}, timeout=5)
+        filler.unlink()
+        wait_until(lambda: "saltbus/journal/gap" in [e.tag for e in live.events], "the gap event")
+        sender.fire(END, {}, 5, ack=True)
+        sender.close()
+        received = live.join()
+
+        # Everything was delivered live, numbered without a break.
+        assert [e.seq for e in received] == list(range(1, len(received) + 1))
+        assert [e.data["n"] for e in received if e.tag == "test/plain"] == list(range(20))
+        gap = next(e.data for e in received if e.tag == "saltbus/journal/gap")
+        # The journal has everything but the gap, which the gap event names.
+        history = journaled(config)
+        missing = set(range(1, len(received) + 1)) - {seq for seq, _, _ in history}
+        assert missing == set(range(gap["first"], gap["last"] + 1))
+        assert "delivered but not journaled" in daemon.log
+        # A reader resuming from before the gap is told how much of it it missed.
+        resumed = Listener(config, since=gap["first"] - 3, epoch=None)
+        resumed.connect(timeout=10)
+        replayed = [e.seq for e in iter(lambda: resumed.receive(timeout=2), None)]
+        assert resumed.session.lost == gap["last"] - gap["first"] + 1
+        assert not set(replayed) & missing
+        resumed.close()
+        daemon.stop()

@@ -78,22 +78,28 @@ class Subscribed:
     above ``since + 1``, events in between are gone for good (retention).
     ``epoch`` names the publisher's numbering: it changes when sequence numbers
     start again (a new journal, or no journal and a restart), and a ``since``
-    from another epoch is not replayed."""
+    from another epoch is not replayed. ``gaps`` are the ranges of seqs in the
+    replay that were delivered live but never journaled (``journal_on_error:
+    deliver`` while the journal could not commit): the replay cannot have them."""
 
     op: ClassVar[str] = "subscribed"
     seq: int
     epoch: int = 0
     replaying: bool = False
     first: int | None = None
+    gaps: tuple[tuple[int, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "op": self.op,
             "seq": self.seq,
             "epoch": self.epoch,
             "replaying": self.replaying,
             "first": self.first,
         }
+        if self.gaps:  # absent otherwise: the bytes stay what they were
+            value["gaps"] = [list(gap) for gap in self.gaps]
+        return value
 
     @classmethod
     def from_dict(cls, control: Mapping[str, Any]) -> Subscribed:
@@ -102,6 +108,7 @@ class Subscribed:
             _int(control.get("epoch", 0)),
             bool(control.get("replaying")),
             _optional_int(control.get("first")),
+            tuple((_int(a), _int(b)) for a, b in control.get("gaps") or ()),
         )
 
 

@@ -57,6 +57,13 @@ def add_parser(commands: Any) -> None:
         help="durability of the journal: batch (default; group commit, survives a crash "
         "of the process), fsync (on disk before an event is acknowledged), none",
     )
+    parser.add_argument(
+        "--journal-on-error",
+        choices=("block", "deliver"),
+        help="while the journal cannot commit (disk full, read-only, I/O error): block "
+        "(default) holds events until it can, so nothing is delivered unjournaled; deliver "
+        "goes on delivering and tells resuming readers which seqs were never journaled",
+    )
     access = parser.add_argument_group(
         "access",
         "by default only this user reaches the bus: sock_dir 0700, sockets 0600, and "
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         config_from_args(
             args,
             journal=args.journal,
+            journal_on_error=args.journal_on_error,
             sock_group=args.sock_group,
             allow_root=args.allow_root,
             tcp_allow_unauthenticated=args.tcp_allow_unauthenticated,

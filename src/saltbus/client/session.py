@@ -174,6 +174,18 @@ class SubscriberSession:
             if gone > 0:
                 self.lost += gone
                 log.warning("%d events after seq %d are no longer journaled", gone, self.last_seq)
+        if message.replaying and self.last_seq is not None:
+            for first, last in message.gaps:
+                missed = last - max(self.last_seq, first - 1)
+                if missed > 0:
+                    self.lost += missed
+                    log.warning(
+                        "events %d to %d were delivered while the journal could not commit "
+                        "and were never journaled: this listener missed %d of them",
+                        first,
+                        last,
+                        missed,
+                    )
         self.epoch = message.epoch
         if self.last_seq is None and self.resume:
             self.last_seq = message.seq

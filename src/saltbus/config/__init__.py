@@ -82,6 +82,10 @@ class Config:
     # $XDG_DATA_HOME/saltbus).
     journal: Journaling = "batch"
     data_dir: Path | None = None
+    # While the journal cannot commit (disk full...): block holds events until
+    # it can (nothing delivered unjournaled); deliver goes on delivering and
+    # tells resuming readers which seqs were never journaled.
+    journal_on_error: Literal["block", "deliver"] = "block"
     # Retention. Age yields to consumers in the daemon that have not taken an
     # event yet (returners, federation export, in-process reactor); size does not.
     journal_max_age: float = 7 * 24 * 3600.0
@@ -138,6 +142,10 @@ class Config:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         if self.journal not in ("none", "batch", "fsync"):
             raise ConfigError(f"journal must be none, batch or fsync, not {self.journal!r}")
+        if self.journal_on_error not in ("block", "deliver"):
+            raise ConfigError(
+                f"journal_on_error must be block or deliver, not {self.journal_on_error!r}"
+            )
         if self.journal_max_age <= 0 or self.journal_max_bytes <= 0:
             raise ConfigError("journal_max_age and journal_max_bytes must be positive")
         if self.max_event_size <= 0:

@@ -22,11 +22,12 @@ from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
 from saltbus.returners import ReturnerRunner
 from saltbus.server.access import AccessPolicy
+from saltbus.server.commits import JournalSink, NoJournal
 from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.holds import RetentionHolds
-from saltbus.server.intake import Intake, JournalSink, NoJournal
-from saltbus.server.replay import first_available, replay
+from saltbus.server.intake import Intake
+from saltbus.server.replay import first_available, gaps_in, replay
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
 from saltbus.server.state import PullPeer, ServerState, SubscriberPeer
 from saltbus.wire import pack_body
@@ -121,6 +122,7 @@ class Server:
                 self.pull_connections,
                 on_commit=self._notify_returners,
                 stamp_has_offset=cfg.generation.stamp_has_offset,
+                on_error=cfg.journal_on_error,
             )
             state = ServerState(
                 cfg,
@@ -316,8 +318,9 @@ class Server:
         path = self.journal_path
         try:
             first = await asyncio.to_thread(first_available, path)
+            gaps = await asyncio.to_thread(gaps_in, path, since, until)
             subscriber.write_direct(
-                encode_control(Subscribed(until, self.epoch, True, first), subscriber.framing)
+                encode_control(Subscribed(until, self.epoch, True, first, gaps), subscriber.framing)
             )
             sent = await replay(subscriber, path, since, until, pattern)
             log.debug("replayed %d events to %s", sent, subscriber.peer)

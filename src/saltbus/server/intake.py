@@ -26,6 +26,13 @@ journal's last seq and tried again as the writer's probe; when they commit,
 they are delivered and the connections read again: numbering goes on with no
 gap. ``saltbus/journal/failed`` (held first, so it is delivered, journaled,
 when the journal recovers) and ``saltbus/journal/recovered`` mark the span.
+
+With ``journal_on_error: deliver`` (availability over durability, the
+operator's choice) events go on being delivered while the journal fails, and
+acked fires are still refused (they asked for the journal). Every batch is
+then tried as a probe; the first that commits closes the gap with a journaled
+``saltbus/journal/gap`` event naming the unjournaled seqs, which a resuming
+reader is told of (``Subscribed.gaps``), never silently.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from saltbus.errors import JournalError, JournalWriteError
 from saltbus.event import utc_stamp
 from saltbus.journal.records import JournalRecord
+from saltbus.server.commits import AckTarget, JournalSink, PausableReader
 from saltbus.server.fanout import FanOut
 from saltbus.wire import pack_body
 
@@ -58,70 +66,8 @@ COALESCE_SECONDS: Final = 0.0005
 PROBE_INTERVAL: Final = 1.0
 JOURNAL_FAILED_TAG: Final = "saltbus/journal/failed"
 JOURNAL_RECOVERED_TAG: Final = "saltbus/journal/recovered"
-
-CommittedCallback = Callable[[Sequence[JournalRecord]], None]
-FailedCallback = Callable[[Sequence[JournalRecord], JournalError], None]
-
-
-class JournalSink(Protocol):
-    """What the intake needs of a journal (:class:`~saltbus.journal.writer.JournalWriter`)."""
-
-    @property
-    def last_seq(self) -> int: ...
-
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool: ...
-
-    def submit(
-        self,
-        records: Sequence[JournalRecord],
-        on_committed: CommittedCallback,
-        *,
-        on_failed: FailedCallback,
-        probe: bool = False,
-    ) -> None: ...
-
-
-class NoJournal:
-    """``journal: none``: every batch is "committed" at once, on the caller's thread."""
-
-    def __init__(self) -> None:
-        self._last_seq = 0
-
-    @property
-    def last_seq(self) -> int:
-        return self._last_seq
-
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
-        if records:
-            self._last_seq = records[-1].seq
-        return True
-
-    def submit(
-        self,
-        records: Sequence[JournalRecord],
-        on_committed: CommittedCallback,
-        *,
-        on_failed: FailedCallback,
-        probe: bool = False,
-    ) -> None:
-        self.commit_inline(records)
-        on_committed(records)
-
-
-class PausableReader(Protocol):
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-
-class AckTarget(PausableReader, Protocol):
-    """A firing connection: told which of its events were journaled (or not),
-    and not read while its events wait for the journal."""
-
-    def send_acks(self, acks: Sequence[tuple[int, int]]) -> None: ...
-
-    def send_nacks(self, request_ids: Sequence[int], reason: str) -> None: ...
-
+# journal_on_error: deliver marks what it delivered unjournaled with this event.
+JOURNAL_GAP_TAG: Final = "saltbus/journal/gap"
 
 # One accept(): bodies, tags, acks (index, request id), and who sent them.
 _Accepted = tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
@@ -146,6 +92,7 @@ class Intake:
         *,
         on_commit: Callable[[int], None] | None = None,
         stamp_has_offset: bool = False,
+        on_error: str = "block",
     ) -> None:
         self.fanout = fanout
         self.journal = journal
@@ -153,6 +100,9 @@ class Intake:
         # Told the last committed seq after each commit (the returner runner).
         self.on_commit = on_commit
         self._stamp_has_offset = stamp_has_offset
+        self._deliver_on_error = on_error == "deliver"
+        # journal_on_error: deliver: the seqs delivered unjournaled so far.
+        self._gap: tuple[int, int] | None = None
         self.next_seq = journal.last_seq + 1
         self.in_flight = 0
         self.in_flight_bytes = 0
@@ -201,7 +151,7 @@ class Intake:
         self.received += len(bodies)
         if not bodies:
             return
-        if self.journal_failure is not None:
+        if self.journal_failure is not None and not self._deliver_on_error:
             self._hold(bodies, tags, acks, source, self._held_late)
             return
         self._pending.append((bodies, tags, acks, source))
@@ -231,7 +181,7 @@ class Intake:
         if not pending:
             self._settled()
             return
-        if self.journal_failure is not None:
+        if self.journal_failure is not None and not self._deliver_on_error:
             # The journal failed while these waited: they wait behind what it holds.
             for bodies, tags, acks, source in pending:
                 self._hold(bodies, tags, acks, source, self._held_late)
@@ -262,6 +212,8 @@ class Intake:
         ]
 
     def _submit(self, batch: _Batch, *, probe: bool = False) -> None:
+        # Delivering through a failure, every batch tries the journal again.
+        probe = probe or (self._deliver_on_error and self.journal_failure is not None)
         count = len(batch.records)
         self.in_flight += count
         self.in_flight_bytes += batch.size
@@ -298,7 +250,9 @@ class Intake:
             self.on_commit(records[-1].seq)
         for source, pairs in batch.acks:
             source.send_acks([(rid, records[index].seq) for index, rid in pairs])
-        if probe:
+        if self._gap is not None:
+            self._close_gap()
+        elif probe and self.journal_failure is not None:
             self._recovered(len(records))
 
     def _failed(self, batch: _Batch, error: JournalError) -> None:
@@ -310,6 +264,9 @@ class Intake:
             log.error("refused %d events the journal cannot store: %s", len(batch.records), error)
             for source, pairs in batch.acks:
                 self._refuse(source, [rid for _, rid in pairs], str(error))
+            return
+        if self._deliver_on_error:
+            self._deliver_unjournaled(batch, error)
             return
         if self.journal_failure is None:
             self._start_failing(error)
@@ -327,6 +284,45 @@ class Intake:
         self._schedule_probe()
 
     # -- while the journal cannot commit ----------------------------------------
+
+    def _deliver_unjournaled(self, batch: _Batch, error: JournalWriteError) -> None:
+        records = batch.records
+        if self.journal_failure is None:
+            self.journal_failure = error
+            self.failing_since = time.time()
+            self._refused_while_failing = 0
+            log.error(
+                "journal cannot commit (%s): %s; delivering events without it "
+                "(journal_on_error: deliver): resuming readers will be told of the gap",
+                error.reason,
+                error,
+            )
+        first = self._gap[0] if self._gap is not None else records[0].seq
+        self._gap = (first, records[-1].seq)
+        self.fanout.deliver(records)
+        for source, pairs in batch.acks:
+            self._refuse(source, [rid for _, rid in pairs], self._failure_reason())
+
+    def _close_gap(self) -> None:
+        gap, since = self._gap, self.failing_since
+        assert gap is not None and since is not None
+        self._gap = None
+        self.journal_failure = None
+        self.failing_since = None
+        seconds = time.time() - since
+        log.warning(
+            "journal commits again after %.1f s: events %d to %d were delivered but not journaled",
+            seconds,
+            *gap,
+        )
+        notice = {
+            "first": gap[0],
+            "last": gap[1],
+            "seconds": round(seconds, 3),
+            "refused": self._refused_while_failing,
+            "_stamp": utc_stamp(self._stamp_has_offset),
+        }
+        self.accept([pack_body(JOURNAL_GAP_TAG, notice)], [JOURNAL_GAP_TAG])
 
     def _start_failing(self, error: JournalWriteError) -> None:
         self.journal_failure = error

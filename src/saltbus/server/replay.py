@@ -12,10 +12,13 @@ import logging
 from pathlib import Path
 from typing import Final
 
+from saltbus.errors import RemoteProtocolError
 from saltbus.event import MatchType
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.server.fanout import Subscriber, event_frame
+from saltbus.server.intake import JOURNAL_GAP_TAG
+from saltbus.wire import unpack_body
 
 log = logging.getLogger("saltbus.server")
 
@@ -30,6 +33,22 @@ def _read_chunk(
     tag, match_type = pattern or ("", MatchType.STARTSWITH)
     with Journal.open(path, readonly=True) as journal:
         return journal.read(since=since, until=until, limit=CHUNK, tag=tag, match_type=match_type)
+
+
+def gaps_in(path: Path, since: int, until: int) -> tuple[tuple[int, int], ...]:
+    """The unjournaled ranges (``saltbus/journal/gap`` events) that meet (since, until]."""
+    with Journal.open(path, readonly=True) as journal:
+        records = journal.read(since=since, tag=JOURNAL_GAP_TAG)
+    gaps = []
+    for record in records:
+        try:
+            data = unpack_body(record.body)[1]
+            first, last = int(data["first"]), int(data["last"])
+        except (RemoteProtocolError, KeyError, TypeError, ValueError):
+            continue
+        if first <= until and last > since:
+            gaps.append((first, last))
+    return tuple(gaps)
 
 
 def first_available(path: Path) -> int | None:

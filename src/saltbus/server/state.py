@@ -15,8 +15,9 @@ from typing import Any, Protocol
 from saltbus.config import Config
 from saltbus.control import Subscribe
 from saltbus.server.access import AccessPolicy
+from saltbus.server.commits import AckTarget
 from saltbus.server.fanout import FanOut, Subscriber
-from saltbus.server.intake import AckTarget, Intake
+from saltbus.server.intake import Intake
 
 
 class PullPeer(AckTarget, Protocol):

@@ -1,0 +1,75 @@
+"""What the intake hands events to and answers: the journal, as a
+:class:`JournalSink` (:class:`~saltbus.journal.writer.JournalWriter`, or
+:class:`NoJournal` for ``journal: none``), and the firing connections, as
+:class:`AckTarget`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from saltbus.errors import JournalError
+from saltbus.journal.records import JournalRecord
+
+CommittedCallback = Callable[[Sequence[JournalRecord]], None]
+FailedCallback = Callable[[Sequence[JournalRecord], JournalError], None]
+
+
+class JournalSink(Protocol):
+    """What the intake needs of a journal (:class:`~saltbus.journal.writer.JournalWriter`)."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool: ...
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+        probe: bool = False,
+    ) -> None: ...
+
+
+class NoJournal:
+    """``journal: none``: every batch is "committed" at once, on the caller's thread."""
+
+    def __init__(self) -> None:
+        self._last_seq = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+        if records:
+            self._last_seq = records[-1].seq
+        return True
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+        probe: bool = False,
+    ) -> None:
+        self.commit_inline(records)
+        on_committed(records)
+
+
+class PausableReader(Protocol):
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class AckTarget(PausableReader, Protocol):
+    """A firing connection: told which of its events were journaled (or not),
+    and not read while its events wait for the journal."""
+
+    def send_acks(self, acks: Sequence[tuple[int, int]]) -> None: ...
+
+    def send_nacks(self, request_ids: Sequence[int], reason: str) -> None: ...
