@@ -38,7 +38,11 @@ texts = st.text(max_size=20)
 patterns = st.tuples(
     texts, st.sampled_from([m for m in MatchType if m is not MatchType.REGEX])
 ) | st.tuples(st.sampled_from(["", "a.*", r"salt/job/\d+", "^x$"]), st.just(MatchType.REGEX))
-stats_maps = st.dictionaries(texts, st.integers() | texts | st.booleans(), max_size=4)
+# msgpack carries integers from -2**63 to 2**64 - 1.
+stats_maps = st.dictionaries(
+    texts, st.integers(min_value=-(2**63), max_value=2**64 - 1) | texts | st.booleans(), max_size=4
+)
+gaps = st.lists(st.tuples(ints, ints), max_size=3).map(tuple)
 
 # One strategy per message type; the test below fails for a type added without one.
 STRATEGIES: dict[type[ControlMessage], st.SearchStrategy[Any]] = {
@@ -48,7 +52,7 @@ STRATEGIES: dict[type[ControlMessage], st.SearchStrategy[Any]] = {
         optional_ints,
         optional_ints,
     ),
-    Subscribed: st.builds(Subscribed, ints, ints, st.booleans(), optional_ints),
+    Subscribed: st.builds(Subscribed, ints, ints, st.booleans(), optional_ints, gaps),
     Lagged: st.builds(Lagged, ints),
     Ack: st.builds(Ack, ints, ints),
     Nack: st.builds(Nack, ints, texts),
