@@ -51,6 +51,7 @@ STRATEGIES: dict[type[ControlMessage], st.SearchStrategy[Any]] = {
         st.lists(patterns, max_size=3).map(tuple),
         optional_ints,
         optional_ints,
+        st.none() | texts,
     ),
     Subscribed: st.builds(Subscribed, ints, ints, st.booleans(), optional_ints, gaps),
     Lagged: st.builds(Lagged, ints),

@@ -188,17 +188,6 @@ def test_a_full_disk_delays_events_and_loses_none(
         daemon.stop()
 
 
-def test_stats_do_not_list_the_asking_connection(
-    serves: Callable[..., ServeProcess], bus_config: Config
-) -> None:
-    serves(bus_config, *bus_flags(bus_config))
-    with Listener(bus_config, tag="salt/auth") as listener:
-        listener.connect(timeout=10)
-        text = stats(bus_config)
-    assert "subscribers: 1" in text, text
-    assert "filter: startswith:salt/auth" in text, text
-
-
 def test_journal_on_error_deliver_delivers_and_tells_resuming_readers_of_the_gap(
     serves: Callable[..., ServeProcess], sock_dir: Path
 ) -> None:

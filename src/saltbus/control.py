@@ -43,20 +43,26 @@ CONTROL_KEY: Final = "saltbus"
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Filter what this subscriber is sent, and optionally resume after ``since``."""
+    """Filter what this subscriber is sent, and optionally resume after ``since``.
+    ``name`` is what the listener calls itself (``saltbus listen --resume NAME``),
+    for statistics only."""
 
     op: ClassVar[str] = "subscribe"
     patterns: tuple[tuple[str, MatchType], ...] = ()
     since: int | None = None
     epoch: int | None = None  # the publisher's epoch ``since`` counts in
+    name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "op": self.op,
             "patterns": [[p, str(m)] for p, m in self.patterns],
             "since": self.since,
             "epoch": self.epoch,
         }
+        if self.name is not None:  # absent otherwise: the bytes stay what they were
+            value["name"] = self.name
+        return value
 
     @classmethod
     def from_dict(cls, control: Mapping[str, Any]) -> Subscribe:
@@ -65,8 +71,12 @@ class Subscribe:
             # A regex that does not compile is refused here, as any malformed
             # message, rather than by the publisher acting on it (cached: once).
             tag_matcher(pattern, match_type)
+        name = control.get("name")
         return cls(
-            patterns, _optional_int(control.get("since")), _optional_int(control.get("epoch"))
+            patterns,
+            _optional_int(control.get("since")),
+            _optional_int(control.get("epoch")),
+            None if name is None else str(name),
         )
 
 

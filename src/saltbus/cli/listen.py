@@ -80,7 +80,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     positions = PositionStore(journal_file(config), args.resume) if args.resume else None
     saved = positions.load() if positions else None
     epoch, since = saved if saved else (None, None)
-    listener = Listener(config, args.tag, args.match_type, since=since, epoch=epoch)
+    listener = Listener(
+        config, args.tag, args.match_type, since=since, epoch=epoch, name=args.resume
+    )
     remaining = args.count
     try:
         _connect_or_wait(listener, wait=not args.no_wait)

@@ -60,6 +60,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(f"subscribers: {len(subscribers)}", file=out)
     for sub in subscribers:
         kind = "saltbus" if sub.get("resumable") else "salt"
+        if sub.get("name"):
+            kind = f"{kind} {sub['name']}"
         print(
             f"  {sub['peer']:24} {kind:8} delivered {sub['delivered']:>10}  "
             f"queued {sub['queued_events']:>7} ({sub['queued_bytes']} B)  dropped {sub['dropped']}",

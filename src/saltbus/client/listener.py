@@ -57,6 +57,7 @@ class Listener:
         reconnect: bool = True,
         since: int | None = None,
         epoch: int | None = None,
+        name: str | None = None,
     ) -> None:
         self.config = config
         self.reconnect = reconnect
@@ -68,6 +69,7 @@ class Listener:
             since=since,
             epoch=epoch,
             salt_version=config.salt_version,
+            name=name,
         )
         self._sock: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None

@@ -46,6 +46,7 @@ class SubscriberSession:
         since: int | None = None,
         epoch: int | None = None,
         salt_version: str | None = None,
+        name: str | None = None,
     ) -> None:
         self.patterns = _filter_patterns(patterns)
         self._matchers = [tag_matcher(p, m) for p, m in self.patterns]
@@ -54,6 +55,7 @@ class SubscriberSession:
         self.last_seq = since
         self.epoch = epoch
         self.salt_version = salt_version
+        self.name = name
         self._mismatch_reported = False
         # saltbus's publisher takes every framing on its pull socket: nothing to warn of.
         self.publisher_is_saltbus = False
@@ -66,14 +68,14 @@ class SubscriberSession:
         """Change the filter; returns the frame that tells a connected publisher."""
         self.patterns = _filter_patterns(patterns)
         self._matchers = [tag_matcher(p, m) for p, m in self.patterns]
-        return encode_control(Subscribe(self.patterns, None, self.epoch), self.framing)
+        return encode_control(Subscribe(self.patterns, None, self.epoch, self.name), self.framing)
 
     def hello(self) -> bytes:
         """The frame to send right after connecting."""
         since = self.last_seq if self.resume else None
         self._awaiting_subscribed = since is not None
         self.subscribed = False
-        return encode_control(Subscribe(self.patterns, since, self.epoch), self.framing)
+        return encode_control(Subscribe(self.patterns, since, self.epoch, self.name), self.framing)
 
     def handle(self, frame: Frame) -> Event | None:
         """The event a frame delivers, or None (a control frame, a duplicate,

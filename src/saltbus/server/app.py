@@ -282,6 +282,7 @@ class Server:
         """Apply a saltbus listener's filter and, when asked, replay from the journal."""
         subscriber.resumable = True
         subscriber.patterns = tuple(f"{m}:{p}" for p, m in request.patterns)
+        subscriber.name = request.name
         matchers = [tag_matcher(p, m) for p, m in request.patterns]
         subscriber.matcher = (
             None
@@ -437,6 +438,7 @@ class Server:
                     "resumable": s.resumable,
                     "filtered": s.filtered,
                     "patterns": list(s.patterns),
+                    "name": s.name,
                 }
                 for s in self.subscriber_stats()
             ],

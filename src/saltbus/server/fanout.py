@@ -36,6 +36,7 @@ class SubscriberStats:
     resumable: bool = False
     filtered: bool = False
     patterns: tuple[str, ...] = ()
+    name: str | None = None
 
 
 class Subscriber:
@@ -79,6 +80,7 @@ class Subscriber:
         self.resumable = False
         # Its tag filter as text, for statistics ("startswith:salt/auth").
         self.patterns: tuple[str, ...] = ()
+        self.name: str | None = None  # what a saltbus listener calls itself
         # A connection that only asks for statistics: not shown in them.
         self.inspector = False
         self.delivered = 0
@@ -260,6 +262,7 @@ class Subscriber:
             self.resumable,
             self.matcher is not None,
             self.patterns,
+            self.name,
         )
 
 
