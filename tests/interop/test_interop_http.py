@@ -51,7 +51,8 @@ def test_the_bridge_in_front_of_salts_publisher(version: str, sock_dir: Path):
         fired = client.post(f"{url}/events", json={"tag": "app/deploy", "data": {"v": 1}})
         assert fired.json() == {"success": True, "tag": "app/deploy", "seq": None}
         hooked = client.post(f"{url}/hook/github", json={"ref": "main"})
-        assert hooked.json() == {"success": True}
+        # As POST /events: the tag, and no seq from a Salt publisher.
+        assert hooked.json() == {"success": True, "tag": "salt/netapi/hook/github", "seq": None}
         messages = [stream.next() for _ in range(2)]
     deploy, hook = messages
     assert deploy.event == "app/deploy" and deploy.id is None
