@@ -9,13 +9,14 @@ function that runs it. ``saltbus fire`` then starts without the rest.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from saltbus.cli import doctor, fire, history, http, listen, react, serve, stats, token
+from saltbus.cli import doctor, fire, history, http, listen, logs, react, serve, stats, token
+from saltbus.cli.common import config_from_args
+from saltbus.config import Config
 from saltbus.errors import ConfigError, SaltbusError
 
 DESCRIPTION = """\
@@ -34,26 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction)
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="log verbosity (default info)",
-    )
+    logs.add_options(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for command in (serve, listen, fire, history, stats, doctor, http, token, react):
         command.add_parser(commands)
+    # Accepted after the command too (`saltbus serve --log-level debug`), where
+    # they win over the same options given before it.
+    for command_parser in set(commands.choices.values()):
+        logs.add_options(command_parser, after_command=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="saltbus: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        logs.configure(logs.settings(args, _config_for_logging(args)))
         return int(args.run(args))
     except ConfigError as exc:
         print(f"saltbus: error: {exc}", file=sys.stderr)
@@ -68,6 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Point stdout at /dev/null so the interpreter's final flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _config_for_logging(args: argparse.Namespace) -> Config | None:
+    """The configuration of a command that takes one (its log_* options), or
+    None: a configuration with an error is the command's to report."""
+    if not hasattr(args, "sock_dir"):
+        return None
+    try:
+        return config_from_args(args)
+    except ConfigError:
+        return None
 
 
 class _VersionAction(argparse.Action):
