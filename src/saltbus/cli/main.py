@@ -14,7 +14,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from saltbus.cli import doctor, fire, history, http, listen, logs, react, serve, stats, token
+from saltbus.cli import (
+    completion,
+    doctor,
+    fire,
+    history,
+    http,
+    listen,
+    logs,
+    react,
+    serve,
+    stats,
+    token,
+)
 from saltbus.cli.common import config_from_args
 from saltbus.config import Config
 from saltbus.errors import ConfigError, SaltbusError
@@ -37,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     logs.add_options(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in (serve, listen, fire, history, stats, doctor, http, token, react):
+    for command in (serve, listen, fire, history, stats, doctor, http, token, react, completion):
         command.add_parser(commands)
     # Accepted after the command too (`saltbus serve --log-level debug`), where
     # they win over the same options given before it.
@@ -93,17 +105,10 @@ class _VersionAction(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        print(f"saltbus {_version()}")
+        import saltbus  # noqa: PLC0415
+
+        print(f"saltbus {saltbus.__version__}")
         parser.exit()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
-    try:
-        return version("saltbus")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 if __name__ == "__main__":
