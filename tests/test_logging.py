@@ -165,3 +165,16 @@ def test_a_json_line_carries_the_event_tag_and_seq_given_as_extra() -> None:
     assert (first["tag"], first["seq"], first["level"]) == ("salt/job/1/ret/web1", 42, "warning")
     assert "tag" not in second and "seq" not in second
     assert "ValueError: boom" in third["exception"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-level", "debug", "token", "list", "--tokens", "t", "--log-format", "json"],
+        ["token", "list", "--tokens", "t", "--log-level", "debug", "--log-format", "json"],
+        ["--log-format", "text", "fire", "a/b", "--log-format", "json", "--log-level", "debug"],
+    ],
+)
+def test_every_command_and_action_takes_the_options_after_it(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.log_level, args.log_format) == ("debug", "json")

@@ -72,6 +72,18 @@ def add_options(parser: argparse.ArgumentParser, *, after_command: bool = False)
     )
 
 
+def add_to_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """:func:`add_options` after each command, and after each action of a command
+    that has actions (`saltbus token create`)."""
+    for parser in {id(p): p for p in commands.choices.values()}.values():
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if actions:
+            for action in actions:
+                add_to_commands(action)
+        else:
+            add_options(parser, after_command=True)
+
+
 def settings(args: argparse.Namespace, config: Config | None) -> LogSettings:
     """The flags, else the config's values (flags win, as for every option)."""
     if config is None:

@@ -53,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_parser(commands)
     # Accepted after the command too (`saltbus serve --log-level debug`), where
     # they win over the same options given before it.
-    for command_parser in set(commands.choices.values()):
-        logs.add_options(command_parser, after_command=True)
+    logs.add_to_commands(commands)
     return parser
 
 
