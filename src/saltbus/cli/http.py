@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: PLC0415
 
         from saltbus.http.app import create_app  # noqa: PLC0415
-        from saltbus.http.serving import BridgeServer, access_log_filters  # noqa: PLC0415
+        from saltbus.http.serving import access_log_filters  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigError(
             f"saltbus http needs the http extra (pip install 'saltbus[http]'): {exc}"
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         app = create_app(config, tokens=tokens, settings=settings)
-        server = _notifying(BridgeServer, notifier, f"serving HTTP on {scheme}://{shown}:{port}/")(
+        server = _notifying(notifier, f"serving HTTP on {scheme}://{shown}:{port}/")(
             uvicorn.Config(
                 app,
                 log_config=None,  # saltbus's logging, set up by main
@@ -195,12 +195,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _notifying(base: type[BridgeServer], notifier: Notifier, status: str) -> type[BridgeServer]:
-    """``base`` telling the service manager (systemd) when it serves and stops,
-    with the watchdog's keep-alives from uvicorn's event loop in between."""
+def _notifying(notifier: Notifier, status: str) -> type[BridgeServer]:
+    """The bridge's server telling the service manager (systemd) when it serves
+    and stops, with the watchdog's keep-alives from uvicorn's event loop between."""
     import asyncio  # noqa: PLC0415
 
-    class NotifyingServer(base):  # type: ignore[valid-type,misc]
+    from saltbus.http.serving import BridgeServer  # noqa: PLC0415
+
+    class NotifyingServer(BridgeServer):
         _keep_alive: asyncio.Future[None] | None = None
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
