@@ -80,9 +80,12 @@ __all__ = [
     "tagify",
 ]
 
+if TYPE_CHECKING:
+    __version__: str
+
 # Hidden from type checkers, which see the imports above (see saltbus.lazy).
 if not TYPE_CHECKING:
-    __getattr__, __dir__ = lazy_names(
+    _lazy_getattr, __dir__ = lazy_names(
         __name__,
         {
             # saltbus.client imports each of its names on first use too.
@@ -101,3 +104,17 @@ if not TYPE_CHECKING:
             "saltbus.server": ("EmbeddedPublisher", "Server"),
         },
     )
+
+    def __getattr__(name: str) -> object:
+        # importlib.metadata costs more to import than the rest of a command's
+        # start: the version is looked up when asked for.
+        if name == "__version__":
+            from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+            try:
+                found = version("saltbus")
+            except PackageNotFoundError:  # run from a source tree never installed
+                found = "unknown"
+            globals()["__version__"] = found
+            return found
+        return _lazy_getattr(name)

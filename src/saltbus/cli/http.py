@@ -17,6 +17,8 @@ from saltbus.errors import ConfigError
 from saltbus.http.settings import DEFAULT_HOOK_PREFIX, SALT_HOOK_PREFIX, Settings
 
 if TYPE_CHECKING:
+    from saltbus.cli.notify import Notifier
+    from saltbus.http.serving import BridgeServer
     from saltbus.http.tokens import TokenStore
 
 log = logging.getLogger("saltbus.http")
@@ -147,12 +149,15 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: PLC0415
 
         from saltbus.http.app import create_app  # noqa: PLC0415
-        from saltbus.http.serving import BridgeServer, access_log_filters  # noqa: PLC0415
+        from saltbus.http.serving import access_log_filters  # noqa: PLC0415
     except ImportError as exc:
         raise ConfigError(
             f"saltbus http needs the http extra (pip install 'saltbus[http]'): {exc}"
         ) from None
+    from saltbus.cli.notify import Notifier  # noqa: PLC0415
+
     sock = _listen(bind, args.port)
+    notifier = Notifier.from_env()
     try:
         host, port = sock.getsockname()[:2]
         scheme = "https" if args.tls_cert else "http"
@@ -170,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         app = create_app(config, tokens=tokens, settings=settings)
-        server = BridgeServer(
+        server = _notifying(notifier, f"serving HTTP on {scheme}://{shown}:{port}/")(
             uvicorn.Config(
                 app,
                 log_config=None,  # saltbus's logging, set up by main
@@ -186,7 +191,34 @@ def run(args: argparse.Namespace) -> int:
             server.run(sockets=[sock])
     finally:
         sock.close()
+        notifier.close()
     return 0
+
+
+def _notifying(notifier: Notifier, status: str) -> type[BridgeServer]:
+    """The bridge's server telling the service manager (systemd) when it serves
+    and stops, with the watchdog's keep-alives from uvicorn's event loop between."""
+    import asyncio  # noqa: PLC0415
+
+    from saltbus.http.serving import BridgeServer  # noqa: PLC0415
+
+    class NotifyingServer(BridgeServer):
+        _keep_alive: asyncio.Future[None] | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            # Not started: the app's start-up failed, and uvicorn is exiting.
+            if self.started:
+                notifier.ready(status)
+                self._keep_alive = asyncio.ensure_future(notifier.keep_alive())
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            notifier.stopping()
+            if self._keep_alive is not None:
+                self._keep_alive.cancel()
+            await super().shutdown(sockets)
+
+    return NotifyingServer
 
 
 def _auth(args: argparse.Namespace) -> tuple[TokenStore | None, str]:

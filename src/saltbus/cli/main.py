@@ -9,13 +9,27 @@ function that runs it. ``saltbus fire`` then starts without the rest.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from saltbus.cli import doctor, fire, history, http, journal, listen, react, serve, stats, token
+from saltbus.cli import (
+    completion,
+    doctor,
+    fire,
+    history,
+    http,
+    journal,
+    listen,
+    logs,
+    react,
+    serve,
+    stats,
+    token,
+)
+from saltbus.cli.common import config_from_args
+from saltbus.config import Config
 from saltbus.errors import ConfigError, SaltbusError
 
 DESCRIPTION = """\
@@ -34,26 +48,32 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction)
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="log verbosity (default info)",
-    )
+    logs.add_options(parser)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in (serve, listen, fire, history, journal, stats, doctor, http, token, react):
+    for command in (
+        serve,
+        listen,
+        fire,
+        history,
+        journal,
+        stats,
+        doctor,
+        http,
+        token,
+        react,
+        completion,
+    ):
         command.add_parser(commands)
+    # Accepted after the command too (`saltbus serve --log-level debug`), where
+    # they win over the same options given before it.
+    logs.add_to_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="saltbus: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        logs.configure(logs.settings(args, _config_for_logging(args)))
         return int(args.run(args))
     except ConfigError as exc:
         print(f"saltbus: error: {exc}", file=sys.stderr)
@@ -68,6 +88,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Point stdout at /dev/null so the interpreter's final flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _config_for_logging(args: argparse.Namespace) -> Config | None:
+    """The configuration of a command that takes one (its log_* options), or
+    None: a configuration with an error is the command's to report."""
+    if not hasattr(args, "sock_dir"):
+        return None
+    try:
+        return config_from_args(args)
+    except ConfigError:
+        return None
 
 
 class _VersionAction(argparse.Action):
@@ -86,17 +117,10 @@ class _VersionAction(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        print(f"saltbus {_version()}")
+        import saltbus  # noqa: PLC0415
+
+        print(f"saltbus {saltbus.__version__}")
         parser.exit()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
-    try:
-        return version("saltbus")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 if __name__ == "__main__":

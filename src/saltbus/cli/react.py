@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
 async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None:
     import asyncio  # noqa: PLC0415
 
+    from saltbus.cli.notify import Notifier, watchdog_task  # noqa: PLC0415
     from saltbus.reactor import Reactor  # noqa: PLC0415
 
     reactor = Reactor(config, rules, loader=lambda: _reload(args))
@@ -170,18 +171,21 @@ async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, reactor.request_stop)
     loop.add_signal_handler(signal.SIGHUP, reactor.request_reload)
-    await reactor.start()
-    try:
-        print(
-            f"saltbus: reactor {config.reactor_name!r} running on the {config.node} bus in "
-            f"{config.sock_dir}: {len(rules.rules)} tag globs, {rules.files} reaction files; "
-            "SIGHUP reloads, Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
-        )
-        await reactor.wait_for_stop()
-    finally:
-        await reactor.stop()
+    with Notifier.from_env() as notifier:
+        notifier.status("starting")
+        await reactor.start()
+        try:
+            running = (
+                f"reactor {config.reactor_name!r} running on the {config.node} bus in "
+                f"{config.sock_dir}: {len(rules.rules)} tag globs, {rules.files} reaction files"
+            )
+            print(f"saltbus: {running}; SIGHUP reloads, Ctrl-C stops", file=sys.stderr, flush=True)
+            notifier.ready(running)
+            async with watchdog_task(notifier):
+                await reactor.wait_for_stop()
+        finally:
+            notifier.stopping()
+            await reactor.stop()
     reactor.raise_if_failed()
 
 

@@ -14,6 +14,7 @@ from saltbus.config import Config
 from saltbus.errors import SaltbusError
 
 if TYPE_CHECKING:
+    from saltbus.cli.notify import Notifier
     from saltbus.reactor import Reactor
     from saltbus.server import Server
 
@@ -105,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
         ),
         args,
     )
+    from saltbus.cli.notify import Notifier  # noqa: PLC0415
+
     try:
-        _event_loop_runner()(_serve(config, args))
+        with Notifier.from_env() as notifier:
+            _event_loop_runner()(_serve(config, args, notifier))
     except JournalDamagedError as exc:
         # Named with this bus's options, so that the fix can be pasted as it is.
         raise exc.with_fix(recover_command(args, config)) from None
@@ -122,8 +126,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config: Config, args: argparse.Namespace | None = None) -> None:
+async def _serve(
+    config: Config, args: argparse.Namespace | None = None, notifier: Notifier | None = None
+) -> None:
+    from saltbus.cli.notify import Notifier, watchdog_task  # noqa: PLC0415
     from saltbus.server import Server  # noqa: PLC0415
+
+    notifier = notifier or Notifier(None)
 
     server = Server(config)
     # With a `reactor:` section (and serve's own arguments, which it reloads
@@ -135,13 +144,15 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         server.retention_holds.hold(REACTOR_HOLD)
     if config.cluster:
         server.retention_holds.hold(CLUSTER_HOLD)
+    notifier.status("starting")
     await server.startup()
     server.install_signal_handlers()
     where = config.sock_dir if config.ipc_mode == "ipc" else f"{server.pub_address}"
     journal = server.journal_path or "off"
+    serving = f"serving the {config.node} bus in {where}"
     print(
-        f"saltbus: serving the {config.node} bus in {where} "
-        f"(Salt {config.salt_version} framing; journal {journal}); Ctrl-C to stop",
+        f"saltbus: {serving} (Salt {config.salt_version} framing; journal {journal}); "
+        "Ctrl-C to stop",
         file=sys.stderr,
         flush=True,
     )
@@ -162,8 +173,13 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         if config.cluster:
             bridge = await cluster.start_alongside(config, server)
             server.retention_holds.hold(CLUSTER_HOLD, bridge.journal_position)
-        await _until_exit_or_reactor_failure(server, reactor)
+        # Ready once what the config asks for runs: a unit ordered after this
+        # one finds the sockets bound, and the reactor and the bridge started.
+        notifier.ready(serving)
+        async with watchdog_task(notifier):
+            await _until_exit_or_reactor_failure(server, reactor)
     finally:
+        notifier.stopping(f"stopping at seq {server.intake.last_seq}")
         if bridge is not None:
             await bridge.stop()
         if reactor is not None:

@@ -42,6 +42,7 @@ from saltbus.wire import (
 
 Node: TypeAlias = Literal["master", "minion"]
 IpcMode: TypeAlias = Literal["ipc", "tcp"]
+LogFormat: TypeAlias = Literal["text", "json"]
 Journaling: TypeAlias = Literal["none", "batch", "fsync"]
 # A unix socket path, or a (host, port) pair in ipc_mode tcp.
 Address: TypeAlias = Path | tuple[str, int]
@@ -49,6 +50,19 @@ Address: TypeAlias = Path | tuple[str, int]
 ENV_PREFIX: Final = "SALTBUS_"
 TCP_HOST: Final = "127.0.0.1"
 UNIX_PATH_MAX: Final = 107
+# Salt's log levels, quietest last; a Salt config file may name any of them.
+LOG_LEVELS: Final = (
+    "all",
+    "garbage",
+    "trace",
+    "debug",
+    "profile",
+    "info",
+    "warning",
+    "error",
+    "critical",
+    "quiet",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +143,11 @@ class Config:
     tcp_allow_unauthenticated: bool = False
     max_connections: int = 1024
     partial_frame_timeout: float = 30.0
+    # Logging (set up by saltbus.cli.logs): Salt's log_level names and log_file
+    # (a path; unset: stderr), and saltbus's log_format, text or json lines.
+    log_level: str = "info"
+    log_file: Path | None = None
+    log_format: LogFormat = "text"
 
     def __post_init__(self) -> None:
         if self.node not in ("master", "minion"):
@@ -170,6 +189,12 @@ class Config:
             )
         if self.max_connections <= 0 or self.partial_frame_timeout <= 0:
             raise ConfigError("max_connections and partial_frame_timeout must be positive")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, not {self.log_format!r}")
         check_returner_settings(self)
         check_reactor_settings(self)
 
@@ -369,7 +394,7 @@ def _convert(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer, not {value!r}") from None
-    if name in ("sock_dir", "data_dir"):
+    if name in ("sock_dir", "data_dir", "log_file"):
         return Path(os.path.expanduser(str(value)))
     if name in ("allow_root", "tcp_allow_unauthenticated"):
         return to_bool(name, value)
@@ -389,6 +414,8 @@ def _convert(name: str, value: Any) -> Any:
         return str(value).split(".", 1)[0]
     if name in ("id", "hash_id"):
         return str(value)
+    if name in ("log_level", "log_format"):
+        return str(value).lower()
     if name in RETURNER_FIELDS:
         return convert_returner_setting(name, value)
     if name in REACTOR_FIELDS:
