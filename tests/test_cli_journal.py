@@ -24,6 +24,7 @@ from saltbus.cli.common import journal_file
 from saltbus.cli.journal import recover_command
 from saltbus.config import Config
 from saltbus.journal import Journal
+from saltbus.journal.writer import CHECKPOINT_INTERVAL
 from tests.journal_support import (
     CURSOR,
     PAGE,
@@ -244,6 +245,9 @@ def test_prune_removes_old_journals_of_buses_not_served(
         build_journal(journal_file(bus), 3, bus.sock_dir)
     build_journal(journal_file(unknown), 3)
     serves(served, *bus_flags(served))
+    # The daemon's own start-up writes (and its checkpointer's, within a
+    # second) would make the served journal recent again: let them land first.
+    time.sleep(CHECKPOINT_INTERVAL + 1.0)
     long_ago = time.time() - 40 * DAY
     for bus in (old, served, unknown):
         for each in journal_file(bus).parent.glob(journal_file(bus).name + "*"):
