@@ -34,27 +34,12 @@ from saltbus.server import EmbeddedPublisher, Server
 from saltbus.server.app import DRAIN_TIMEOUT, LAG_REPORT_INTERVAL, LAGGED_TAG
 from saltbus.wire import FRAME_OVERHEAD, Frame, FrameDecoder, Framing, encode_frame, pack_body
 from tests.serve_support import ServeProcess, bus_flags
+from tests.waiting import wait_until, wait_until_async
 
 WAIT = 10.0  # the bound of every wait in this module
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-async def wait_until_async(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def connect(address: Address, timeout: float = WAIT) -> socket.socket:
