@@ -7,6 +7,7 @@ they took."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any, cast
 
@@ -71,6 +72,10 @@ def frames_in(data: bytes, framing: Framing = Framing.BARE) -> list[Frame]:
 
 def frames_of(transport: FakeTransport, framing: Framing = Framing.BARE) -> list[Frame]:
     return frames_in(transport.data, framing)
+
+
+def writes_are(transport: FakeTransport, count: int) -> bool:
+    return len(transport.writes) == count
 
 
 def seqs_of(transport: FakeTransport, framing: Framing = Framing.BARE) -> list[int]:
@@ -215,7 +220,7 @@ def test_a_replay_waits_for_its_reader_and_goes_on_when_it_reads(journal: Path) 
             transport.drain()
             sub.resume()
             await wait_until_async(
-                lambda n=written: len(transport.writes) == n, f"chunk {written} written"
+                functools.partial(writes_are, transport, written), f"{written} chunks written"
             )
         return await asyncio.wait_for(task, WAIT), transport
 
