@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,12 @@ from saltbus.journal.paths import journal_path
 from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
 from tests.serve_support import ServeProcess
+from tests.waiting import wait_until
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
 # The machine is small and shared: generous, but every wait ends.
 WAIT = 60.0
+POLL = 0.1  # seconds between two looks: stats and the journal are read from another process
 SETTLE = 1.5  # after the expected events arrived, how long to look for extra ones
 
 
@@ -53,14 +55,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.1)
 
 
 class NatsServer:
@@ -111,11 +105,16 @@ class NatsServer:
                 [NATS_SERVER, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
             )
         ports = self.dir / f"nats-server_{self.proc.pid}.ports"
-        wait_for(lambda: ports.exists() or self.proc.poll() is not None, WAIT, f"{self.name}")  # type: ignore[union-attr]
+        wait_until(
+            lambda: ports.exists() or self.proc.poll() is not None,  # type: ignore[union-attr]
+            f"nats-server {self.name} to write its ports file",
+            WAIT,
+            POLL,
+        )
         if self.proc.poll() is not None:
             raise AssertionError(f"nats-server {self.name} exited:\n{self.log()}")
         # The file may be seen before it is written whole.
-        wait_for(lambda: _ports(ports) is not None, 10.0, f"{ports}")
+        wait_until(lambda: _ports(ports) is not None, f"{ports} written whole", 10.0, POLL)
         url = (_ports(ports) or {})["nats"][0]
         self.port = int(url.rsplit(":", 1)[1])
 
@@ -264,7 +263,7 @@ class Node:
                 return False
 
         try:
-            wait_for(linked, WAIT, f"node {self.name} to link")
+            wait_until(linked, f"node {self.name} to link", WAIT, POLL)
         except AssertionError:
             raise AssertionError(f"node {self.name} not linked:\n{self.log()}") from None
 
@@ -335,7 +334,9 @@ def wait_imported(node: Node, count: int, timeout: float = WAIT * 3) -> None:
     """Until ``node`` has at least ``count`` imported events, then a little
     longer, so that a duplicate arriving late is seen too."""
     try:
-        wait_for(lambda: len(node.imported()) >= count, timeout, f"{count} events on {node.name}")
+        wait_until(
+            lambda: len(node.imported()) >= count, f"{count} events on {node.name}", timeout, POLL
+        )
     except AssertionError:
         got = len(node.imported())
         raise AssertionError(

@@ -28,6 +28,7 @@ from saltbus import Config, Listener, Sender
 from saltbus.control import CONTROL_KEY
 from saltbus.wire import Framing, encode_frame, pack_body
 from tests.serve_support import ServeProcess
+from tests.waiting import wait_until
 
 DEFAULT_EXAMPLES = 2000
 EXAMPLES = max(1, int(os.environ.get("SALTBUS_FUZZ_EXAMPLES", str(DEFAULT_EXAMPLES))))
@@ -370,6 +371,7 @@ def hostile_inputs(draw: st.DrawFn, framing: Framing) -> bytes:
 # -- a live daemon, measured from /proc ------------------------------------------------
 
 START_WAIT = 30.0
+PROC_STEP = 0.05  # seconds between two looks at /proc
 # What the daemon's log must never show: an exception that escaped a protocol
 # callback or a task (asyncio logs those and carries on), or a crash.
 # asyncio.to_thread's default pool: the most journal readers at once.
@@ -386,6 +388,18 @@ class Daemon(ServeProcess):
         reuse while another connection holds a lock on the file (POSIX locks are
         per process), at most one per thread that replays (asyncio.to_thread)."""
         return self.sockets() <= baseline_sockets and self.fds() <= baseline_fds + JOURNAL_READERS
+
+    def wait_settled(self, baseline_fds: int, baseline_sockets: int, timeout: float) -> None:
+        """Until :meth:`fds_settled`; a timeout names the descriptors left open."""
+        wait_until(
+            lambda: self.fds_settled(baseline_fds, baseline_sockets),
+            lambda: (
+                f"descriptors to come back to {baseline_fds} ({baseline_sockets} sockets); "
+                f"{self.fds()} ({self.sockets()} sockets) open: {self.fd_targets()}"
+            ),
+            timeout,
+            PROC_STEP,
+        )
 
     def alarms(self) -> list[str]:
         """The log's lines that tell of an escaped exception."""
@@ -418,15 +432,6 @@ def report(request: pytest.FixtureRequest, line: str) -> None:
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         reporter.ensure_newline()
         reporter.write_line(line)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 class WellBehavedPair:

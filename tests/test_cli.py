@@ -35,6 +35,7 @@ from saltbus.config import Config
 from saltbus.errors import SaltbusError
 from saltbus.wire import FrameDecoder, Framing
 from tests.serve_support import SALTBUS, ServeProcess, clean_env
+from tests.waiting import wait_until
 
 WAIT = 10.0  # the bound of every wait in this module
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?$")
@@ -56,14 +57,6 @@ def run(
         stdin=subprocess.DEVNULL if stdin is None else None,
         check=False,
     )
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def assert_clean_stderr(stderr: str) -> None:

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.cluster_support import (
+    POLL,
     Node,
     nats_servers,
     running,
     short_dir,
-    wait_for,
     wait_imported,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -54,7 +55,7 @@ def test_a_stopped_node_delivers_what_it_missed_in_order_exactly_once(root: Path
 
             # Back, then killed halfway through its catching up, then back again.
             c.start()
-            wait_for(lambda: len(c.imported()) >= 10 + 300, 120, "c to catch up partly")
+            wait_until(lambda: len(c.imported()) >= 10 + 300, "c to catch up partly", 120, POLL)
             c.kill()
             partly = len(c.imported())
             c.start()
@@ -80,7 +81,7 @@ def test_a_node_cut_off_from_nats_exports_what_it_took_meanwhile(root: Path):
             fired_a = [a.fire("early/a", {"n": n}) for n in range(5)]
             wait_imported(b, 5)
             servers[0].stop()
-            wait_for(lambda: a.stats()["cluster"]["state"] != "linked", 30, "a to notice")
+            wait_until(lambda: a.stats()["cluster"]["state"] != "linked", "a to notice", 30, POLL)
 
             # The local bus takes events as before; the other nodes go on too.
             fired_a += [a.fire("offline/a", {"n": n}) for n in range(500)]
@@ -99,5 +100,7 @@ def test_a_node_cut_off_from_nats_exports_what_it_took_meanwhile(root: Path):
                 assert_in_order_once(node, "a", fired_a)
             wait_imported(a, 100)
             assert_in_order_once(a, "b", fired_b)
-            wait_for(lambda: a.stats()["cluster"]["export"]["lag"] == 0, 30, "no export lag")
+            wait_until(
+                lambda: a.stats()["cluster"]["export"]["lag"] == 0, "no export lag", 30, POLL
+            )
             assert a.stats()["journal_holds"]["cluster:export"] >= fired_a[-1]

@@ -27,10 +27,12 @@ from saltbus.wire import unpack_body
 from tests.disk_support import fill, small_disk
 from tests.http_support import serve, sse
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
+from tests.waiting import wait_until
 
 PAD = "x" * 1000
 END = "test/end"
 WAIT = 30.0
+POLL = 0.1  # seconds between two looks: `saltbus stats` runs as a process
 
 
 class Collector:
@@ -82,14 +84,6 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def journaled(config: Config) -> list[tuple[int, str, dict[str, Any]]]:
     assert config.data_dir is not None
     path = journal_path(config.data_dir, config.sock_dir, config.socket_prefix)
@@ -139,7 +133,7 @@ def test_a_full_disk_delays_events_and_loses_none(
         assert "journal cannot commit (disk full)" in daemon.log
 
         filler.unlink()
-        wait_until(lambda: "FAILING" not in stats(config), "the journal to recover")
+        wait_until(lambda: "FAILING" not in stats(config), "the journal to recover", WAIT, POLL)
         assert "journal commits again" in daemon.log
         after = sender.fire("test/after", {"n": "after"}, 5, ack=True)
         sender.fire(END, {}, 5, ack=True)
@@ -209,7 +203,12 @@ def test_journal_on_error_deliver_delivers_and_tells_resuming_readers_of_the_gap
         for n in range(20):
             sender.fire("test/plain", {"n": n}, timeout=5)
         filler.unlink()
-        wait_until(lambda: "saltbus/journal/gap" in [e.tag for e in live.events], "the gap event")
+        wait_until(
+            lambda: "saltbus/journal/gap" in [e.tag for e in live.events],
+            "the gap event",
+            WAIT,
+            POLL,
+        )
         sender.fire(END, {}, 5, ack=True)
         sender.close()
         received = live.join()

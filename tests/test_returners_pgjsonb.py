@@ -15,8 +15,9 @@ import pytest
 from saltbus import Config, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.returners.pgjsonb import PgJsonbReturner
-from tests.returners_support import Postgres, postgres_server, wait_until, write_config
+from tests.returners_support import WAIT, Postgres, postgres_server, write_config
 from tests.serve_support import ServeProcess
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -163,28 +164,28 @@ def test_database_stopped_under_saltbus_serve_loses_and_duplicates_nothing(
 
     with ServeProcess(bus_config, "--config", str(config_file)):
         fire(500)
-        wait_until(lambda: stored() == 500, what="the first events in PostgreSQL")
+        wait_until(lambda: stored() == 500, "the first events in PostgreSQL", WAIT)
         postgres.stop()
         try:
             fire(1000)  # the bus goes on while the database is down
-            wait_until(lambda: returner()["failures"] >= 2, what="failures")
+            wait_until(lambda: returner()["failures"] >= 2, "failures", WAIT)
             assert returner()["lag"] == 1000
             time.sleep(1.0)
         finally:
             postgres.start()
         fire(200)
-        wait_until(lambda: stored() == 1700, what="the backlog in PostgreSQL")
+        wait_until(lambda: stored() == 1700, "the backlog in PostgreSQL", WAIT)
         assert returner()["lag"] == 0
     # Down again, across a restart of the bus.
     postgres.stop()
     try:
         with ServeProcess(bus_config, "--config", str(config_file)):
             fire(300)
-            wait_until(lambda: returner()["failures"] >= 1, what="failures")
+            wait_until(lambda: returner()["failures"] >= 1, "failures", WAIT)
     finally:
         postgres.start()
     with ServeProcess(bus_config, "--config", str(config_file)):
-        wait_until(lambda: stored() == 2000, what="events fired before the restart")
+        wait_until(lambda: stored() == 2000, "events fired before the restart", WAIT)
     got = rows(postgres, table)
     seqs = [r[0] for r in got]
     assert sorted(seqs) == fired, "an event is missing or duplicated"

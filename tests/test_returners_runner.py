@@ -14,7 +14,8 @@ from saltbus.config import Config
 from saltbus.journal import Journal, JournalRecord
 from saltbus.returners import ReturnerRunner
 from saltbus.returners.worker import MAX_BATCH
-from tests.returners_support import Recorder, append, wait_until
+from tests.returners_support import WAIT, Recorder, append
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_new_returner_starts_after_the_journal_end_and_gets_salts_dicts(run: Run
     rec = Recorder()
     runner = run({"rec": rec})
     seqs = run.fire(runner, [("app/a", {"x": 1, "y": [1, 2]})])
-    wait_until(lambda: len(rec.events) == 1)
+    wait_until(lambda: len(rec.events) == 1, "the event returned", WAIT)
     (event,) = rec.events
     assert event["tag"] == "app/a" and event["data"] == {"x": 1, "y": [1, 2]}
     assert event["seq"] == seqs[0] and abs(event["time"] - time.time()) < 60
@@ -87,7 +88,7 @@ def test_notify_wakes_the_returner_at_once(run: Runner):
     time.sleep(0.1)
     started = time.monotonic()
     run.fire(runner, events(1))
-    wait_until(lambda: len(rec.events) == 1, timeout=5)
+    wait_until(lambda: len(rec.events) == 1, "the event returned", timeout=5)
     assert time.monotonic() - started < 1.0
 
 
@@ -95,7 +96,7 @@ def test_without_notify_the_poll_finds_new_events(run: Runner):
     rec = Recorder()
     run({"rec": rec}, poll=0.05)
     append(run.journal, events(3))
-    wait_until(lambda: len(rec.events) == 3, timeout=5)
+    wait_until(lambda: len(rec.events) == 3, "the polled events returned", timeout=5)
 
 
 def test_queue_size_makes_batches_and_close_flushes_the_rest(run: Runner):
@@ -103,7 +104,7 @@ def test_queue_size_makes_batches_and_close_flushes_the_rest(run: Runner):
     runner = run({"rec": rec}, event_return_queue=3)
     for n in range(7):
         run.fire(runner, events(1, start=n))
-    wait_until(lambda: len(rec.batches) == 2)
+    wait_until(lambda: len(rec.batches) == 2, "two full batches", WAIT)
     time.sleep(0.3)
     assert [len(b) for b in rec.batches] == [3, 3]  # the 7th waits for two more
     assert runner.stats()[0]["lag"] == 1
@@ -117,7 +118,7 @@ def test_max_seconds_sends_a_partial_batch(run: Runner):
     runner = run({"rec": rec}, event_return_queue=100, event_return_queue_max_seconds=0.3)
     started = time.monotonic()
     run.fire(runner, events(2))
-    wait_until(lambda: len(rec.batches) == 1, timeout=5)
+    wait_until(lambda: len(rec.batches) == 1, "a partial batch", timeout=5)
     waited = time.monotonic() - started
     assert 0.25 <= waited < 2.0
     assert [len(b) for b in rec.batches] == [2]
@@ -129,7 +130,7 @@ def test_queue_zero_sends_a_backlog_in_bounded_batches(run: Runner):
     append(run.journal, events(2 * MAX_BATCH + 10))
     rec = Recorder()
     run({"rec": rec})
-    wait_until(lambda: len(rec.events) == 2 * MAX_BATCH + 10)
+    wait_until(lambda: len(rec.events) == 2 * MAX_BATCH + 10, "the backlog returned", WAIT)
     assert max(len(b) for b in rec.batches) == MAX_BATCH
     assert [e["data"]["n"] for e in rec.events] == list(range(2 * MAX_BATCH + 10))
 
@@ -150,7 +151,9 @@ def test_filters_apply_and_filtered_events_move_the_cursor(run: Runner):
             ("other", {}),
         ],
     )
-    wait_until(lambda: runner.stats()[0]["cursor"] == seqs[-1])
+    wait_until(
+        lambda: runner.stats()[0]["cursor"] == seqs[-1], "the cursor at the last event", WAIT
+    )
     assert [e["tag"] for e in rec.events] == ["salt/job/1/ret/m1"]
     stats = runner.stats()[0]
     assert stats["filtered"] == 3 and stats["lag"] == 0 and stats["returned"] == 1
@@ -161,7 +164,7 @@ def test_failing_returner_is_retried_with_backoff_and_loses_nothing(run: Runner)
     runner = run({"rec": rec})
     seqs = run.fire(runner, events(10))
     seqs += run.fire(runner, events(10, start=10))
-    wait_until(lambda: len(rec.events) == 20, timeout=20)
+    wait_until(lambda: len(rec.events) == 20, "every event returned after retries", timeout=20)
     assert rec.seqs == seqs, "an event was lost, duplicated or reordered"
     gaps = [b - a for a, b in zip(rec.attempts, rec.attempts[1:6], strict=False)]
     # 0.05, 0.1, 0.2, then the 0.4 cap
@@ -177,7 +180,7 @@ def test_stats_show_a_failing_returner_falling_behind(run: Runner):
     rec = Recorder(failures=10**9)
     runner = run({"rec": rec})
     run.fire(runner, events(5))
-    wait_until(lambda: runner.stats()[0]["failures"] >= 2)
+    wait_until(lambda: runner.stats()[0]["failures"] >= 2, "two failures", WAIT)
     stats = runner.stats()[0]
     assert stats["state"] == "retrying" and stats["lag"] == 5 and stats["returned"] == 0
     assert stats["retry_in"] is not None and stats["retry_in"] <= 0.4
@@ -193,7 +196,7 @@ def test_a_retry_gets_the_events_as_journaled(run: Runner):
     rec = Mangler(failures=1)
     runner = run({"rec": rec})
     run.fire(runner, events(3))
-    wait_until(lambda: len(rec.events) == 3)
+    wait_until(lambda: len(rec.events) == 3, "the retried events returned", WAIT)
     assert rec.seqs == sorted(set(rec.seqs))
 
 
@@ -201,8 +204,8 @@ def test_each_returner_keeps_its_own_position(run: Runner):
     good, bad = Recorder(), Recorder(failures=10**9)
     runner = run({"good": good, "bad": bad})
     run.fire(runner, events(4))
-    wait_until(lambda: len(good.events) == 4)
-    wait_until(lambda: runner.stats()[1]["failures"] >= 1)
+    wait_until(lambda: len(good.events) == 4, "the good returner's events", WAIT)
+    wait_until(lambda: runner.stats()[1]["failures"] >= 1, "the bad returner to fail", WAIT)
     by_name = {s["name"]: s for s in runner.stats()}
     assert by_name["good"]["lag"] == 0 and by_name["bad"]["lag"] == 4
 
@@ -211,14 +214,14 @@ def test_position_survives_a_restart_and_a_failed_batch_is_returned_next_time(ru
     rec = Recorder()
     runner = run({"rec": rec})
     first = run.fire(runner, events(5))
-    wait_until(lambda: len(rec.events) == 5)
+    wait_until(lambda: len(rec.events) == 5, "the first events returned", WAIT)
     runner.close()
     assert rec.closed
 
     down = Recorder(failures=10**9)
     runner = run({"rec": down})
     second = run.fire(runner, events(5, start=5))
-    wait_until(lambda: down.attempts != [])
+    wait_until(lambda: down.attempts != [], "a failing attempt", WAIT)
     started = time.monotonic()
     runner.close()
     assert time.monotonic() - started < 2.0, "close waited for a failing returner"
@@ -226,7 +229,7 @@ def test_position_survives_a_restart_and_a_failed_batch_is_returned_next_time(ru
     append(run.journal, events(5, start=10))  # while no runner runs
     again = Recorder()
     run({"rec": again})
-    wait_until(lambda: len(again.events) == 10)
+    wait_until(lambda: len(again.events) == 10, "the events after the restart", WAIT)
     time.sleep(0.2)
     assert again.seqs == second + [second[-1] + i for i in range(1, 6)]
     assert not set(again.seqs) & set(first)
@@ -241,7 +244,7 @@ def test_undecodable_event_is_skipped_not_retried_for_ever(run: Runner):
         seq = journal.last_seq() + 1
         journal.append([JournalRecord(seq, time.time(), "bad", b"bad\n\n\xc1")])
     good = run.fire(runner, events(1))
-    wait_until(lambda: len(rec.events) == 1)
+    wait_until(lambda: len(rec.events) == 1, "the good event returned", WAIT)
     assert rec.seqs == good and runner.stats()[0]["undecodable"] == 1
 
 
@@ -253,5 +256,5 @@ def test_events_deleted_by_retention_before_they_were_returned_are_counted(run: 
     rec = Recorder()
     runner = run({"rec": rec})
     kept = run.fire(runner, events(2, start=4))
-    wait_until(lambda: len(rec.events) == 2)
+    wait_until(lambda: len(rec.events) == 2, "the kept events returned", WAIT)
     assert rec.seqs == kept and runner.stats()[0]["missed"] == 4

@@ -21,8 +21,9 @@ from saltbus.errors import ConfigError
 from saltbus.journal import Journal
 from saltbus.journal.paths import journal_path
 from saltbus.server import EmbeddedPublisher
-from tests.returners_support import install_plugin, wait_until, write_config
+from tests.returners_support import WAIT, install_plugin, write_config
 from tests.serve_support import SALTBUS, ServeProcess
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_publisher_feeds_its_returners_and_reports_them(
     with EmbeddedPublisher(config), Sender(config) as sender:
         fired = [sender.fire("app/evt", {"n": n}, timeout=5, ack=True).seq for n in range(20)]
         sender.fire("skip/me", {}, timeout=5, ack=True)
-        wait_until(lambda: len(lines(out)) == 20, what="the returner")
+        wait_until(lambda: len(lines(out)) == 20, "the returner", WAIT)
         returners = fetch_stats(config)["returners"]
     got = lines(out)
     assert [e["seq"] for e in got] == fired
@@ -98,13 +99,13 @@ def test_journal_keeps_what_a_failing_returner_has_not_taken(
         fired.append(sender.fire("app/evt", {"n": 20}, timeout=5, ack=True).seq)
         assert first_seq() == fired[0]
         flag.unlink()  # the database is back
-        wait_until(lambda: len(lines(out)) == 21, what="the held events")
+        wait_until(lambda: len(lines(out)) == 21, "the held events", WAIT)
         assert fetch_stats(config)["journal_holds"] == {"returner:jsonfile": fired[-1]}
     assert [e["seq"] for e in lines(out)] == fired
     # Returned, they expire as usual: a restart takes them.
     time.sleep(1.0)
     with EmbeddedPublisher(config):
-        wait_until(lambda: first_seq() is None, what="retention after the returner caught up")
+        wait_until(lambda: first_seq() is None, "retention after the returner caught up", WAIT)
 
 
 def test_a_removed_returner_holds_nothing(bus_config: Config, plugin_dir: Path, tmp_path: Path):
@@ -119,7 +120,7 @@ def test_a_removed_returner_holds_nothing(bus_config: Config, plugin_dir: Path, 
     with EmbeddedPublisher(plain):
         assert fetch_stats(plain)["journal_holds"] == {}
         with Journal.open(path, readonly=True) as journal:
-            wait_until(lambda: journal.first_seq() is None, what="retention")
+            wait_until(lambda: journal.first_seq() is None, "retention", WAIT)
             assert journal.cursors() == {"returner:jsonfile": 0}
 
 
@@ -165,10 +166,12 @@ def test_failing_returner_under_saltbus_serve_loses_nothing(
 
     with ServeProcess(bus_config, "--config", str(config_file), env=env):
         fire(30)
-        wait_until(lambda: len(lines(out)) == 30, what="the first events")
+        wait_until(lambda: len(lines(out)) == 30, "the first events", WAIT)
         flag.touch()  # the "database" goes down
         fire(25)
-        wait_until(lambda: fetch_stats(bus_config)["returners"][0]["failures"] >= 2)
+        wait_until(
+            lambda: fetch_stats(bus_config)["returners"][0]["failures"] >= 2, "failures", WAIT
+        )
         shown = subprocess.run(
             [str(SALTBUS), "stats", "--sock-dir", str(bus_config.sock_dir)],
             capture_output=True,
@@ -182,9 +185,11 @@ def test_failing_returner_under_saltbus_serve_loses_nothing(
     # Stopped while failing, started again while still failing, then it comes back.
     with ServeProcess(bus_config, "--config", str(config_file), env=env):
         fire(10)
-        wait_until(lambda: fetch_stats(bus_config)["returners"][0]["failures"] >= 1)
+        wait_until(
+            lambda: fetch_stats(bus_config)["returners"][0]["failures"] >= 1, "a failure", WAIT
+        )
         flag.unlink()
-        wait_until(lambda: len(lines(out)) >= 65, what="the backlog")
+        wait_until(lambda: len(lines(out)) >= 65, "the backlog", WAIT)
         stats = fetch_stats(bus_config)["returners"][0]
         assert stats["lag"] == 0 and stats["state"] == "running"
     got = lines(out)

@@ -17,7 +17,17 @@ from tests.disk_support import fill, small_disk
 from tests.interop.buses import strip_stamp
 from tests.interop.salt_driver_client import SaltDriver
 from tests.serve_support import ServeProcess, bus_flags
-from tests.test_intake_disk_full import END, PAD, Collector, as_rows, journaled, stats, wait_until
+from tests.test_intake_disk_full import (
+    END,
+    PAD,
+    POLL,
+    WAIT,
+    Collector,
+    as_rows,
+    journaled,
+    stats,
+)
+from tests.waiting import wait_until
 
 VERSION = "3007"
 
@@ -58,7 +68,7 @@ def test_salt_clients_on_a_full_disk_lose_nothing(
             assert True in results, results  # the first ones are taken (and held)
 
             filler.unlink()
-            wait_until(lambda: "FAILING" not in stats(config), "the journal to recover")
+            wait_until(lambda: "FAILING" not in stats(config), "the journal to recover", WAIT, POLL)
             sender.fire(END, {}, 5, ack=True)
         received = live.join()
 
