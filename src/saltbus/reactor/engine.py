@@ -409,11 +409,10 @@ class Reactor:
     def _finished(
         self, reaction: Reaction, trigger: Trigger, outcome: Outcome, duration: float
     ) -> None:
+        self.stats.finished(reaction, outcome.success)
         if outcome.success:
-            self.stats.succeeded += 1
             log.debug("%s on %s: ok in %.3f s", reaction.name, trigger.tag, duration)
         else:
-            self.stats.failed += 1
             log.warning(
                 "reaction %s (%s) on %s failed: %s",
                 reaction.name,
