@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
+from saltbus.errors import ConfigError
 
 if TYPE_CHECKING:
+    from saltbus.metrics.daemon import ServerMetrics
     from saltbus.reactor import Reactor
     from saltbus.server import Server
 
@@ -74,6 +76,13 @@ def add_parser(commands: Any) -> None:
         help="in ipc_mode tcp, admit clients without the bus's secret (Salt's clients; any "
         "local user can then use the bus)",
     )
+    parser.add_argument(
+        "--metrics",
+        dest="metrics_listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz on this address (port 0: any "
+        "free port, printed at start; config metrics_listen; needs the metrics extra)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -85,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             sock_group=args.sock_group,
             allow_root=args.allow_root,
             tcp_allow_unauthenticated=args.tcp_allow_unauthenticated,
+            metrics_listen=args.metrics_listen,
         ),
         args,
     )
@@ -105,6 +115,8 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         server.retention_holds.hold(REACTOR_HOLD)
     if config.cluster:
         server.retention_holds.hold(CLUSTER_HOLD)
+    # Before startup: the journal is handed the commit-time histogram then.
+    metrics = _server_metrics(server) if config.metrics_listen else None
     await server.startup()
     server.install_signal_handlers()
     where = config.sock_dir if config.ipc_mode == "ipc" else f"{server.pub_address}"
@@ -122,8 +134,17 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
             file=sys.stderr,
             flush=True,
         )
-    reactor = bridge = None
+    reactor = bridge = endpoint = None
     try:
+        if metrics is not None and config.metrics_listen:
+            endpoint = metrics.endpoint(config.metrics_listen)
+            await endpoint.start()
+            metrics.serving = True
+            print(
+                f"saltbus: metrics on {endpoint.url}/metrics (and /healthz, /readyz)",
+                file=sys.stderr,
+                flush=True,
+            )
         if reactor_args is not None:
             reactor = await react.start_alongside(config, reactor_args)
             if config.reactor_catch_up:
@@ -134,6 +155,10 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
             server.retention_holds.hold(CLUSTER_HOLD, bridge.journal_position)
         await _until_exit_or_reactor_failure(server, reactor)
     finally:
+        if metrics is not None:
+            metrics.serving = False
+        if endpoint is not None:
+            await endpoint.close()
         if bridge is not None:
             await bridge.stop()
         if reactor is not None:
@@ -142,6 +167,17 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
     print(f"saltbus: stopped at seq {server.fanout.last_seq}", file=sys.stderr, flush=True)
     if reactor is not None:
         reactor.raise_if_failed()
+
+
+def _server_metrics(server: Server) -> ServerMetrics:
+    try:
+        from saltbus.metrics.daemon import ServerMetrics  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(
+            f"--metrics (metrics_listen) needs prometheus_client ({exc.name} is missing): "
+            "pip install 'saltbus[metrics]'"
+        ) from None
+    return ServerMetrics(server)
 
 
 async def _until_exit_or_reactor_failure(server: Server, reactor: Reactor | None) -> None:
