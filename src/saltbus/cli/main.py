@@ -15,7 +15,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from saltbus.cli import doctor, fire, history, http, listen, react, serve, stats, token
+from saltbus.cli import (
+    doctor,
+    exporter,
+    fire,
+    health,
+    history,
+    http,
+    listen,
+    react,
+    serve,
+    stats,
+    token,
+)
 from saltbus.errors import ConfigError, SaltbusError
 
 DESCRIPTION = """\
@@ -41,7 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (default info)",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for command in (serve, listen, fire, history, stats, doctor, http, token, react):
+    for command in (
+        serve,
+        listen,
+        fire,
+        history,
+        stats,
+        health,
+        doctor,
+        http,
+        token,
+        react,
+        exporter,
+    ):
         command.add_parser(commands)
     return parser
 

@@ -1,8 +1,8 @@
 """The metrics of a publisher: in its own process, or asked over the bus.
 
 In ``saltbus serve`` the collector reads ``Server.stats()`` directly and the
-journal's commit times feed a histogram; elsewhere (``saltbus http``,
-``saltbus health``) the same statistics come from the running publisher over
+journal's commit times feed a histogram; elsewhere (``saltbus http``)
+the same statistics come from the running publisher over
 its socket, and the histogram is not available.
 """
 
@@ -15,15 +15,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from saltbus.client.admin import fetch_stats
 from saltbus.config import Config
-from saltbus.errors import BusError
 from saltbus.metrics.bus import BusCollector, commit_histogram
 from saltbus.metrics.endpoint import MetricsEndpoint
-from saltbus.metrics.health import Readiness, Status, readiness, unreachable
+from saltbus.metrics.health import Readiness, readiness
+from saltbus.metrics.probe import STATS_TIMEOUT
 
 if TYPE_CHECKING:
     from saltbus.server import Server
-
-STATS_TIMEOUT = 2.0
 
 
 class ServerMetrics:
@@ -53,26 +51,9 @@ class ServerMetrics:
         return MetricsEndpoint(listen, metrics=self.render, readiness=self.readiness)
 
 
-def readiness_of(config: Config, timeout: float = STATS_TIMEOUT) -> Readiness:
-    """Ask the publisher serving ``config``'s bus for its statistics and judge
-    them (blocking): CRITICAL when nothing serves the bus, UNKNOWN when what
-    answers keeps no statistics (a Salt publisher) or does not answer in time."""
-    try:
-        stats = fetch_stats(config, timeout)
-    except TimeoutError as exc:  # BusTimeoutError too
-        return unreachable(str(exc), Status.UNKNOWN)
-    except (BusError, OSError) as exc:
-        return unreachable(str(exc))
-    return readiness(stats, max_returner_lag=config.metrics_max_returner_lag)
-
-
 async def remote_metrics(config: Config, timeout: float = STATS_TIMEOUT) -> bytes:
     """The exposition of the publisher serving ``config``'s bus, asked over its socket."""
     stats = await asyncio.to_thread(fetch_stats, config, timeout)
     registry = CollectorRegistry()
     registry.register(BusCollector(lambda: stats))
     return generate_latest(registry)
-
-
-async def remote_readiness(config: Config, timeout: float = STATS_TIMEOUT) -> Readiness:
-    return await asyncio.to_thread(readiness_of, config, timeout)
