@@ -1,0 +1,103 @@
+"""``saltbus serve --metrics``: a real Prometheus scrapes the daemon, and the
+counters it stores match the events the test fired; /readyz follows the
+journal's disk filling up and being freed."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from saltbus.client import Listener, Sender
+from saltbus.config import Config
+from saltbus.errors import JournalUnavailableError
+from tests.disk_support import fill, small_disk
+from tests.prometheus_support import http_get, prometheus, wait_until
+from tests.serve_support import ServeProcess, bus_flags
+
+PAD = "x" * 1000
+
+
+def metrics_url(daemon: ServeProcess) -> str:
+    daemon.wait_for_log("/metrics (and /healthz, /readyz)")
+    match = re.search(r"metrics on (http://127\.0\.0\.1:\d+)/metrics", daemon.log)
+    assert match, daemon.log
+    return match.group(1)
+
+
+def test_prometheus_scrapes_the_bus_counters(
+    serves: Callable[..., ServeProcess], bus_config: Config, tmp_path: Path
+) -> None:
+    daemon = serves(bus_config, *bus_flags(bus_config), "--metrics", "127.0.0.1:0")
+    url = metrics_url(daemon)
+    fired = 7
+    with Listener(bus_config, resume=False) as listener:
+        listener.connect(timeout=5)
+        with Sender(bus_config) as sender:
+            for n in range(fired):
+                sender.fire("test/metrics", {"n": n}, timeout=5, ack=True)
+        received = [listener.receive(timeout=5) for _ in range(fired)]
+        assert all(event is not None for event in received)
+
+        with prometheus(tmp_path / "prom", {"saltbus": url.removeprefix("http://")}) as prom:
+            prom.wait_for('up{job="saltbus"}', 1)
+            prom.wait_for("saltbus_events_received_total", fired)
+            prom.wait_for("saltbus_events_delivered_total", fired)
+            prom.wait_for("saltbus_journal_last_seq", fired)
+            prom.wait_for("saltbus_subscribers", 1)
+            prom.wait_for("saltbus_journal_up", 1)
+            prom.wait_for('saltbus_events_refused_total{reason="journal_unavailable"}', 0)
+            prom.wait_for("saltbus_subscriber_dropped_total", 0)
+            # Acked fires are committed one by one here: one commit each at least.
+            commits = prom.scalar("saltbus_journal_commit_seconds_count")
+            assert commits is not None and commits >= 1
+            size = prom.scalar("saltbus_journal_bytes")
+            assert size is not None and size > 0
+
+    # The listener is gone: what it was delivered still counts.
+    status, body = http_get(f"{url}/metrics")
+    assert status == 200
+    assert f"saltbus_events_delivered_total {float(fired)}" in body
+    assert "saltbus_subscribers 0.0" in body
+
+
+def test_readyz_is_503_while_the_journal_disk_is_full(
+    serves: Callable[..., ServeProcess], sock_dir: Path
+) -> None:
+    with small_disk(sock_dir, 8) as disk:
+        config = Config.load(env={}, overrides={"sock_dir": sock_dir / "bus", "data_dir": disk})
+        daemon = serves(config, *bus_flags(config), "--metrics", "127.0.0.1:0")
+        url = metrics_url(daemon)
+        status, body = http_get(f"{url}/readyz")
+        assert status == 200, body
+        assert json.loads(body)["ready"] is True
+
+        filler = fill(disk, leave=300_000)
+        sender = Sender(config)
+        refused = 0
+        for n in range(20_000):
+            try:
+                sender.fire("test/fill", {"n": n, "pad": PAD}, 5, ack=True)
+            except JournalUnavailableError:
+                refused += 1
+                break
+        assert refused, "the journal never filled"
+
+        status, body = http_get(f"{url}/readyz")
+        assert status == 503, body
+        answer = json.loads(body)
+        assert answer["ready"] is False
+        assert answer["failed"] == ["journal"]
+        journal = next(c for c in answer["checks"] if c["name"] == "journal")
+        assert "disk full" in journal["detail"]
+        assert http_get(f"{url}/healthz")[0] == 200
+        metrics = http_get(f"{url}/metrics")[1]
+        assert "saltbus_journal_up 0.0" in metrics
+        assert 'saltbus_events_refused_total{reason="journal_unavailable"} 1.0' in metrics
+
+        filler.unlink()
+        wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "/readyz to be 200 again")
+        sender.fire("test/after", {}, 5, ack=True)
+        sender.close()
+        assert "saltbus_journal_up 1.0" in http_get(f"{url}/metrics")[1]
