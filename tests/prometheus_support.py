@@ -69,10 +69,15 @@ class Prometheus:
         return list(answer["data"]["result"])
 
     def values(self, promql: str) -> dict[tuple[tuple[str, str], ...], float]:
-        """Each series' labels (without job and instance) and value."""
+        """Each series' labels (without name, job and instance; Prometheus keeps no
+        empty label) and value."""
         return {
             tuple(
-                sorted((k, v) for k, v in r["metric"].items() if k not in ("job", "instance"))
+                sorted(
+                    (k, v)
+                    for k, v in r["metric"].items()
+                    if k not in ("__name__", "job", "instance")
+                )
             ): float(r["value"][1])
             for r in self.query(promql)
         }
