@@ -146,7 +146,7 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
                 flush=True,
             )
         if reactor_args is not None:
-            reactor = await react.start_alongside(config, reactor_args)
+            reactor = await react.start_alongside(config, reactor_args, server)
             if config.reactor_catch_up:
                 server.retention_holds.hold(REACTOR_HOLD, reactor.journal_position)
         # With a `cluster:` section (or --cluster), so does the federation bridge.
