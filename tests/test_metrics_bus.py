@@ -78,6 +78,7 @@ def test_returners_federation_and_reactor_are_labelled_by_name_only() -> None:
         },
         "reactor": {
             "events": 12,
+            "queue_depth": 3,
             "dropped": 0,
             "stopped": 1,
             "outcomes": {"restart": {"succeeded": 3, "failed": 1}},
@@ -101,6 +102,7 @@ def test_returners_federation_and_reactor_are_labelled_by_name_only() -> None:
         (("outcome", "skipped_when"), ("reaction", "restart")): 2,
         (("outcome", "succeeded"), ("reaction", "restart")): 3,
     }
+    assert samples(families["saltbus_reactor_queue_events"]) == {(): 3}
     # No per-connection labels: peers do not become series.
     for family in families.values():
         for sample in family.samples:

@@ -101,3 +101,36 @@ def test_readyz_is_503_while_the_journal_disk_is_full(
         sender.fire("test/after", {}, 5, ack=True)
         sender.close()
         assert "saltbus_journal_up 1.0" in http_get(f"{url}/metrics")[1]
+
+
+def test_reactions_are_counted_by_reaction_and_outcome(
+    serves: Callable[..., ServeProcess], bus_config: Config, tmp_path: Path
+) -> None:
+    (tmp_path / "go.sls").write_text(
+        "announce:\n  event.send: [{tag: 'went/{{ data.n }}'}]\n"
+        "broken:\n  cmd.run:\n    - cmd: [sh, -c, 'exit 7']\n"
+    )
+    conf = tmp_path / "reactor.conf"
+    conf.write_text("reactor:\n  - 'go/*': [go.sls]\n")
+    daemon = serves(
+        bus_config, *bus_flags(bus_config), "--config", str(conf), "--metrics", "127.0.0.1:0"
+    )
+    url = metrics_url(daemon)
+    with Listener(bus_config, "saltbus/reactor/", resume=False) as reports:
+        reports.connect(timeout=5)
+        with Sender(bus_config) as sender:
+            for n in range(2):
+                sender.fire(f"go/{n}", {"n": n}, timeout=5, ack=True)
+        done = [reports.receive(timeout=30) for _ in range(4)]
+        assert all(event is not None for event in done), done
+
+    def reactions() -> dict[str, float]:
+        found = re.findall(
+            r'^saltbus_reactor_reactions_total\{outcome="(\w+)",reaction="(\w+)"\} (\S+)$',
+            http_get(f"{url}/metrics")[1],
+            re.MULTILINE,
+        )
+        return {f"{reaction}:{outcome}": float(value) for outcome, reaction, value in found}
+
+    assert reactions() == {"announce:succeeded": 2.0, "broken:failed": 2.0}
+    assert "saltbus_reactor_queue_events 0.0" in http_get(f"{url}/metrics")[1]

@@ -252,6 +252,11 @@ def _reactor(reactor: Mapping[str, Any]) -> Iterator[Metric]:
     yield _counter(
         "saltbus_reactor_events", "Events the reactor looked at", reactor.get("events", 0)
     )
+    yield _gauge(
+        "saltbus_reactor_queue_events",
+        "Reactions waiting for a worker now",
+        reactor.get("queue_depth", 0),
+    )
     yield _counter(
         "saltbus_reactor_dropped",
         "Reactions dropped because the reactor's queue was full",
