@@ -1,6 +1,7 @@
 """``saltbus serve --metrics``: a real Prometheus scrapes the daemon, and the
 counters it stores match the events the test fired; /readyz follows the
-journal's disk filling up and being freed."""
+journal's disk filling up and being freed, and a returner's database going
+down and coming back."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from saltbus.config import Config
 from saltbus.errors import JournalUnavailableError
 from tests.disk_support import fill, small_disk
 from tests.prometheus_support import http_get, prometheus, wait_until
+from tests.returners_support import postgres_server, write_config
 from tests.serve_support import ServeProcess, bus_flags
 
 PAD = "x" * 1000
@@ -134,3 +136,47 @@ def test_reactions_are_counted_by_reaction_and_outcome(
 
     assert reactions() == {"announce:succeeded": 2.0, "broken:failed": 2.0}
     assert "saltbus_reactor_queue_events 0.0" in http_get(f"{url}/metrics")[1]
+
+
+def test_readyz_is_503_while_a_returners_database_is_down(
+    serves: Callable[..., ServeProcess], bus_config: Config, tmp_path: Path
+) -> None:
+    with postgres_server() as pg:
+        config_file = write_config(
+            tmp_path / "master",
+            {
+                "event_return": "pgjsonb",
+                "event_return_queue_max_seconds": 0.1,
+                "event_return_retry_max_seconds": 0.5,
+                "returner_options": {"pgjsonb": pg.options(table="readyz")},
+            },
+        )
+        daemon = serves(
+            bus_config,
+            *bus_flags(bus_config),
+            "--config",
+            str(config_file),
+            "--metrics",
+            "127.0.0.1:0",
+        )
+        url = metrics_url(daemon)
+        with Sender(bus_config) as sender:
+            sender.fire("app/evt", {"n": 0}, timeout=5, ack=True)
+            returned = 'saltbus_returner_returned_events_total{returner="pgjsonb"} 1.0'
+            wait_until(lambda: returned in http_get(f"{url}/metrics")[1], "the first return")
+            assert http_get(f"{url}/readyz")[0] == 200
+            pg.stop()
+            try:
+                sender.fire("app/evt", {"n": 1}, timeout=5, ack=True)
+                wait_until(lambda: http_get(f"{url}/readyz")[0] == 503, "/readyz to fail")
+                answer = json.loads(http_get(f"{url}/readyz")[1])
+                assert answer["failed"] == ["returner:pgjsonb"]
+                metrics = http_get(f"{url}/metrics")[1]
+                assert 'saltbus_returner_up{returner="pgjsonb"} 0.0' in metrics
+                assert 'saltbus_returner_lag_events{returner="pgjsonb"} 1.0' in metrics
+            finally:
+                pg.start()
+            wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "/readyz to be 200 again")
+        metrics = http_get(f"{url}/metrics")[1]
+        assert 'saltbus_returner_lag_events{returner="pgjsonb"} 0.0' in metrics
+        assert 'saltbus_returner_returned_events_total{returner="pgjsonb"} 2.0' in metrics
