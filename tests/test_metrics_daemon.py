@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from saltbus.errors import JournalUnavailableError
 from tests.disk_support import fill, small_disk
 from tests.prometheus_support import http_get, prometheus, wait_until
 from tests.returners_support import postgres_server, write_config
-from tests.serve_support import ServeProcess, bus_flags
+from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
 
 PAD = "x" * 1000
 
@@ -180,3 +182,27 @@ def test_readyz_is_503_while_a_returners_database_is_down(
         metrics = http_get(f"{url}/metrics")[1]
         assert 'saltbus_returner_lag_events{returner="pgjsonb"} 0.0' in metrics
         assert 'saltbus_returner_returned_events_total{returner="pgjsonb"} 2.0' in metrics
+
+
+def test_a_bad_or_taken_metrics_address_stops_serve_with_one_line(bus_config: Config) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for address, message in (
+            ("localhost", "metrics address 'localhost' is not HOST:PORT"),
+            (f"127.0.0.1:{port}", f"cannot serve metrics on 127.0.0.1:{port}"),
+        ):
+            result = subprocess.run(
+                [str(SALTBUS), "serve", *bus_flags(bus_config), "--metrics", address],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=clean_env(),
+                check=False,
+            )
+            assert result.returncode == 2
+            assert result.stderr.startswith(f"saltbus: error: {message}"), result.stderr
+            assert len(result.stderr.splitlines()) == 1, result.stderr
+            # Nothing was left serving: the bus's sockets are gone.
+            assert not Path(bus_config.pub_address).exists()

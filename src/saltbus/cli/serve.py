@@ -115,9 +115,20 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
         server.retention_holds.hold(REACTOR_HOLD)
     if config.cluster:
         server.retention_holds.hold(CLUSTER_HOLD)
-    # Before startup: the journal is handed the commit-time histogram then.
+    # Before startup: the journal is handed the commit-time histogram then,
+    # and a malformed address is refused before anything is bound.
     metrics = _server_metrics(server) if config.metrics_listen else None
+    endpoint = (
+        metrics.endpoint(config.metrics_listen) if metrics and config.metrics_listen else None
+    )
     await server.startup()
+    if endpoint is not None:
+        # Bound before the bus is announced: a taken port stops the start.
+        try:
+            await endpoint.start()
+        except BaseException:
+            await server.shutdown()
+            raise
     server.install_signal_handlers()
     where = config.sock_dir if config.ipc_mode == "ipc" else f"{server.pub_address}"
     journal = server.journal_path or "off"
@@ -134,11 +145,9 @@ async def _serve(config: Config, args: argparse.Namespace | None = None) -> None
             file=sys.stderr,
             flush=True,
         )
-    reactor = bridge = endpoint = None
+    reactor = bridge = None
     try:
-        if metrics is not None and config.metrics_listen:
-            endpoint = metrics.endpoint(config.metrics_listen)
-            await endpoint.start()
+        if metrics is not None and endpoint is not None:
             metrics.serving = True
             print(
                 f"saltbus: metrics on {endpoint.url}/metrics (and /healthz, /readyz)",
