@@ -3,6 +3,8 @@ Prometheus's names and types and bounded labels."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,31 @@ def test_journal_bytes_adds_the_write_ahead_log(tmp_path: Path) -> None:
     (tmp_path / "j.sqlite3-wal").write_bytes(b"x" * 50)
     assert journal_bytes(path) == 150
     assert journal_bytes(tmp_path / "missing") == 0
+
+
+def test_a_lagged_subscriber_is_counted_once_while_and_after_it_goes(bus_config: Config) -> None:
+    config = bus_config.replace(subscriber_queue_events=10)
+
+    def wait_for(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while not check(stats := fetch_stats(config)):
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.1)
+        return stats
+
+    with EmbeddedPublisher(config):
+        idle = Listener(config, resume=False, reconnect=False)
+        idle.connect(timeout=5)
+        with Sender(config) as sender:
+            for n in range(3000):  # past the socket buffers and the queue of 10
+                sender.fire("test/flood", {"n": n, "pad": "x" * 1000}, timeout=5)
+            sender.fire("test/flood", {"end": True}, timeout=5, ack=True)
+        cut_loose = scrape(wait_for(lambda s: s["lagged"] >= 1))
+        idle.close()
+        gone = scrape(wait_for(lambda s: not s["subscribers"]))
+    for families in (cut_loose, gone):
+        assert samples(families["saltbus_subscriber_lagged"]) == {(): 1.0}
+    assert samples(gone["saltbus_subscribers"]) == {(): 0.0}
+    # What it took before it was cut loose still counts as delivered.
+    delivered = samples(gone["saltbus_events_delivered"])[()]
+    assert delivered == samples(cut_loose["saltbus_events_delivered"])[()] > 0
