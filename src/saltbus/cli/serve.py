@@ -31,6 +31,9 @@ The sock_dir is created 0700 when missing and the sockets are bound 0600, so
 only this user can use the bus. A stale socket left by a dead publisher is
 removed; a live publisher's sockets are never taken over.
 
+With --metrics HOST:PORT it also serves Prometheus metrics on /metrics, and
+/healthz and /readyz for health checks (`saltbus health` asks the same).
+
 Ctrl-C (SIGINT) or SIGTERM stops it: listeners get what was already
 published, the sockets are removed, and it exits 0.
 """
