@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +12,7 @@ from saltbus.config import Config
 from saltbus.errors import JournalUnavailableError
 from saltbus.server import EmbeddedPublisher
 from tests.disk_support import fill, small_disk
+from tests.interop.salt_peer_client import salt_publisher
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
 
 PAD = "x" * 1000
@@ -47,11 +46,9 @@ def test_critical_when_nothing_serves_the_bus(bus_config: Config) -> None:
 
 
 def test_unknown_when_what_serves_it_keeps_no_statistics(bus_config: Config) -> None:
-    # A publisher that accepts and never answers a statistics request, as Salt's does.
-    os.makedirs(bus_config.sock_dir, mode=0o700)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
-        silent.bind(os.fspath(bus_config.pub_address))
-        silent.listen()
+    # Salt's own publisher: it accepts, and never answers a statistics request.
+    bus_config.sock_dir.mkdir(mode=0o700)
+    with salt_publisher("3007", bus_config.sock_dir, node="master"):
         result = health(bus_config, "--timeout", "0.5")
     assert result.returncode == 3, result.stdout
     assert result.stdout.startswith("SALTBUS UNKNOWN - sockets: no statistics")
