@@ -17,7 +17,9 @@ from typing import Any
 from saltbus.cli import (
     completion,
     doctor,
+    exporter,
     fire,
+    health,
     history,
     http,
     journal,
@@ -57,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         history,
         journal,
         stats,
+        health,
         doctor,
         http,
         token,
         react,
         completion,
+        exporter,
     ):
         command.add_parser(commands)
     # Accepted after the command too (`saltbus serve --log-level debug`), where

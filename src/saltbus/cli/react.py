@@ -203,7 +203,7 @@ async def start_alongside(
     reactor = Reactor(config, rules, loader=lambda: _reload(args))
     await reactor.start()
     if server is not None:
-        server.stats_sources[STATS_KEY] = reactor.stats.as_dict
+        server.stats_sources[STATS_KEY] = reactor.stats_dict
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reactor.request_reload)
     print(
         f"saltbus: reactor {config.reactor_name!r} running: {len(rules.rules)} tag globs, "

@@ -11,10 +11,11 @@ from saltbus.cli import cluster, react
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.cli.journal import recover_command
 from saltbus.config import Config
-from saltbus.errors import SaltbusError
+from saltbus.errors import ConfigError, SaltbusError
 
 if TYPE_CHECKING:
     from saltbus.cli.notify import Notifier
+    from saltbus.metrics.daemon import ServerMetrics
     from saltbus.reactor import Reactor
     from saltbus.server import Server
 
@@ -31,6 +32,9 @@ arrival order. Salt's own clients (salt.utils.event) work against it.
 The sock_dir is created 0700 when missing and the sockets are bound 0600, so
 only this user can use the bus. A stale socket left by a dead publisher is
 removed; a live publisher's sockets are never taken over.
+
+With --metrics HOST:PORT it also serves Prometheus metrics on /metrics, and
+/healthz and /readyz for health checks (`saltbus health` asks the same).
 
 Ctrl-C (SIGINT) or SIGTERM stops it: listeners get what was already
 published, the sockets are removed, and it exits 0.
@@ -89,6 +93,13 @@ def add_parser(commands: Any) -> None:
         help="in ipc_mode tcp, admit clients without the bus's secret (Salt's clients; any "
         "local user can then use the bus)",
     )
+    parser.add_argument(
+        "--metrics",
+        dest="metrics_listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz on this address (port 0: any "
+        "free port, printed at start; config metrics_listen; needs the metrics extra)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -103,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             sock_group=args.sock_group,
             allow_root=args.allow_root,
             tcp_allow_unauthenticated=args.tcp_allow_unauthenticated,
+            metrics_listen=args.metrics_listen,
         ),
         args,
     )
@@ -145,8 +157,63 @@ async def _serve(
     if config.cluster:
         server.retention_holds.hold(CLUSTER_HOLD)
     notifier.status("starting")
+    # Before startup: the journal is handed the commit-time histogram then,
+    # and a malformed address is refused before anything is bound.
+    metrics = _server_metrics(server) if config.metrics_listen else None
+    endpoint = (
+        metrics.endpoint(config.metrics_listen) if metrics and config.metrics_listen else None
+    )
     await server.startup()
+    if endpoint is not None:
+        # Bound before the bus is announced: a taken port stops the start.
+        try:
+            await endpoint.start()
+        except BaseException:
+            await server.shutdown()
+            raise
     server.install_signal_handlers()
+    serving = _announce(config, server)
+    reactor = bridge = None
+    try:
+        if metrics is not None and endpoint is not None:
+            metrics.serving = True
+            print(
+                f"saltbus: metrics on {endpoint.url}/metrics (and /healthz, /readyz)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if reactor_args is not None:
+            reactor = await react.start_alongside(config, reactor_args, server)
+            if config.reactor_catch_up:
+                server.retention_holds.hold(REACTOR_HOLD, reactor.journal_position)
+        # With a `cluster:` section (or --cluster), so does the federation bridge.
+        if config.cluster:
+            bridge = await cluster.start_alongside(config, server)
+            server.retention_holds.hold(CLUSTER_HOLD, bridge.journal_position)
+        # Ready once what the config asks for runs: a unit ordered after this
+        # one finds the sockets bound, and the reactor and the bridge started.
+        notifier.ready(serving)
+        async with watchdog_task(notifier):
+            await _until_exit_or_reactor_failure(server, reactor)
+    finally:
+        notifier.stopping(f"stopping at seq {server.intake.last_seq}")
+        if metrics is not None:
+            metrics.serving = False
+        if endpoint is not None:
+            await endpoint.close()
+        if bridge is not None:
+            await bridge.stop()
+        if reactor is not None:
+            await reactor.stop()
+        await server.shutdown()
+    print(f"saltbus: stopped at seq {server.intake.last_seq}", file=sys.stderr, flush=True)
+    if reactor is not None:
+        reactor.raise_if_failed()
+
+
+def _announce(config: Config, server: Server) -> str:
+    """Say on stderr that the bus serves (the line tests and operators wait
+    for); returns what it serves, for systemd's READY status."""
     where = config.sock_dir if config.ipc_mode == "ipc" else f"{server.pub_address}"
     journal = server.journal_path or "off"
     serving = f"serving the {config.node} bus in {where}"
@@ -163,31 +230,18 @@ async def _serve(
             file=sys.stderr,
             flush=True,
         )
-    reactor = bridge = None
+    return serving
+
+
+def _server_metrics(server: Server) -> ServerMetrics:
     try:
-        if reactor_args is not None:
-            reactor = await react.start_alongside(config, reactor_args, server)
-            if config.reactor_catch_up:
-                server.retention_holds.hold(REACTOR_HOLD, reactor.journal_position)
-        # With a `cluster:` section (or --cluster), so does the federation bridge.
-        if config.cluster:
-            bridge = await cluster.start_alongside(config, server)
-            server.retention_holds.hold(CLUSTER_HOLD, bridge.journal_position)
-        # Ready once what the config asks for runs: a unit ordered after this
-        # one finds the sockets bound, and the reactor and the bridge started.
-        notifier.ready(serving)
-        async with watchdog_task(notifier):
-            await _until_exit_or_reactor_failure(server, reactor)
-    finally:
-        notifier.stopping(f"stopping at seq {server.intake.last_seq}")
-        if bridge is not None:
-            await bridge.stop()
-        if reactor is not None:
-            await reactor.stop()
-        await server.shutdown()
-    print(f"saltbus: stopped at seq {server.intake.last_seq}", file=sys.stderr, flush=True)
-    if reactor is not None:
-        reactor.raise_if_failed()
+        from saltbus.metrics.daemon import ServerMetrics  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(
+            f"--metrics (metrics_listen) needs prometheus_client ({exc.name} is missing): "
+            "pip install 'saltbus[metrics]'"
+        ) from None
+    return ServerMetrics(server)
 
 
 async def _until_exit_or_reactor_failure(server: Server, reactor: Reactor | None) -> None:

@@ -148,6 +148,11 @@ class Config:
     log_level: str = "info"
     log_file: Path | None = None
     log_format: LogFormat = "text"
+    # Metrics and health (saltbus.metrics): HOST:PORT serving /metrics, /healthz
+    # and /readyz (None: not served; port 0: any free port, logged); readiness
+    # fails while a returner is more than metrics_max_returner_lag events behind.
+    metrics_listen: str | None = None
+    metrics_max_returner_lag: int = 10_000
 
     def __post_init__(self) -> None:
         if self.node not in ("master", "minion"):
@@ -313,6 +318,7 @@ _INT_FIELDS: Final = frozenset(
         "journal_max_bytes",
         "max_connections",
         "event_return_queue",
+        "metrics_max_returner_lag",
     )
 )
 
@@ -398,7 +404,7 @@ def _convert(name: str, value: Any) -> Any:
         return Path(os.path.expanduser(str(value)))
     if name in ("allow_root", "tcp_allow_unauthenticated"):
         return to_bool(name, value)
-    if name == "sock_group":
+    if name in ("sock_group", "metrics_listen"):
         return str(value)
     if name in ("journal_max_age", "partial_frame_timeout", "subscriber_stall_timeout"):
         try:

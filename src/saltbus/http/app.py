@@ -5,8 +5,10 @@
 
 Routes: ``GET /`` (the live page) and ``/static/…``, ``GET /openapi.json``,
 ``GET /whoami``, ``GET /events`` (SSE), ``POST /events`` (fire), ``GET /ws``
-(WebSocket), ``POST /hook/<path>``. The page, its files and the OpenAPI
-document carry no bus data and are served without a token; everything else
+(WebSocket), ``POST /hook/<path>``, ``GET /metrics`` (Prometheus, with a
+token), ``GET /healthz`` and ``GET /readyz``. The page, its files, the OpenAPI
+document and the health checks carry no bus data and are served without a
+token; everything else
 needs one (or an HMAC signature, for a hook path with a secret).
 """
 
@@ -112,6 +114,17 @@ def create_app(
     async def ws(websocket: WebSocket) -> None:
         await ws_endpoint(bridge, websocket)
 
+    async def metrics(request: Request) -> Response:
+        if bridge.grant(request) is None:
+            return unauthorized()
+        return await metrics_endpoint(bridge)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        return await readyz_endpoint(bridge)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         bridge.ensure_started()
@@ -131,6 +144,9 @@ def create_app(
             WebSocketRoute("/ws", ws),
             Route("/hook", hook, methods=["POST"]),
             Route("/hook/{path:path}", hook, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
@@ -166,3 +182,26 @@ async def fire_endpoint(bridge: Bridge, request: Request) -> Response:
     except SaltbusError as exc:
         return error(fire_failure_status(exc), str(exc))
     return JSONResponse({"success": True, "tag": tag, "seq": event.seq})
+
+
+async def metrics_endpoint(bridge: Bridge) -> Response:
+    """The bridge's gauges and, on a saltbus bus, the publisher's metrics."""
+    try:
+        from saltbus.metrics.bridge import bridge_metrics  # noqa: PLC0415
+    except ImportError:
+        return error(404, "metrics need prometheus_client: pip install 'saltbus[metrics]'")
+    from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
+
+    body = await bridge_metrics(
+        bridge.config, clients=bridge.hub.members, connected=bridge.hub.connected.is_set()
+    )
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def readyz_endpoint(bridge: Bridge) -> Response:
+    """200 when connected to the bus and the publisher is ready; 503 naming
+    the failed checks otherwise."""
+    from saltbus.metrics.bridge import bridge_readiness  # noqa: PLC0415
+
+    readiness = await bridge_readiness(bridge.config, connected=bridge.hub.connected.is_set())
+    return JSONResponse(readiness.as_dict(), status_code=200 if readiness.ready else 503)

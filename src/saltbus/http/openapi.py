@@ -193,6 +193,34 @@ def document(settings: Settings, *, auth: bool = True) -> dict[str, Any]:
             },
             "/hook": _hook(prefix, with_path=False),
             "/hook/{path}": _hook(prefix, with_path=True),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics: the bridge's, and the publisher's on a "
+                    "saltbus bus (needs the metrics extra)",
+                    "responses": {
+                        "200": {"description": "metrics", "content": {"text/plain": {}}},
+                        "401": _UNAUTHORIZED,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "200 while the bridge serves",
+                    "security": [],
+                    "responses": {"200": _response("alive", {"type": "object"})},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "200 when connected to the bus and its publisher is ready "
+                    "(journal, returners, federation); 503 naming the failed checks",
+                    "security": [],
+                    "responses": {
+                        "200": _response("ready", {"type": "object"}),
+                        "503": _response("not ready", {"type": "object"}),
+                    },
+                }
+            },
         },
     }
 

@@ -148,6 +148,9 @@ class JournalWriter:
         self._checkpointer: _Checkpointer | None = None
         self._transactions = 0
         self._records_committed = 0
+        # Told how many seconds each successful append took (the metrics'
+        # histogram); set before start(). Runs on whichever thread committed.
+        self.commit_observer: Callable[[float], None] | None = None
 
     # -- what callers may read (written only by the writer thread) ----------
 
@@ -235,6 +238,7 @@ class JournalWriter:
         try:
             if self._failure is not None or not self._queue.empty():
                 return False
+            started = time.perf_counter()
             try:
                 journal.append(records)
             except Exception as exc:
@@ -242,7 +246,7 @@ class JournalWriter:
                 if isinstance(error, JournalWriteError):
                     self._failure = error
                 raise error from exc
-            self._committed(len(records), records)
+            self._committed(len(records), records, time.perf_counter() - started)
             return True
         finally:
             self._busy.release()
@@ -368,6 +372,7 @@ class JournalWriter:
             if not group:
                 return
         records = list(itertools.chain.from_iterable(batch.records for batch in group))
+        started = time.perf_counter()
         try:
             journal.append(records)
         except Exception as exc:
@@ -386,7 +391,7 @@ class JournalWriter:
                 else:
                     self._succeeded(batch)
             return
-        self._committed(len(records), records)
+        self._committed(len(records), records, time.perf_counter() - started)
         if self._failure is not None:
             self._recovered()
         for batch in group:
@@ -407,7 +412,11 @@ class JournalWriter:
     def _recovered(self) -> None:
         self._failure = None
 
-    def _committed(self, count: int, records: Sequence[JournalRecord]) -> None:
+    def _committed(
+        self, count: int, records: Sequence[JournalRecord], seconds: float | None = None
+    ) -> None:
+        if seconds is not None and self.commit_observer is not None:
+            self.commit_observer(seconds)
         self._transactions += 1
         self._records_committed += count
         if records:

@@ -180,6 +180,10 @@ class Reactor:
             mark = self._client.session.last_seq
         return mark
 
+    def stats_dict(self) -> dict[str, Any]:
+        """Its statistics, and the reactions waiting for a worker now."""
+        return self.stats.as_dict() | {"queue_depth": self._queue.qsize()}
+
     def raise_if_failed(self) -> None:
         """Raise BusError naming the cause if the reactor stopped by itself
         (see _supervise): what `saltbus react` and `saltbus serve` exit 1 with."""
@@ -409,11 +413,10 @@ class Reactor:
     def _finished(
         self, reaction: Reaction, trigger: Trigger, outcome: Outcome, duration: float
     ) -> None:
+        self.stats.finished(reaction, outcome.success)
         if outcome.success:
-            self.stats.succeeded += 1
             log.debug("%s on %s: ok in %.3f s", reaction.name, trigger.tag, duration)
         else:
-            self.stats.failed += 1
             log.warning(
                 "reaction %s (%s) on %s failed: %s",
                 reaction.name,

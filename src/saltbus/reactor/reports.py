@@ -52,6 +52,17 @@ class Stats:
     # Per reaction name: a reaction that never runs should say why.
     skipped_by_when: dict[str, int] = field(default_factory=dict)
     skipped_by_throttle: dict[str, int] = field(default_factory=dict)
+    # Per reaction name, its runs by outcome ("succeeded", "failed").
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def finished(self, reaction: Reaction, success: bool) -> None:
+        outcome = "succeeded" if success else "failed"
+        if success:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        counts = self.outcomes.setdefault(reaction.name, {})
+        counts[outcome] = counts.get(outcome, 0) + 1
 
     def skipped_when(self, reaction: Reaction) -> None:
         self.filtered += 1

@@ -87,6 +87,9 @@ class Server:
         # Consumers in this process that must not miss journaled events
         # (returners; the federation export and the reactor register too).
         self.retention_holds = RetentionHolds()
+        # Told the seconds each journal commit took (the metrics' histogram);
+        # set before startup(). Called on the journal's thread or the loop's.
+        self.commit_observer: Callable[[float], None] | None = None
 
     @property
     def intake(self) -> Intake:
@@ -179,6 +182,7 @@ class Server:
             max_bytes=self.config.journal_max_bytes,
             holds=self.retention_holds.positions,
         )
+        writer.commit_observer = self.commit_observer
         writer.start()
         self._writer = writer
         self.retention_holds.on_change = writer.retain_now
@@ -411,6 +415,7 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         uptime = time.monotonic() - self._started
+        delivered, dropped, lagged = self.fanout.totals()
         return self._source_stats() | {
             "node": self.config.node,
             "sock_dir": str(self.config.sock_dir),
@@ -418,6 +423,9 @@ class Server:
             "epoch": self.epoch,
             "last_seq": self.intake.last_seq,
             "received": self.intake.received,
+            "delivered": delivered,
+            "dropped": dropped,
+            "lagged": lagged,
             "uptime": round(uptime, 3),
             "events_per_second": round(self.intake.received / uptime, 1) if uptime else 0.0,
             "journal": str(self.journal_path) if self.journal_path else None,

@@ -85,6 +85,7 @@ class Subscriber:
         self.inspector = False
         self.delivered = 0
         self.dropped = 0
+        self.lagged_out = False
         self.closed = False
         self._on_dropped = on_dropped
         self._on_backlog = on_backlog
@@ -155,6 +156,7 @@ class Subscriber:
         self._queue.clear()
         self._queued_bytes = 0
         self.closed = True
+        self.lagged_out = True
         self.transport.write(encode_control(Lagged(self.delivered), self.framing))
         self.transport.close()
 
@@ -279,12 +281,31 @@ class FanOut:
     def __init__(self, framing: Framing) -> None:
         self.framing = framing
         self.subscribers: set[Subscriber] = set()
+        # What subscribers that have gone delivered and dropped, and how many
+        # were disconnected for lagging: the totals since the start (metrics).
+        self.departed_delivered = 0
+        self.departed_dropped = 0
+        self.lagged_disconnects = 0
 
     def add(self, subscriber: Subscriber) -> None:
         self.subscribers.add(subscriber)
 
     def remove(self, subscriber: Subscriber) -> None:
-        self.subscribers.discard(subscriber)
+        if subscriber in self.subscribers:
+            self.subscribers.discard(subscriber)
+            self.departed_delivered += subscriber.delivered
+            self.departed_dropped += subscriber.dropped
+            self.lagged_disconnects += subscriber.lagged_out
+
+    def totals(self) -> tuple[int, int, int]:
+        """Events delivered and dropped, and lagged disconnections, over every
+        subscriber since the start (the metrics' counters)."""
+        live = self.subscribers
+        return (
+            self.departed_delivered + sum(s.delivered for s in live),
+            self.departed_dropped + sum(s.dropped for s in live),
+            self.lagged_disconnects + sum(s.lagged_out for s in live),
+        )
 
     def deliver(self, records: Sequence[JournalRecord]) -> None:
         """Offer numbered records to every subscriber."""
