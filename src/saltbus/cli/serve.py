@@ -150,12 +150,7 @@ async def _serve(
     # With a `reactor:` section (and serve's own arguments, which it reloads
     # from), the reactor runs here as a client of this bus.
     reactor_args = args if config.reactor else None
-    # The reactor's catch-up and the federation export read the journal from
-    # their positions: it keeps what they have not taken from the start.
-    if reactor_args is not None and config.reactor_catch_up:
-        server.retention_holds.hold(REACTOR_HOLD)
-    if config.cluster:
-        server.retention_holds.hold(CLUSTER_HOLD)
+    _hold_for_consumers(config, server, reactor_args is not None)
     notifier.status("starting")
     # Before startup: the journal is handed the commit-time histogram then,
     # and a malformed address is refused before anything is bound.
@@ -209,6 +204,15 @@ async def _serve(
     print(f"saltbus: stopped at seq {server.intake.last_seq}", file=sys.stderr, flush=True)
     if reactor is not None:
         reactor.raise_if_failed()
+
+
+def _hold_for_consumers(config: Config, server: Server, reactor: bool) -> None:
+    # The reactor's catch-up and the federation export read the journal from
+    # their positions: it keeps what they have not taken from the start.
+    if reactor and config.reactor_catch_up:
+        server.retention_holds.hold(REACTOR_HOLD)
+    if config.cluster:
+        server.retention_holds.hold(CLUSTER_HOLD)
 
 
 def _announce(config: Config, server: Server) -> str:
