@@ -350,3 +350,18 @@ def test_first_available_is_the_oldest_retained_seq(journal: Path) -> None:
     sent, transport = replayed(journal, 2, 10)
     assert sent == 4
     assert seqs_of(transport) == [7, 8, 9, 10]
+
+
+def test_a_gap_notice_of_another_numbering_is_not_a_gap_here(journal: Path) -> None:
+    """Federation imports other buses' events, gap notices included: their
+    seqs count in the other bus's epoch, not this journal's."""
+    with Journal.open(journal) as store:
+        epoch = store.claim_epoch()
+    append(
+        journal,
+        [
+            (JOURNAL_GAP_TAG, {"first": 1, "last": 2, "epoch": epoch + 1}),
+            (JOURNAL_GAP_TAG, {"first": 4, "last": 5, "epoch": epoch}),
+        ],
+    )
+    assert gaps_in(journal, 0, 10) == ((4, 5),)

@@ -126,6 +126,7 @@ class Server:
                 on_commit=self._notify_returners,
                 stamp_has_offset=cfg.generation.stamp_has_offset,
                 on_error=cfg.journal_on_error,
+                epoch=self.epoch,
             )
             state = ServerState(
                 cfg,

@@ -93,6 +93,7 @@ class Intake:
         on_commit: Callable[[int], None] | None = None,
         stamp_has_offset: bool = False,
         on_error: str = "block",
+        epoch: int | None = None,
     ) -> None:
         self.fanout = fanout
         self.journal = journal
@@ -101,6 +102,7 @@ class Intake:
         self.on_commit = on_commit
         self._stamp_has_offset = stamp_has_offset
         self._deliver_on_error = on_error == "deliver"
+        self._epoch = epoch  # the journal's numbering, named in gap notices
         # journal_on_error: deliver: the seqs delivered unjournaled so far.
         self._gap: tuple[int, int] | None = None
         self.next_seq = journal.last_seq + 1
@@ -318,6 +320,7 @@ class Intake:
         notice = {
             "first": gap[0],
             "last": gap[1],
+            "epoch": self._epoch,
             "seconds": round(seconds, 3),
             "refused": self._refused_while_failing,
             "_stamp": utc_stamp(self._stamp_has_offset),

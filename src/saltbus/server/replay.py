@@ -38,14 +38,19 @@ def _read_chunk(
 def gaps_in(path: Path, since: int, until: int) -> tuple[tuple[int, int], ...]:
     """The unjournaled ranges (``saltbus/journal/gap`` events) that meet (since, until]."""
     with Journal.open(path, readonly=True) as journal:
+        epoch = journal.epoch()
         records = journal.read(since=since, tag=JOURNAL_GAP_TAG)
     gaps = []
     for record in records:
+        if record.tag != JOURNAL_GAP_TAG:
+            continue  # a longer tag that starts the same
         try:
             data = unpack_body(record.body)[1]
             first, last = int(data["first"]), int(data["last"])
         except (RemoteProtocolError, KeyError, TypeError, ValueError):
             continue
+        if data.get("epoch") != epoch:
+            continue  # another bus's numbering (a notice imported by federation)
         if first <= until and last > since:
             gaps.append((first, last))
     return tuple(gaps)
