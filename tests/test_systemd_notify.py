@@ -117,16 +117,23 @@ def _command(kind: str, tmp_path: Path) -> list[str]:
         conf = tmp_path / "reactor.conf"
         conf.write_text(f"reactor:\n  - 'notify/*':\n    - {reaction}\n")
         return ["react", "--config", os.fspath(conf)]
+    if kind == "exporter":
+        return ["exporter", "--metrics", "127.0.0.1:0"]
     return ["http", "--no-auth", "--port", "0"]
 
 
-@pytest.mark.parametrize("kind", ["react", "http"])
-def test_react_and_http_are_ready_once_they_run_and_say_when_they_stop(
+def _bus_flags(kind: str, config: Config) -> list[str]:
+    # The exporter reads no journal: it has no --data-dir.
+    return ["--sock-dir", os.fspath(config.sock_dir)] if kind == "exporter" else bus_flags(config)
+
+
+@pytest.mark.parametrize("kind", ["react", "http", "exporter"])
+def test_react_http_and_exporter_are_ready_once_they_run_and_say_when_they_stop(
     kind: str, manager: ServiceManager, bus_config: Config, tmp_path: Path
 ) -> None:
     with ServeProcess.for_bus(bus_config):
         proc = subprocess.Popen(
-            [os.fspath(SALTBUS), *_command(kind, tmp_path), *bus_flags(bus_config)],
+            [os.fspath(SALTBUS), *_command(kind, tmp_path), *_bus_flags(kind, bus_config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

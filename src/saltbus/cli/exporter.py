@@ -93,17 +93,20 @@ async def _export(config: Config, listen: str, options: Any) -> None:
     import asyncio  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
+    from saltbus.cli.notify import Notifier, watchdog_task  # noqa: PLC0415
     from saltbus.metrics.exporter import JobExporter  # noqa: PLC0415
 
     exporter = JobExporter(config, options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, exporter.stop)
-    async with exporter.endpoint(listen) as endpoint:
-        print(
-            f"saltbus: exporting Salt's jobs on {config.pub_address} at {endpoint.url}/metrics",
-            file=sys.stderr,
-            flush=True,
-        )
-        await exporter.run()
+    with Notifier.from_env() as notifier:
+        async with exporter.endpoint(listen) as endpoint:
+            exporting = f"exporting Salt's jobs on {config.pub_address} at {endpoint.url}/metrics"
+            print(f"saltbus: {exporting}", file=sys.stderr, flush=True)
+            # Ready once the metrics port is bound; the bus is reconnected to by itself.
+            notifier.ready(exporting)
+            async with watchdog_task(notifier):
+                await exporter.run()
+            notifier.stopping("stopping")
     print("saltbus: exporter stopped", file=sys.stderr, flush=True)

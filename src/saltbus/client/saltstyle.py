@@ -210,7 +210,7 @@ class SaltEvent:
         except FrameTooLargeError as exc:
             if self.raise_errors:
                 raise
-            log.warning("fire_event(%r) returned False: %s", tag, exc)
+            log.warning("fire_event(%r) returned False: %s", tag, exc, extra={"tag": tag})
             return False
         except LocalProtocolError:
             raise

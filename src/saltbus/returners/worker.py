@@ -270,7 +270,13 @@ class ReturnerWorker:
             except RemoteProtocolError as exc:
                 if fresh:
                     self.undecodable += 1
-                    log.warning("returner %r skips seq %d: %s", self.name, record.seq, exc)
+                    log.warning(
+                        "returner %r skips seq %d: %s",
+                        self.name,
+                        record.seq,
+                        exc,
+                        extra={"tag": record.tag, "seq": record.seq},
+                    )
                 continue
             if not pending:
                 self._pending_since = time.monotonic()

@@ -263,7 +263,13 @@ class Intake:
         if not isinstance(error, JournalWriteError):
             # This batch alone cannot be stored (the journal is fine): it is
             # refused, and never delivered as if it had been journaled.
-            log.error("refused %d events the journal cannot store: %s", len(batch.records), error)
+            first = batch.records[0]
+            log.error(
+                "refused %d events the journal cannot store: %s",
+                len(batch.records),
+                error,
+                extra={"tag": first.tag, "seq": first.seq},
+            )
             for source, pairs in batch.acks:
                 self._refuse(source, [rid for _, rid in pairs], str(error))
             return
