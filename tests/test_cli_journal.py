@@ -24,7 +24,7 @@ from saltbus.cli.common import journal_file
 from saltbus.cli.journal import recover_command
 from saltbus.config import Config
 from saltbus.journal import Journal
-from saltbus.journal.writer import CHECKPOINT_INTERVAL
+from saltbus.journal.checkpoint import CHECKPOINT_INTERVAL
 from tests.journal_support import (
     CURSOR,
     PAGE,

@@ -44,7 +44,6 @@ import itertools
 import logging
 import math
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +53,8 @@ from types import TracebackType
 from typing import Final
 
 from saltbus.errors import JournalError, JournalWriteError
+from saltbus.journal.checkpoint import Checkpointer
+from saltbus.journal.failures import as_journal_error
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Durability, Journal
 
@@ -74,8 +75,6 @@ RETENTION_STEP_ROWS: Final = 20_000
 # The size limit deleting events a consumer has not taken is logged at most this often.
 LOSS_WARNING_INTERVAL: Final = 60.0
 START_TIMEOUT: Final = 30.0
-# How often the checkpointer copies the WAL into the database while commits come.
-CHECKPOINT_INTERVAL: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +144,7 @@ class JournalWriter:
         # inline commit takes it without waiting, or leaves the batch to the thread.
         self._busy = threading.Lock()
         self._journal: Journal | None = None
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._transactions = 0
         self._records_committed = 0
         # Told how many seconds each successful append took (the metrics'
@@ -242,7 +241,7 @@ class JournalWriter:
             try:
                 journal.append(records)
             except Exception as exc:
-                error = _as_journal_error(exc)
+                error = as_journal_error(exc)
                 if isinstance(error, JournalWriteError):
                     self._failure = error
                 raise error from exc
@@ -301,7 +300,7 @@ class JournalWriter:
             self._last_seq = journal.last_seq()
             if self._durability == "batch":
                 journal.checkpoint_in_background()
-                self._checkpointer = _Checkpointer(self.path)
+                self._checkpointer = Checkpointer(self.path)
         except BaseException as exc:  # reported to start(), which raises it
             self._open_error = exc
             self._opened.set()
@@ -404,7 +403,7 @@ class JournalWriter:
         self._finish(batch, None)
 
     def _fail(self, batch: _Batch, exc: Exception) -> None:
-        error = _as_journal_error(exc)
+        error = as_journal_error(exc)
         if isinstance(error, JournalWriteError):
             self._failure = error
         self._finish(batch, error)
@@ -480,99 +479,6 @@ class JournalWriter:
                 return
             if isinstance(item, _Batch):
                 self._finish(item, error)
-
-
-class _Checkpointer:
-    """PASSIVE checkpoints from a connection of its own, on a thread of its
-    own, at most once per CHECKPOINT_INTERVAL while commits come (see the
-    module's docstring): neither the writer nor the readers wait for them."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._poked = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"saltbus-checkpoint:{path.name}", daemon=True
-        )
-        self._thread.start()
-
-    def poke(self) -> None:
-        if not self._poked.is_set():
-            self._poked.set()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._poked.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            journal = Journal.open(self.path)
-        except JournalError as exc:
-            log.error("journal checkpoints on %s cannot start: %s", self.path, exc)
-            return
-        failing = False
-        try:
-            while not self._stop.is_set():
-                self._poked.wait()
-                if self._stop.wait(CHECKPOINT_INTERVAL):
-                    break
-                self._poked.clear()
-                try:
-                    journal.checkpoint()
-                except JournalError as exc:
-                    if not failing:  # a full disk fails every one: say it once
-                        log.warning("journal checkpoint failed; retrying: %s", exc)
-                    failing = True
-                else:
-                    failing = False
-        finally:
-            journal.close()
-
-
-def _as_journal_error(exc: Exception) -> JournalError:
-    """The error a batch failed with: a :class:`JournalWriteError` when the
-    journal's file is what failed (so later batches would fail too), a plain
-    JournalError when the batch itself could not be stored."""
-    cause = exc.__cause__ if isinstance(exc, JournalError) else exc
-    if _file_failed(cause):
-        error: JournalError = JournalWriteError(_reason(cause), str(exc))
-    elif isinstance(exc, JournalError):
-        return exc
-    else:
-        error = JournalError(f"cannot journal the batch: {exc}")
-    error.__cause__ = cause
-    return error
-
-
-def _file_failed(exc: BaseException | None) -> bool:
-    # IntegrityError and the like are about one batch's rows; OperationalError
-    # (full, read-only, locked, I/O) and a damaged file are about the journal.
-    if isinstance(exc, OSError | sqlite3.OperationalError):
-        return True
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc,
-        sqlite3.IntegrityError
-        | sqlite3.InterfaceError
-        | sqlite3.ProgrammingError
-        | sqlite3.DataError,
-    )
-
-
-def _reason(exc: BaseException | None) -> str:
-    """What an operator is to fix, in a few words."""
-    text = str(exc).lower()
-    if "disk is full" in text or "no space" in text:
-        return "disk full"
-    if "readonly" in text or "read-only" in text:
-        return "read-only"
-    if "malformed" in text or "not a database" in text:
-        return "damaged journal"
-    if "i/o" in text:
-        return "I/O error"
-    if "locked" in text or "busy" in text:
-        return "journal locked"
-    return str(exc) or type(exc).__name__
 
 
 def _seq_range(records: Sequence[JournalRecord]) -> str:
