@@ -27,7 +27,8 @@ import pytest
 from saltbus.config import Config
 from saltbus.errors import PublisherRunningError
 from saltbus.server import EmbeddedPublisher, Server
-from saltbus.server.app import DRAIN_TIMEOUT, LAG_REPORT_INTERVAL, LAGGED_TAG
+from saltbus.server.app import DRAIN_TIMEOUT
+from saltbus.server.laggards import LAG_REPORT_INTERVAL, LAGGED_TAG
 from saltbus.wire import Frame, FrameDecoder, Framing, encode_frame
 from tests.serve_support import ServeProcess
 from tests.server_support import (

@@ -16,7 +16,7 @@ from typing import Any, Final
 from saltbus.config import Address, Config
 from saltbus.control import Subscribe, Subscribed, encode_control
 from saltbus.errors import ConfigError
-from saltbus.event import MatchType, tag_matcher, utc_stamp
+from saltbus.event import MatchType, tag_matcher
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
@@ -27,19 +27,16 @@ from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.holds import RetentionHolds
 from saltbus.server.intake import Intake
+from saltbus.server.laggards import Laggards
 from saltbus.server.replay import first_available, gaps_in, replay
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
 from saltbus.server.state import PullPeer, ServerState, SubscriberPeer
-from saltbus.wire import pack_body
 
 log = logging.getLogger("saltbus.server")
 
 # How long shutdown waits for listeners to read what was already published to them.
 DRAIN_TIMEOUT: Final = 2.0
 SHUTDOWN_GRACE: Final = 0.05
-# A Salt listener that drops events is reported at most this often.
-LAG_REPORT_INTERVAL: Final = 1.0
-LAGGED_TAG: Final = "saltbus/subscriber/lagged"
 # The retention hold the publisher keeps while its returners load their cursors.
 _STARTING: Final = "saltbus:starting"
 
@@ -72,12 +69,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._exit: asyncio.Event | None = None
         self._replays: set[asyncio.Task[None]] = set()
-        self._dropped_unreported: dict[Subscriber, int] = {}
-        # Salt listeners whose queue is over its bounds: while there is one,
-        # the pull connections are not read (see Subscriber).
-        self._backlogged: set[Subscriber] = set()
-        self._lag_report: asyncio.TimerHandle | None = None
-        self._lag_events_last_fired = 0
+        self._laggards: Laggards | None = None
         self._started = time.monotonic()
         self.pub_address: Address = config.pub_address
         self.pull_address: Address = config.pull_address
@@ -128,6 +120,7 @@ class Server:
                 on_error=cfg.journal_on_error,
                 epoch=self.epoch,
             )
+            self._laggards = laggards = Laggards(cfg, self._intake)
             state = ServerState(
                 cfg,
                 self.access,
@@ -135,8 +128,8 @@ class Server:
                 self._intake,
                 subscribe=self.subscribe,
                 stats=self.stats,
-                report_dropped=self.report_dropped,
-                report_backlog=self.report_backlog,
+                report_dropped=laggards.report_dropped,
+                report_backlog=laggards.report_backlog,
                 pull_connections=self.pull_connections,
                 subscriber_connections=self.subscriber_connections,
             )
@@ -256,8 +249,8 @@ class Server:
         await self._drain_subscribers()
         for sub in list(self.subscriber_connections):
             sub.close()
-        if self._lag_report is not None:
-            self._lag_report.cancel()
+        if self._laggards is not None:
+            self._laggards.close()
         await asyncio.to_thread(self._close_returners)
         await asyncio.to_thread(self._close_journal)
         remove_socket_file(self.config.pub_address)
@@ -336,56 +329,6 @@ class Server:
             return
         subscriber.release()
 
-    def report_dropped(self, subscriber: Subscriber, count: int) -> None:
-        """Count a Salt listener's dropped events; fire one lagged event a second."""
-        self._dropped_unreported[subscriber] = self._dropped_unreported.get(subscriber, 0) + count
-        if self._lag_report is None:
-            loop = asyncio.get_running_loop()
-            self._lag_report = loop.call_later(LAG_REPORT_INTERVAL, self._fire_lag_reports)
-
-    def report_backlog(self, subscriber: Subscriber, backlogged: bool) -> None:
-        """Slow the firing side while a Salt listener catches up."""
-        if backlogged:
-            self._backlogged.add(subscriber)
-            self.intake.pause("subscribers")
-            log.info("subscriber %s is behind; firing connections wait for it", subscriber.peer)
-            return
-        self._backlogged.discard(subscriber)
-        if not self._backlogged:
-            self.intake.resume("subscribers")
-
-    def _cut_loose_stuck(self, now: float) -> None:
-        timeout = self.config.subscriber_stall_timeout
-        for subscriber in list(self._backlogged):
-            stalled = now - subscriber.last_progress
-            if stalled > timeout:
-                subscriber.cut_loose(stalled)
-
-    def _fire_lag_reports(self) -> None:
-        self._lag_report = None
-        reports, self._dropped_unreported = self._dropped_unreported, {}
-        # The lagged events fired last time are events too: each may have pushed
-        # one more event out of every stuck listener's full queue. Drops no more
-        # than that are the reports' own echo; reporting them would fire one
-        # event a second for as long as a listener stays stuck, with no traffic.
-        echo = self._lag_events_last_fired
-        bodies = [
-            pack_body(
-                LAGGED_TAG,
-                {
-                    "peer": sub.peer,
-                    "dropped": count,
-                    "total_dropped": sub.dropped,
-                    "_stamp": utc_stamp(self.config.generation.stamp_has_offset),
-                },
-            )
-            for sub, count in reports.items()
-            if count > echo
-        ]
-        self._lag_events_last_fired = len(bodies)
-        if bodies:
-            self.intake.accept(bodies, [LAGGED_TAG] * len(bodies))
-
     @property
     def connection_count(self) -> int:
         return len(self.pull_connections) + len(self.subscriber_connections)
@@ -399,7 +342,8 @@ class Server:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            self._cut_loose_stuck(now)
+            if self._laggards is not None:
+                self._laggards.cut_loose_stuck(now)
             for pull in list(self.pull_connections):
                 if pull.stalled_since(now) > timeout:
                     log.warning(
