@@ -7,6 +7,7 @@ system temporary directory instead, removed after the test.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 from saltbus.config import Config
 from saltbus.server import EmbeddedPublisher
 from tests.serve_support import ServeProcess
+from tests.server_support import serve_bus
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +83,10 @@ def serves(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
             except Exception as exc:  # pragma: no cover - reported after the others
                 errors.append(exc)
         assert not errors, errors
+
+
+@pytest.fixture
+def serve(serves: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
+    """``serve(root, *args, env=...)``: a ready ``saltbus serve`` for the bus of
+    ``make_config(root)``, killed when the test ends."""
+    return functools.partial(serve_bus, serves)

@@ -6,7 +6,6 @@ listeners that write garbage, ask without reading, or go away.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import socket
 import time
@@ -31,18 +30,9 @@ from tests.server_support import (
     is_closed_by_peer,
     make_config,
     send,
-    serve_bus,
     sync_subscribers,
 )
 from tests.waiting import wait_until
-
-
-@pytest.fixture
-def serve(serves: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
-    """``serve(root, *args, env=...)``: a ready ``saltbus serve`` for the bus of
-    ``make_config(root)``, killed when the test ends."""
-    return functools.partial(serve_bus, serves)
-
 
 # -- bad input on the pull socket -----------------------------------------------------
 

@@ -10,7 +10,6 @@ here are raw sockets and :class:`FrameDecoder`, so the tests see the bytes.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import os
 import random
@@ -40,18 +39,9 @@ from tests.server_support import (
     is_closed_by_peer,
     make_config,
     send,
-    serve_bus,
     sync_subscribers,
 )
 from tests.waiting import wait_until, wait_until_async
-
-
-@pytest.fixture
-def serve(serves: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
-    """``serve(root, *args, env=...)``: a ready ``saltbus serve`` for the bus of
-    ``make_config(root)``, killed when the test ends."""
-    return functools.partial(serve_bus, serves)
-
 
 # -- delivery -------------------------------------------------------------------------
 

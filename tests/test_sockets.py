@@ -6,7 +6,6 @@ sockets replaced, something else at a socket's path left alone.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import signal
 import socket
@@ -26,17 +25,9 @@ from tests.server_support import (
     body,
     make_config,
     send,
-    serve_bus,
     sync_subscribers,
 )
 from tests.waiting import wait_until
-
-
-@pytest.fixture
-def serve(serves: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
-    """``serve(root, *args, env=...)``: a ready ``saltbus serve`` for the bus of
-    ``make_config(root)``, killed when the test ends."""
-    return functools.partial(serve_bus, serves)
 
 
 def test_sock_dir_created_0700_and_sockets_0600(new_sock_dir: Path) -> None:
