@@ -3,6 +3,7 @@ Prometheus's names and types and bounded labels."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from saltbus.client.admin import fetch_stats
 from saltbus.config import Config
 from saltbus.metrics.bus import BusCollector, commit_histogram, journal_bytes
 from saltbus.server import EmbeddedPublisher
+from saltbus.wire import encode_frame, pack_body
 
 
 def scrape(stats: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +45,17 @@ def test_the_statistics_of_a_real_publisher(bus_config: Config) -> None:
         for n in range(3):
             sender.fire("test/bus", {"n": n}, timeout=5, ack=True)
         assert all(listener.receive(timeout=5) for _ in range(3))
+        # One event over max_event_size and one frame that is not msgpack,
+        # each on a connection of its own (each is closed after it).
+        for data in (
+            encode_frame(pack_body("test/big", {"pad": "x" * (bus_config.max_event_size + 1)})),
+            b"\xc1 not a frame",
+        ):
+            with socket.socket(socket.AF_UNIX) as raw:
+                raw.connect(str(bus_config.pull_address))
+                raw.sendall(data)
+                raw.settimeout(5)
+                assert raw.recv(1) == b""  # closed by the publisher
         families = scrape(fetch_stats(bus_config))
     assert samples(families["saltbus_events_received"]) == {(): 3.0}
     assert families["saltbus_events_received"].type == "counter"
@@ -51,7 +64,11 @@ def test_the_statistics_of_a_real_publisher(bus_config: Config) -> None:
     assert families["saltbus_subscribers"].type == "gauge"
     assert samples(families["saltbus_journal_last_seq"]) == {(): 3.0}
     assert samples(families["saltbus_journal_up"]) == {(): 1.0}
-    assert samples(families["saltbus_events_refused"]) == {(("reason", "journal_unavailable"),): 0}
+    assert samples(families["saltbus_events_refused"]) == {
+        (("reason", "journal_unavailable"),): 0,
+        (("reason", "too_large"),): 1,
+        (("reason", "malformed"),): 1,
+    }
     assert samples(families["saltbus_journal_bytes"])[()] > 0
 
 

@@ -99,10 +99,12 @@ def _bus(stats: Mapping[str, Any]) -> Iterator[Metric]:
     )
     refused = CounterMetricFamily(
         "saltbus_events_refused",
-        "Acknowledged fires refused, by reason",
+        "Events refused, by reason: journal_unavailable (acked fires), too_large, malformed",
         labels=["reason"],
     )
-    refused.add_metric(["journal_unavailable"], stats.get("journal_refused", 0))
+    reasons = stats.get("refused") or {"journal_unavailable": stats.get("journal_refused", 0)}
+    for reason in ("journal_unavailable", "too_large", "malformed"):
+        refused.add_metric([reason], reasons.get(reason, 0))
     yield refused
     subscribers = stats.get("subscribers") or []
     yield _gauge("saltbus_subscribers", "Subscribers connected now", len(subscribers))

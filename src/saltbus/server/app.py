@@ -70,6 +70,7 @@ class Server:
         self._exit: asyncio.Event | None = None
         self._replays: set[asyncio.Task[None]] = set()
         self._laggards: Laggards | None = None
+        self._state: ServerState | None = None
         self._started = time.monotonic()
         self.pub_address: Address = config.pub_address
         self.pull_address: Address = config.pull_address
@@ -121,7 +122,7 @@ class Server:
                 epoch=self.epoch,
             )
             self._laggards = laggards = Laggards(cfg, self._intake)
-            state = ServerState(
+            self._state = state = ServerState(
                 cfg,
                 self.access,
                 self.fanout,
@@ -378,6 +379,12 @@ class Server:
             "journal_failures": self.intake.commit_failures,
             "journal_error": _failure_stats(self.intake),
             "journal_refused": self.intake.refused,
+            # Events refused, by reason (acked fires the journal could not take,
+            # and frames refused on the pull socket).
+            "refused": {
+                "journal_unavailable": self.intake.refused,
+                **(self._state.refused if self._state is not None else {}),
+            },
             "journal_holds": self.retention_holds.positions(),
             "pull_connections": len(self.pull_connections),
             "returners": self.returners.stats() if self.returners is not None else [],

@@ -36,6 +36,10 @@ log = logging.getLogger("saltbus.server")
 AUTH_TIMEOUT = 5.0
 
 
+class _TooLargeError(RemoteProtocolError):
+    """An event over max_event_size: refused, as any bad frame, but counted apart."""
+
+
 class Admission:
     """The checks every new connection passes before it is used: peer
     credentials and the connection limit at once, the secret over TCP."""
@@ -134,7 +138,7 @@ class PullConnection(asyncio.Protocol):
                 tag, size = tag_and_data_size(frame.body)
                 if size > limit:
                     # The same bound saltbus's own senders apply before sending.
-                    raise RemoteProtocolError(
+                    raise _TooLargeError(
                         f"event data of {size} bytes is over max_event_size ({limit})"
                     )
                 tags.append(tag)
@@ -142,6 +146,8 @@ class PullConnection(asyncio.Protocol):
                 if frame.head and (request_id := ack_request_id(frame)) is not None:
                     acks.append((len(bodies) - 1, request_id))
         except RemoteProtocolError as exc:
+            reason = "too_large" if isinstance(exc, _TooLargeError) else "malformed"
+            self._state.refused[reason] += 1
             log.warning("closing pull connection from %s: %s", self.peer, exc)
             self.close()
         finally:

@@ -8,6 +8,7 @@ the server module does not import them back.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +53,9 @@ class ServerState:
     report_backlog: Callable[[Subscriber, bool], None]
     pull_connections: set[PullPeer] = field(default_factory=set)
     subscriber_connections: set[SubscriberPeer] = field(default_factory=set)
+    # Events refused on the pull socket before the intake, by reason
+    # ("too_large", "malformed"): each closes the connection that sent it.
+    refused: Counter[str] = field(default_factory=Counter)
 
     @property
     def connection_count(self) -> int:
