@@ -106,6 +106,7 @@ class Intake:
         # journal_on_error: deliver: the seqs delivered unjournaled so far.
         self._gap: tuple[int, int] | None = None
         self.next_seq = journal.last_seq + 1
+        self._last_delivered = journal.last_seq
         self.in_flight = 0
         self.in_flight_bytes = 0
         self.received = 0
@@ -136,8 +137,11 @@ class Intake:
 
     @property
     def last_seq(self) -> int:
-        """The last seq given (what a new subscriber is told it starts after)."""
-        return self.next_seq - 1
+        """The last seq delivered: what a new subscriber is told it starts
+        after, and where a replay ends (what is numbered but not yet delivered
+        reaches a new subscriber live; and while the journal fails, numbers
+        given to held events are given again)."""
+        return self._last_delivered
 
     def accept(
         self,
@@ -248,6 +252,8 @@ class Intake:
         self._settle(batch)
         records = batch.records
         self.fanout.deliver(records)
+        if records:
+            self._last_delivered = records[-1].seq
         if self.on_commit is not None and records:
             self.on_commit(records[-1].seq)
         for source, pairs in batch.acks:
@@ -308,6 +314,7 @@ class Intake:
         first = self._gap[0] if self._gap is not None else records[0].seq
         self._gap = (first, records[-1].seq)
         self.fanout.deliver(records)
+        self._last_delivered = records[-1].seq
         for source, pairs in batch.acks:
             self._refuse(source, [rid for _, rid in pairs], self._failure_reason())
 
