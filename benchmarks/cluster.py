@@ -41,6 +41,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType
+
 from saltbus import Config, Listener, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.errors import SaltbusError
@@ -127,9 +130,6 @@ def _payload(i: int) -> bytes:
 
 
 async def _reference_read(url: str, stream: str, count: int) -> dict[str, Any]:
-    import nats
-    from nats.js.api import AckPolicy, ConsumerConfig, StorageType
-
     nc = await nats.connect(url)
     try:
         js = nc.jetstream(timeout=10)
@@ -153,8 +153,6 @@ async def _reference_read(url: str, stream: str, count: int) -> dict[str, Any]:
 
 
 async def _reference_publish(url: str, stream: str, count: int) -> dict[str, Any]:
-    import nats
-
     nc = await nats.connect(url)
     try:
         js = nc.jetstream(timeout=10)
@@ -291,7 +289,8 @@ def measure(short: bool) -> dict[str, Any]:
         "latency_ms_p99": _percentile(latencies, 0.99),
         "latency_ms_max": max(latencies),
         "exactly_once": True,  # each round raised otherwise
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
         "load": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
