@@ -102,6 +102,15 @@ def describe(stats: dict[str, Any]) -> list[str]:
         f"consumer pending {consumer.get('pending', '?')} "
         f"(unacknowledged {consumer.get('ack_pending', '?')})",
     ]
+    stream = stats.get("stream_state") or {}
+    if stream:
+        age = stream.get("max_age") or 0
+        lines.append(
+            f"  stream {stream.get('messages')} messages, {stream.get('bytes')} bytes "
+            f"(seqs {stream.get('first_seq')}-{stream.get('last_seq')}); keeps "
+            f"{f'{age:g} s' if age else 'forever'} and "
+            f"{stream.get('max_bytes') if stream.get('max_bytes', -1) > 0 else 'any size'}"
+        )
     if stats.get("last_error"):
         lines.append(f"  last error: {stats['last_error']}")
     return lines

@@ -51,7 +51,9 @@ from saltbus.wire import check_event_size, pack_body, unpack_body
 
 log = logging.getLogger("saltbus.cluster")
 
-FETCH_BATCH: Final = 256
+# One fetch is one request to NATS and one journal check of what it fired
+# (see _deliver): a large batch spreads both (link.MAX_ACK_PENDING bounds it).
+FETCH_BATCH: Final = 1000
 FETCH_WAIT: Final = 1.0
 FIRE_TIMEOUT: Final = 10.0
 # The state is saved at most this often (and at stop): the journal has what
