@@ -185,3 +185,17 @@ def test_retention_and_import_start_are_read_and_checked(tmp_path: Path):
     ):
         with pytest.raises(ConfigError, match=message):
             settings(text)
+
+
+def test_stats_lines_show_the_streams_size_and_limits():
+    base = {"node": "a", "state": "linked", "export": {}, "import": {}}
+    limited = {"messages": 12, "bytes": 6000, "first_seq": 3, "last_seq": 14}
+    lines = cli_cluster.describe(
+        {**base, "stream_state": {**limited, "max_age": 7200.0, "max_bytes": 1000000}}
+    )
+    assert lines[3] == "  stream 12 messages, 6000 bytes (seqs 3-14); keeps 7200 s and 1000000 bytes"
+    unlimited = cli_cluster.describe(
+        {**base, "stream_state": {**limited, "max_age": 0, "max_bytes": -1}}
+    )
+    assert unlimited[3].endswith("keeps forever and any size")
+    assert len(cli_cluster.describe({**base, "stream_state": {}})) == 3

@@ -18,7 +18,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "federation over NATS JetStream",
         "flags win over the config file's cluster: section (servers, node_name, export, "
-        "import, stream, replicas, credentials, tls, ...)",
+        "import, stream, replicas, max_age, max_bytes, import_start, credentials, tls, ...)",
     )
     group.add_argument(
         "--cluster",
@@ -104,12 +104,11 @@ def describe(stats: dict[str, Any]) -> list[str]:
     ]
     stream = stats.get("stream_state") or {}
     if stream:
-        age = stream.get("max_age") or 0
+        age, size = stream.get("max_age") or 0, stream.get("max_bytes") or -1
         lines.append(
             f"  stream {stream.get('messages')} messages, {stream.get('bytes')} bytes "
             f"(seqs {stream.get('first_seq')}-{stream.get('last_seq')}); keeps "
-            f"{f'{age:g} s' if age else 'forever'} and "
-            f"{stream.get('max_bytes') if stream.get('max_bytes', -1) > 0 else 'any size'}"
+            f"{f'{age:g} s' if age else 'forever'} and {f'{size} bytes' if size > 0 else 'any size'}"
         )
     if stats.get("last_error"):
         lines.append(f"  last error: {stats['last_error']}")
