@@ -193,7 +193,8 @@ def test_stats_lines_show_the_streams_size_and_limits():
     lines = cli_cluster.describe(
         {**base, "stream_state": {**limited, "max_age": 7200.0, "max_bytes": 1000000}}
     )
-    assert lines[3] == "  stream 12 messages, 6000 bytes (seqs 3-14); keeps 7200 s and 1000000 bytes"
+    expected = "  stream 12 messages, 6000 bytes (seqs 3-14); keeps 7200 s and 1000000 bytes"
+    assert lines[3] == expected
     unlimited = cli_cluster.describe(
         {**base, "stream_state": {**limited, "max_age": 0, "max_bytes": -1}}
     )

@@ -105,10 +105,12 @@ def describe(stats: dict[str, Any]) -> list[str]:
     stream = stats.get("stream_state") or {}
     if stream:
         age, size = stream.get("max_age") or 0, stream.get("max_bytes") or -1
+        kept_for = f"{age:g} s" if age else "forever"
+        kept_size = f"{size} bytes" if size > 0 else "any size"
         lines.append(
             f"  stream {stream.get('messages')} messages, {stream.get('bytes')} bytes "
-            f"(seqs {stream.get('first_seq')}-{stream.get('last_seq')}); keeps "
-            f"{f'{age:g} s' if age else 'forever'} and {f'{size} bytes' if size > 0 else 'any size'}"
+            f"(seqs {stream.get('first_seq')}-{stream.get('last_seq')}); "
+            f"keeps {kept_for} and {kept_size}"
         )
     if stats.get("last_error"):
         lines.append(f"  last error: {stats['last_error']}")
