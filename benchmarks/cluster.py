@@ -166,7 +166,8 @@ async def _reference_publish(url: str, stream: str, count: int) -> dict[str, Any
         await nc.close()
 
 
-def _reference(root: Path, url: str, count: int, round_: int) -> dict[str, Any]:
+def _reference(url: str, count: int, round_: int) -> dict[str, Any]:
+    """One round of (a): a reader process on a new stream, then a publisher process."""
     stream = f"REF{round_}"
     this = [sys.executable, "-m", "benchmarks.cluster"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -174,14 +175,19 @@ def _reference(root: Path, url: str, count: int, round_: int) -> dict[str, Any]:
         [*this, "--reference", "read", url, stream, str(count)],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    assert reader.stdout is not None
-    if reader.stdout.readline().strip() != "ready":
-        raise SystemExit("benchmark: the reference reader did not start")
-    publisher = subprocess.run(
-        [*this, "--reference", "publish", url, stream, str(count)],
-        capture_output=True, text=True, env=env, timeout=WAIT * 5, check=True,
-    )  # fmt: skip
-    out, _ = reader.communicate(timeout=WAIT * 5)
+    try:
+        assert reader.stdout is not None
+        if reader.stdout.readline().strip() != "ready":
+            raise SystemExit("benchmark: the reference reader did not start")
+        publisher = subprocess.run(
+            [*this, "--reference", "publish", url, stream, str(count)],
+            capture_output=True, text=True, env=env, timeout=WAIT * 5, check=True,
+        )  # fmt: skip
+        out, _ = reader.communicate(timeout=WAIT * 5)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(WAIT)
     result = {**json.loads(publisher.stdout), **json.loads(out)}
     if result["received"] != count or result["unique"] != count:
         raise SystemExit(f"benchmark: the reference delivered {result} of {count}")
@@ -267,7 +273,7 @@ def measure(short: bool) -> dict[str, Any]:
         with _nats(root) as url, _node(root, "a", url) as a, _node(root, "b", url) as b:
             _saltbus(a, b, 200)  # warm up: consumer, stream, connections
             for round_ in range(rounds):
-                reference.append(_reference(root, url, count, round_))
+                reference.append(_reference(url, count, round_))
                 saltbus.append(_rates(_saltbus(a, b, count), count))
             latencies = _saltbus(a, b, samples, LATENCY_RATE)["latencies_ms"]
     ratios = [
