@@ -1,25 +1,34 @@
-"""Cross-host events through NATS: events/s and latency from one bus to another.
+"""Cross-host events through NATS: saltbus against nats-py alone, same NATS server.
 
     python -m benchmarks.cluster [--short] [--json]
 
 Starts a nats-server with JetStream and two `saltbus serve --cluster` nodes
-(``a`` and ``b``, separate processes, as on two hosts) in a temporary
-directory on loopback, then:
+(``a`` and ``b``, separate processes, as on two hosts, journal at its
+default) in a temporary directory on loopback; then, in rounds, alternately:
 
-- throughput: fires N events on ``a`` as fast as one client can and counts
-  how long until a listener on ``b`` has them all (events/s end to end);
-- latency: fires events on ``a`` at a steady rate well under that, and
-  measures fire-to-receive on ``b`` (p50, p99, max).
+- (a) the reference, nats-py alone with its ordinary API: one process awaits
+  ``js.publish`` in windows of 1,000 concurrent publishes into a stream of
+  the same storage (file), another reads a durable pull consumer
+  (``AckPolicy.ALL``, ``fetch(1000)``, acking the last of each batch);
+- (b) saltbus: a Sender fires on bus ``a`` as fast as it can, a Listener on
+  bus ``b`` receives (bus -> journal -> NATS -> journal -> bus).
 
-Everything it starts is stopped at the end, also on Ctrl-C.
+Each event is ~500 bytes with a unique id; each round checks that every
+event arrived exactly once. Events/s is counted from the first publish/fire
+to the last delivery; "after last" is the last delivery's delay after the
+last publish/fire (how late a burst lands). Then the latency end to end at
+a steady 1,000 events/s (p50, p99, max). Everything it starts is stopped at
+the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
+import platform
 import shutil
 import signal
 import statistics
@@ -32,13 +41,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType
+
 from saltbus import Config, Listener, Sender
 from saltbus.client.admin import fetch_stats
 from saltbus.errors import SaltbusError
+from saltbus.wire import pack_body
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
 SALTBUS = Path(sys.executable).with_name("saltbus")
 WAIT = 60.0
+PAD = "x" * 440  # with the id, stamp and tag: an event of ~500 bytes
+WINDOW = 1000  # the reference's concurrent publishes, and its fetch batch
+SETTLE = 0.5  # after the last expected event, how long to look for a duplicate
+LATENCY_RATE = 1000.0
 
 
 def _wait(predicate: Any, what: str, timeout: float = WAIT) -> None:
@@ -105,39 +122,136 @@ def _node(root: Path, name: str, url: str) -> Iterator[Config]:
         yield config
 
 
+# -- (a) the reference: nats-py alone -------------------------------------------
+
+
+def _payload(i: int) -> bytes:
+    return pack_body("bench/event", {"i": i, "pad": PAD, "_stamp": "2026-01-01T00:00:00.000000"})
+
+
+async def _reference_read(url: str, stream: str, count: int) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=10)
+        await js.add_stream(name=stream, subjects=[f"{stream}.>"], storage=StorageType.FILE)
+        config = ConsumerConfig(durable_name="reader", ack_policy=AckPolicy.ALL)
+        subscription = await js.pull_subscribe(f"{stream}.>", "reader", config=config)
+        print("ready", flush=True)
+        seen: set[int] = set()
+        received, last = 0, 0
+        deadline = time.monotonic() + WAIT * 5
+        while received < count and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                messages = await subscription.fetch(WINDOW, timeout=1.0)
+                last = time.time_ns()
+                received += len(messages)
+                seen.update(int.from_bytes(m.data[-4:], "big") for m in messages)
+                await messages[-1].ack()
+        return {"received": received, "unique": len(seen), "last_delivery": last}
+    finally:
+        await nc.close()
+
+
+async def _reference_publish(url: str, stream: str, count: int) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=10)
+        bodies = [_payload(i) + i.to_bytes(4, "big") for i in range(count)]
+        first = time.time_ns()
+        for start in range(0, count, WINDOW):
+            window = bodies[start : start + WINDOW]
+            await asyncio.gather(*(js.publish(f"{stream}.event", body) for body in window))
+        return {"first_fire": first, "last_fire": time.time_ns()}
+    finally:
+        await nc.close()
+
+
+def _reference(url: str, count: int, round_: int) -> dict[str, Any]:
+    """One round of (a): a reader process on a new stream, then a publisher process."""
+    stream = f"REF{round_}"
+    this = [sys.executable, "-m", "benchmarks.cluster"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    reader = subprocess.Popen(
+        [*this, "--reference", "read", url, stream, str(count)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert reader.stdout is not None
+        if reader.stdout.readline().strip() != "ready":
+            raise SystemExit("benchmark: the reference reader did not start")
+        publisher = subprocess.run(
+            [*this, "--reference", "publish", url, stream, str(count)],
+            capture_output=True, text=True, env=env, timeout=WAIT * 5, check=True,
+        )  # fmt: skip
+        out, _ = reader.communicate(timeout=WAIT * 5)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(WAIT)
+    result = {**json.loads(publisher.stdout), **json.loads(out)}
+    if result["received"] != count or result["unique"] != count:
+        raise SystemExit(f"benchmark: the reference delivered {result} of {count}")
+    return _rates(result, count)
+
+
+# -- (b) saltbus, bus to bus ---------------------------------------------------------
+
+
 def _receive(
-    config: Config, count: int, out: list[tuple[int, int]], ready: threading.Event
+    config: Config, count: int, out: list[tuple[int, int, int]], ready: threading.Event
 ) -> None:
-    """Collect (receive ns, fire ns) of ``count`` events on ``config``'s bus."""
+    """Collect (receive ns, fire ns, id) of ``count`` events on ``config``'s bus, and any
+    that arrive within SETTLE after them (duplicates)."""
     with Listener(config, "bench/") as listener:
         listener.connect(10.0)
         ready.set()
         deadline = time.monotonic() + WAIT * 5
-        while len(out) < count and time.monotonic() < deadline:
-            event = listener.receive(timeout=1.0)
+        settled: float | None = None
+        while time.monotonic() < (settled or deadline):
+            event = listener.receive(timeout=0.2)
             if event is not None:
-                out.append((time.time_ns(), int(event.data["t"])))
+                out.append((time.time_ns(), int(event.data["t"]), int(event.data["i"])))
+            if settled is None and len(out) >= count:
+                settled = time.monotonic() + SETTLE
 
 
-def _run(a: Config, b: Config, count: int, rate: float | None) -> list[tuple[int, int]]:
-    received: list[tuple[int, int]] = []
+def _saltbus(a: Config, b: Config, count: int, rate: float | None = None) -> dict[str, Any]:
+    received: list[tuple[int, int, int]] = []
     ready = threading.Event()
     thread = threading.Thread(target=_receive, args=(b, count, received, ready), daemon=True)
     thread.start()
     ready.wait(WAIT)
     interval = 1.0 / rate if rate else 0.0
-    start = time.monotonic()
     with Sender(a) as sender:
+        first = time.time_ns()
+        start = time.monotonic()
         for i in range(count):
             if interval:
                 delay = start + i * interval - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            sender.fire("bench/event", {"i": i, "t": time.time_ns()}, timeout=10.0)
+            sender.fire("bench/event", {"i": i, "t": time.time_ns(), "pad": PAD}, timeout=10.0)
+        last = time.time_ns()
     thread.join(WAIT * 5)
-    if len(received) < count:
-        raise SystemExit(f"benchmark: only {len(received)} of {count} events arrived")
-    return received
+    ids = [i for _, _, i in received]
+    if len(ids) != count or len(set(ids)) != count:
+        raise SystemExit(
+            f"benchmark: {len(ids)} events ({len(set(ids))} distinct) arrived of {count}"
+        )
+    result = {
+        "first_fire": first,
+        "last_fire": last,
+        "last_delivery": max(r for r, _, _ in received),
+    }
+    result["latencies_ms"] = [(r - t) / 1e6 for r, t, _ in received]
+    return result
+
+
+def _rates(result: dict[str, Any], count: int) -> dict[str, Any]:
+    return {
+        "events_per_second": count / ((result["last_delivery"] - result["first_fire"]) / 1e9),
+        "after_last_s": (result["last_delivery"] - result["last_fire"]) / 1e9,
+    }
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -145,43 +259,93 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def measure(short: bool) -> dict[str, Any]:
-    count, samples, rate = (2_000, 300, 100.0) if short else (20_000, 3_000, 200.0)
+    count, rounds, samples = (2_000, 2, 500) if short else (20_000, 5, 5_000)
+    load_before = os.getloadavg()
+    reference: list[dict[str, Any]] = []
+    saltbus: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sbcl-") as tmp:
         root = Path(tmp)
         with _nats(root) as url, _node(root, "a", url) as a, _node(root, "b", url) as b:
-            _run(a, b, 200, None)  # warm up: consumer, stream, connections
-            started = time.time_ns()
-            flood = _run(a, b, count, None)
-            seconds = (max(r for r, _ in flood) - started) / 1e9
-            steady = _run(a, b, samples, rate)
-            latencies = [(r - t) / 1e6 for r, t in steady]
+            _saltbus(a, b, 200)  # warm up: consumer, stream, connections
+            for round_ in range(rounds):
+                reference.append(_reference(url, count, round_))
+                saltbus.append(_rates(_saltbus(a, b, count), count))
+            latencies = _saltbus(a, b, samples, LATENCY_RATE)["latencies_ms"]
+    ratios = [
+        s["events_per_second"] / r["events_per_second"]
+        for s, r in zip(saltbus, reference, strict=True)
+    ]
     return {
         "events": count,
-        "events_per_second": round(count / seconds, 1),
+        "rounds": rounds,
+        "event_bytes": len(_payload(0)),
+        "reference_events_per_second": _spread([r["events_per_second"] for r in reference]),
+        "saltbus_events_per_second": _spread([s["events_per_second"] for s in saltbus]),
+        "ratio": _spread(ratios),
+        "reference_after_last_s": _spread([r["after_last_s"] for r in reference]),
+        "saltbus_after_last_s": _spread([s["after_last_s"] for s in saltbus]),
+        "latency_rate_per_second": LATENCY_RATE,
         "latency_samples": samples,
-        "latency_rate_per_second": rate,
-        "latency_ms_p50": round(statistics.median(latencies), 2),
-        "latency_ms_p99": round(_percentile(latencies, 0.99), 2),
-        "latency_ms_max": round(max(latencies), 2),
+        "latency_ms_p50": statistics.median(latencies),
+        "latency_ms_p99": _percentile(latencies, 0.99),
+        "latency_ms_max": max(latencies),
+        "exactly_once": True,  # each round raised otherwise
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "load": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def table(results: dict[str, Any]) -> str:
+    def row(name: str, key: str, unit: str, digits: int) -> str:
+        s = results[key]
+        return (
+            f"{name:<38} {s['median']:>10.{digits}f} {s['min']:>10.{digits}f} "
+            f"{s['max']:>10.{digits}f}  {unit}"
+        )
+
+    return "\n".join(
+        [
+            f"cluster: {results['rounds']} rounds of {results['events']} events of "
+            f"{results['event_bytes']} bytes, one NATS server; {results['date']}; "
+            f"{results['machine']}; load {results['load'][0]} -> {results['load'][1]}",
+            f"{'':<38} {'median':>10} {'min':>10} {'max':>10}",
+            row("(a) nats-py alone", "reference_events_per_second", "events/s", 0),
+            row("(b) saltbus bus -> NATS -> bus", "saltbus_events_per_second", "events/s", 0),
+            row("ratio (b)/(a)", "ratio", "", 2),
+            row("(a) last delivery after last publish", "reference_after_last_s", "s", 3),
+            row("(b) last delivery after last fire", "saltbus_after_last_s", "s", 3),
+            f"(b) latency at {results['latency_rate_per_second']:g}/s "
+            f"({results['latency_samples']} events): p50 {results['latency_ms_p50']:.2f} ms, "
+            f"p99 {results['latency_ms_p99']:.2f} ms, max {results['latency_ms_max']:.2f} ms",
+            "every event delivered exactly once in every round",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
-    parser.add_argument("--short", action="store_true", help="a quick run (2,000 events)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--short", action="store_true", help="a quick run (2 rounds of 2,000)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--reference", nargs=4, metavar=("ROLE", "URL", "STREAM", "COUNT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
+    if args.reference:
+        role, url, stream, count = args.reference
+        run = _reference_read if role == "read" else _reference_publish
+        print(json.dumps(asyncio.run(run(url, stream, int(count)))), flush=True)
+        return 0
     results = measure(args.short)
+    print(table(results))
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        print(
-            f"cluster: {results['events']} events a -> NATS -> b at "
-            f"{results['events_per_second']} events/s; latency at "
-            f"{results['latency_rate_per_second']:g}/s: p50 {results['latency_ms_p50']} ms, "
-            f"p99 {results['latency_ms_p99']} ms, max {results['latency_ms_max']} ms"
-        )
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,53 @@ def test_stats_lines():
     assert "exported 5, lag 0 (position 9)" in lines[1]
     assert "imported 3" in lines[2] and "consumer pending 2" in lines[2]
     assert lines[3] == "  last error: export: no responders"
+
+
+def test_retention_and_import_start_are_read_and_checked(tmp_path: Path):
+    def settings(text: str) -> ClusterSettings:
+        return ClusterSettings.from_config(
+            load(tmp_path, f"cluster:\n  servers: nats://n:1\n{text}")
+        )
+
+    defaults = settings("")
+    assert (defaults.max_age, defaults.max_bytes) == (7 * 86400.0, 1024**3)
+    assert str(defaults.import_start) == "new" and defaults.import_start.start_time() is None
+    chosen = settings("  max_age: 12h\n  max_bytes: 5000000\n  import_start: all\n")
+    assert (chosen.max_age, chosen.max_bytes) == (43200.0, 5_000_000)
+    assert chosen.import_start.mode == "all"
+    assert settings("  max_age: 90\n  max_bytes: -1\n").max_age == 90.0
+    assert settings("  max_bytes: -1\n").max_bytes == -1
+
+    absolute = settings("  import_start: since 2026-05-01T12:00:00+02:00\n").import_start
+    assert absolute.start_time() == datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+    naive = settings("  import_start: since 2026-05-01T12:00:00\n").import_start
+    assert naive.start_time() == datetime(2026, 5, 1, 12, 0, tzinfo=UTC)  # UTC assumed
+    relative = settings("  import_start: since 2h\n").import_start
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert relative.start_time(now) == datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+
+    for text, message in (
+        ("  max_age: soon\n", "max_age must be seconds or a duration"),
+        ("  max_age: 0\n", "max_age must be between"),
+        ("  max_bytes: 0\n", "max_bytes must be a number of bytes"),
+        ("  max_bytes: 1GB\n", "max_bytes must be a number of bytes"),
+        ("  import_start: everything\n", "import_start must be new, all or 'since TIME'"),
+        ("  import_start: since yesterday\n", "not an ISO 8601 time"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            settings(text)
+
+
+def test_stats_lines_show_the_streams_size_and_limits():
+    base = {"node": "a", "state": "linked", "export": {}, "import": {}}
+    limited = {"messages": 12, "bytes": 6000, "first_seq": 3, "last_seq": 14}
+    lines = cli_cluster.describe(
+        {**base, "stream_state": {**limited, "max_age": 7200.0, "max_bytes": 1000000}}
+    )
+    expected = "  stream 12 messages, 6000 bytes (seqs 3-14); keeps 7200 s and 1000000 bytes"
+    assert lines[3] == expected
+    unlimited = cli_cluster.describe(
+        {**base, "stream_state": {**limited, "max_age": 0, "max_bytes": -1}}
+    )
+    assert unlimited[3].endswith("keeps forever and any size")
+    assert len(cli_cluster.describe({**base, "stream_state": {}})) == 3

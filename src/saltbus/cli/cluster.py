@@ -18,7 +18,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "federation over NATS JetStream",
         "flags win over the config file's cluster: section (servers, node_name, export, "
-        "import, stream, replicas, credentials, tls, ...)",
+        "import, stream, replicas, max_age, max_bytes, import_start, credentials, tls, ...)",
     )
     group.add_argument(
         "--cluster",
@@ -102,6 +102,16 @@ def describe(stats: dict[str, Any]) -> list[str]:
         f"consumer pending {consumer.get('pending', '?')} "
         f"(unacknowledged {consumer.get('ack_pending', '?')})",
     ]
+    stream = stats.get("stream_state") or {}
+    if stream:
+        age, size = stream.get("max_age") or 0, stream.get("max_bytes") or -1
+        kept_for = f"{age:g} s" if age else "forever"
+        kept_size = f"{size} bytes" if size > 0 else "any size"
+        lines.append(
+            f"  stream {stream.get('messages')} messages, {stream.get('bytes')} bytes "
+            f"(seqs {stream.get('first_seq')}-{stream.get('last_seq')}); "
+            f"keeps {kept_for} and {kept_size}"
+        )
     if stats.get("last_error"):
         lines.append(f"  last error: {stats['last_error']}")
     return lines

@@ -57,6 +57,7 @@ class Bridge:
         self.importer = Importer(config, self.settings, self.link, self.journal)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: dict[str, Any] = {}
+        self._stream: dict[str, Any] = {}
         self._local_last_seq: int | None = None
         self._started = time.monotonic()
 
@@ -145,6 +146,10 @@ class Bridge:
                     }
                 except (nats.errors.Error, TimeoutError, OSError):
                     self._consumer = {}
+                try:
+                    self._stream = await self.link.stream_state()
+                except (nats.errors.Error, TimeoutError, OSError):
+                    self._stream = {}
             await asyncio.sleep(STATS_INTERVAL)
 
     def stats(self) -> dict[str, Any]:
@@ -159,6 +164,7 @@ class Bridge:
             "servers": list(self.settings.servers),
             "connected": self.link.server,
             "state": "linked" if self.ready else "connecting",
+            "stream_state": dict(self._stream),
             "export": {
                 "patterns": _patterns(self.settings.export),
                 "exported": exporter.exported,
@@ -180,6 +186,7 @@ class Bridge:
                 "rejected": importer.rejected,
                 "failures": importer.failures,
                 "rewinds": importer.rewinds,
+                "start": str(self.settings.import_start),
                 "consumer": dict(self._consumer),
             },
             "last_error": errors[-1] if errors else None,

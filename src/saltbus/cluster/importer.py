@@ -51,12 +51,17 @@ from saltbus.wire import check_event_size, pack_body, unpack_body
 
 log = logging.getLogger("saltbus.cluster")
 
-FETCH_BATCH: Final = 256
+# One fetch is one request to NATS and one journal check of what it fired
+# (see _deliver): a large batch spreads both (link.MAX_ACK_PENDING bounds it).
+FETCH_BATCH: Final = 1000
 FETCH_WAIT: Final = 1.0
 FIRE_TIMEOUT: Final = 10.0
 # The state is saved at most this often (and at stop): the journal has what
 # a crash keeps the file from recording, so saving late only lengthens the scan.
 SAVE_INTERVAL: Final = 0.5
+# What the origin marker and a new _stamp can add to a received body, at most
+# (a node name is at most 64 characters; numbers and stamp are short).
+MARKER_ROOM: Final = 512
 
 
 class _MissedDeliveryError(SaltbusError):
@@ -194,35 +199,46 @@ class Importer:
         for message in messages:
             try:
                 envelope = Envelope.from_headers(message.headers)
+            except RemoteProtocolError as exc:
+                log.warning("skipping a message on %s: %s", message.subject, exc)
+                self.rejected += 1
+                continue
+            # Own events and duplicates first: neither needs its body decoded
+            # (a node reads its own exports back, as many as it imports).
+            if envelope.node == self.node:
+                self.own += 1
+                continue
+            origin = (envelope.node, envelope.epoch)
+            delivered = planned.get(origin, self.state.delivered(origin))
+            if delivered is not None and envelope.seq <= delivered:
+                self.duplicates += 1
+                continue
+            try:
                 tag, data = unpack_body(message.data)
             except RemoteProtocolError as exc:
                 log.warning("skipping a message on %s: %s", message.subject, exc)
                 self.rejected += 1
                 continue
-            origin = (envelope.node, envelope.epoch)
-            delivered = planned.get(origin, self.state.delivered(origin))
-            if envelope.node == self.node:
-                self.own += 1
-            elif delivered is not None and envelope.seq <= delivered:
-                self.duplicates += 1
-            elif self._matchers and not any(match(tag) for match in self._matchers):
+            if self._matchers and not any(match(tag) for match in self._matchers):
                 self.filtered += 1
                 skipped.append((origin, envelope.seq))
+                continue
+            data[ORIGIN_KEY] = origin_marker(
+                envelope.node, envelope.epoch, envelope.seq, data.pop("_stamp", None)
+            )
+            planned[origin] = envelope.seq
+            if self._fits(tag, data, len(message.data)):
+                batch.append(_Import(origin, envelope.seq, tag, data))
             else:
-                data[ORIGIN_KEY] = origin_marker(
-                    envelope.node, envelope.epoch, envelope.seq, data.pop("_stamp", None)
-                )
-                planned[origin] = envelope.seq
-                if self._fits(tag, data):
-                    batch.append(_Import(origin, envelope.seq, tag, data))
-                else:
-                    self.rejected += 1
-                    skipped.append((origin, envelope.seq))
+                self.rejected += 1
+                skipped.append((origin, envelope.seq))
         return batch, skipped
 
-    def _fits(self, tag: str, data: dict[str, Any]) -> bool:
+    def _fits(self, tag: str, data: dict[str, Any], received: int) -> bool:
         # Checked before firing: the fire adds only its _stamp, and a batch
         # must end with a fire that is sent (its acknowledgement covers the batch).
+        if received + MARKER_ROOM <= self.config.max_event_size:
+            return True  # well under: no need to encode it once more to know
         try:
             body = pack_body(tag, {**data, "_stamp": utc_stamp(True)})
             check_event_size(body, self.config.max_event_size)

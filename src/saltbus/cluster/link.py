@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 from typing import Any, Final
 
 import nats
@@ -144,11 +145,13 @@ class Link:
                     num_replicas=settings.replicas,
                     duplicate_window=settings.duplicate_window,
                     max_age=settings.max_age,
+                    max_bytes=settings.max_bytes,
                 )
             )
             log.info("created the JetStream stream %s", settings.stream)
         else:
             config = info.config
+            await self._apply_limits(config)
             if config.num_replicas not in (None, settings.replicas):
                 log.warning(
                     "stream %s has %s replicas, not the %d configured: it is left as it is",
@@ -157,6 +160,42 @@ class Link:
                     settings.replicas,
                 )
         self._stream_checked = True
+
+    async def _apply_limits(self, config: StreamConfig) -> None:
+        """Give an existing stream the configured retention (``max_age``,
+        ``max_bytes``) when it has other limits: the configuration wins."""
+        settings = self.settings
+        age = config.max_age or 0.0  # 0: no limit
+        if abs(age - settings.max_age) < 0.001 and (config.max_bytes or -1) == settings.max_bytes:
+            return
+        old = f"max_age {age:g} s, max_bytes {config.max_bytes or -1}"
+        config.max_age, config.max_bytes = settings.max_age, settings.max_bytes
+        try:
+            await self.js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            log.warning(
+                "stream %s keeps %s: NATS refused the change: %s", settings.stream, old, exc
+            )
+            return
+        log.info(
+            "stream %s now keeps max_age %g s, max_bytes %d (was %s)",
+            settings.stream,
+            settings.max_age,
+            settings.max_bytes,
+            old,
+        )
+
+    async def stream_state(self) -> dict[str, Any]:
+        """The stream's size and limits, for the statistics."""
+        info = await self.js.stream_info(self.settings.stream)
+        return {
+            "messages": info.state.messages,
+            "bytes": info.state.bytes,
+            "first_seq": info.state.first_seq,
+            "last_seq": info.state.last_seq,
+            "max_age": info.config.max_age or 0,
+            "max_bytes": info.config.max_bytes or -1,
+        }
 
     def stream_failed(self) -> None:
         """Check the stream again next time (it may have been deleted)."""
@@ -184,18 +223,16 @@ class Link:
             info = None
         next_delivery = 1
         if info is None:
-            last = (await self.js.stream_info(stream)).state.last_seq
-            await self._add_consumer(filter_subject, last + 1)
-            log.info("created the consumer %s (from stream seq %d)", name, last + 1)
+            await self._add_first_consumer(filter_subject)
         elif info.num_ack_pending:
             start = _rewind_point(info)
             await self.js.delete_consumer(stream, name)
             await self._add_consumer(filter_subject, start, info.config)
             log.info(
-                "consumer %s had %d unacknowledged; delivering again from stream seq %d",
+                "consumer %s had %d unacknowledged; delivering again from %s",
                 name,
                 info.num_ack_pending,
-                start,
+                "where it started" if start is None else f"stream seq {start}",
             )
         else:
             delivered = info.delivered.consumer_seq if info.delivered is not None else None
@@ -208,16 +245,46 @@ class Link:
         subscription = await self.js.pull_subscribe_bind(durable=name, stream=stream)
         return subscription, next_delivery
 
+    async def _add_first_consumer(self, filter_subject: str) -> None:
+        """The node's first consumer, starting as ``import_start`` says."""
+        name, start = self.settings.node_name, self.settings.import_start
+        if start.mode == "all":
+            await self._add_consumer(filter_subject, 1)
+            log.info("created the consumer %s (the stream's history: from its start)", name)
+        elif start.mode == "since":
+            moment = start.start_time()
+            await self._add_consumer(filter_subject, None, since=moment)
+            log.info("created the consumer %s (from %s)", name, moment)
+        else:
+            last = (await self.js.stream_info(self.settings.stream)).state.last_seq
+            await self._add_consumer(filter_subject, last + 1)
+            log.info("created the consumer %s (from stream seq %d)", name, last + 1)
+
     async def _add_consumer(
-        self, filter_subject: str, start: int, old: ConsumerConfig | None = None
+        self,
+        filter_subject: str,
+        start: int | None,
+        old: ConsumerConfig | None = None,
+        since: datetime | None = None,
     ) -> None:
+        """Make the consumer from stream seq ``start``; with None, from
+        ``since``, else from where ``old`` started (nothing acknowledged yet)."""
         name = self.settings.node_name
+        policy, start_seq, start_time = DeliverPolicy.BY_START_SEQUENCE, start, None
+        if start is None:
+            if since is None and old is not None:
+                since = old.opt_start_time
+            if since is not None:
+                policy, start_time = DeliverPolicy.BY_START_TIME, since
+            else:
+                start_seq = (old.opt_start_seq if old is not None else None) or 1
         config = ConsumerConfig(
             name=name,
             durable_name=name,
             description=f"saltbus node {name}",
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(start, 1),
+            deliver_policy=policy,
+            opt_start_seq=None if start_seq is None else max(start_seq, 1),
+            opt_start_time=start_time,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT if old is None else old.ack_wait,
             max_deliver=-1,
@@ -258,10 +325,10 @@ class Link:
         self._up.set()
 
 
-def _rewind_point(info: ConsumerInfo) -> int:
-    """The first stream seq not known to be acknowledged."""
+def _rewind_point(info: ConsumerInfo) -> int | None:
+    """The first stream seq not known to be acknowledged; None: nothing was
+    acknowledged yet, so from where the consumer started (a seq or a time)."""
     floor = info.ack_floor
     if floor is not None and floor.consumer_seq:
         return (floor.stream_seq or 0) + 1
-    # Nothing acknowledged yet: from where the consumer started.
-    return info.config.opt_start_seq or 1
+    return None

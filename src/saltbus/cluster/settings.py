@@ -7,6 +7,9 @@
       import: [app/]             # default all
       stream: SALTBUS            # the JetStream stream (created when missing)
       replicas: 3                # its replicas when it is created (1..5)
+      max_age: 7d                # the stream's retention by age (seconds, or 30m, 12h, 7d)
+      max_bytes: 1073741824      # and by size (-1: none); applied to an existing stream too
+      import_start: new          # a node's first start: new | all | since TIME (ISO or 2h)
       credentials: /etc/saltbus/nats.creds
       tls: {ca_file: ..., cert_file: ..., key_file: ..., hostname: ...}
       user: ..., password: ..., token: ..., nkeys_seed: ...
@@ -23,6 +26,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,6 +57,48 @@ _RESERVED_OPTIONS: Final = frozenset(
     )
 )
 _PASSED_THROUGH: Final = ("user", "password", "token", "nkeys_seed")
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS: Final = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+DEFAULT_MAX_AGE: Final = 7 * 24 * 3600.0
+# As the local journal's default: the stream keeps what a node away for a
+# while needs, and never fills the NATS servers' disks.
+DEFAULT_MAX_BYTES: Final = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class ImportStart:
+    """Where a node's consumer starts when it is first made: ``new`` (events
+    exported from then on), ``all`` (the stream's history) or ``since`` a time,
+    absolute or a ``timedelta`` before the consumer is made."""
+
+    mode: str = "new"
+    since: datetime | timedelta | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> ImportStart:
+        text = str(value).strip()
+        if text in ("new", "all"):
+            return cls(text)
+        word, _, rest = text.partition(" ")
+        if word == "since" and rest.strip():
+            return cls("since", _time_or_age(rest.strip()))
+        raise ValueError(
+            f"import_start must be new, all or 'since TIME' (ISO 8601, or an age "
+            f"such as 2h), not {text!r}"
+        )
+
+    def start_time(self, now: datetime | None = None) -> datetime | None:
+        """The time to deliver from (``since``), in UTC; None otherwise."""
+        if isinstance(self.since, timedelta):
+            return (now or datetime.now(UTC)) - self.since
+        return self.since
+
+    def __str__(self) -> str:
+        if self.since is None:
+            return self.mode
+        if isinstance(self.since, timedelta):
+            return f"since {self.since.total_seconds():g}s ago"
+        return f"since {self.since.isoformat()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +113,9 @@ class ClusterSettings:
     # Long enough to cover a resend after a short outage; a resend after a
     # longer one is dropped by the importers' per-origin sequence check.
     duplicate_window: float = 600.0
-    max_age: float = 7 * 24 * 3600.0
+    max_age: float = DEFAULT_MAX_AGE
+    max_bytes: int = DEFAULT_MAX_BYTES
+    import_start: ImportStart = field(default_factory=ImportStart)
     max_in_flight: int = 512
     ack_timeout: float = 5.0
     credentials: Path | None = None
@@ -111,7 +159,9 @@ class ClusterSettings:
             replicas=_number(section, "replicas", 1, int, 1, 5),
             subject_prefix=check_prefix(str(section.get("subject_prefix") or DEFAULT_PREFIX)),
             duplicate_window=_number(section, "duplicate_window", 600.0, float, 1.0),
-            max_age=_number(section, "max_age", 7 * 24 * 3600.0, float, 1.0),
+            max_age=_duration(section, "max_age", DEFAULT_MAX_AGE),
+            max_bytes=_max_bytes(section.get("max_bytes")),
+            import_start=ImportStart.parse(section.get("import_start") or "new"),
             max_in_flight=_number(section, "max_in_flight", 512, int, 1, 100_000),
             ack_timeout=_number(section, "ack_timeout", 5.0, float, 0.1),
             credentials=Path(section["credentials"]) if section.get("credentials") else None,
@@ -174,6 +224,41 @@ def _patterns(value: Any, name: str) -> tuple[TagPattern, ...]:
     for pattern in patterns:
         tag_matcher(pattern.pattern, pattern.match_type)  # a bad regex raises ConfigError here
     return patterns
+
+
+def _duration(section: Mapping[str, Any], name: str, default: float) -> float:
+    """Seconds, from a number or a text such as ``90s``, ``30m``, ``12h``, ``7d``."""
+    value = section.get(name)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        found = _DURATION.match(value)
+        if found is None:
+            raise ValueError(f"{name} must be seconds or a duration like 12h or 7d, not {value!r}")
+        value = float(found[1]) * _UNITS[found[2]]
+    return float(_number({name: value}, name, default, float, 1.0))
+
+
+def _max_bytes(value: Any) -> int:
+    if value is None:
+        return DEFAULT_MAX_BYTES
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value > 0):
+        raise ValueError(f"max_bytes must be a number of bytes (or -1: no limit), not {value!r}")
+    return value
+
+
+def _time_or_age(text: str) -> datetime | timedelta:
+    found = _DURATION.match(text)
+    if found is not None:
+        return timedelta(seconds=float(found[1]) * _UNITS[found[2]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"import_start: since {text!r}: not an ISO 8601 time (2026-05-01T12:00:00Z) "
+            "nor an age (2h, 3d)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _mapping(value: Any, name: str) -> dict[str, Any]:

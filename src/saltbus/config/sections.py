@@ -201,6 +201,8 @@ CLUSTER_KEYS: Final = frozenset(
         "subject_prefix",
         "duplicate_window",
         "max_age",
+        "max_bytes",
+        "import_start",
         "max_in_flight",
         "ack_timeout",
         "credentials",

@@ -1,0 +1,97 @@
+"""A burst of 10,000 events on one of three federated buses (a Salt job's
+returns from 10,000 minions): each reaches both other buses exactly once, in
+the order it was fired, and how long after the last fire it landed is printed."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from saltbus import Config, Listener, Sender
+from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir, wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+BURST = 10_000
+PAD = "r" * 420  # an event of ~500 bytes, as a small job return
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def nats_server(root: Path) -> Iterator[NatsServer]:
+    with nats_servers(root, 1) as (server,):
+        yield server
+
+
+class Arrivals:
+    """A listener on one bus, in a thread: when each burst event arrived."""
+
+    def __init__(self, config: Config) -> None:
+        self.ids: list[str] = []
+        self.last = 0.0
+        self.listener = Listener(config, "salt/job/")
+        self.listener.connect(10.0)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            event = self.listener.receive(timeout=0.2)
+            if event is not None:
+                self.ids.append(event.data["id"])
+                self.last = time.monotonic()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10.0)
+        self.listener.close()
+
+
+def test_a_burst_of_10000_reaches_both_other_buses_once_in_order(
+    root: Path, nats_server: NatsServer, capsys: pytest.CaptureFixture[str]
+):
+    url = [nats_server.url]
+    a, b, c = Node(root, "a", url), Node(root, "b", url), Node(root, "c", url)
+    with running([a, b, c]):
+        arrivals = {node.name: Arrivals(node.config) for node in (b, c)}
+        ids = [f"{n}-{uuid.uuid4().hex}" for n in range(BURST)]
+        try:
+            with Sender(a.config) as sender:
+                first_fire = time.monotonic()
+                for n, event_id in enumerate(ids[:-1]):
+                    sender.fire(f"salt/job/{n}/ret/m{n}", {"id": event_id, "r": PAD}, timeout=10.0)
+                # The last acknowledged: the publisher has taken every one.
+                last = {"id": ids[-1], "r": PAD}
+                sender.fire(f"salt/job/{BURST - 1}/ret/m", last, timeout=10.0, ack=True)
+                last_fire = time.monotonic()
+            for name, seen in arrivals.items():
+                wait_for(lambda seen=seen: len(seen.ids) >= BURST, 300, f"{BURST} events on {name}")
+            time.sleep(1.5)  # a duplicate arriving late is seen too
+        finally:
+            for seen in arrivals.values():
+                seen.close()
+        for name, seen in arrivals.items():
+            assert seen.ids == ids, f"{name}: not every event once, in order"
+        fired = [seq for seq, tag, _ in a.events() if tag.startswith("salt/job/")]
+        assert len(fired) == BURST
+        for node in (b, c):
+            imported = [(origin, seq) for origin, seq, _, _ in node.imported()]
+            assert imported == [("a", seq) for seq in fired], node.name  # once each, in order
+            assert [data["id"] for _, _, _, data in node.imported()] == ids
+        with capsys.disabled():
+            late = max(seen.last for seen in arrivals.values()) - last_fire
+            print(
+                f"\nburst: {BURST} events fired on a in {last_fire - first_fire:.2f} s; "
+                f"the last delivered on b and c {late:.2f} s after the last fire"
+            )

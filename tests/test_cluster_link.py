@@ -1,0 +1,104 @@
+"""The node's stream and consumer on a real nats-server: the configured
+retention reaches a stream that exists already, its size and limits are in
+`saltbus stats`, and ``import_start`` picks where a new node's consumer begins."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js.api import StorageType
+
+from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir, wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    with short_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def nats_server(root: Path) -> Iterator[NatsServer]:
+    with nats_servers(root, 1) as (server,):
+        yield server
+
+
+async def _stream_limits(url: str, create: bool = False) -> tuple[float, int]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=5)
+        if create:
+            await js.add_stream(
+                name="SALTBUS", subjects=["saltbus.>"], storage=StorageType.FILE, max_age=86400
+            )
+        config = (await js.stream_info("SALTBUS")).config
+        return config.max_age or 0.0, config.max_bytes or -1
+    finally:
+        await nc.close()
+
+
+def test_an_existing_stream_takes_the_configured_retention_and_stats_show_it(
+    root: Path, nats_server: NatsServer
+):
+    url = nats_server.url
+    assert asyncio.run(_stream_limits(url, create=True)) == (86400.0, -1)
+    a = Node(root, "a", [url], max_age="2h", max_bytes=10_000_000)
+    with running([a]):
+        assert asyncio.run(_stream_limits(url)) == (7200.0, 10_000_000)
+        a.fire("retained/x", {"n": 1})
+
+        def shown() -> bool:
+            stream = a.stats()["cluster"]["stream_state"]
+            return bool(stream) and stream["messages"] >= 1
+
+        wait_for(shown, 30, "the stream's state in stats")
+        stream = a.stats()["cluster"]["stream_state"]
+        assert (stream["max_age"], stream["max_bytes"]) == (7200.0, 10_000_000)
+        assert stream["bytes"] > 0 and stream["last_seq"] >= 1
+        consumer = a.stats()["cluster"]["import"]["consumer"]
+        assert consumer["pending"] == 0
+        assert a.stats()["cluster"]["export"]["lag"] == 0
+    # Changed again in the configuration: applied at the next start.
+    b = Node(root, "b", [url], max_age=3600, max_bytes=-1)
+    with running([b]):
+        assert asyncio.run(_stream_limits(url)) == (3600.0, -1)
+
+
+def test_import_start_new_all_and_since_choose_a_new_nodes_first_event(
+    root: Path, nats_server: NatsServer
+):
+    url = [nats_server.url]
+    a = Node(root, "a", url)
+    with running([a]):
+        early = [a.fire("hist/early", {"n": n}) for n in range(3)]
+        time.sleep(1.0)  # NATS stamps messages to the nanosecond; a clear boundary
+        boundary = datetime.now(UTC).isoformat()
+        time.sleep(1.0)
+        late = [a.fire("hist/late", {"n": n}) for n in range(2)]
+        wait_for(lambda: a.stats()["cluster"]["export"]["lag"] == 0, 30, "a exported all")
+        everything = Node(root, "all", url, import_start="all")
+        since = Node(root, "since", url, import_start=f"since {boundary}")
+        new = Node(root, "new", url)
+        with running([everything, since, new]):
+            wait_for(lambda: len(everything.imported()) >= 5, 60, "the history on 'all'")
+            wait_for(lambda: len(since.imported()) >= 2, 60, "the late events on 'since'")
+            after = a.fire("hist/after", {"n": 0})
+            for node in (everything, since, new):
+                wait_for(lambda node=node: _has(node, after), 60, f"the new event on {node.name}")
+            time.sleep(1.0)  # time for anything extra to arrive
+            assert [s for _, s, _, _ in everything.imported()] == [*early, *late, after]
+            assert [s for _, s, _, _ in since.imported()] == [*late, after]
+            assert [s for _, s, _, _ in new.imported()] == [after]
+            assert new.stats()["cluster"]["import"]["start"] == "new"
+
+
+def _has(node: Node, origin_seq: int) -> bool:
+    return any(seq == origin_seq for _, seq, _, _ in node.imported())
