@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from saltbus import Config, Listener, Sender
-from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir, wait_for
+from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -76,7 +77,9 @@ def test_a_burst_of_10000_reaches_both_other_buses_once_in_order(
                 sender.fire(f"salt/job/{BURST - 1}/ret/m", last, timeout=10.0, ack=True)
                 last_fire = time.monotonic()
             for name, seen in arrivals.items():
-                wait_for(lambda seen=seen: len(seen.ids) >= BURST, 300, f"{BURST} events on {name}")
+                wait_until(
+                    lambda seen=seen: len(seen.ids) >= BURST, f"{BURST} events on {name}", 300
+                )
             time.sleep(1.5)  # a duplicate arriving late is seen too
         finally:
             for seen in arrivals.values():

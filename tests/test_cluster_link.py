@@ -14,7 +14,8 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
-from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir, wait_for
+from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -59,7 +60,7 @@ def test_an_existing_stream_takes_the_configured_retention_and_stats_show_it(
             stream = a.stats()["cluster"]["stream_state"]
             return bool(stream) and stream["messages"] >= 1
 
-        wait_for(shown, 30, "the stream's state in stats")
+        wait_until(shown, "the stream's state in stats", 30)
         stream = a.stats()["cluster"]["stream_state"]
         assert (stream["max_age"], stream["max_bytes"]) == (7200.0, 10_000_000)
         assert stream["bytes"] > 0 and stream["last_seq"] >= 1
@@ -83,16 +84,16 @@ def test_import_start_new_all_and_since_choose_a_new_nodes_first_event(
         boundary = datetime.now(UTC).isoformat()
         time.sleep(1.0)
         late = [a.fire("hist/late", {"n": n}) for n in range(2)]
-        wait_for(lambda: a.stats()["cluster"]["export"]["lag"] == 0, 30, "a exported all")
+        wait_until(lambda: a.stats()["cluster"]["export"]["lag"] == 0, "a exported all", 30)
         everything = Node(root, "all", url, import_start="all")
         since = Node(root, "since", url, import_start=f"since {boundary}")
         new = Node(root, "new", url)
         with running([everything, since, new]):
-            wait_for(lambda: len(everything.imported()) >= 5, 60, "the history on 'all'")
-            wait_for(lambda: len(since.imported()) >= 2, 60, "the late events on 'since'")
+            wait_until(lambda: len(everything.imported()) >= 5, "the history on 'all'", 60)
+            wait_until(lambda: len(since.imported()) >= 2, "the late events on 'since'", 60)
             after = a.fire("hist/after", {"n": 0})
             for node in (everything, since, new):
-                wait_for(lambda node=node: _has(node, after), 60, f"the new event on {node.name}")
+                wait_until(lambda node=node: _has(node, after), f"the new event on {node.name}", 60)
             time.sleep(1.0)  # time for anything extra to arrive
             assert [s for _, s, _, _ in everything.imported()] == [*early, *late, after]
             assert [s for _, s, _, _ in since.imported()] == [*late, after]
