@@ -62,11 +62,25 @@ actions (arguments as `- name: value` items, or `- args: [...]`):
               (10 s), retries (3), backoff (0.5 s, doubled each retry).
   python      function: "package.module:function", called as
               function(tag, data, **kwargs) in a worker thread; kwargs.
-  Salt's local, runner, wheel and caller reactions (and Salt's `cmd` alias
-  of local: cmd.run WITH a tgt, or any other cmd.<function>) load, so Salt's
-  files can be used as they are, but each is refused when it would run (an
-  error ret event, and a warning at load): it needs a Salt master. cmd.run
+  local.FUN   Salt's: publish FUN to the minions of tgt through the Salt
+              master, without waiting for them: tgt, tgt_type (glob), arg,
+              kwarg (or `- args:`), ret, timeout, batch. Result {jid,
+              minions}; follow salt/job/<jid>/ret/* for the returns. Salt's
+              `cmd` alias works too (cmd.run WITH a tgt, any other cmd.FUN).
+  runner.FUN  Salt's runner FUN on the master; result {jid, return}.
+  wheel.FUN   Salt's wheel FUN (e.g. key.accept); result {jid, return}.
+              Arguments as arg/kwarg, `- args:`, or `- name: value` items.
+  Salt's caller reactions load but are refused when they would run. cmd.run
   without tgt is saltbus's command action.
+
+Salt's reactions reach the master through a helper run by Salt's own python
+(saltbus need not be installed beside Salt): the salt_python setting, else
+the interpreter of salt-master on PATH, else a python3 that imports salt.
+The master's config: --config when it is the master's own file (it has
+Salt's keys such as interface or ret_port), else salt_master_config, else
+$SALT_MASTER_CONFIG, else /etc/salt/master. Run the reactor as the master's
+user (it reads the master's key, as Salt's own tools do). A reaction that
+cannot reach the master gives a ret event with success false and the reason.
 
 beside the action (or among its arguments):
   when: EXPR          a Jinja2 expression over tag and data; false: not run
@@ -83,7 +97,9 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
 
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
-reactor_catch_up (true), reactor_name ("reactor").
+reactor_catch_up (true), reactor_name ("reactor"), salt_python,
+salt_master_config, reactor_scope (local: with federation, react only to
+events fired on this node; all: imported events too).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
@@ -100,7 +116,7 @@ lets queued reactions finish (up to 30 s) and exits 0.
 
 examples:
   saltbus react --config /etc/saltbus/reactor.conf --sock-dir /tmp/bus
-  saltbus react --config reactor.conf --check     # load, check and list; exit
+  saltbus react --config reactor.conf --check     # load, check, list, reach Salt; exit
   saltbus react --config reactor.conf --reload    # signal the running reactor
   sudo saltbus react --config /etc/salt/master --salt-version 3007
 """
@@ -153,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
     rules = reactor.load_rules(config, _base_dir(args))
     if args.check:
         _print_rules(rules)
+        if any(reaction.client for reaction in rules.found):
+            print(_check_salt(config))
         return 0
     import asyncio  # noqa: PLC0415
 
@@ -229,6 +247,7 @@ def describe(stats: dict[str, Any]) -> list[str]:
 def _config(args: argparse.Namespace) -> Config:
     return config_from_args(
         args,
+        salt_master_config=_salt_master_config(args),
         journal=getattr(args, "journal", None),
         reactor_name=getattr(args, "name", None),
         reactor_catch_up=getattr(args, "catch_up", None),
@@ -236,6 +255,55 @@ def _config(args: argparse.Namespace) -> Config:
         reactor_worker_hwm=getattr(args, "hwm", None),
         reactor_max_depth=getattr(args, "max_depth", None),
     )
+
+
+def _salt_master_config(args: argparse.Namespace) -> str | None:
+    """The --config file, when it is a Salt master's own (saltbus reads its
+    keys, Salt's reactions reach the master it configures)."""
+    if not args.config:
+        return None
+    import yaml  # noqa: PLC0415
+
+    from saltbus.reactor.saltside import is_salt_master_config  # noqa: PLC0415
+
+    try:
+        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # Config.load says what is wrong with it
+    if not isinstance(loaded, dict) or loaded.get("salt_master_config") is not None:
+        return None
+    if is_salt_master_config(frozenset(map(str, loaded))):
+        return str(Path(args.config).resolve())
+    return None
+
+
+def _check_salt(config: Config) -> str:
+    """How Salt's reactions reach the master; ConfigError (one line) when they cannot."""
+    import asyncio  # noqa: PLC0415
+
+    from saltbus.reactor.errors import SaltUnreachableError  # noqa: PLC0415
+    from saltbus.reactor.saltside import SaltLink  # noqa: PLC0415
+
+    async def check() -> str:
+        link = SaltLink(config)
+        try:
+            ready = await link.start()
+            answer = await link.call({"op": "check"}, 30.0)
+        finally:
+            await link.close()
+        if not answer.get("ok"):
+            raise SaltUnreachableError(str(answer.get("error")))
+        assert link.python is not None
+        return (
+            f"Salt's reactions: Salt {ready.get('salt_version')} through {link.python.path} "
+            f"({link.python.how}), master config {link.master_config}, master answering "
+            f"on {answer.get('master')}"
+        )
+
+    try:
+        return asyncio.run(check())
+    except SaltUnreachableError as exc:
+        raise ConfigError(f"Salt's reactions cannot reach Salt: {exc}") from None
 
 
 def _reload(args: argparse.Namespace) -> tuple[Config, Rules]:
@@ -270,7 +338,11 @@ def _print_rules(rules: Rules) -> None:
             if reactions is None:
                 print("    (rendered at each event: its reactions depend on the event's data)")
             for reaction in reactions or ():
-                status = "REFUSED: needs a Salt master" if reaction.refused else "ok"
+                status = "ok"
+                if reaction.refused:
+                    status = "REFUSED: caller reactions are not run"
+                elif reaction.client:
+                    status = f"ok (Salt's {reaction.client} client, through the master)"
                 extras = [
                     f"{name}: {value}"
                     for name, value in (

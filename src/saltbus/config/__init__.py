@@ -110,6 +110,14 @@ class Config:
     reactor_max_depth: int = 5
     reactor_catch_up: bool = True
     reactor_name: str = "reactor"
+    # Salt's own reactions (local, runner, wheel): the python Salt runs on
+    # (default: found from salt-master on PATH), and the master's config file
+    # (default: the --config file when it is Salt's, else $SALT_MASTER_CONFIG,
+    # else /etc/salt/master). With federation, reactor_scope `local` reacts
+    # only to events that originated on this node, `all` to imported ones too.
+    salt_python: Path | None = None
+    salt_master_config: Path | None = None
+    reactor_scope: str = "local"
     # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
     # (servers, node_name, export, import, stream, replicas, credentials, tls,
     # ...), kept as given; saltbus.cluster.settings checks what the keys mean.
@@ -361,7 +369,7 @@ def _convert(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer, not {value!r}") from None
-    if name in ("sock_dir", "data_dir"):
+    if name in ("sock_dir", "data_dir", "salt_python", "salt_master_config"):
         return Path(os.path.expanduser(str(value)))
     if name in ("allow_root", "tcp_allow_unauthenticated"):
         return to_bool(name, value)

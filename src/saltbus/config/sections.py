@@ -109,6 +109,7 @@ REACTOR_FIELDS: Final = frozenset(
         "reactor_max_depth",
         "reactor_catch_up",
         "reactor_name",
+        "reactor_scope",
     )
 )
 _REACTOR_NAME: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
@@ -130,7 +131,7 @@ def convert_reactor_setting(name: str, value: Any) -> Any:
         return _reactor_list(value)
     if name == "reactor_catch_up":
         return to_bool(name, value)
-    if name == "reactor_name":
+    if name in ("reactor_name", "reactor_scope"):
         return str(value)
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer, not {value!r}")
@@ -181,6 +182,11 @@ def check_reactor_settings(config: Config) -> None:
     for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_max_depth"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, not {getattr(config, name)}")
+    if config.reactor_scope not in ("local", "all"):
+        raise ConfigError(
+            f"reactor_scope must be local (react to this node's events) or all (imported "
+            f"events too), not {config.reactor_scope!r}"
+        )
     if not _REACTOR_NAME.match(config.reactor_name):
         raise ConfigError(
             f"reactor_name {config.reactor_name!r} must be 1-64 letters, digits, "

@@ -47,6 +47,7 @@ from saltbus.reactor.progress import (
 )
 from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules
+from saltbus.reactor.saltside import SaltLink
 from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate, compile_condition
 from saltbus.reactor.throttle import Throttle, group_values
@@ -85,7 +86,7 @@ class Reactor:
         self._executor = ThreadPoolExecutor(
             config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
         )
-        self._actions = Actions(self._fire_strict, self._executor)
+        self._actions = Actions(self._fire_strict, self._executor, SaltLink(config))
         self._throttle = Throttle()
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
@@ -230,6 +231,7 @@ class Reactor:
         if self._background:
             await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
         self._progress.save()
+        await self._actions.salt.close()
         if self._client is not None:
             await self._client.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

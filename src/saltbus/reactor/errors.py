@@ -30,5 +30,10 @@ class ActionError(SaltbusError):
 
 
 class RefusedError(ActionError):
-    """A reaction names one of Salt's master-side action types, which only a
-    Salt master can run."""
+    """A reaction names one of Salt's action types that saltbus does not run
+    (caller)."""
+
+
+class SaltUnreachableError(ActionError):
+    """Salt's reactions cannot reach Salt: no Salt found, its config not
+    loadable, its helper gone, or the master not answering."""

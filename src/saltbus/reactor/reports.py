@@ -2,7 +2,8 @@
 
 - ``saltbus/reactor/<reaction>/ret``: one per reaction run, ``{success,
   result | error, duration, trigger_tag, trigger_seq, reaction, action, file}``
-  (a failed command has both its result and an error).
+  (a failed command has both its result and an error), and ``jid`` for a
+  Salt job (local, runner, wheel).
 - ``saltbus/reactor/loop``: a chain of reactions reached ``reactor_max_depth``.
 - ``saltbus/reactor/overflow``: reactions dropped because the queue was full
   (at most one event a second, with counts).
@@ -91,6 +92,8 @@ def ret_data(
     reaction: Reaction, trigger: Trigger, outcome: Outcome, duration: float
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"success": outcome.success}
+    if isinstance(outcome.result, Mapping) and outcome.result.get("jid"):
+        data["jid"] = outcome.result["jid"]  # Salt's job: follow salt/job/<jid>/ret/*
     if outcome.result is not None or outcome.success:
         data["result"] = outcome.result
     if not outcome.success:
