@@ -285,7 +285,7 @@ def _check_salt(config: Config) -> str:
     from saltbus.reactor.saltside import SaltLink  # noqa: PLC0415
 
     async def check() -> str:
-        link = SaltLink(config)
+        link = SaltLink(config, announce=False)
         try:
             ready = await link.start()
             answer = await link.call({"op": "check"}, 30.0)

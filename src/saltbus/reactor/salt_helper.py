@@ -152,6 +152,11 @@ class Helper:
 
     def op_check(self, request: Answer) -> Answer:
         self._auth()
+        return {"ok": True, "master": self._reach_master()}
+
+    def _reach_master(self) -> str:
+        """Fail fast, and clearly, when the master is down: Salt's clients
+        would wait for their request timeouts and say less."""
         host = self.opts.get("interface") or "127.0.0.1"
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
@@ -163,9 +168,10 @@ class Helper:
                 f"the Salt master is not running: nothing answers on {host}:{port} "
                 f"({exc.strerror or exc}; config {self.config_path})"
             ) from None
-        return {"ok": True, "master": f"{host}:{port}"}
+        return f"{host}:{port}"
 
     def op_local(self, request: Answer) -> Answer:
+        self._reach_master()
         client = self._client("local")
         tgt = request["tgt"]
         fun = request["fun"]
@@ -209,22 +215,16 @@ class Helper:
         return {"ok": True, "success": bool(minions), "jid": pub["jid"], "minions": minions}
 
     def op_runner(self, request: Answer) -> Answer:
-        low = {
-            "fun": request["fun"],
-            "arg": request.get("arg") or [],
-            "kwarg": request.get("kwarg") or {},
-        }
+        self._reach_master()
+        low = _low(request)
         low.update(self._auth())
         timeout = request.get("timeout") or DEFAULT_RUNNER_TIMEOUT
         event = self._client("runner").cmd_sync(low, timeout=timeout, full_return=True)
         return _returned(event.get("data", {}) if isinstance(event, dict) else {})
 
     def op_wheel(self, request: Answer) -> Answer:
-        low = {
-            "fun": request["fun"],
-            "arg": request.get("arg") or [],
-            "kwarg": request.get("kwarg") or {},
-        }
+        self._reach_master()
+        low = _low(request)
         low.update(self._auth())
         reply = self._client("wheel").master_call(**low)
         return _returned(reply.get("data", {}) if isinstance(reply, dict) else {})

@@ -153,9 +153,12 @@ class SaltLink:
     answer. Started at the first call; started again at the next call after
     it died (a crash fails the calls in flight, with the reason)."""
 
-    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Config, env: Mapping[str, str] | None = None, *, announce: bool = True
+    ) -> None:
         self._config = config
         self._env = env
+        self._announce = announce
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -224,7 +227,8 @@ class SaltLink:
             asyncio.create_task(self._read_answers(proc.stdout), name="salt-helper-out"),
             asyncio.create_task(self._read_stderr(proc.stderr), name="salt-helper-err"),
         ]
-        log.info(
+        log.log(
+            logging.INFO if self._announce else logging.DEBUG,
             "Salt %s reached through %s (%s), master config %s",
             ready.get("salt_version"),
             python.path,
