@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from saltbus.errors import (
 from saltbus.event import Event
 from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
-from saltbus.reactor.causes import cause_of
+from saltbus.reactor.causes import cause_of, origin_node
 from saltbus.reactor.errors import ActionError, ReactionFileError
 from saltbus.reactor.progress import (
     Backlog,
@@ -99,6 +100,12 @@ class Reactor:
         self._stop = asyncio.Event()
         self._stopping = False
         self.caught_up_from: int | None = None
+        # With federation, ret events name the node (as the cluster's settings
+        # default it: the bus's id, else the short host name).
+        self._node: str | None = None
+        if config.cluster:
+            name = config.cluster.get("node_name") or config.id
+            self._node = str(name or socket.gethostname().split(".", 1)[0])
         # What it found to catch up on at start (None: nothing saved, or no journal).
         self.backlog: Backlog | None = None
         # Why the reactor stopped by itself (a task of its own ended): see _supervise.
@@ -268,6 +275,10 @@ class Reactor:
     def _dispatch(self, event: Event) -> None:
         self.stats.events += 1
         templates = self.rules.match(event.tag)
+        if templates and self.config.reactor_scope == "local" and origin_node(event.data):
+            # Its own node's reactor reacts to it: once across the cluster.
+            self.stats.other_nodes += 1
+            templates = []
         queued = self._react(event, templates) if templates else 0
         if self._client is not None:
             self._progress.epoch = self._client.session.epoch
@@ -423,7 +434,7 @@ class Reactor:
                 trigger.tag,
                 outcome.error,
             )
-        data = reports.ret_data(reaction, trigger, outcome, duration)
+        data = reports.ret_data(reaction, trigger, outcome, duration, self._node)
         self._spawn(self._publish(reports.ret_tag(reaction), data))
 
     # -- firing --------------------------------------------------------------
