@@ -717,7 +717,7 @@ def test_help_explains_with_an_example() -> None:
     )
     expected = ["reactor:", "cmd.run", "event.send", "http.post", "python", "once_within"]
     expected += ["group_by", "when:", "local.FUN", "runner.FUN", "wheel.FUN", "salt_python"]
-    expected += ["--reload", "catch", "SIGHUP", "reactor_scope"]
+    expected += ["--reload", "catch", "SIGHUP", "reactor_scope", "--test TAG"]
     for text in expected:
         assert text in done.stdout
 

@@ -108,6 +108,12 @@ to B (oldest HH:MM:SS, X min ago)". A reaction skipped by `when:` or
 `once_within:` is logged at debug (saltbus --log-level debug react ...) and
 counted per reaction in the statistics logged when the reactor stops.
 
+`saltbus react --test TAG [DATA]` renders every reaction file whose glob
+matches TAG for that event and prints what would run (Salt's reactions as
+client, function and target), running nothing; for each reaction that would
+not run it says why (its glob, when:, reactor_scope for an imported event,
+the loop guard); once_within depends on the running reactor and is named.
+
 SIGHUP or `saltbus react --reload` re-reads the configuration without losing
 queued reactions; a configuration with errors is reported (file and line)
 and the running one stays. `saltbus serve --config FILE` runs the
@@ -118,6 +124,8 @@ examples:
   saltbus react --config /etc/saltbus/reactor.conf --sock-dir /tmp/bus
   saltbus react --config reactor.conf --check     # load, check, list, reach Salt; exit
   saltbus react --config reactor.conf --reload    # signal the running reactor
+  saltbus react --config reactor.conf --test salt/minion/web1/start id=web1
+                    # what would run for that event, and why the rest would not
   sudo saltbus react --config /etc/salt/master --salt-version 3007
 """
 
@@ -147,9 +155,20 @@ def add_parser(commands: Any) -> None:
         "--check", action="store_true", help="load and check the configuration, list it, exit"
     )
     action.add_argument(
+        "--test",
+        metavar="TAG",
+        help="show what the reactor would do for an event TAG with DATA (not run), exit",
+    )
+    action.add_argument(
         "--reload",
         action="store_true",
         help="tell the running reactor of this name and bus to reload (SIGHUP), exit",
+    )
+    parser.add_argument(
+        "data",
+        nargs="*",
+        metavar="DATA",
+        help="with --test: the event's data, as `saltbus fire` takes it (JSON, key=value, @FILE)",
     )
     add_bus_options(parser)
     add_journal_options(parser)
@@ -157,6 +176,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data and args.test is None:
+        raise ConfigError(f"unexpected DATA {' '.join(args.data)!r}: DATA goes with --test TAG")
     config = _config(args)
     reactor = _reactor_package()
     if args.reload:
@@ -167,6 +188,13 @@ def run(args: argparse.Namespace) -> int:
         where = args.config or "the configuration"
         raise ConfigError(f"{where} has no reactor: section (see saltbus react --help)")
     rules = reactor.load_rules(config, _base_dir(args))
+    if args.test is not None:
+        from saltbus.cli.eventdata import parse_data  # noqa: PLC0415
+        from saltbus.reactor.trial import explain  # noqa: PLC0415
+
+        for line in explain(config, rules, args.test, parse_data(args.data)):
+            print(line)
+        return 0
     if args.check:
         _print_rules(rules)
         if any(reaction.client for reaction in rules.found):
