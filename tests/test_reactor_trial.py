@@ -9,7 +9,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.serve_support import SALTBUS, clean_env
+import pytest
+
+from saltbus import Config, Sender
+from tests.serve_support import SALTBUS, bus_flags, clean_env
 
 WAIT = 30.0
 
@@ -48,7 +51,9 @@ minion_remove:
 """
 
 
-def react_test(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def react_test(
+    tmp_path: Path, *args: str, flags: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     reactor = tmp_path / "reactor"
     reactor.mkdir(exist_ok=True)
     (reactor / "start.sls").write_text(START)
@@ -56,8 +61,9 @@ def react_test(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     conf = tmp_path / "master"
     conf.write_text(MASTER.replace("/REACTOR", str(reactor)))
     return subprocess.run(
-        [str(SALTBUS), "react", "--config", str(conf), "--sock-dir", str(tmp_path / "nobus")]  # noqa: RUF005
-        + ["--test", *args],
+        [str(SALTBUS), "react", "--config", str(conf)]  # noqa: RUF005
+        + list(flags or ("--sock-dir", str(tmp_path / "nobus")))
+        + list(args if args[0].startswith("--") else ("--test", *args)),
         capture_output=True,
         text=True,
         timeout=WAIT,
@@ -133,3 +139,18 @@ def test_data_without_test_is_an_error(tmp_path: Path) -> None:
     assert (
         done.stderr.strip() == "saltbus: error: unexpected DATA 'id=1': DATA goes with --test TAG"
     )
+
+
+@pytest.mark.usefixtures("publisher")
+def test_an_event_from_the_journal(tmp_path: Path, bus_config: Config) -> None:
+    with Sender(bus_config) as sender:
+        seq = sender.fire("salt/minion/mysql1/start", {"id": "mysql1"}, ack=True).seq
+    assert seq is not None
+    flags = tuple(bus_flags(bus_config))
+    done = react_test(tmp_path, "--test-seq", str(seq), flags=flags)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('event salt/minion/mysql1/start {"_stamp": ')
+    assert "highstate_run (line 2): WOULD RUN local state.apply()" in done.stdout
+    done = react_test(tmp_path, "--test-seq", str(seq + 100), flags=flags)
+    assert done.returncode == 2
+    assert f"no event with seq {seq + 100} in " in done.stderr

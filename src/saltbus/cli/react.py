@@ -108,7 +108,8 @@ to B (oldest HH:MM:SS, X min ago)". A reaction skipped by `when:` or
 `once_within:` is logged at debug (saltbus --log-level debug react ...) and
 counted per reaction in the statistics logged when the reactor stops.
 
-`saltbus react --test TAG [DATA]` renders every reaction file whose glob
+`saltbus react --test TAG [DATA]` (or --test-seq N: the event with seq N
+in the journal) renders every reaction file whose glob
 matches TAG for that event and prints what would run (Salt's reactions as
 client, function and target), running nothing; for each reaction that would
 not run it says why (its glob, when:, reactor_scope for an imported event,
@@ -160,6 +161,12 @@ def add_parser(commands: Any) -> None:
         help="show what the reactor would do for an event TAG with DATA (not run), exit",
     )
     action.add_argument(
+        "--test-seq",
+        type=int,
+        metavar="N",
+        help="like --test, for the event with seq N in the bus's journal",
+    )
+    action.add_argument(
         "--reload",
         action="store_true",
         help="tell the running reactor of this name and bus to reload (SIGHUP), exit",
@@ -188,11 +195,11 @@ def run(args: argparse.Namespace) -> int:
         where = args.config or "the configuration"
         raise ConfigError(f"{where} has no reactor: section (see saltbus react --help)")
     rules = reactor.load_rules(config, _base_dir(args))
-    if args.test is not None:
-        from saltbus.cli.eventdata import parse_data  # noqa: PLC0415
+    if args.test is not None or args.test_seq is not None:
         from saltbus.reactor.trial import explain  # noqa: PLC0415
 
-        for line in explain(config, rules, args.test, parse_data(args.data)):
+        tag, data = _trial_event(config, args)
+        for line in explain(config, rules, tag, data):
             print(line)
         return 0
     if args.check:
@@ -241,6 +248,9 @@ async def start_alongside(
 
     from saltbus.reactor import Reactor, load_rules  # noqa: PLC0415
 
+    salt_master_config = _salt_master_config(args)
+    if salt_master_config is not None and config.salt_master_config is None:
+        config = config.replace(salt_master_config=salt_master_config)
     rules = load_rules(config, _base_dir(args))
     reactor = Reactor(config, rules, loader=lambda: _reload(args))
     await reactor.start()
@@ -283,6 +293,30 @@ def _config(args: argparse.Namespace) -> Config:
         reactor_worker_hwm=getattr(args, "hwm", None),
         reactor_max_depth=getattr(args, "max_depth", None),
     )
+
+
+def _trial_event(config: Config, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The event of --test TAG DATA, or of --test-seq N from the journal."""
+    if args.test is not None:
+        from saltbus.cli.eventdata import parse_data  # noqa: PLC0415
+
+        return args.test, parse_data(args.data)
+    from saltbus.journal.store import Journal  # noqa: PLC0415
+    from saltbus.reactor.progress import bus_journal  # noqa: PLC0415
+    from saltbus.wire import unpack_body  # noqa: PLC0415
+
+    path = bus_journal(config)
+    if not path.exists():
+        raise ConfigError(
+            f"no journal at {path} for the bus in {config.sock_dir}: --test-seq reads "
+            "the event from it (give the bus's --sock-dir and --data-dir)"
+        )
+    with Journal.open(path, readonly=True) as journal:
+        records = journal.read(since=args.test_seq - 1, until=args.test_seq, limit=1)
+    if not records:
+        raise ConfigError(f"no event with seq {args.test_seq} in {path}")
+    tag, data = unpack_body(records[0].body)
+    return tag, dict(data) if isinstance(data, dict) else {"data": data}
 
 
 def _salt_master_config(args: argparse.Namespace) -> str | None:
