@@ -20,8 +20,8 @@ import pytest
 from saltbus.config import Config
 from saltbus.reactor.actions import OUTPUT_LIMIT, Actions, Outcome, Trigger
 from saltbus.reactor.causes import CAUSE_KEY, Cause
-from saltbus.reactor.errors import ActionError, RefusedError, SaltUnreachableError
-from saltbus.reactor.saltside import SaltLink
+from saltbus.reactor.errors import ActionError, SaltUnreachableError
+from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction, parse_reactions
 
 TRIGGER = Trigger("app/deploy/web1", {"version": "1.2", "host": "web1"}, 41, Cause())
@@ -46,7 +46,7 @@ def run(r: Reaction, trigger: Trigger = TRIGGER) -> tuple[Outcome, list[tuple[st
         fired.append((tag, data))
 
     async def main() -> Outcome:
-        link = SaltLink(NO_SALT, env={})
+        link = SaltLinks(NO_SALT, env={})
         try:
             with ThreadPoolExecutor(2) as pool:
                 return await Actions(fire, pool, link).run(r, trigger)
@@ -255,14 +255,40 @@ def test_python_errors_and_other_forms() -> None:
         run(reaction("python", function="reactor_hooks_t:nothing"))
 
 
-def test_caller_reactions_are_refused() -> None:
-    with pytest.raises(RefusedError, match="caller reactions run on a minion"):
-        run(reaction("caller.file.touch", name="/tmp/x"))
-
-
-def test_salt_reactions_without_salt_fail_with_the_reason() -> None:
+@pytest.mark.parametrize("action", ["runner.state.orchestrate", "caller.file.touch"])
+def test_salt_reactions_without_salt_fail_with_the_reason(action: str) -> None:
     with pytest.raises(SaltUnreachableError, match="salt_python /nonexistent/python3 is not"):
-        run(reaction("runner.state.orchestrate", mods="orch.deploy"))
+        run(reaction(action, name="x"))
+
+
+def test_salt_reactions_without_a_salt_config_name_where_they_looked(tmp_path: Path) -> None:
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\nexit 1\n")
+    python.chmod(0o755)
+    config = NO_SALT.replace(
+        salt_python=python, salt_master_config=tmp_path / "nomaster", salt_minion_config=None
+    )
+
+    async def main(action: str, env: dict[str, str]) -> str:
+        links = SaltLinks(config, env=env)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                await Actions(_no_fire, pool, links).run(reaction(action, name="x"), TRIGGER)
+        except SaltUnreachableError as exc:
+            return str(exc)
+        finally:
+            await links.close()
+        raise AssertionError("no error")
+
+    master = asyncio.run(main("wheel.key.accept", {}))
+    assert master.startswith(f"no Salt master config at {tmp_path / 'nomaster'}: ")
+    minion = asyncio.run(main("caller.test.ping", {"SALT_MINION_CONFIG": "/no/minion"}))
+    assert minion.startswith("no Salt minion config at /no/minion: ")
+    assert "SALT_MINION_CONFIG" in minion
+
+
+async def _no_fire(tag: str, data: Any) -> None:
+    raise AssertionError(f"fired {tag}")
 
 
 def test_commands_do_not_inherit_a_stdin() -> None:

@@ -140,7 +140,9 @@ def test_throttling_a_burst_of_100_with_and_without_group_by(
 
 
 @pytest.mark.usefixtures("publisher")
-def test_failures_and_refusals_are_error_ret_events(bus_config: Config, tmp_path: Path) -> None:
+def test_failures_and_unreachable_salt_are_error_ret_events(
+    bus_config: Config, tmp_path: Path
+) -> None:
     text = (
         "broken:\n  cmd.run:\n    - cmd: [sh, -c, 'echo bad >&2; exit 3']\n"
         "orchestrate:\n  runner.state.orchestrate:\n    - args:\n      - mods: orch.deploy\n"

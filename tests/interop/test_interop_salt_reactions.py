@@ -1,7 +1,8 @@
 """Salt's own reactions against a real salt-master and salt-minion: `saltbus react`
 reads the master's bus (Salt's publisher), an event fired with `saltbus fire` runs
 local (and the cmd alias), runner and wheel reactions through the master, and the
-job's return comes back on the bus. One master and minion per Salt generation."""
+job's return comes back on the bus. A caller reaction runs against the minion, its
+reactor on the minion's bus. One master and minion per Salt generation."""
 
 from __future__ import annotations
 
@@ -109,10 +110,11 @@ def master_with_reactor(master: SaltMaster, tmp_path: Path, **extra: Any) -> Pat
     return path
 
 
-def fire(master: SaltMaster, tag: str, **data: Any) -> None:
+def fire(master: SaltMaster, tag: str, bus: tuple[str, ...] = (), **data: Any) -> None:
+    """`saltbus fire` on the master's bus, or on the one ``bus`` flags name."""
     subprocess.run(
-        [str(SALTBUS), "fire", tag, json.dumps(data), "--sock-dir", str(master.sock_dir)]  # noqa: RUF005
-        + ["--salt-version", master.version],
+        [str(SALTBUS), "fire", tag, json.dumps(data), "--salt-version", master.version]  # noqa: RUF005
+        + list(bus or ("--sock-dir", str(master.sock_dir))),
         check=True,
         timeout=WAIT,
         env=clean_env(),
@@ -120,11 +122,11 @@ def fire(master: SaltMaster, tag: str, **data: Any) -> None:
     )
 
 
-def warm_up(master: SaltMaster, listener: Listener) -> None:
+def warm_up(master: SaltMaster, listener: Listener, bus: tuple[str, ...] = ()) -> None:
     """Salt's publisher confirms no subscription: fire until the reactor hears."""
     deadline = time.monotonic() + WAIT
     while True:
-        fire(master, "app/warm")
+        fire(master, "app/warm", bus)
         event = listener.receive(1.0)
         while event is not None and event.tag != "saltbus/reactor/warm/ret":
             event = listener.receive(1.0)
@@ -260,3 +262,40 @@ def test_a_master_that_does_not_answer(master: SaltMaster, tmp_path: Path) -> No
     for event in salt_rets(events):
         assert event.data["success"] is False
         assert f"nothing answers on 127.0.0.1:{dead_port}" in event.data["error"]
+
+
+def test_caller_reaction_on_the_minions_bus(master: SaltMaster, tmp_path: Path) -> None:
+    """`saltbus react` on the minion's bus with the minion's own config file:
+    caller reactions run the minion's modules, as salt-call does."""
+    (tmp_path / "caller.sls").write_text(
+        "grain:\n  caller.grains.get:\n    - args: [id]\n"
+        "echo:\n  caller.test.arg:\n    - args:\n      - word: '{{ data['word'] }}'\n"
+    )
+    (tmp_path / "warm.sls").write_text(WARM)
+    conf = yaml.safe_load((master.root / "minion").read_text())
+    conf["reactor"] = [
+        {"app/caller": [str(tmp_path / "caller.sls")]},
+        {"app/warm": [str(tmp_path / "warm.sls")]},
+    ]
+    conf.update(node="minion", salt_python=str(master.python))
+    minion_conf = tmp_path / "minion"
+    minion_conf.write_text(yaml.safe_dump(conf))
+    config = master.bus_config(node="minion", id=master.minion_id, sock_dir=conf["sock_dir"])
+    bus = ("--node", "minion", "--id", master.minion_id, "--sock-dir", conf["sock_dir"])
+    with Listener(config, "saltbus/reactor/") as listener:
+        listener.connect(WAIT)
+        react = React(
+            "--config", str(minion_conf), "--salt-version", master.version, env=clean_env()
+        )
+        try:
+            react.wait_for("running on the")
+            warm_up(master, listener, bus)
+            fire(master, "app/caller", bus, word="hi")
+            events = collect(listener, lambda got: len(salt_rets(got)) >= 2)
+        finally:
+            assert react.stop() == 0, "".join(react.lines)
+    got = {e.data["reaction"]: e.data for e in salt_rets(events)}
+    assert got["grain"]["success"] is True, got["grain"]
+    assert got["grain"]["result"] == {"return": master.minion_id}
+    assert got["echo"]["result"]["return"]["kwargs"]["word"] == "hi"
+    assert got["echo"]["action"] == "caller.test.arg"

@@ -65,20 +65,25 @@ actions (arguments as `- name: value` items, or `- args: [...]`):
   local.FUN   Salt's: publish FUN to the minions of tgt through the Salt
               master, without waiting for them: tgt, tgt_type (glob), arg,
               kwarg (or `- args:`), ret, timeout, batch. Result {jid,
-              minions}; follow salt/job/<jid>/ret/* for the returns. Salt's
-              `cmd` alias works too (cmd.run WITH a tgt, any other cmd.FUN).
-  runner.FUN  Salt's runner FUN on the master; result {jid, return}.
+              minions}; follow salt/job/<jid>/ret/* for the returns (with
+              batch, the reaction waits for each batch). Salt's `cmd` alias
+              works too (cmd.run WITH a tgt, any other cmd.FUN).
+  runner.FUN  Salt's runner FUN on the master; result {jid, return} (the
+              reaction waits for the return, up to 300 s).
   wheel.FUN   Salt's wheel FUN (e.g. key.accept); result {jid, return}.
               Arguments as arg/kwarg, `- args:`, or `- name: value` items.
-  Salt's caller reactions load but are refused when they would run. cmd.run
-  without tgt is saltbus's command action.
+  caller.FUN  Salt's FUN run here with the minion's config and modules (as
+              salt-call does); result {return}. cmd.run without tgt is
+              saltbus's command action.
 
 Salt's reactions reach the master through a helper run by Salt's own python
 (saltbus need not be installed beside Salt): the salt_python setting, else
 the interpreter of salt-master on PATH, else a python3 that imports salt.
 The master's config: --config when it is the master's own file (it has
 Salt's keys such as interface or ret_port), else salt_master_config, else
-$SALT_MASTER_CONFIG, else /etc/salt/master. Run the reactor as the master's
+$SALT_MASTER_CONFIG, else /etc/salt/master; for caller reactions the
+minion's: --config when it names a `master:`, else salt_minion_config,
+$SALT_MINION_CONFIG, /etc/salt/minion. Run the reactor as the master's
 user (it reads the master's key, as Salt's own tools do). A reaction that
 cannot reach the master gives a ret event with success false and the reason.
 
@@ -98,7 +103,7 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
 reactor_catch_up (true), reactor_name ("reactor"), salt_python,
-salt_master_config, reactor_scope (local: with federation, react only to
+salt_master_config, salt_minion_config, reactor_scope (local: with federation, react only to
 events fired on this node; all: imported events too).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
@@ -204,8 +209,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         _print_rules(rules)
-        if any(reaction.client for reaction in rules.found):
-            print(_check_salt(config))
+        clients = {reaction.client for reaction in rules.found if reaction.client}
+        for line in _check_salt(config, clients):
+            print(line)
         return 0
     import asyncio  # noqa: PLC0415
 
@@ -248,9 +254,9 @@ async def start_alongside(
 
     from saltbus.reactor import Reactor, load_rules  # noqa: PLC0415
 
-    salt_master_config = _salt_master_config(args)
-    if salt_master_config is not None and config.salt_master_config is None:
-        config = config.replace(salt_master_config=salt_master_config)
+    found = {k: v for k, v in _salt_configs(args).items() if getattr(config, k) is None}
+    if found:
+        config = config.replace(**found)
     rules = load_rules(config, _base_dir(args))
     reactor = Reactor(config, rules, loader=lambda: _reload(args))
     await reactor.start()
@@ -285,7 +291,7 @@ def describe(stats: dict[str, Any]) -> list[str]:
 def _config(args: argparse.Namespace) -> Config:
     return config_from_args(
         args,
-        salt_master_config=_salt_master_config(args),
+        **_salt_configs(args),
         journal=getattr(args, "journal", None),
         reactor_name=getattr(args, "name", None),
         reactor_catch_up=getattr(args, "catch_up", None),
@@ -319,51 +325,60 @@ def _trial_event(config: Config, args: argparse.Namespace) -> tuple[str, dict[st
     return tag, dict(data) if isinstance(data, dict) else {"data": data}
 
 
-def _salt_master_config(args: argparse.Namespace) -> str | None:
-    """The --config file, when it is a Salt master's own (saltbus reads its
-    keys, Salt's reactions reach the master it configures)."""
+def _salt_configs(args: argparse.Namespace) -> dict[str, str]:
+    """The --config file, when it is a Salt master's or minion's own (saltbus
+    reads its keys, Salt's reactions reach the Salt it configures)."""
     if not args.config:
-        return None
+        return {}
     import yaml  # noqa: PLC0415
 
-    from saltbus.reactor.saltside import is_salt_master_config  # noqa: PLC0415
+    from saltbus.reactor.saltside import salt_config_role  # noqa: PLC0415
 
     try:
         loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None  # Config.load says what is wrong with it
-    if not isinstance(loaded, dict) or loaded.get("salt_master_config") is not None:
-        return None
-    if is_salt_master_config(frozenset(map(str, loaded))):
-        return str(Path(args.config).resolve())
-    return None
+        return {}  # Config.load says what is wrong with it
+    if not isinstance(loaded, dict):
+        return {}
+    role = salt_config_role(frozenset(map(str, loaded)))
+    if role is None or loaded.get(f"salt_{role}_config") is not None:
+        return {}
+    return {f"salt_{role}_config": str(Path(args.config).resolve())}
 
 
-def _check_salt(config: Config) -> str:
-    """How Salt's reactions reach the master; ConfigError (one line) when they cannot."""
+def _check_salt(config: Config, clients: set[str]) -> list[str]:
+    """How Salt's reactions reach Salt; ConfigError (one line) when they cannot."""
     import asyncio  # noqa: PLC0415
 
     from saltbus.reactor.errors import SaltUnreachableError  # noqa: PLC0415
     from saltbus.reactor.saltside import SaltLink  # noqa: PLC0415
 
-    async def check() -> str:
-        link = SaltLink(config, announce=False)
+    roles = ["master"] if clients - {"caller"} else []
+    roles += ["minion"] if "caller" in clients else []
+
+    async def check(role: str) -> str:
+        link = SaltLink(config, role=role, announce=False)
         try:
             ready = await link.start()
-            answer = await link.call({"op": "check"}, 30.0)
+            answer = await link.call({"op": "check"}, 60.0)
         finally:
             await link.close()
         if not answer.get("ok"):
             raise SaltUnreachableError(str(answer.get("error")))
         assert link.python is not None
+        where = (
+            f"master answering on {answer.get('master')}"
+            if role == "master"
+            else f"minion {answer.get('minion')}"
+        )
         return (
-            f"Salt's reactions: Salt {ready.get('salt_version')} through {link.python.path} "
-            f"({link.python.how}), master config {link.master_config}, master answering "
-            f"on {answer.get('master')}"
+            f"Salt's {'caller ' if role == 'minion' else ''}reactions: Salt "
+            f"{ready.get('salt_version')} through {link.python.path} ({link.python.how}), "
+            f"{role} config {link.salt_config}, {where}"
         )
 
     try:
-        return asyncio.run(check())
+        return [asyncio.run(check(role)) for role in roles]
     except SaltUnreachableError as exc:
         raise ConfigError(f"Salt's reactions cannot reach Salt: {exc}") from None
 
@@ -401,9 +416,7 @@ def _print_rules(rules: Rules) -> None:
                 print("    (rendered at each event: its reactions depend on the event's data)")
             for reaction in reactions or ():
                 status = "ok"
-                if reaction.refused:
-                    status = "REFUSED: caller reactions are not run"
-                elif reaction.client:
+                if reaction.client:
                     status = f"ok (Salt's {reaction.client} client, through the master)"
                 extras = [
                     f"{name}: {value}"

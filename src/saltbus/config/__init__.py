@@ -117,6 +117,9 @@ class Config:
     # only to events that originated on this node, `all` to imported ones too.
     salt_python: Path | None = None
     salt_master_config: Path | None = None
+    # For caller reactions: the minion's config (default: --config when it is
+    # a minion's, else $SALT_MINION_CONFIG, else /etc/salt/minion).
+    salt_minion_config: Path | None = None
     reactor_scope: str = "local"
     # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
     # (servers, node_name, export, import, stream, replicas, credentials, tls,
@@ -369,7 +372,13 @@ def _convert(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer, not {value!r}") from None
-    if name in ("sock_dir", "data_dir", "salt_python", "salt_master_config"):
+    if name in (
+        "sock_dir",
+        "data_dir",
+        "salt_python",
+        "salt_master_config",
+        "salt_minion_config",
+    ):
         return Path(os.path.expanduser(str(value)))
     if name in ("allow_root", "tcp_allow_unauthenticated"):
         return to_bool(name, value)

@@ -14,7 +14,8 @@
   worker thread (a coroutine function is awaited); its return value is the
   result, and an exception it raises is the error.
 - Salt's ``local`` (``cmd``), ``runner`` and ``wheel``: sent to the Salt
-  master through :class:`~.saltside.SaltLink`. ``local`` publishes the job
+  master through :class:`~.saltside.SaltLink`; ``caller``: run with the
+  minion's config and modules (result ``{return}``). ``local`` publishes the job
   and does not wait for minions: result ``{jid, minions}`` (success: some
   minion was targeted); ``runner`` and ``wheel`` wait for the return: result
   ``{jid, return}``, success as Salt reports it.
@@ -43,8 +44,8 @@ from typing import Any, Final
 
 from saltbus.reactor.causes import Cause, with_cause
 from saltbus.reactor.command import OUTPUT_LIMIT, Commands, CommandTimeoutError
-from saltbus.reactor.errors import ActionError, RefusedError
-from saltbus.reactor.saltside import SaltLink
+from saltbus.reactor.errors import ActionError
+from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
 
 RETRY_STATUSES: Final = frozenset({408, 429})
@@ -70,7 +71,7 @@ class Outcome:
 
 
 class Actions:
-    def __init__(self, fire: Fire, executor: Executor, salt: SaltLink) -> None:
+    def __init__(self, fire: Fire, executor: Executor, salt: SaltLinks) -> None:
         self._fire = fire
         self._executor = executor
         self.salt = salt
@@ -78,8 +79,6 @@ class Actions:
 
     async def run(self, reaction: Reaction, trigger: Trigger) -> Outcome:
         """Run one reaction; raises :class:`ActionError` when it could not run."""
-        if reaction.refused:
-            raise RefusedError(reaction.refused)
         opts = reaction.options
         if reaction.client is not None:
             return await self._salt(reaction)
@@ -136,7 +135,7 @@ class Actions:
         opts = dict(reaction.options)
         client = opts.pop("client")
         request = {"op": client, **opts}
-        answer = await self.salt.call(request, opts.get("timeout"))
+        answer = await self.salt.for_client(client).call(request, opts.get("timeout"))
         if not answer.get("ok"):
             error = str(answer.get("error") or "no reason given")
             raise ActionError(f"{client} {opts['fun']}: {error}")

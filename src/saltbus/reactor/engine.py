@@ -48,7 +48,7 @@ from saltbus.reactor.progress import (
 )
 from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules
-from saltbus.reactor.saltside import SaltLink
+from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate, compile_condition
 from saltbus.reactor.throttle import Throttle, group_values
@@ -87,7 +87,7 @@ class Reactor:
         self._executor = ThreadPoolExecutor(
             config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
         )
-        self._actions = Actions(self._fire_strict, self._executor, SaltLink(config))
+        self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
         self._throttle = Throttle()
         self._client: AsyncClient | None = None
         self._progress = Progress(None)

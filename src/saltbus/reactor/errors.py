@@ -29,11 +29,6 @@ class ActionError(SaltbusError):
     ``error`` of the reaction's ret event."""
 
 
-class RefusedError(ActionError):
-    """A reaction names one of Salt's action types that saltbus does not run
-    (caller)."""
-
-
 class SaltUnreachableError(ActionError):
     """Salt's reactions cannot reach Salt: no Salt found, its config not
     loadable, its helper gone, or the master not answering."""

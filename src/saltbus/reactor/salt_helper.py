@@ -1,6 +1,6 @@
 """Runs Salt's reactions for saltbus's reactor, inside Salt's own interpreter.
 
-Started as ``SALT_PYTHON salt_helper.py MASTER_CONFIG`` by
+Started as ``SALT_PYTHON salt_helper.py master|minion CONFIG`` by
 :mod:`saltbus.reactor.saltside`, it imports Salt's public client API (and
 nothing of saltbus, which is not installed beside Salt), then speaks JSON
 lines: first ``{"ready": true, "salt_version": ..., ...}`` (or ``{"ready":
@@ -12,6 +12,7 @@ the requests finish:
      "arg": [], "kwarg": {}, "ret": "", "timeout": null, "batch": null}
     {"id": 3, "op": "runner", "fun": "jobs.list_jobs", "arg": [], "kwarg": {}, "timeout": 300}
     {"id": 4, "op": "wheel", "fun": "key.list_all", "arg": [], "kwarg": {}}
+    {"id": 5, "op": "caller", "fun": "grains.get", "arg": ["id"], "kwarg": {}}  (minion)
     ->  {"id": 2, "ok": true, "jid": "2026...", "minions": [...]}
     ->  {"id": 3, "ok": false, "error": "..."}
 
@@ -40,8 +41,8 @@ DEFAULT_RUNNER_TIMEOUT = 300.0
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        sys.stderr.write("usage: salt_helper.py MASTER_CONFIG\n")
+    if len(argv) != 3 or argv[1] not in ("master", "minion"):
+        sys.stderr.write("usage: salt_helper.py master|minion CONFIG\n")
         return 2
     # The protocol owns the real stdout; anything Salt prints goes to stderr.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> int:
             out.flush()
 
     try:
-        helper = Helper(argv[1])
+        helper = Helper(argv[1], argv[2])
     except Exception as exc:  # everything Salt can raise while loading its config
         send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
@@ -75,26 +76,36 @@ def main(argv: list[str]) -> int:
 
 
 class Helper:
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, role: str, config_path: str) -> None:
         import salt.config  # type: ignore[import-not-found]  # noqa: PLC0415
         import salt.version  # type: ignore[import-not-found]  # noqa: PLC0415
 
         if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no Salt master config at {config_path}")
+            raise FileNotFoundError(f"no Salt {role} config at {config_path}")
+        self.role = role
         self.config_path = config_path
-        self.opts = salt.config.master_config(config_path)
+        if role == "master":
+            self.opts = salt.config.master_config(config_path)
+        else:
+            self.opts = salt.config.minion_config(config_path)
         self.version = salt.version.__version__
         self._local = threading.local()
+        # One minion (its modules, grains and pillar load once), one call at a
+        # time: Salt's minion loader is not made for concurrent callers.
+        self._caller: Any = None
+        self._caller_lock = threading.Lock()
 
     def describe(self) -> Answer:
         opts = self.opts
         return {
             "ready": True,
+            "role": self.role,
             "salt_version": self.version,
             "python": sys.executable,
             "config": self.config_path,
             "sock_dir": opts.get("sock_dir"),
             "interface": opts.get("interface"),
+            "id": opts.get("id"),
             "ret_port": opts.get("ret_port"),
             "user": opts.get("user"),
         }
@@ -106,6 +117,8 @@ class Helper:
             handler = getattr(self, "op_" + str(op), None)
             if handler is None:
                 raise ValueError(f"unknown op {op!r}")
+            if op != "check" and (op == "caller") != (self.role == "minion"):
+                raise ValueError(f"{op} reactions need a Salt {self.role} helper, not this one")
             result = handler(request)
         except Exception as exc:  # every failure is the reaction's, as text
             send({"id": ident, "ok": False, "error": _why(exc)})
@@ -151,8 +164,26 @@ class Helper:
     # -- operations ---------------------------------------------------------------
 
     def op_check(self, request: Answer) -> Answer:
+        if self.role == "minion":
+            # The minion's execution modules load here, as a caller reaction needs them.
+            with self._caller_lock:
+                self._minion()
+            return {"ok": True, "minion": self.opts.get("id")}
         self._auth()
         return {"ok": True, "master": self._reach_master()}
+
+    def op_caller(self, request: Answer) -> Answer:
+        low = _low(request)
+        with self._caller_lock:
+            value = self._minion().cmd(low["fun"], *low["arg"], **low["kwarg"])
+        return {"ok": True, "success": True, "return": value}
+
+    def _minion(self) -> Any:
+        if self._caller is None:
+            import salt.client  # noqa: PLC0415
+
+            self._caller = salt.client.Caller(mopts=self.opts)
+        return self._caller
 
     def _reach_master(self) -> str:
         """Fail fast, and clearly, when the master is down: Salt's clients

@@ -13,7 +13,8 @@ Salt reads them; plain items are taken as positional ones)::
         - args:
           - mods: base
 
-``runner`` and ``wheel`` take ``arg``/``kwarg`` or ``- args:`` too, and, as
+``runner``, ``wheel`` and ``caller`` take ``arg``/``kwarg`` or ``- args:``
+too (for ``caller``, Salt's older ``- args: [a, b]`` is positional), and, as
 Salt's older form, any other item as a keyword argument of the function::
 
     accept_key:
@@ -29,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-SALT_CLIENTS: Final = ("local", "runner", "wheel")
+SALT_CLIENTS: Final = ("local", "runner", "wheel", "caller")
 LOCAL_TAKES: Final = "tgt, tgt_type, arg, kwarg, args, ret, timeout, batch"
 TARGET_TYPES: Final = frozenset(
     (

@@ -38,6 +38,7 @@ log = logging.getLogger("saltbus.reactor.salt")
 
 HELPER: Final = Path(__file__).with_name("salt_helper.py")
 DEFAULT_MASTER_CONFIG: Final = Path("/etc/salt/master")
+DEFAULT_MINION_CONFIG: Final = Path("/etc/salt/minion")
 SALT_PROGRAMS: Final = ("salt-master", "salt-call", "salt-run")
 READY_TIMEOUT: Final = 60.0
 # How long to wait for an answer beyond the reaction's own timeout.
@@ -83,8 +84,23 @@ def master_config_path(config: Config, env: Mapping[str, str] | None = None) -> 
     return DEFAULT_MASTER_CONFIG
 
 
-def is_salt_master_config(keys: set[str] | frozenset[str]) -> bool:
-    return bool(keys & SALT_MASTER_KEYS)
+def minion_config_path(config: Config, env: Mapping[str, str] | None = None) -> Path:
+    if config.salt_minion_config is not None:
+        return config.salt_minion_config
+    environ = os.environ if env is None else env
+    if environ.get("SALT_MINION_CONFIG"):
+        return Path(environ["SALT_MINION_CONFIG"])
+    return DEFAULT_MINION_CONFIG
+
+
+def salt_config_role(keys: set[str] | frozenset[str]) -> str | None:
+    """Whose Salt config file has these top-level keys: "minion" (it names
+    its ``master``), "master" (it has a master's keys), or None (saltbus's)."""
+    if "master" in keys:
+        return "minion"
+    if keys & SALT_MASTER_KEYS:
+        return "master"
+    return None
 
 
 def find_salt_python(config: Config, env: Mapping[str, str] | None = None) -> SaltPython:
@@ -154,10 +170,16 @@ class SaltLink:
     it died (a crash fails the calls in flight, with the reason)."""
 
     def __init__(
-        self, config: Config, env: Mapping[str, str] | None = None, *, announce: bool = True
+        self,
+        config: Config,
+        env: Mapping[str, str] | None = None,
+        *,
+        role: str = "master",
+        announce: bool = True,
     ) -> None:
         self._config = config
         self._env = env
+        self.role = role
         self._announce = announce
         self._proc: asyncio.subprocess.Process | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -169,7 +191,10 @@ class SaltLink:
         self.python: SaltPython | None = None
 
     @property
-    def master_config(self) -> Path:
+    def salt_config(self) -> Path:
+        """The master's config (local, runner, wheel) or the minion's (caller)."""
+        if self.role == "minion":
+            return minion_config_path(self._config, self._env)
         return master_config_path(self._config, self._env)
 
     async def start(self) -> dict[str, Any]:
@@ -182,16 +207,18 @@ class SaltLink:
 
     async def _start(self) -> dict[str, Any]:
         python = self.python = find_salt_python(self._config, self._env)
-        config_file = self.master_config
+        config_file = self.salt_config
         if not config_file.is_file():
             raise SaltUnreachableError(
-                f"no Salt master config at {config_file}: give the master's config with "
-                "--config, or set salt_master_config or SALT_MASTER_CONFIG"
+                f"no Salt {self.role} config at {config_file}: give the {self.role}'s config "
+                f"with --config, or set salt_{self.role}_config or "
+                f"SALT_{self.role.upper()}_CONFIG"
             )
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(python.path),
                 str(HELPER),
+                self.role,
                 str(config_file),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -218,8 +245,8 @@ class SaltLink:
             if "No module named 'salt'" in why:
                 why = f"{python.path} cannot import salt"
             raise SaltUnreachableError(
-                f"Salt's python {python.path} ({python.how}) could not load the master config "
-                f"{config_file}: {why}"
+                f"Salt's python {python.path} ({python.how}) could not load the {self.role} "
+                f"config {config_file}: {why}"
             )
         self._proc = proc
         self.ready = ready
@@ -229,10 +256,11 @@ class SaltLink:
         ]
         log.log(
             logging.INFO if self._announce else logging.DEBUG,
-            "Salt %s reached through %s (%s), master config %s",
+            "Salt %s reached through %s (%s), %s config %s",
             ready.get("salt_version"),
             python.path,
             python.how,
+            self.role,
             config_file,
         )
         return ready
@@ -330,3 +358,19 @@ def _decode(line: bytes) -> dict[str, Any] | None:
 def _last_line(raw: bytes) -> str:
     lines = [x for x in raw.decode("utf-8", "replace").splitlines() if x.strip()]
     return lines[-1].strip() if lines else ""
+
+
+class SaltLinks:
+    """One helper for the master (local, runner, wheel) and one for the
+    minion (caller), each started when a reaction first needs it."""
+
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+        self.master = SaltLink(config, env, role="master")
+        self.minion = SaltLink(config, env, role="minion")
+
+    def for_client(self, client: str) -> SaltLink:
+        return self.minion if client == "caller" else self.master
+
+    async def close(self) -> None:
+        await self.master.close()
+        await self.minion.close()

@@ -16,12 +16,11 @@ are keyword arguments, others positional). Salt's ``arg`` (a list) and
 ``kwarg`` (a mapping) are read too.
 
 Salt's own reactions, ``local`` (and Salt's ``cmd`` alias of it),
-``runner`` and ``wheel``, are read in Salt's argument forms by
-:mod:`.saltcalls` and run through the Salt master by :mod:`.saltside`.
-saltbus tells ``cmd`` apart by the target: ``cmd.run`` *without* ``tgt`` is
-saltbus's own command action; ``cmd.run`` with ``tgt`` and any other
-``cmd.<fn>`` are Salt's. ``caller`` reactions (run on a minion) load, so a
-file written for Salt does, but are refused when they would run.
+``runner``, ``wheel`` and ``caller``, are read in Salt's argument forms by
+:mod:`.saltcalls` and run through Salt by :mod:`.saltside` (the master's
+config for the first three, the minion's for ``caller``). saltbus tells
+``cmd`` apart by the target: ``cmd.run`` *without* ``tgt`` is saltbus's own
+command action; ``cmd.run`` with ``tgt`` and any other ``cmd.<fn>`` are Salt's.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from saltbus.reactor.errors import ReactionFileError
 from saltbus.reactor.saltcalls import parse_salt_call, salt_client
 
 MASTER_CLIENTS: Final = ("local", "runner", "wheel", "caller")
-REFUSED_CLIENTS: Final = ("caller",)
 EXTRAS: Final = ("when", "once_within", "group_by")
 DEFAULT_CMD_TIMEOUT: Final = 300.0
 DEFAULT_HTTP_TIMEOUT: Final = 10.0
@@ -84,8 +82,6 @@ class Reaction:
     when: str | None = None
     once_within: float | None = None
     group_by: tuple[str, ...] = ()
-    # Why saltbus will not run it (Salt's caller reactions), or None.
-    refused: str | None = None
     # The Salt client that runs it (local, runner, wheel), or None: saltbus's own.
     client: str | None = None
 
@@ -133,8 +129,6 @@ def _parse_reaction(name: str, body: Any, path: Path, line: int, strict: bool) -
         found = ", ".join(map(str, functions)) or "none"
         raise fail(f"must name exactly one action (found: {found})")
     function = str(functions[0])
-    if function.partition(".")[0] in REFUSED_CLIENTS:
-        return Reaction(name, path, line, function, refused=_refusal(name, path, line, function))
     value = body[functions[0]]
     if salt_client(function, _has_target(value)) is not None:
         salt_options, salt_extras = parse_salt_call(function, value, EXTRAS, fail, strict=strict)
@@ -227,14 +221,6 @@ def _has_target(value: Any) -> bool:
     if isinstance(value, list):
         return any(isinstance(i, Mapping) and "tgt" in i for i in value)
     return False
-
-
-def _refusal(name: str, path: Path, line: int, function: str) -> str:
-    return (
-        f"reaction {name!r} ({path}:{line}) uses {function}: Salt's caller reactions run "
-        "on a minion, which saltbus's reactor does not do yet; saltbus runs "
-        f"{SALTBUS_ACTIONS}, and local, runner and wheel through the Salt master"
-    )
 
 
 def _bind(

@@ -80,8 +80,6 @@ def _verdict(
             head + f"not run: the loop guard (the chain is {depth} reactions deep, "
             f"reactor_max_depth {config.reactor_max_depth})"
         )
-    if reaction.refused:
-        return head + f"not run: refused: {reaction.refused}"
     throttle = ""
     if reaction.once_within is not None:
         per = f" per {', '.join(reaction.group_by)}" if reaction.group_by else ""
