@@ -29,6 +29,10 @@ STOP_TIMEOUT = 15.0
 MINION_ID = "saltbus-minion"
 
 
+API_USER = "saltbus"
+API_PASSWORD = "anything"  # Salt's `auto` eauth accepts any password
+
+
 @dataclass(frozen=True)
 class SaltMaster:
     version: str
@@ -37,6 +41,7 @@ class SaltMaster:
     sock_dir: Path
     minion_id: str
     python: Path
+    api_url: str | None = None
 
     def bus_config(self, **overrides: object) -> Config:
         """saltbus's view of the master's bus (Salt's own publisher serves it)."""
@@ -80,12 +85,14 @@ def _log_tail(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def salt_master_and_minion(version: str) -> Iterator[SaltMaster]:
+def salt_master_and_minion(version: str, *, salt_api: bool = False) -> Iterator[SaltMaster]:
+    """With ``salt_api``, salt-api runs too (rest_tornado without TLS, the `auto`
+    eauth for API_USER with every right), its /run at ``SaltMaster.api_url``."""
     python = salt_python(version)
     bin_dir = python.parent
     # Unix socket paths must stay short: a directory directly under /tmp.
     root = Path(tempfile.mkdtemp(prefix="sm-", dir="/tmp"))
-    publish_port, ret_port = _free_ports(2)
+    publish_port, ret_port, api_port = _free_ports(3)
     user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
     common = {
         "root_dir": str(root),
@@ -121,11 +128,16 @@ def salt_master_and_minion(version: str) -> Iterator[SaltMaster]:
         "file_client": "remote",
         "grains_cache": True,
     }
+    if salt_api:
+        master["rest_tornado"] = {"port": api_port, "address": "127.0.0.1", "disable_ssl": True}
+        master["external_auth"] = {"auto": {API_USER: [".*", "@runner", "@wheel", "@jobs"]}}
+        master["netapi_enable_clients"] = ["local_async", "runner", "wheel"]
     (root / "srv").mkdir()
     for name, conf in (("master", master), ("minion", minion)):
         (root / name).write_text(yaml.safe_dump(conf))
     procs: list[subprocess.Popen[bytes]] = []
-    handle = SaltMaster(version, root, root / "master", root / "m", MINION_ID, python)
+    api_url = f"http://127.0.0.1:{api_port}/run" if salt_api else None
+    handle = SaltMaster(version, root, root / "master", root / "m", MINION_ID, python, api_url)
     try:
         procs.append(_daemon(bin_dir / "salt-master", root))
         pub = root / "m" / "master_event_pub.ipc"
@@ -139,6 +151,11 @@ def salt_master_and_minion(version: str) -> Iterator[SaltMaster]:
             while listener.receive(1.0) is None:
                 _alive(procs[0], root / "master.log", deadline)
                 _alive(procs[1], root / "minion.log", deadline)
+        if salt_api:
+            procs.append(_daemon(bin_dir / "salt-api", root))
+            while not _listening(api_port):
+                _alive(procs[-1], root / "master.log", deadline)
+                time.sleep(0.1)
         yield handle
     finally:
         for proc in reversed(procs):
@@ -147,13 +164,15 @@ def salt_master_and_minion(version: str) -> Iterator[SaltMaster]:
 
 
 def _daemon(program: Path, root: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(program), "-c", str(root), "--log-level", "quiet"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    # What a daemon prints (salt-api's wsgiref prints tracebacks) is kept beside its log.
+    with (root / f"{program.name}.out").open("ab") as out:
+        return subprocess.Popen(
+            [str(program), "-c", str(root), "--log-level", "quiet"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _alive(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
@@ -161,3 +180,11 @@ def _alive(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
         raise AssertionError(f"{proc.args[0]} exited {proc.returncode}: {_log_tail(log)}")
     if time.monotonic() > deadline:
         raise AssertionError(f"{proc.args[0]} not ready in {START_TIMEOUT} s: {_log_tail(log)}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

@@ -136,7 +136,13 @@ def warm_up(master: SaltMaster, listener: Listener, bus: tuple[str, ...] = ()) -
 
 
 def salt_rets(events: list[Event]) -> list[Event]:
-    return [e for e in events if e.tag.endswith("/ret") and e.data.get("reaction") != "warm"]
+    return [
+        e
+        for e in events
+        if e.tag.startswith("saltbus/reactor/")
+        and e.tag.endswith("/ret")
+        and e.data.get("reaction") != "warm"
+    ]
 
 
 def collect(listener: Listener, done: Any) -> list[Event]:

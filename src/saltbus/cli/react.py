@@ -84,8 +84,12 @@ Salt's keys such as interface or ret_port), else salt_master_config, else
 $SALT_MASTER_CONFIG, else /etc/salt/master; for caller reactions the
 minion's: --config when it names a `master:`, else salt_minion_config,
 $SALT_MINION_CONFIG, /etc/salt/minion. Run the reactor as the master's
-user (it reads the master's key, as Salt's own tools do). A reaction that
-cannot reach the master gives a ret event with success false and the reason.
+user (it reads the master's key, as Salt's own tools do). For a master on
+another host, a salt_api: {url, username, password, eauth, timeout, verify}
+section sends local, runner and wheel reactions to salt-api's /run
+(rest_cherrypy, rest_tornado) with those eauth credentials instead. A
+reaction that cannot reach the master gives a ret event with success false
+and the reason.
 
 beside the action (or among its arguments):
   when: EXPR          a Jinja2 expression over tag and data; false: not run
@@ -103,7 +107,7 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
 reactor_catch_up (true), reactor_name ("reactor"), salt_python,
-salt_master_config, salt_minion_config, reactor_scope (local: with federation, react only to
+salt_master_config, salt_minion_config, salt_api, reactor_scope (local: with federation, react only to
 events fired on this node; all: imported events too).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
@@ -351,12 +355,19 @@ def _check_salt(config: Config, clients: set[str]) -> list[str]:
     import asyncio  # noqa: PLC0415
 
     from saltbus.reactor.errors import SaltUnreachableError  # noqa: PLC0415
+    from saltbus.reactor.saltapi import SaltApi  # noqa: PLC0415
     from saltbus.reactor.saltside import SaltLink  # noqa: PLC0415
 
     roles = ["master"] if clients - {"caller"} else []
     roles += ["minion"] if "caller" in clients else []
 
     async def check(role: str) -> str:
+        if role == "master" and config.salt_api:
+            api = SaltApi(config.salt_api)
+            answer = await api.call({"op": "check"})
+            if not answer.get("ok"):
+                raise SaltUnreachableError(str(answer.get("error")))
+            return f"Salt's reactions: through {api.describe()}, credentials accepted"
         link = SaltLink(config, role=role, announce=False)
         try:
             ready = await link.start()

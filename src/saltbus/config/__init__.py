@@ -120,6 +120,9 @@ class Config:
     # For caller reactions: the minion's config (default: --config when it is
     # a minion's, else $SALT_MINION_CONFIG, else /etc/salt/minion).
     salt_minion_config: Path | None = None
+    # For a master on another host: salt-api's url and eauth credentials
+    # (saltbus.reactor.saltapi checks the keys).
+    salt_api: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reactor_scope: str = "local"
     # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
     # (servers, node_name, export, import, stream, replicas, credentials, tls,

@@ -110,6 +110,7 @@ REACTOR_FIELDS: Final = frozenset(
         "reactor_catch_up",
         "reactor_name",
         "reactor_scope",
+        "salt_api",
     )
 )
 _REACTOR_NAME: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
@@ -133,6 +134,10 @@ def convert_reactor_setting(name: str, value: Any) -> Any:
         return to_bool(name, value)
     if name in ("reactor_name", "reactor_scope"):
         return str(value)
+    if name == "salt_api":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"salt_api must map url, username, password and eauth, not {value!r}")
+        return dict(value)
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer, not {value!r}")
     try:

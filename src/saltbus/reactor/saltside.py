@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from saltbus.config import Config
 from saltbus.reactor.errors import SaltUnreachableError
+from saltbus.reactor.saltapi import SaltApi
 
 log = logging.getLogger("saltbus.reactor.salt")
 
@@ -362,13 +363,16 @@ def _last_line(raw: bytes) -> str:
 
 class SaltLinks:
     """One helper for the master (local, runner, wheel) and one for the
-    minion (caller), each started when a reaction first needs it."""
+    minion (caller), each started when a reaction first needs it; with a
+    ``salt_api:`` section, the master is reached through salt-api instead."""
 
     def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
-        self.master = SaltLink(config, env, role="master")
+        self.master: SaltLink | SaltApi = (
+            SaltApi(config.salt_api) if config.salt_api else SaltLink(config, env, role="master")
+        )
         self.minion = SaltLink(config, env, role="minion")
 
-    def for_client(self, client: str) -> SaltLink:
+    def for_client(self, client: str) -> SaltLink | SaltApi:
         return self.minion if client == "caller" else self.master
 
     async def close(self) -> None:
