@@ -107,8 +107,9 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
 reactor_catch_up (true), reactor_name ("reactor"), salt_python,
-salt_master_config, salt_minion_config, salt_api, reactor_scope (local: with federation, react only to
-events fired on this node; all: imported events too).
+salt_master_config, salt_minion_config, salt_api, reactor_scope (local:
+with federation, react only to events fired on this node; all: imported
+events too).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
