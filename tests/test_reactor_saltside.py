@@ -105,3 +105,29 @@ def test_a_python_without_salt_says_so(tmp_path: Path) -> None:
         f"Salt's python {sys.executable} (the salt_python setting) could not load the master "
         f"config {tmp_path / 'master'}: {sys.executable} cannot import salt"
     )
+
+
+def test_a_failed_start_is_not_retried_for_every_reaction(tmp_path: Path) -> None:
+    """A burst of reactions with a broken Salt starts its interpreter once."""
+    counter = tmp_path / "starts"
+    python = executable(tmp_path / "python3", f"#!/bin/sh\necho started >> {counter}\nexit 1\n")
+    (tmp_path / "master").write_text("interface: 127.0.0.1\n")
+    config = BASE.replace(salt_python=python, salt_master_config=tmp_path / "master")
+
+    async def main() -> list[str]:
+        link = SaltLink(config, env={})
+        errors = []
+        try:
+            for _ in range(20):
+                try:
+                    await link.call({"op": "check"})
+                except SaltUnreachableError as exc:
+                    errors.append(str(exc))
+        finally:
+            await link.close()
+        return errors
+
+    errors = asyncio.run(main())
+    assert len(errors) == 20 and len(set(errors)) == 1
+    assert "could not load the master config" in errors[0]
+    assert counter.read_text() == "started\n"

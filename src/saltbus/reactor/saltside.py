@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ DEFAULT_ANSWER_TIMEOUT: Final = 300.0
 LINE_LIMIT: Final = 64 * 1024 * 1024
 PROBE_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 5.0
+RESTART_BACKOFF: Final = 5.0
 # Keys only a Salt master's config file has: a --config file with one of them
 # is the master's own (saltbus reads its keys, Salt the rest).
 SALT_MASTER_KEYS: Final = frozenset(
@@ -190,6 +192,7 @@ class SaltLink:
         self._stderr_tail: list[str] = []
         self.ready: dict[str, Any] | None = None
         self.python: SaltPython | None = None
+        self._failed: tuple[float, str] | None = None  # when, and why
 
     @property
     def salt_config(self) -> Path:
@@ -199,12 +202,25 @@ class SaltLink:
         return master_config_path(self._config, self._env)
 
     async def start(self) -> dict[str, Any]:
-        """Start the helper (if it is not running); its ready line."""
+        """Start the helper (if it is not running); its ready line.
+
+        After a failed start the same failure is reported, without trying
+        again, for RESTART_BACKOFF seconds: a burst of events must not start
+        Salt's interpreter (a second of imports) once per reaction."""
         async with self._lock:
             if self._proc is not None and self._proc.returncode is None and self.ready:
                 return self.ready
+            now = time.monotonic()
+            if self._failed is not None and now - self._failed[0] < RESTART_BACKOFF:
+                raise SaltUnreachableError(self._failed[1])
             await self._close_process()
-            return await self._start()
+            try:
+                ready = await self._start()
+            except SaltUnreachableError as exc:
+                self._failed = (now, str(exc))
+                raise
+            self._failed = None
+            return ready
 
     async def _start(self) -> dict[str, Any]:
         python = self.python = find_salt_python(self._config, self._env)
