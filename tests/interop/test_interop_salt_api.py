@@ -78,7 +78,7 @@ def run_reactions(master: SaltMaster, conf: Path) -> dict[str, dict[str, Any]]:
 
             def done(events: list[Event]) -> bool:
                 rets = {e.data["reaction"]: e.data for e in salt_rets(events)}
-                if len(rets) < 4:
+                if len(rets) < 5:
                     return False
                 jids = {rets[name].get("jid") for name in ("ping", "echo")} - {None}
                 returned = {e.data.get("jid") for e in events if "/ret/" in e.tag}

@@ -42,6 +42,11 @@ args:
       - who: {{ data['minion'] }}
 keys:
   wheel.key.list_all: []
+batched:
+  local.test.echo:
+    - tgt: '*'
+    - arg: [batched]
+    - batch: 1
 """
 WARM = "warm:\n  event.send:\n    - tag: app/warmed\n"
 
@@ -181,7 +186,7 @@ def test_local_runner_and_wheel_reactions(master: SaltMaster, tmp_path: Path) ->
 
             def finished(events: list[Event]) -> bool:
                 got = rets(events)
-                if not {"ping", "echo", "args", "keys"} <= got.keys():
+                if not {"ping", "echo", "args", "keys", "batched"} <= got.keys():
                     return False
                 returned = {e.data.get("jid") for e in events if is_job_ret(e)}
                 return {got["ping"].get("jid"), got["echo"].get("jid")} <= returned
@@ -197,6 +202,11 @@ def test_local_runner_and_wheel_reactions(master: SaltMaster, tmp_path: Path) ->
     assert got["echo"]["action"] == "cmd.cmd.run"
     assert got["args"]["result"]["return"]["kwargs"]["who"] == minion
     assert minion in got["keys"]["result"]["return"]["minions"]
+    # batch: the reaction waited for its batches and has the minions' returns.
+    assert got["batched"]["success"] is True, got["batched"]
+    assert got["batched"]["result"]["return"] == {minion: "batched"}
+    # One helper for all these reactions: Salt's interpreter started once.
+    assert sum("reached through" in line for line in react.lines) == 1, react.lines
     # The minions' returns of the local jobs, on the master's bus.
     job_rets = {e.data["jid"]: e.data for e in events if is_job_ret(e)}
     assert job_rets[got["ping"]["jid"]]["return"] is True
@@ -262,7 +272,7 @@ def test_a_master_that_does_not_answer(master: SaltMaster, tmp_path: Path) -> No
             react.wait_for("running on the")
             warm_up(master, listener)
             fire(master, "app/salt", minion=master.minion_id, word="x")
-            events = collect(listener, lambda got: len(salt_rets(got)) >= 4)
+            events = collect(listener, lambda got: len(salt_rets(got)) >= 5)
         finally:
             assert react.stop() == 0
     for event in salt_rets(events):
