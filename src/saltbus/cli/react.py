@@ -14,6 +14,7 @@ from saltbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from saltbus.reactor import Reactor, Rules
+    from saltbus.reactor.leader import Leadership
     from saltbus.server import Server
 
 STATS_KEY = "reactor"  # its part of the server's statistics
@@ -109,7 +110,10 @@ reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
 reactor_catch_up (true), reactor_name ("reactor"), salt_python,
 salt_master_config, salt_minion_config, salt_api, reactor_scope (local:
 with federation, react only to events fired on this node; all: imported
-events too).
+events too; leader: one node, elected through a NATS key-value lease of
+reactor_leader_ttl seconds (5), reacts to every event of the cluster, and a
+node taking over runs what the dead leader had not marked done: at least
+once across a leader crash).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
@@ -229,7 +233,7 @@ async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None
 
     from saltbus.reactor import Reactor  # noqa: PLC0415
 
-    reactor = Reactor(config, rules, loader=lambda: _reload(args))
+    reactor = Reactor(config, rules, loader=lambda: _reload(args), leadership=_leadership(config))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, reactor.request_stop)
@@ -263,7 +267,7 @@ async def start_alongside(
     if found:
         config = config.replace(**found)
     rules = load_rules(config, _base_dir(args))
-    reactor = Reactor(config, rules, loader=lambda: _reload(args))
+    reactor = Reactor(config, rules, loader=lambda: _reload(args), leadership=_leadership(config))
     await reactor.start()
     if server is not None:
         server.stats_sources[STATS_KEY] = reactor.stats.as_dict
@@ -303,6 +307,31 @@ def _config(args: argparse.Namespace) -> Config:
         reactor_worker_threads=getattr(args, "workers", None),
         reactor_worker_hwm=getattr(args, "hwm", None),
         reactor_max_depth=getattr(args, "max_depth", None),
+    )
+
+
+def _leadership(config: Config) -> Leadership | None:
+    """With reactor_scope leader: the lease, through the cluster's NATS servers."""
+    if config.reactor_scope != "leader":
+        return None
+    if not config.cluster:
+        raise ConfigError(
+            "reactor_scope leader needs a cluster: section (the NATS servers the "
+            "leader is elected through)"
+        )
+    from saltbus.cluster.settings import ClusterSettings  # noqa: PLC0415
+    from saltbus.reactor.leader import Leadership  # noqa: PLC0415
+
+    settings = ClusterSettings.from_config(config)
+    kwargs = settings.connect_kwargs()
+    kwargs["name"] = f"{kwargs.get('name', 'saltbus')}-reactor"
+    return Leadership(
+        list(settings.servers),
+        kwargs,
+        settings.node_name,
+        config.reactor_name,
+        config.reactor_leader_ttl,
+        config.reactor_worker_hwm,
     )
 
 

@@ -124,6 +124,8 @@ class Config:
     # (saltbus.reactor.saltapi checks the keys).
     salt_api: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reactor_scope: str = "local"
+    # reactor_scope leader: how long the leader's lease lasts unrenewed.
+    reactor_leader_ttl: float = 5.0
     # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
     # (servers, node_name, export, import, stream, replicas, credentials, tls,
     # ...), kept as given; saltbus.cluster.settings checks what the keys mean.
@@ -387,7 +389,12 @@ def _convert(name: str, value: Any) -> Any:
         return to_bool(name, value)
     if name == "sock_group":
         return str(value)
-    if name in ("journal_max_age", "partial_frame_timeout", "subscriber_stall_timeout"):
+    if name in (
+        "journal_max_age",
+        "partial_frame_timeout",
+        "subscriber_stall_timeout",
+        "reactor_leader_ttl",
+    ):
         try:
             return float(value)
         except (TypeError, ValueError):

@@ -187,11 +187,13 @@ def check_reactor_settings(config: Config) -> None:
     for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_max_depth"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, not {getattr(config, name)}")
-    if config.reactor_scope not in ("local", "all"):
+    if config.reactor_scope not in ("local", "all", "leader"):
         raise ConfigError(
-            f"reactor_scope must be local (react to this node's events) or all (imported "
-            f"events too), not {config.reactor_scope!r}"
+            f"reactor_scope must be local (react to this node's events), all (imported "
+            f"events too) or leader (one node reacts to all), not {config.reactor_scope!r}"
         )
+    if config.reactor_leader_ttl <= 0:
+        raise ConfigError(f"reactor_leader_ttl must be positive, not {config.reactor_leader_ttl}")
     if not _REACTOR_NAME.match(config.reactor_name):
         raise ConfigError(
             f"reactor_name {config.reactor_name!r} must be 1-64 letters, digits, "

@@ -37,6 +37,7 @@ from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of, origin_node
 from saltbus.reactor.errors import ActionError, ReactionFileError
+from saltbus.reactor.leader import Leadership, Origin, origin_of
 from saltbus.reactor.progress import (
     Backlog,
     PidFile,
@@ -68,6 +69,7 @@ Loader = Callable[[], tuple[Config, Rules]]
 class Job:
     reaction: Reaction
     trigger: Trigger
+    origin: Origin | None = None  # with reactor_scope leader: (node, seq there)
 
 
 class Reactor:
@@ -77,12 +79,20 @@ class Reactor:
     (SIGHUP); when it raises, the running configuration stays.
     """
 
-    def __init__(self, config: Config, rules: Rules, *, loader: Loader | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rules: Rules,
+        *,
+        loader: Loader | None = None,
+        leadership: Leadership | None = None,
+    ) -> None:
         self.config = config
         self.rules = rules
         self.max_depth = config.reactor_max_depth
         self.stats = Stats()
         self._loader = loader
+        self._leadership = leadership
         self._queue: asyncio.Queue[Job] = asyncio.Queue(config.reactor_worker_hwm)
         self._executor = ThreadPoolExecutor(
             config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
@@ -142,6 +152,12 @@ class Reactor:
         ]
         for task in self._tasks:
             task.add_done_callback(self._supervise)
+        if self._leadership is not None:
+            try:
+                await self._leadership.start(self._take_over)
+            except BaseException:
+                await self.stop()
+                raise
 
     async def _find_backlog(self, since: int, epoch: int | None) -> Backlog | None:
         """Say how far back a restarted reactor reaches: it is about to run
@@ -238,6 +254,8 @@ class Reactor:
         if self._background:
             await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
         self._progress.save()
+        if self._leadership is not None:
+            await self._leadership.close()
         await self._actions.salt.close()
         if self._client is not None:
             await self._client.close()
@@ -279,12 +297,32 @@ class Reactor:
             # Its own node's reactor reacts to it: once across the cluster.
             self.stats.other_nodes += 1
             templates = []
-        queued = self._react(event, templates) if templates else 0
+        origin = None
+        if self._leadership is not None:
+            origin = origin_of(event, self._leadership.node)
+            if not self._leadership.is_leader:
+                if templates:
+                    self._leadership.keep(origin, event)
+                    self.stats.other_nodes += 1
+                templates = []
+        queued = self._react(event, templates, origin) if templates else 0
+        if self._leadership is not None and self._leadership.is_leader:
+            self._leadership.seen(origin, queued)
         if self._client is not None:
             self._progress.epoch = self._client.session.epoch
         self._progress.seen(event.seq, queued)
 
-    def _react(self, event: Event, templates: list[ReactionTemplate]) -> int:
+    def _take_over(self, events: list[Event]) -> None:
+        """Leadership taken: run what the old leader had not marked done."""
+        assert self._leadership is not None
+        for event in events:
+            origin = origin_of(event, self._leadership.node)
+            templates = self.rules.match(event.tag)
+            self._leadership.seen(origin, self._react(event, templates, origin))
+
+    def _react(
+        self, event: Event, templates: list[ReactionTemplate], origin: Origin | None = None
+    ) -> int:
         self.stats.matched += 1
         trigger = Trigger(event.tag, event.data, event.seq, cause_of(event.data))
         queued = 0
@@ -306,7 +344,7 @@ class Reactor:
                 if reaction.once_within is not None and not self._allowed(reaction, trigger):
                     continue
                 try:
-                    self._queue.put_nowait(Job(reaction, trigger))
+                    self._queue.put_nowait(Job(reaction, trigger, origin))
                 except asyncio.QueueFull:
                     self._overflowed(reaction)
                     continue
@@ -407,6 +445,8 @@ class Reactor:
             finally:
                 self._queue.task_done()
                 self._progress.done(job.trigger.seq)
+                if self._leadership is not None:
+                    self._leadership.done(job.origin)
 
     async def _execute(self, job: Job) -> None:
         started = time.monotonic()
