@@ -154,3 +154,23 @@ def test_an_event_from_the_journal(tmp_path: Path, bus_config: Config) -> None:
     done = react_test(tmp_path, "--test-seq", str(seq + 100), flags=flags)
     assert done.returncode == 2
     assert f"no event with seq {seq + 100} in " in done.stderr
+
+
+def test_leader_scope_is_named(tmp_path: Path) -> None:
+    done = react_test(tmp_path, "salt/minion/x/start", "id=x")
+    assert "reactor_scope leader" not in done.stdout
+    conf = tmp_path / "master"
+    conf.write_text(conf.read_text() + "reactor_scope: leader\ncluster: {servers: [nats://h]}\n")
+    done = subprocess.run(
+        [str(SALTBUS), "react", "--config", str(conf), "--sock-dir", str(tmp_path / "nobus")]  # noqa: RUF005
+        + ["--test", "salt/minion/x/start", "id=x"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == (
+        "(reactor_scope leader: only the node holding the lease runs what follows)"
+    )

@@ -27,6 +27,8 @@ def explain(config: Config, rules: Rules, tag: str, data: Mapping[str, Any]) -> 
     """Lines saying, for each tag glob, reaction file and reaction, what the
     reactor would do with the event ``tag``/``data``."""
     yield f"event {tag} {json.dumps(dict(data), default=str, sort_keys=True)}"
+    if config.reactor_scope == "leader":
+        yield "(reactor_scope leader: only the node holding the lease runs what follows)"
     origin = origin_node(data)
     scope_skips = origin is not None and config.reactor_scope == "local"
     depth = cause_of(data).depth
