@@ -289,6 +289,10 @@ def describe(stats: dict[str, Any]) -> list[str]:
         f"{stats['succeeded']} succeeded, {stats['failed']} failed, "
         f"{stats['dropped']} dropped (queue full), {stats['stopped']} stopped (loop guard)"
     ]
+    if stats.get("other_nodes"):
+        lines.append(
+            f"  not reacted to here (reactor_scope): {stats['other_nodes']} events of other nodes"
+        )
     for why, key in (("when: false", "skipped_by_when"), ("once_within", "skipped_by_throttle")):
         counts = stats.get(key) or {}
         if counts:
