@@ -760,3 +760,28 @@ def test_react_on_a_salt_masters_bus(version: str, sock_dir: Path, tmp_path: Pat
     assert out.read_text() == f"{version}\n"
     assert seen is not None and seen.data["v"] == version and seen.seq is None
     assert "catching up" not in proc.stderr  # no journal on Salt's bus: nothing to resume
+
+
+@pytest.mark.usefixtures("publisher")
+def test_refire_fires_a_journaled_event_again_marked(bus_config: Config) -> None:
+    origin = {"node": "b", "seq": 9, "epoch": 1}
+    with Sender(bus_config) as sender:
+        first = sender.fire("app/missed", {"v": 1, "_saltbus_origin": origin}, ack=True)
+    assert first.seq is not None
+    with Listener(bus_config, "app/missed") as listener:
+        listener.connect(5)
+        done = subprocess.run(
+            [str(SALTBUS), "react", "--refire", str(first.seq), *bus_flags(bus_config)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env=clean_env(),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        again = listener.receive(WAIT)
+    assert again is not None and again.seq is not None and again.seq > first.seq
+    assert done.stdout == f"saltbus: fired app/missed (seq {first.seq}) again as seq {again.seq}\n"
+    refired = again.data["_saltbus_refired"]
+    assert refired == {"seq": first.seq, "stamp": first.data["_stamp"], "origin": origin}
+    assert again.data["v"] == 1 and "_saltbus_origin" not in again.data  # now this node's

@@ -129,6 +129,10 @@ client, function and target), running nothing; for each reaction that would
 not run it says why (its glob, when:, reactor_scope for an imported event,
 the loop guard); once_within depends on the running reactor and is named.
 
+`saltbus react --refire SEQ` fires the journal's event SEQ again, as an
+event of this node marked `_saltbus_refired: {seq, stamp, origin}`, so the
+reactions it missed run (every matching reaction runs again).
+
 SIGHUP or `saltbus react --reload` re-reads the configuration without losing
 queued reactions; a configuration with errors is reported (file and line)
 and the running one stays. `saltbus serve --config FILE` runs the
@@ -181,6 +185,13 @@ def add_parser(commands: Any) -> None:
         help="like --test, for the event with seq N in the bus's journal",
     )
     action.add_argument(
+        "--refire",
+        type=int,
+        metavar="SEQ",
+        help="fire the journal's event SEQ again (marked _saltbus_refired), so missed "
+        "reactions run, exit",
+    )
+    action.add_argument(
         "--reload",
         action="store_true",
         help="tell the running reactor of this name and bus to reload (SIGHUP), exit",
@@ -201,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"unexpected DATA {' '.join(args.data)!r}: DATA goes with --test TAG")
     config = _config(args)
     reactor = _reactor_package()
+    if args.refire is not None:
+        print(_refire(config, args.refire))
+        return 0
     if args.reload:
         pid = reactor.progress.signal_reactor(reactor.progress.pid_path(config))
         print(f"saltbus: asked reactor {config.reactor_name!r} (pid {pid}) to reload")
@@ -339,12 +353,36 @@ def _leadership(config: Config) -> Leadership | None:
     )
 
 
+REFIRED_KEY = "_saltbus_refired"
+ORIGIN_KEY = "_saltbus_origin"  # saltbus.cluster's marker of an imported event
+
+
+def _refire(config: Config, seq: int) -> str:
+    """Fire the journal's event ``seq`` again, as an event of this node: its
+    data gets ``_saltbus_refired: {seq, stamp[, origin]}``."""
+    from saltbus import Sender  # noqa: PLC0415
+
+    tag, data = _journal_event(config, seq)
+    refired: dict[str, Any] = {"seq": seq, "stamp": data.pop("_stamp", None)}
+    origin = data.pop(ORIGIN_KEY, None)
+    if origin is not None:
+        refired["origin"] = origin
+    data[REFIRED_KEY] = refired
+    with Sender(config) as sender:
+        event = sender.fire(tag, data, timeout=10.0, ack=True)
+    return f"saltbus: fired {tag} (seq {seq}) again as seq {event.seq}"
+
+
 def _trial_event(config: Config, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The event of --test TAG DATA, or of --test-seq N from the journal."""
     if args.test is not None:
         from saltbus.cli.eventdata import parse_data  # noqa: PLC0415
 
         return args.test, parse_data(args.data)
+    return _journal_event(config, args.test_seq)
+
+
+def _journal_event(config: Config, seq: int) -> tuple[str, dict[str, Any]]:
     from saltbus.journal.store import Journal  # noqa: PLC0415
     from saltbus.reactor.progress import bus_journal  # noqa: PLC0415
     from saltbus.wire import unpack_body  # noqa: PLC0415
@@ -352,13 +390,13 @@ def _trial_event(config: Config, args: argparse.Namespace) -> tuple[str, dict[st
     path = bus_journal(config)
     if not path.exists():
         raise ConfigError(
-            f"no journal at {path} for the bus in {config.sock_dir}: --test-seq reads "
-            "the event from it (give the bus's --sock-dir and --data-dir)"
+            f"no journal at {path} for the bus in {config.sock_dir}: the event is read "
+            "from it (give the bus's --sock-dir and --data-dir)"
         )
     with Journal.open(path, readonly=True) as journal:
-        records = journal.read(since=args.test_seq - 1, until=args.test_seq, limit=1)
+        records = journal.read(since=seq - 1, until=seq, limit=1)
     if not records:
-        raise ConfigError(f"no event with seq {args.test_seq} in {path}")
+        raise ConfigError(f"no event with seq {seq} in {path}")
     tag, data = unpack_body(records[0].body)
     return tag, dict(data) if isinstance(data, dict) else {"data": data}
 
