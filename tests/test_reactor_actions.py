@@ -1,5 +1,7 @@
 """saltbus.reactor.actions: cmd.run with real processes, http.post against a local
-HTTP server, python functions from an import path, event.send, refusals."""
+HTTP server, python functions from an import path, event.send, refusals, and Salt's
+reactions failing with the reason when Salt cannot be reached (tests/interop/
+test_interop_salt_reactions.py runs them against a real Salt master)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from saltbus.config import Config
 from saltbus.reactor.actions import OUTPUT_LIMIT, Actions, Outcome, Trigger
 from saltbus.reactor.causes import CAUSE_KEY, Cause
-from saltbus.reactor.errors import ActionError, RefusedError
+from saltbus.reactor.errors import ActionError, SaltUnreachableError
+from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction, parse_reactions
 
 TRIGGER = Trigger("app/deploy/web1", {"version": "1.2", "host": "web1"}, 41, Cause())
@@ -29,6 +33,12 @@ def reaction(action: str, /, **args: Any) -> Reaction:
     return parsed
 
 
+# Salt's reactions need Salt: here, a salt_python that does not exist.
+NO_SALT = Config.load(
+    env={}, overrides={"sock_dir": "/nonexistent", "salt_python": "/nonexistent/python3"}
+)
+
+
 def run(r: Reaction, trigger: Trigger = TRIGGER) -> tuple[Outcome, list[tuple[str, Any]]]:
     fired: list[tuple[str, Any]] = []
 
@@ -36,8 +46,12 @@ def run(r: Reaction, trigger: Trigger = TRIGGER) -> tuple[Outcome, list[tuple[st
         fired.append((tag, data))
 
     async def main() -> Outcome:
-        with ThreadPoolExecutor(2) as pool:
-            return await Actions(fire, pool).run(r, trigger)
+        link = SaltLinks(NO_SALT, env={})
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                return await Actions(fire, pool, link).run(r, trigger)
+        finally:
+            await link.close()
 
     return asyncio.run(main()), fired
 
@@ -241,9 +255,40 @@ def test_python_errors_and_other_forms() -> None:
         run(reaction("python", function="reactor_hooks_t:nothing"))
 
 
-def test_master_actions_are_refused() -> None:
-    with pytest.raises(RefusedError, match="needs a Salt master"):
-        run(reaction("runner.state.orchestrate", mods="orch.deploy"))
+@pytest.mark.parametrize("action", ["runner.state.orchestrate", "caller.file.touch"])
+def test_salt_reactions_without_salt_fail_with_the_reason(action: str) -> None:
+    with pytest.raises(SaltUnreachableError, match="salt_python /nonexistent/python3 is not"):
+        run(reaction(action, name="x"))
+
+
+def test_salt_reactions_without_a_salt_config_name_where_they_looked(tmp_path: Path) -> None:
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\nexit 1\n")
+    python.chmod(0o755)
+    config = NO_SALT.replace(
+        salt_python=python, salt_master_config=tmp_path / "nomaster", salt_minion_config=None
+    )
+
+    async def main(action: str, env: dict[str, str]) -> str:
+        links = SaltLinks(config, env=env)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                await Actions(_no_fire, pool, links).run(reaction(action, name="x"), TRIGGER)
+        except SaltUnreachableError as exc:
+            return str(exc)
+        finally:
+            await links.close()
+        raise AssertionError("no error")
+
+    master = asyncio.run(main("wheel.key.accept", {}))
+    assert master.startswith(f"no Salt master config at {tmp_path / 'nomaster'}: ")
+    minion = asyncio.run(main("caller.test.ping", {"SALT_MINION_CONFIG": "/no/minion"}))
+    assert minion.startswith("no Salt minion config at /no/minion: ")
+    assert "SALT_MINION_CONFIG" in minion
+
+
+async def _no_fire(tag: str, data: Any) -> None:
+    raise AssertionError(f"fired {tag}")
 
 
 def test_commands_do_not_inherit_a_stdin() -> None:

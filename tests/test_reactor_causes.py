@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from saltbus.reactor.causes import CAUSE_KEY, CHAIN_KEPT, Cause, cause_of, with_cause
+from saltbus.reactor.causes import (
+    CAUSE_KEY,
+    CHAIN_KEPT,
+    Cause,
+    cause_of,
+    origin_node,
+    with_cause,
+)
 
 
 def test_an_outside_event_has_depth_zero() -> None:
@@ -43,3 +50,9 @@ def test_does_not_change_the_data_given() -> None:
     data = {"a": 1}
     with_cause(data, Cause(1))
     assert data == {"a": 1}
+
+
+def test_origin_node_of_imported_events() -> None:
+    assert origin_node({"_saltbus_origin": {"node": "b", "seq": 3, "epoch": 1}}) == "b"
+    assert origin_node({"x": 1}) is None
+    assert origin_node({"_saltbus_origin": "not a marker"}) is None

@@ -140,13 +140,21 @@ def test_throttling_a_burst_of_100_with_and_without_group_by(
 
 
 @pytest.mark.usefixtures("publisher")
-def test_failures_and_refusals_are_error_ret_events(bus_config: Config, tmp_path: Path) -> None:
+def test_failures_and_unreachable_salt_are_error_ret_events(
+    bus_config: Config, tmp_path: Path
+) -> None:
     text = (
         "broken:\n  cmd.run:\n    - cmd: [sh, -c, 'echo bad >&2; exit 3']\n"
         "orchestrate:\n  runner.state.orchestrate:\n    - args:\n      - mods: orch.deploy\n"
         "bad_when:\n  event.send:\n    - tag: x\n  when: data['missing'] > 1\n"
     )
-    config = setup(bus_config, tmp_path, {"f.sls": text}, {"go": ["f.sls"]})
+    config = setup(
+        bus_config,
+        tmp_path,
+        {"f.sls": text},
+        {"go": ["f.sls"]},
+        salt_python=tmp_path / "no-python",
+    )
 
     async def main() -> None:
         async with running(config) as (_reactor, client, reports):
@@ -160,7 +168,7 @@ def test_failures_and_refusals_are_error_ret_events(bus_config: Config, tmp_path
         assert broken["duration"] > 0 and broken["file"] == f"{tmp_path / 'f.sls'}:1"
         refused = rets["saltbus/reactor/orchestrate/ret"]
         assert refused["success"] is False and "result" not in refused
-        assert "'orchestrate'" in refused["error"] and "needs a Salt master" in refused["error"]
+        assert "salt_python" in refused["error"] and "is not an executable" in refused["error"]
         assert "when:" in rets["saltbus/reactor/bad_when/ret"]["error"]
 
     asyncio.run(main())

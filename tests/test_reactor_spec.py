@@ -1,5 +1,6 @@
-"""saltbus.reactor.spec: reactions in Salt's shapes, checked, and Salt's master-side
-actions recognised and refused."""
+"""saltbus.reactor.spec and saltbus.reactor.saltcalls: reactions in Salt's shapes,
+checked; Salt's local/runner/wheel reactions read in Salt's argument forms, and
+caller reactions too."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ write_marker:
         "shell": False,
         "env": {},
     }
-    assert r.refused is None
+    assert r.client is None
 
 
 def test_salt_args_form_keywords_and_positionals() -> None:
@@ -108,32 +109,90 @@ def test_http_post_and_python_defaults() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "client"),
+    ("text", "client", "fun"),
     [
-        ("r:\n  local.state.apply:\n    - tgt: web*\n", "local.state.apply"),
-        ("r:\n  runner.state.orchestrate:\n    - args:\n      - mods: orch.x\n", "runner"),
-        ("r:\n  wheel.key.accept:\n    - match: web1\n", "wheel.key.accept"),
-        ("r:\n  caller.file.touch:\n    - args:\n      - name: /tmp/x\n", "caller"),
-        ("r: runner.cache.clear_grains\n", "runner.cache.clear_grains"),
+        ("r:\n  local.state.apply:\n    - tgt: web*\n", "local", "state.apply"),
+        ("r:\n  runner.state.orchestrate:\n    - args:\n      - mods: orch.x\n", "runner", None),
+        ("r:\n  wheel.key.accept:\n    - match: web1\n", "wheel", "key.accept"),
+        ("r: runner.cache.clear_grains\n", "runner", "cache.clear_grains"),
         # Salt's cmd alias of local: cmd.run WITH a target, or any other cmd.<fn>.
-        ("r:\n  cmd.run:\n    - tgt: '*'\n    - arg: ['rm -rf /tmp/*']\n", "cmd.run"),
-        ("r:\n  cmd.state.highstate:\n    - tgt: web1\n", "cmd.state.highstate"),
+        ("r:\n  cmd.run:\n    - tgt: '*'\n    - arg: ['rm -rf /tmp/*']\n", "local", "run"),
+        ("r:\n  cmd.state.highstate:\n    - tgt: web1\n", "local", "state.highstate"),
     ],
 )
-def test_salt_master_actions_are_recognised_and_refused(text: str, client: str) -> None:
+def test_salts_reactions_are_run_by_salts_clients(text: str, client: str, fun: str | None) -> None:
     r = one(text)
-    assert r.refused is not None
-    assert "'r'" in r.refused and client in r.refused and "needs a Salt master" in r.refused
-    assert f"{PATH}:1" in r.refused
+    assert r.client == client and r.options["client"] == client
+    assert r.options["fun"] == (fun or "state.orchestrate")
+
+
+def test_salts_argument_forms() -> None:
+    local = one(
+        "r:\n  local.state.apply:\n    - tgt: 'G@os:Debian'\n    - tgt_type: compound\n"
+        "    - args:\n      - mods: web\n      - test: true\n    - ret: syslog\n"
+        "    - timeout: 30\n    - batch: 10%\n  when: data['ok']\n"
+    )
+    assert dict(local.options) == {
+        "client": "local",
+        "fun": "state.apply",
+        "tgt": "G@os:Debian",
+        "tgt_type": "compound",
+        "ret": "syslog",
+        "timeout": 30,
+        "batch": "10%",
+        "arg": [],
+        "kwarg": {"mods": "web", "test": True},
+    }
+    assert local.when == "data['ok']"
+    legacy = one(
+        "r:\n  cmd.cmd.run:\n    - tgt: [a, b]\n    - expr_form: list\n"
+        "    - arg: ['echo hi']\n    - kwarg: {cwd: /tmp}\n    - once_within: 5s\n"
+    )
+    assert legacy.options["tgt"] == ["a", "b"] and legacy.options["tgt_type"] == "list"
+    assert legacy.options["arg"] == ["echo hi"] and legacy.options["kwarg"] == {"cwd": "/tmp"}
+    assert legacy.once_within == 5.0
+    runner = one("r:\n  runner.test.arg:\n    - arg: [1]\n    - kwarg: {a: 2}\n")
+    assert (runner.options["arg"], runner.options["kwarg"]) == ([1], {"a": 2})
+    wheel = one("r:\n  wheel.key.delete:\n    - match: '{{ data.id }}'\n")
+    assert wheel.options["kwarg"] == {"match": "{{ data.id }}"} and wheel.options["arg"] == []
+
+
+def test_caller_reactions_in_both_of_salts_forms() -> None:
+    r = one("r:\n  caller.file.touch:\n    - args:\n      - name: /tmp/x\n")
+    assert r.client == "caller"
+    assert dict(r.options) == {
+        "client": "caller",
+        "fun": "file.touch",
+        "arg": [],
+        "kwarg": {"name": "/tmp/x"},
+    }
+    # Salt's older caller form: a plain list of positional arguments.
+    legacy = one("r:\n  caller.cmd.run:\n    - args: ['echo hi']\n")
+    assert (legacy.options["arg"], legacy.options["kwarg"]) == (["echo hi"], {})
 
 
 def test_cmd_run_without_target_is_saltbus_command() -> None:
-    assert one("r:\n  cmd.run:\n    - cmd: [true]\n").refused is None
+    r = one("r:\n  cmd.run:\n    - cmd: [true]\n")
+    assert r.client is None
 
 
-def test_salt_argument_shapes_of_refused_reactions_are_not_judged() -> None:
-    r = one("r:\n  local.test.ping:\n    - tgt: '*'\n    - {a: 1, b: 2}\n")
-    assert r.refused is not None
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("r:\n  local.test.ping:\n    - arg: [1]\n", "needs tgt"),
+        ("r:\n  local.test.ping:\n    - tgt: '*'\n    - {a: 1, b: 2}\n", "single"),
+        ("r:\n  local.test.ping:\n    - tgt: '*'\n    - tgt_type: planet\n", "tgt_type"),
+        ("r:\n  local.test.ping:\n    - tgt: '*'\n    - mods: x\n", "unknown argument mods"),
+        ("r:\n  local.test.ping:\n    - tgt: '*'\n    - timeout: -1\n", "timeout must be"),
+        ("r:\n  local:\n    - tgt: '*'\n", "names no function"),
+        ("r:\n  runner.a.b:\n    - args: [{x: 1}]\n    - arg: [2]\n", "keep one form"),
+        ("r:\n  wheel.key.accept:\n    - kwarg: [1]\n", "kwarg must be a mapping"),
+    ],
+)
+def test_salt_reactions_with_bad_arguments_name_the_problem(text: str, message: str) -> None:
+    with pytest.raises(ReactionFileError, match=message) as info:
+        parse(text)
+    assert str(info.value).startswith(f"{PATH}:1: reaction 'r'")
 
 
 @pytest.mark.parametrize(

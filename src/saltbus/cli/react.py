@@ -14,6 +14,7 @@ from saltbus.errors import ConfigError
 
 if TYPE_CHECKING:
     from saltbus.reactor import Reactor, Rules
+    from saltbus.reactor.leader import Leadership
     from saltbus.server import Server
 
 STATS_KEY = "reactor"  # its part of the server's statistics
@@ -62,11 +63,34 @@ actions (arguments as `- name: value` items, or `- args: [...]`):
               (10 s), retries (3), backoff (0.5 s, doubled each retry).
   python      function: "package.module:function", called as
               function(tag, data, **kwargs) in a worker thread; kwargs.
-  Salt's local, runner, wheel and caller reactions (and Salt's `cmd` alias
-  of local: cmd.run WITH a tgt, or any other cmd.<function>) load, so Salt's
-  files can be used as they are, but each is refused when it would run (an
-  error ret event, and a warning at load): it needs a Salt master. cmd.run
-  without tgt is saltbus's command action.
+  local.FUN   Salt's: publish FUN to the minions of tgt through the Salt
+              master, without waiting for them: tgt, tgt_type (glob), arg,
+              kwarg (or `- args:`), ret, timeout, batch. Result {jid,
+              minions}; follow salt/job/<jid>/ret/* for the returns (with
+              batch, the reaction waits for each batch). Salt's `cmd` alias
+              works too (cmd.run WITH a tgt, any other cmd.FUN).
+  runner.FUN  Salt's runner FUN on the master; result {jid, return} (the
+              reaction waits for the return, up to 300 s).
+  wheel.FUN   Salt's wheel FUN (e.g. key.accept); result {jid, return}.
+              Arguments as arg/kwarg, `- args:`, or `- name: value` items.
+  caller.FUN  Salt's FUN run here with the minion's config and modules (as
+              salt-call does); result {return}. cmd.run without tgt is
+              saltbus's command action.
+
+Salt's reactions reach the master through a helper run by Salt's own python
+(saltbus need not be installed beside Salt): the salt_python setting, else
+the interpreter of salt-master on PATH, else a python3 that imports salt.
+The master's config: --config when it is the master's own file (it has
+Salt's keys such as interface or ret_port), else salt_master_config, else
+$SALT_MASTER_CONFIG, else /etc/salt/master; for caller reactions the
+minion's: --config when it names a `master:`, else salt_minion_config,
+$SALT_MINION_CONFIG, /etc/salt/minion. Run the reactor as the master's
+user (it reads the master's key, as Salt's own tools do). For a master on
+another host, a salt_api: {url, username, password, eauth, timeout, verify}
+section sends local, runner and wheel reactions to salt-api's /run
+(rest_cherrypy, rest_tornado) with those eauth credentials instead. A
+reaction that cannot reach the master gives a ret event with success false
+and the reason.
 
 beside the action (or among its arguments):
   when: EXPR          a Jinja2 expression over tag and data; false: not run
@@ -83,7 +107,13 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
 
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
-reactor_catch_up (true), reactor_name ("reactor").
+reactor_catch_up (true), reactor_name ("reactor"), salt_python,
+salt_master_config, salt_minion_config, salt_api, reactor_scope (local:
+with federation, react only to events fired on this node; all: imported
+events too; leader: one node, elected through a NATS key-value lease of
+reactor_leader_ttl seconds (5), reacts to every event of the cluster, and a
+node taking over runs what the dead leader had not marked done: at least
+once across a leader crash).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
@@ -91,6 +121,17 @@ ones), saying how far back that reaches: "catching up N events from seq A
 to B (oldest HH:MM:SS, X min ago)". A reaction skipped by `when:` or
 `once_within:` is logged at debug (saltbus --log-level debug react ...) and
 counted per reaction in the statistics logged when the reactor stops.
+
+`saltbus react --test TAG [DATA]` (or --test-seq N: the event with seq N
+in the journal) renders every reaction file whose glob
+matches TAG for that event and prints what would run (Salt's reactions as
+client, function and target), running nothing; for each reaction that would
+not run it says why (its glob, when:, reactor_scope for an imported event,
+the loop guard); once_within depends on the running reactor and is named.
+
+`saltbus react --refire SEQ` fires the journal's event SEQ again, as an
+event of this node marked `_saltbus_refired: {seq, stamp, origin}`, so the
+reactions it missed run (every matching reaction runs again).
 
 SIGHUP or `saltbus react --reload` re-reads the configuration without losing
 queued reactions; a configuration with errors is reported (file and line)
@@ -100,8 +141,10 @@ lets queued reactions finish (up to 30 s) and exits 0.
 
 examples:
   saltbus react --config /etc/saltbus/reactor.conf --sock-dir /tmp/bus
-  saltbus react --config reactor.conf --check     # load, check and list; exit
+  saltbus react --config reactor.conf --check     # load, check, list, reach Salt; exit
   saltbus react --config reactor.conf --reload    # signal the running reactor
+  saltbus react --config reactor.conf --test salt/minion/web1/start id=web1
+                    # what would run for that event, and why the rest would not
   sudo saltbus react --config /etc/salt/master --salt-version 3007
 """
 
@@ -131,9 +174,33 @@ def add_parser(commands: Any) -> None:
         "--check", action="store_true", help="load and check the configuration, list it, exit"
     )
     action.add_argument(
+        "--test",
+        metavar="TAG",
+        help="show what the reactor would do for an event TAG with DATA (not run), exit",
+    )
+    action.add_argument(
+        "--test-seq",
+        type=int,
+        metavar="N",
+        help="like --test, for the event with seq N in the bus's journal",
+    )
+    action.add_argument(
+        "--refire",
+        type=int,
+        metavar="SEQ",
+        help="fire the journal's event SEQ again (marked _saltbus_refired), so missed "
+        "reactions run, exit",
+    )
+    action.add_argument(
         "--reload",
         action="store_true",
         help="tell the running reactor of this name and bus to reload (SIGHUP), exit",
+    )
+    parser.add_argument(
+        "data",
+        nargs="*",
+        metavar="DATA",
+        help="with --test: the event's data, as `saltbus fire` takes it (JSON, key=value, @FILE)",
     )
     add_bus_options(parser)
     add_journal_options(parser)
@@ -141,8 +208,13 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data and args.test is None:
+        raise ConfigError(f"unexpected DATA {' '.join(args.data)!r}: DATA goes with --test TAG")
     config = _config(args)
     reactor = _reactor_package()
+    if args.refire is not None:
+        print(_refire(config, args.refire))
+        return 0
     if args.reload:
         pid = reactor.progress.signal_reactor(reactor.progress.pid_path(config))
         print(f"saltbus: asked reactor {config.reactor_name!r} (pid {pid}) to reload")
@@ -151,8 +223,18 @@ def run(args: argparse.Namespace) -> int:
         where = args.config or "the configuration"
         raise ConfigError(f"{where} has no reactor: section (see saltbus react --help)")
     rules = reactor.load_rules(config, _base_dir(args))
+    if args.test is not None or args.test_seq is not None:
+        from saltbus.reactor.trial import explain  # noqa: PLC0415
+
+        tag, data = _trial_event(config, args)
+        for line in explain(config, rules, tag, data):
+            print(line)
+        return 0
     if args.check:
         _print_rules(rules)
+        clients = {reaction.client for reaction in rules.found if reaction.client}
+        for line in _check_salt(config, clients):
+            print(line)
         return 0
     import asyncio  # noqa: PLC0415
 
@@ -166,7 +248,7 @@ async def _react(config: Config, rules: Rules, args: argparse.Namespace) -> None
     from saltbus.cli.notify import Notifier, watchdog_task  # noqa: PLC0415
     from saltbus.reactor import Reactor  # noqa: PLC0415
 
-    reactor = Reactor(config, rules, loader=lambda: _reload(args))
+    reactor = Reactor(config, rules, loader=lambda: _reload(args), leadership=_leadership(config))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, reactor.request_stop)
@@ -199,8 +281,11 @@ async def start_alongside(
 
     from saltbus.reactor import Reactor, load_rules  # noqa: PLC0415
 
+    found = {k: v for k, v in _salt_configs(args).items() if getattr(config, k) is None}
+    if found:
+        config = config.replace(**found)
     rules = load_rules(config, _base_dir(args))
-    reactor = Reactor(config, rules, loader=lambda: _reload(args))
+    reactor = Reactor(config, rules, loader=lambda: _reload(args), leadership=_leadership(config))
     await reactor.start()
     if server is not None:
         server.stats_sources[STATS_KEY] = reactor.stats_dict
@@ -222,6 +307,10 @@ def describe(stats: dict[str, Any]) -> list[str]:
         f"{stats['succeeded']} succeeded, {stats['failed']} failed, "
         f"{stats['dropped']} dropped (queue full), {stats['stopped']} stopped (loop guard)"
     ]
+    if stats.get("other_nodes"):
+        lines.append(
+            f"  not reacted to here (reactor_scope): {stats['other_nodes']} events of other nodes"
+        )
     for why, key in (("when: false", "skipped_by_when"), ("once_within", "skipped_by_throttle")):
         counts = stats.get(key) or {}
         if counts:
@@ -233,6 +322,7 @@ def describe(stats: dict[str, Any]) -> list[str]:
 def _config(args: argparse.Namespace) -> Config:
     return config_from_args(
         args,
+        **_salt_configs(args),
         journal=getattr(args, "journal", None),
         reactor_name=getattr(args, "name", None),
         reactor_catch_up=getattr(args, "catch_up", None),
@@ -240,6 +330,144 @@ def _config(args: argparse.Namespace) -> Config:
         reactor_worker_hwm=getattr(args, "hwm", None),
         reactor_max_depth=getattr(args, "max_depth", None),
     )
+
+
+def _leadership(config: Config) -> Leadership | None:
+    """With reactor_scope leader: the lease, through the cluster's NATS servers."""
+    if config.reactor_scope != "leader":
+        return None
+    if not config.cluster:
+        raise ConfigError(
+            "reactor_scope leader needs a cluster: section (the NATS servers the "
+            "leader is elected through)"
+        )
+    from saltbus.cluster.settings import ClusterSettings  # noqa: PLC0415
+    from saltbus.reactor.leader import Leadership  # noqa: PLC0415
+
+    settings = ClusterSettings.from_config(config)
+    kwargs = settings.connect_kwargs()
+    kwargs["name"] = f"{kwargs.get('name', 'saltbus')}-reactor"
+    return Leadership(
+        list(settings.servers),
+        kwargs,
+        settings.node_name,
+        config.reactor_name,
+        config.reactor_leader_ttl,
+        config.reactor_worker_hwm,
+    )
+
+
+REFIRED_KEY = "_saltbus_refired"
+ORIGIN_KEY = "_saltbus_origin"  # saltbus.cluster's marker of an imported event
+
+
+def _refire(config: Config, seq: int) -> str:
+    """Fire the journal's event ``seq`` again, as an event of this node: its
+    data gets ``_saltbus_refired: {seq, stamp[, origin]}``."""
+    from saltbus import Sender  # noqa: PLC0415
+
+    tag, data = _journal_event(config, seq)
+    refired: dict[str, Any] = {"seq": seq, "stamp": data.pop("_stamp", None)}
+    origin = data.pop(ORIGIN_KEY, None)
+    if origin is not None:
+        refired["origin"] = origin
+    data[REFIRED_KEY] = refired
+    with Sender(config) as sender:
+        event = sender.fire(tag, data, timeout=10.0, ack=True)
+    return f"saltbus: fired {tag} (seq {seq}) again as seq {event.seq}"
+
+
+def _trial_event(config: Config, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The event of --test TAG DATA, or of --test-seq N from the journal."""
+    if args.test is not None:
+        from saltbus.cli.eventdata import parse_data  # noqa: PLC0415
+
+        return args.test, parse_data(args.data)
+    return _journal_event(config, args.test_seq)
+
+
+def _journal_event(config: Config, seq: int) -> tuple[str, dict[str, Any]]:
+    from saltbus.journal.store import Journal  # noqa: PLC0415
+    from saltbus.reactor.progress import bus_journal  # noqa: PLC0415
+    from saltbus.wire import unpack_body  # noqa: PLC0415
+
+    path = bus_journal(config)
+    if not path.exists():
+        raise ConfigError(
+            f"no journal at {path} for the bus in {config.sock_dir}: the event is read "
+            "from it (give the bus's --sock-dir and --data-dir)"
+        )
+    with Journal.open(path, readonly=True) as journal:
+        records = journal.read(since=seq - 1, until=seq, limit=1)
+    if not records:
+        raise ConfigError(f"no event with seq {seq} in {path}")
+    tag, data = unpack_body(records[0].body)
+    return tag, dict(data) if isinstance(data, dict) else {"data": data}
+
+
+def _salt_configs(args: argparse.Namespace) -> dict[str, str]:
+    """The --config file, when it is a Salt master's or minion's own (saltbus
+    reads its keys, Salt's reactions reach the Salt it configures)."""
+    if not args.config:
+        return {}
+    import yaml  # noqa: PLC0415
+
+    from saltbus.reactor.saltside import salt_config_role  # noqa: PLC0415
+
+    try:
+        loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # Config.load says what is wrong with it
+    if not isinstance(loaded, dict):
+        return {}
+    role = salt_config_role(frozenset(map(str, loaded)))
+    if role is None or loaded.get(f"salt_{role}_config") is not None:
+        return {}
+    return {f"salt_{role}_config": str(Path(args.config).resolve())}
+
+
+def _check_salt(config: Config, clients: set[str]) -> list[str]:
+    """How Salt's reactions reach Salt; ConfigError (one line) when they cannot."""
+    import asyncio  # noqa: PLC0415
+
+    from saltbus.reactor.errors import SaltUnreachableError  # noqa: PLC0415
+    from saltbus.reactor.saltapi import SaltApi  # noqa: PLC0415
+    from saltbus.reactor.saltside import SaltLink  # noqa: PLC0415
+
+    roles = ["master"] if clients - {"caller"} else []
+    roles += ["minion"] if "caller" in clients else []
+
+    async def check(role: str) -> str:
+        if role == "master" and config.salt_api:
+            api = SaltApi(config.salt_api)
+            answer = await api.call({"op": "check"})
+            if not answer.get("ok"):
+                raise SaltUnreachableError(str(answer.get("error")))
+            return f"Salt's reactions: through {api.describe()}, credentials accepted"
+        link = SaltLink(config, role=role, announce=False)
+        try:
+            ready = await link.start()
+            answer = await link.call({"op": "check"}, 60.0)
+        finally:
+            await link.close()
+        if not answer.get("ok"):
+            raise SaltUnreachableError(str(answer.get("error")))
+        assert link.python is not None
+        where = (
+            f"master answering on {answer.get('master')}"
+            if role == "master"
+            else f"minion {answer.get('minion')}"
+        )
+        return (
+            f"Salt's {'caller ' if role == 'minion' else ''}reactions: Salt "
+            f"{ready.get('salt_version')} through {link.python.path} ({link.python.how}), "
+            f"{role} config {link.salt_config}, {where}"
+        )
+
+    try:
+        return [asyncio.run(check(role)) for role in roles]
+    except SaltUnreachableError as exc:
+        raise ConfigError(f"Salt's reactions cannot reach Salt: {exc}") from None
 
 
 def _reload(args: argparse.Namespace) -> tuple[Config, Rules]:
@@ -274,7 +502,9 @@ def _print_rules(rules: Rules) -> None:
             if reactions is None:
                 print("    (rendered at each event: its reactions depend on the event's data)")
             for reaction in reactions or ():
-                status = "REFUSED: needs a Salt master" if reaction.refused else "ok"
+                status = "ok"
+                if reaction.client:
+                    status = f"ok (Salt's {reaction.client} client, through the master)"
                 extras = [
                     f"{name}: {value}"
                     for name, value in (

@@ -128,6 +128,22 @@ class Config:
     reactor_max_depth: int = 5
     reactor_catch_up: bool = True
     reactor_name: str = "reactor"
+    # Salt's own reactions (local, runner, wheel): the python Salt runs on
+    # (default: found from salt-master on PATH), and the master's config file
+    # (default: the --config file when it is Salt's, else $SALT_MASTER_CONFIG,
+    # else /etc/salt/master). With federation, reactor_scope `local` reacts
+    # only to events that originated on this node, `all` to imported ones too.
+    salt_python: Path | None = None
+    salt_master_config: Path | None = None
+    # For caller reactions: the minion's config (default: --config when it is
+    # a minion's, else $SALT_MINION_CONFIG, else /etc/salt/minion).
+    salt_minion_config: Path | None = None
+    # For a master on another host: salt-api's url and eauth credentials
+    # (saltbus.reactor.saltapi checks the keys).
+    salt_api: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    reactor_scope: str = "local"
+    # reactor_scope leader: how long the leader's lease lasts unrenewed.
+    reactor_leader_ttl: float = 5.0
     # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
     # (servers, node_name, export, import, stream, replicas, credentials, tls,
     # ...), kept as given; saltbus.cluster.settings checks what the keys mean.
@@ -400,13 +416,25 @@ def _convert(name: str, value: Any) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be an integer, not {value!r}") from None
-    if name in ("sock_dir", "data_dir", "log_file"):
+    if name in (
+        "sock_dir",
+        "data_dir",
+        "log_file",
+        "salt_python",
+        "salt_master_config",
+        "salt_minion_config",
+    ):
         return Path(os.path.expanduser(str(value)))
     if name in ("allow_root", "tcp_allow_unauthenticated"):
         return to_bool(name, value)
     if name in ("sock_group", "metrics_listen"):
         return str(value)
-    if name in ("journal_max_age", "partial_frame_timeout", "subscriber_stall_timeout"):
+    if name in (
+        "journal_max_age",
+        "partial_frame_timeout",
+        "subscriber_stall_timeout",
+        "reactor_leader_ttl",
+    ):
         try:
             return float(value)
         except (TypeError, ValueError):

@@ -109,6 +109,8 @@ REACTOR_FIELDS: Final = frozenset(
         "reactor_max_depth",
         "reactor_catch_up",
         "reactor_name",
+        "reactor_scope",
+        "salt_api",
     )
 )
 _REACTOR_NAME: Final = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
@@ -130,8 +132,12 @@ def convert_reactor_setting(name: str, value: Any) -> Any:
         return _reactor_list(value)
     if name == "reactor_catch_up":
         return to_bool(name, value)
-    if name == "reactor_name":
+    if name in ("reactor_name", "reactor_scope"):
         return str(value)
+    if name == "salt_api":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"salt_api must map url, username, password and eauth, not {value!r}")
+        return dict(value)
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be an integer, not {value!r}")
     try:
@@ -181,6 +187,13 @@ def check_reactor_settings(config: Config) -> None:
     for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_max_depth"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, not {getattr(config, name)}")
+    if config.reactor_scope not in ("local", "all", "leader"):
+        raise ConfigError(
+            f"reactor_scope must be local (react to this node's events), all (imported "
+            f"events too) or leader (one node reacts to all), not {config.reactor_scope!r}"
+        )
+    if config.reactor_leader_ttl <= 0:
+        raise ConfigError(f"reactor_leader_ttl must be positive, not {config.reactor_leader_ttl}")
     if not _REACTOR_NAME.match(config.reactor_name):
         raise ConfigError(
             f"reactor_name {config.reactor_name!r} must be 1-64 letters, digits, "

@@ -11,7 +11,7 @@ Needs Jinja2 (the ``reactor`` extra).
 """
 
 from saltbus.reactor.engine import Reactor
-from saltbus.reactor.errors import ActionError, ReactionFileError, RefusedError
+from saltbus.reactor.errors import ActionError, ReactionFileError, SaltUnreachableError
 from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules, load_rules
 from saltbus.reactor.spec import Reaction
@@ -21,8 +21,8 @@ __all__ = [
     "Reaction",
     "ReactionFileError",
     "Reactor",
-    "RefusedError",
     "Rules",
+    "SaltUnreachableError",
     "Stats",
     "load_rules",
 ]

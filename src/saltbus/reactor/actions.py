@@ -13,6 +13,12 @@
 - ``python``: call ``package.module:function(tag, data, **kwargs)`` in a
   worker thread (a coroutine function is awaited); its return value is the
   result, and an exception it raises is the error.
+- Salt's ``local`` (``cmd``), ``runner`` and ``wheel``: sent to the Salt
+  master through :class:`~.saltside.SaltLink`; ``caller``: run with the
+  minion's config and modules (result ``{return}``). ``local`` publishes the job
+  and does not wait for minions: result ``{jid, minions}`` (success: some
+  minion was targeted); ``runner`` and ``wheel`` wait for the return: result
+  ``{jid, return}``, success as Salt reports it.
 
 Blocking work runs on the reactor's thread pool, never on the event loop,
 so a reactor inside ``saltbus serve`` cannot stall the bus.
@@ -38,7 +44,8 @@ from typing import Any, Final
 
 from saltbus.reactor.causes import Cause, with_cause
 from saltbus.reactor.command import OUTPUT_LIMIT, Commands, CommandTimeoutError
-from saltbus.reactor.errors import ActionError, RefusedError
+from saltbus.reactor.errors import ActionError
+from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
 
 RETRY_STATUSES: Final = frozenset({408, 429})
@@ -64,16 +71,17 @@ class Outcome:
 
 
 class Actions:
-    def __init__(self, fire: Fire, executor: Executor) -> None:
+    def __init__(self, fire: Fire, executor: Executor, salt: SaltLinks) -> None:
         self._fire = fire
         self._executor = executor
+        self.salt = salt
         self.commands = Commands()
 
     async def run(self, reaction: Reaction, trigger: Trigger) -> Outcome:
         """Run one reaction; raises :class:`ActionError` when it could not run."""
-        if reaction.refused:
-            raise RefusedError(reaction.refused)
         opts = reaction.options
+        if reaction.client is not None:
+            return await self._salt(reaction)
         if reaction.function == "cmd.run":
             return await self._cmd_run(opts)
         if reaction.function == "event.send":
@@ -120,6 +128,22 @@ class Actions:
             return Outcome(True, result)
         why = f"killed by signal {-retcode}" if retcode < 0 else f"exited with status {retcode}"
         return Outcome(False, result, f"command {why}")
+
+    # -- Salt's local, runner and wheel ---------------------------------------------
+
+    async def _salt(self, reaction: Reaction) -> Outcome:
+        opts = dict(reaction.options)
+        client = opts.pop("client")
+        request = {"op": client, **opts}
+        answer = await self.salt.for_client(client).call(request, opts.get("timeout"))
+        if not answer.get("ok"):
+            error = str(answer.get("error") or "no reason given")
+            raise ActionError(f"{client} {opts['fun']}: {error}")
+        result = {k: v for k, v in answer.items() if k not in ("id", "ok", "success")}
+        if answer.get("success"):
+            return Outcome(True, result)
+        why = "no minion was targeted" if client == "local" else "Salt reports it failed"
+        return Outcome(False, result, f"{client} {opts['fun']}: {why}")
 
     # -- http.post ---------------------------------------------------------------
 

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 CAUSE_KEY: Final = "_saltbus_reactor"
+# What the federation's importer marks an event from another node with
+# (saltbus.cluster.state.ORIGIN_KEY: the cluster layer sits beside the
+# reactor, not below it, so the name is repeated here).
+ORIGIN_KEY: Final = "_saltbus_origin"
 # Only the last links are carried, so an event's size stays bounded.
 CHAIN_KEPT: Final = 20
 
@@ -51,3 +55,12 @@ def with_cause(data: Mapping[str, Any], cause: Cause) -> dict[str, Any]:
     out = dict(data)
     out[CAUSE_KEY] = cause.as_data()
     return out
+
+
+def origin_node(data: Mapping[str, Any]) -> str | None:
+    """The node an event imported through federation was fired on; None for
+    an event fired on this node."""
+    marker = data.get(ORIGIN_KEY) if isinstance(data, Mapping) else None
+    if not isinstance(marker, Mapping):
+        return None
+    return str(marker.get("node", "?"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,9 @@ from saltbus.errors import (
 from saltbus.event import Event
 from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
-from saltbus.reactor.causes import cause_of
+from saltbus.reactor.causes import cause_of, origin_node
 from saltbus.reactor.errors import ActionError, ReactionFileError
+from saltbus.reactor.leader import Leadership, Origin, origin_of
 from saltbus.reactor.progress import (
     Backlog,
     PidFile,
@@ -47,6 +49,7 @@ from saltbus.reactor.progress import (
 )
 from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules
+from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate, compile_condition
 from saltbus.reactor.throttle import Throttle, group_values
@@ -66,6 +69,7 @@ Loader = Callable[[], tuple[Config, Rules]]
 class Job:
     reaction: Reaction
     trigger: Trigger
+    origin: Origin | None = None  # with reactor_scope leader: (node, seq there)
 
 
 class Reactor:
@@ -75,17 +79,25 @@ class Reactor:
     (SIGHUP); when it raises, the running configuration stays.
     """
 
-    def __init__(self, config: Config, rules: Rules, *, loader: Loader | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rules: Rules,
+        *,
+        loader: Loader | None = None,
+        leadership: Leadership | None = None,
+    ) -> None:
         self.config = config
         self.rules = rules
         self.max_depth = config.reactor_max_depth
         self.stats = Stats()
         self._loader = loader
+        self._leadership = leadership
         self._queue: asyncio.Queue[Job] = asyncio.Queue(config.reactor_worker_hwm)
         self._executor = ThreadPoolExecutor(
             config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
         )
-        self._actions = Actions(self._fire_strict, self._executor)
+        self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
         self._throttle = Throttle()
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
@@ -98,6 +110,12 @@ class Reactor:
         self._stop = asyncio.Event()
         self._stopping = False
         self.caught_up_from: int | None = None
+        # With federation, ret events name the node (as the cluster's settings
+        # default it: the bus's id, else the short host name).
+        self._node: str | None = None
+        if config.cluster:
+            name = config.cluster.get("node_name") or config.id
+            self._node = str(name or socket.gethostname().split(".", 1)[0])
         # What it found to catch up on at start (None: nothing saved, or no journal).
         self.backlog: Backlog | None = None
         # Why the reactor stopped by itself (a task of its own ended): see _supervise.
@@ -134,6 +152,12 @@ class Reactor:
         ]
         for task in self._tasks:
             task.add_done_callback(self._supervise)
+        if self._leadership is not None:
+            try:
+                await self._leadership.start(self._take_over)
+            except BaseException:
+                await self.stop()
+                raise
 
     async def _find_backlog(self, since: int, epoch: int | None) -> Backlog | None:
         """Say how far back a restarted reactor reaches: it is about to run
@@ -234,6 +258,9 @@ class Reactor:
         if self._background:
             await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
         self._progress.save()
+        if self._leadership is not None:
+            await self._leadership.close()
+        await self._actions.salt.close()
         if self._client is not None:
             await self._client.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -270,12 +297,36 @@ class Reactor:
     def _dispatch(self, event: Event) -> None:
         self.stats.events += 1
         templates = self.rules.match(event.tag)
-        queued = self._react(event, templates) if templates else 0
+        if templates and self.config.reactor_scope == "local" and origin_node(event.data):
+            # Its own node's reactor reacts to it: once across the cluster.
+            self.stats.other_nodes += 1
+            templates = []
+        origin = None
+        if self._leadership is not None:
+            origin = origin_of(event, self._leadership.node)
+            if not self._leadership.is_leader:
+                if templates:
+                    self._leadership.keep(origin, event)
+                    self.stats.other_nodes += 1
+                templates = []
+        queued = self._react(event, templates, origin) if templates else 0
+        if self._leadership is not None and self._leadership.is_leader:
+            self._leadership.seen(origin, queued)
         if self._client is not None:
             self._progress.epoch = self._client.session.epoch
         self._progress.seen(event.seq, queued)
 
-    def _react(self, event: Event, templates: list[ReactionTemplate]) -> int:
+    def _take_over(self, events: list[Event]) -> None:
+        """Leadership taken: run what the old leader had not marked done."""
+        assert self._leadership is not None
+        for event in events:
+            origin = origin_of(event, self._leadership.node)
+            templates = self.rules.match(event.tag)
+            self._leadership.seen(origin, self._react(event, templates, origin))
+
+    def _react(
+        self, event: Event, templates: list[ReactionTemplate], origin: Origin | None = None
+    ) -> int:
         self.stats.matched += 1
         trigger = Trigger(event.tag, event.data, event.seq, cause_of(event.data))
         queued = 0
@@ -297,7 +348,7 @@ class Reactor:
                 if reaction.once_within is not None and not self._allowed(reaction, trigger):
                     continue
                 try:
-                    self._queue.put_nowait(Job(reaction, trigger))
+                    self._queue.put_nowait(Job(reaction, trigger, origin))
                 except asyncio.QueueFull:
                     self._overflowed(reaction)
                     continue
@@ -398,6 +449,8 @@ class Reactor:
             finally:
                 self._queue.task_done()
                 self._progress.done(job.trigger.seq)
+                if self._leadership is not None:
+                    self._leadership.done(job.origin)
 
     async def _execute(self, job: Job) -> None:
         started = time.monotonic()
@@ -424,7 +477,7 @@ class Reactor:
                 trigger.tag,
                 outcome.error,
             )
-        data = reports.ret_data(reaction, trigger, outcome, duration)
+        data = reports.ret_data(reaction, trigger, outcome, duration, self._node)
         self._spawn(self._publish(reports.ret_tag(reaction), data))
 
     # -- firing --------------------------------------------------------------

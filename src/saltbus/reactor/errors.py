@@ -29,6 +29,6 @@ class ActionError(SaltbusError):
     ``error`` of the reaction's ret event."""
 
 
-class RefusedError(ActionError):
-    """A reaction names one of Salt's master-side action types, which only a
-    Salt master can run."""
+class SaltUnreachableError(ActionError):
+    """Salt's reactions cannot reach Salt: no Salt found, its config not
+    loadable, its helper gone, or the master not answering."""

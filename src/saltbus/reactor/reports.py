@@ -2,7 +2,8 @@
 
 - ``saltbus/reactor/<reaction>/ret``: one per reaction run, ``{success,
   result | error, duration, trigger_tag, trigger_seq, reaction, action, file}``
-  (a failed command has both its result and an error).
+  (a failed command has both its result and an error), and ``jid`` for a
+  Salt job (local, runner, wheel).
 - ``saltbus/reactor/loop``: a chain of reactions reached ``reactor_max_depth``.
 - ``saltbus/reactor/overflow``: reactions dropped because the queue was full
   (at most one event a second, with counts).
@@ -48,6 +49,7 @@ class Stats:
     dropped: int = 0  # queue full
     render_errors: int = 0
     internal_errors: int = 0  # an event the reactor itself failed on (a bug; logged)
+    other_nodes: int = 0  # imported events not reacted to (reactor_scope local)
     reloads: int = 0
     # Per reaction name: a reaction that never runs should say why.
     skipped_by_when: dict[str, int] = field(default_factory=dict)
@@ -99,9 +101,15 @@ def ret_tag(reaction: Reaction) -> str:
 
 
 def ret_data(
-    reaction: Reaction, trigger: Trigger, outcome: Outcome, duration: float
+    reaction: Reaction,
+    trigger: Trigger,
+    outcome: Outcome,
+    duration: float,
+    node: str | None = None,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"success": outcome.success}
+    if isinstance(outcome.result, Mapping) and outcome.result.get("jid"):
+        data["jid"] = outcome.result["jid"]  # Salt's job: follow salt/job/<jid>/ret/*
     if outcome.result is not None or outcome.success:
         data["result"] = outcome.result
     if not outcome.success:
@@ -114,6 +122,8 @@ def ret_data(
         action=reaction.function,
         file=reaction.where,
     )
+    if node is not None:
+        data["node"] = node  # with federation: which node's reactor ran it
     return with_cause(data, trigger.cause.then(reaction.name, trigger.tag, trigger.seq))
 
 

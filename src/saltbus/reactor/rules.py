@@ -64,7 +64,7 @@ def load_rules(config: Config, base_dir: Path | None = None) -> Rules:
 
     Raises :class:`ConfigError` (a :class:`ReactionFileError`, with file and
     line, for a problem in a reaction file). Reactions that need a Salt master
-    are logged as warnings here, and refused when they would run.
+    (local, runner, wheel, caller) are found here too, and run through Salt.
     """
     base = base_dir if base_dir is not None else Path.cwd()
     compiled: dict[Path, ReactionTemplate] = {}
@@ -79,9 +79,6 @@ def load_rules(config: Config, base_dir: Path | None = None) -> Rules:
                 found.extend(_check(template, pattern))
             templates.append(template)
         rules.append(Rule(pattern, tuple(templates), tag_matcher(pattern, MatchType.FNMATCH)))
-    for reaction in found:
-        if reaction.refused:
-            log.warning("%s; it will be refused", reaction.refused)
     return Rules(tuple(rules), tuple(found))
 
 

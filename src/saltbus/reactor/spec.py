@@ -15,12 +15,12 @@ or Salt's newer form, ``- args: [...]`` (items that are single-key mappings
 are keyword arguments, others positional). Salt's ``arg`` (a list) and
 ``kwarg`` (a mapping) are read too.
 
-Salt's ``cmd`` is an alias of its ``local`` client: ``cmd.test.ping`` with a
-``tgt`` runs on minions. saltbus tells them apart by that target: ``cmd.run``
-*without* ``tgt`` is saltbus's own command action; ``cmd.run`` with ``tgt``,
-any other ``cmd.<fn>``, and ``local``, ``runner``, ``wheel`` and ``caller``
-reactions are Salt's master-side actions, which are kept (so a file written
-for Salt loads) but refused when they would run.
+Salt's own reactions, ``local`` (and Salt's ``cmd`` alias of it),
+``runner``, ``wheel`` and ``caller``, are read in Salt's argument forms by
+:mod:`.saltcalls` and run through Salt by :mod:`.saltside` (the master's
+config for the first three, the minion's for ``caller``). saltbus tells
+``cmd`` apart by the target: ``cmd.run`` *without* ``tgt`` is saltbus's own
+command action; ``cmd.run`` with ``tgt`` and any other ``cmd.<fn>`` are Salt's.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from saltbus.reactor.errors import ReactionFileError
+from saltbus.reactor.saltcalls import parse_salt_call, salt_client
 
 MASTER_CLIENTS: Final = ("local", "runner", "wheel", "caller")
 EXTRAS: Final = ("when", "once_within", "group_by")
@@ -81,8 +82,8 @@ class Reaction:
     when: str | None = None
     once_within: float | None = None
     group_by: tuple[str, ...] = ()
-    # Why saltbus will not run it (one of Salt's master-side actions), or None.
-    refused: str | None = None
+    # The Salt client that runs it (local, runner, wheel), or None: saltbus's own.
+    client: str | None = None
 
     @property
     def where(self) -> str:
@@ -128,20 +129,34 @@ def _parse_reaction(name: str, body: Any, path: Path, line: int, strict: bool) -
         found = ", ".join(map(str, functions)) or "none"
         raise fail(f"must name exactly one action (found: {found})")
     function = str(functions[0])
-    refused = Reaction(name, path, line, function, refused=_refusal(name, path, line, function))
+    value = body[functions[0]]
+    if salt_client(function, _has_target(value)) is not None:
+        salt_options, salt_extras = parse_salt_call(function, value, EXTRAS, fail, strict=strict)
+        for extra, extra_value in salt_extras.items():
+            if extra in extras:
+                raise fail(f"{extra} is given twice")
+            extras[extra] = extra_value
+        when, once_within, group_by = _extras(extras, fail)
+        return Reaction(
+            name,
+            path,
+            line,
+            function,
+            salt_options,
+            when,
+            once_within,
+            group_by,
+            client=str(salt_options["client"]),
+        )
     try:
-        positional, kwargs = _arguments(body[functions[0]])
+        positional, kwargs = _arguments(value)
     except ValueError as exc:
-        if _salt_only(function, {}) is not None:
-            return refused  # Salt's arguments are Salt's business
         raise fail(str(exc)) from None
-    if _salt_only(function, kwargs) is not None:
-        return refused
     spec = ACTIONS.get(function)
     if spec is None:
         raise fail(
-            f"unknown action {function!r}; saltbus runs {SALTBUS_ACTIONS}, and knows Salt's "
-            f"{', '.join(MASTER_CLIENTS)} (and cmd) reactions, which need a Salt master"
+            f"unknown action {function!r}; saltbus runs {SALTBUS_ACTIONS}, and Salt's "
+            "local, runner and wheel (and cmd) reactions through a Salt master"
         )
     for extra in EXTRAS:
         if extra in kwargs:
@@ -199,27 +214,13 @@ def _arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:
     return positional, kwargs
 
 
-def _salt_only(function: str, kwargs: Mapping[str, Any]) -> str | None:
-    """The Salt client a reaction needs, or None when saltbus runs it."""
-    kind = function.partition(".")[0]
-    if kind in MASTER_CLIENTS:
-        return kind
-    if kind == "cmd" and (function != "cmd.run" or "tgt" in kwargs):
-        return "local"
-    return None
-
-
-def _refusal(name: str, path: Path, line: int, function: str) -> str:
-    kind = function.partition(".")[0]
-    alias = (
-        f" ({function} with a target is Salt's local client: cmd is its alias)"
-        if kind == "cmd"
-        else ""
-    )
-    return (
-        f"reaction {name!r} ({path}:{line}) uses {function}{alias}, which needs a Salt "
-        f"master; saltbus runs {SALTBUS_ACTIONS} (cmd.run without tgt)"
-    )
+def _has_target(value: Any) -> bool:
+    """Whether Salt's argument items include ``tgt`` (cmd.run is then Salt's)."""
+    if isinstance(value, Mapping):
+        return "tgt" in value
+    if isinstance(value, list):
+        return any(isinstance(i, Mapping) and "tgt" in i for i in value)
+    return False
 
 
 def _bind(

@@ -1,0 +1,190 @@
+"""A real ``salt-master`` and ``salt-minion`` of one Salt generation, for tests.
+
+Both run from the generation's venv (``scripts/salt-venvs``) with a temporary root_dir,
+ephemeral loopback ports, ``auto_accept`` and the current user, and are stopped by pid.
+Start-up waits until the minion's ``salt/minion/<id>/start`` event is on the master's bus,
+so the minion answers jobs once the context manager yields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from saltbus import Config, Listener
+from tests.interop.salt_peer_client import salt_python
+
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 15.0
+MINION_ID = "saltbus-minion"
+
+
+API_USER = "saltbus"
+API_PASSWORD = "anything"  # Salt's `auto` eauth accepts any password
+
+
+@dataclass(frozen=True)
+class SaltMaster:
+    version: str
+    root: Path
+    config_file: Path
+    sock_dir: Path
+    minion_id: str
+    python: Path
+    api_url: str | None = None
+
+    def bus_config(self, **overrides: object) -> Config:
+        """saltbus's view of the master's bus (Salt's own publisher serves it)."""
+        values = {"sock_dir": self.sock_dir, "salt_version": self.version, "journal": "none"}
+        values.update(overrides)
+        return Config.load(env={}, overrides=values)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        # Salt's daemons fork workers into their own process group (start_new_session).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(STOP_TIMEOUT)
+    # Workers left behind by a daemon that exited first.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-3000:]
+    except OSError:
+        return "(no log)"
+
+
+@contextlib.contextmanager
+def salt_master_and_minion(version: str, *, salt_api: bool = False) -> Iterator[SaltMaster]:
+    """With ``salt_api``, salt-api runs too (rest_tornado without TLS, the `auto`
+    eauth for API_USER with every right), its /run at ``SaltMaster.api_url``."""
+    python = salt_python(version)
+    bin_dir = python.parent
+    # Unix socket paths must stay short: a directory directly under /tmp.
+    root = Path(tempfile.mkdtemp(prefix="sm-", dir="/tmp"))
+    publish_port, ret_port, api_port = _free_ports(3)
+    user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+    common = {
+        "root_dir": str(root),
+        "user": user,
+        "log_level_logfile": "info",
+        "enable_fqdns_grains": False,
+    }
+    master = {
+        **common,
+        "interface": "127.0.0.1",
+        "publish_port": publish_port,
+        "ret_port": ret_port,
+        "sock_dir": str(root / "m"),
+        "pki_dir": str(root / "pki" / "master"),
+        "cachedir": str(root / "cache" / "master"),
+        "log_file": str(root / "master.log"),
+        "pidfile": str(root / "master.pid"),
+        "auto_accept": True,
+        "file_roots": {"base": [str(root / "srv")]},
+        "worker_threads": 2,
+    }
+    minion = {
+        **common,
+        "id": MINION_ID,
+        "master": "127.0.0.1",
+        "master_port": ret_port,
+        "publish_port": publish_port,
+        "sock_dir": str(root / "n"),
+        "pki_dir": str(root / "pki" / "minion"),
+        "cachedir": str(root / "cache" / "minion"),
+        "log_file": str(root / "minion.log"),
+        "pidfile": str(root / "minion.pid"),
+        "file_client": "remote",
+        "grains_cache": True,
+    }
+    if salt_api:
+        master["rest_tornado"] = {"port": api_port, "address": "127.0.0.1", "disable_ssl": True}
+        master["external_auth"] = {"auto": {API_USER: [".*", "@runner", "@wheel", "@jobs"]}}
+        master["netapi_enable_clients"] = ["local_async", "runner", "wheel"]
+    (root / "srv").mkdir()
+    for name, conf in (("master", master), ("minion", minion)):
+        (root / name).write_text(yaml.safe_dump(conf))
+    procs: list[subprocess.Popen[bytes]] = []
+    api_url = f"http://127.0.0.1:{api_port}/run" if salt_api else None
+    handle = SaltMaster(version, root, root / "master", root / "m", MINION_ID, python, api_url)
+    try:
+        procs.append(_daemon(bin_dir / "salt-master", root))
+        pub = root / "m" / "master_event_pub.ipc"
+        deadline = time.monotonic() + START_TIMEOUT
+        while not pub.exists():
+            _alive(procs[0], root / "master.log", deadline)
+            time.sleep(0.1)
+        with Listener(handle.bus_config(), f"salt/minion/{MINION_ID}/start") as listener:
+            listener.connect(START_TIMEOUT)
+            procs.append(_daemon(bin_dir / "salt-minion", root))
+            while listener.receive(1.0) is None:
+                _alive(procs[0], root / "master.log", deadline)
+                _alive(procs[1], root / "minion.log", deadline)
+        if salt_api:
+            procs.append(_daemon(bin_dir / "salt-api", root))
+            while not _listening(api_port):
+                _alive(procs[-1], root / "master.log", deadline)
+                time.sleep(0.1)
+        yield handle
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def _daemon(program: Path, root: Path) -> subprocess.Popen[bytes]:
+    # What a daemon prints (salt-api's wsgiref prints tracebacks) is kept beside its log.
+    with (root / f"{program.name}.out").open("ab") as out:
+        return subprocess.Popen(
+            [str(program), "-c", str(root), "--log-level", "quiet"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _alive(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
+    if proc.poll() is not None:
+        raise AssertionError(f"{proc.args[0]} exited {proc.returncode}: {_log_tail(log)}")
+    if time.monotonic() > deadline:
+        raise AssertionError(f"{proc.args[0]} not ready in {START_TIMEOUT} s: {_log_tail(log)}")
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
