@@ -31,9 +31,9 @@ from tests.cluster_support import (
     nats_servers,
     running,
     short_dir,
-    wait_for,
 )
 from tests.serve_support import SALTBUS, bus_flags, clean_env
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 TTL = 2.0
@@ -103,7 +103,7 @@ def leader_nodes(root: Path, nats_server: NatsServer, url: str) -> list[Node]:
 
 def wait_tags(seen: list[tuple[str, str]], tags: set[str], nodes: list[Node]) -> None:
     try:
-        wait_for(lambda: tags <= {tag for tag, _ in list(seen)}, WAIT * 2, "the reactions")
+        wait_until(lambda: tags <= {tag for tag, _ in list(seen)}, "the reactions", WAIT * 2)
     except AssertionError:
         missing = sorted(tags - {tag for tag, _ in seen})
         logs = "\n".join(f"--- {node.name}:\n{node.log()}" for node in nodes)

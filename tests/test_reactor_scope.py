@@ -22,9 +22,9 @@ from tests.cluster_support import (
     nats_servers,
     running,
     short_dir,
-    wait_for,
     wait_imported,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 EVENTS = 15
@@ -76,7 +76,7 @@ def test_each_event_reacted_to_once_across_the_cluster_unless_scope_all(
         def reactions() -> list[str]:
             return out.read_text().splitlines()
 
-        wait_for(lambda: len(reactions()) >= expected_lines, what=f"{expected_lines} reactions")
+        wait_until(lambda: len(reactions()) >= expected_lines, f"{expected_lines} reactions")
         # Long enough for a reaction to an imported event to have shown up.
         time.sleep(SETTLE)
         for node in (a, b):
