@@ -285,7 +285,12 @@ class Reactor:
                 self._dispatch(event)
             except Exception:  # one event must never stop the reactor
                 self.stats.internal_errors += 1
-                log.exception("reactor failed on %s (seq %s); going on", event.tag, event.seq)
+                log.exception(
+                    "reactor failed on %s (seq %s); going on",
+                    event.tag,
+                    event.seq,
+                    extra=_about(event.tag, event.seq),
+                )
             # next() returns without yielding while events are waiting: let
             # the workers run when they have work (a loop turn costs a poll,
             # so not after every event that queued nothing).
@@ -336,7 +341,7 @@ class Reactor:
                 reactions = template.render(event.tag, event.data)
             except ReactionFileError as exc:
                 self.stats.render_errors += 1
-                log.error("on %s: %s", event.tag, exc)
+                log.error("on %s: %s", event.tag, exc, extra=_about(event.tag, event.seq))
                 self._spawn(self._publish(reports.ERROR_TAG, reports.error_data(trigger, exc)))
                 continue
             for reaction in reactions:
@@ -375,6 +380,7 @@ class Reactor:
             trigger.tag,
             trigger.seq,
             reaction.when,
+            extra=_about(trigger.tag, trigger.seq),
         )
         return False
 
@@ -395,6 +401,7 @@ class Reactor:
                 trigger.seq,
                 reaction.once_within,
                 f" for {', '.join(f'{k}={v}' for k, v in pairs)}" if reaction.group_by else "",
+                extra=_about(trigger.tag, trigger.seq),
             )
         return False
 
@@ -410,6 +417,7 @@ class Reactor:
             trigger.seq,
             trigger.cause.depth,
             self.max_depth,
+            extra=_about(trigger.tag, trigger.seq),
         )
         data = reports.loop_data(trigger, stopped, self.max_depth)
         self._spawn(self._publish(reports.LOOP_TAG, data))
@@ -468,7 +476,13 @@ class Reactor:
     ) -> None:
         self.stats.finished(reaction, outcome.success)
         if outcome.success:
-            log.debug("%s on %s: ok in %.3f s", reaction.name, trigger.tag, duration)
+            log.debug(
+                "%s on %s: ok in %.3f s",
+                reaction.name,
+                trigger.tag,
+                duration,
+                extra=_about(trigger.tag, trigger.seq),
+            )
         else:
             log.warning(
                 "reaction %s (%s) on %s failed: %s",
@@ -476,6 +490,7 @@ class Reactor:
                 reaction.where,
                 trigger.tag,
                 outcome.error,
+                extra=_about(trigger.tag, trigger.seq),
             )
         data = reports.ret_data(reaction, trigger, outcome, duration, self._node)
         self._spawn(self._publish(reports.ret_tag(reaction), data))
@@ -540,3 +555,8 @@ class Reactor:
                 reports.RELOAD_TAG,
                 {"success": True, "globs": len(rules.rules), "files": rules.files},
             )
+
+
+def _about(tag: str, seq: int | None) -> dict[str, object]:
+    """A log record's event (the JSON log lines carry it: saltbus.cli.logs)."""
+    return {"tag": tag, "seq": seq}
