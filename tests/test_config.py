@@ -615,3 +615,17 @@ def test_every_setting_has_an_env_variable(tmp_path: Path) -> None:
         "subscriber_queue_events": 6,
         "subscriber_queue_bytes": 7,
     }
+
+
+def test_a_salt_daemons_config_lends_its_log_level_but_not_its_log_file(tmp_path: Path) -> None:
+    """saltbus may be pointed at Salt's own master config: it must not write
+    its log into Salt's log file; a saltbus config's log_file is used."""
+    salt_master = tmp_path / "master"
+    salt_master.write_text(
+        "interface: 127.0.0.1\nlog_level: warning\nlog_file: /var/log/salt/master\n"
+    )
+    config = Config.load(salt_master, env={})
+    assert config.log_level == "warning" and config.log_file is None
+    own = tmp_path / "saltbus.yaml"
+    own.write_text(f"log_file: {tmp_path / 'saltbus.log'}\n")
+    assert Config.load(own, env={}).log_file == tmp_path / "saltbus.log"

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from saltbus import Config
+from saltbus.config.saltfiles import salt_config_role
 from saltbus.reactor.errors import SaltUnreachableError
 from saltbus.reactor.saltside import (
     SaltLink,
     find_salt_python,
     master_config_path,
     minion_config_path,
-    salt_config_role,
 )
 
 BASE = Config.load(env={}, overrides={"sock_dir": "/nonexistent"})

@@ -412,7 +412,7 @@ def _salt_configs(args: argparse.Namespace) -> dict[str, str]:
         return {}
     import yaml  # noqa: PLC0415
 
-    from saltbus.reactor.saltside import salt_config_role  # noqa: PLC0415
+    from saltbus.config.saltfiles import salt_config_role  # noqa: PLC0415
 
     try:
         loaded = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))

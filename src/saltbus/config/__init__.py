@@ -19,6 +19,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import yaml
 
+from saltbus.config.saltfiles import salt_config_role
 from saltbus.config.sections import (
     REACTOR_FIELDS,
     RETURNER_FIELDS,
@@ -373,6 +374,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
     # A key with no value ("id:") is as if it were absent, as with overrides.
     values = {k: v for k, v in loaded.items() if k in _FIELDS and v is not None}
+    if salt_config_role(frozenset(map(str, loaded))) is not None:
+        # A Salt daemon's own file: its log_file is Salt's log, not saltbus's.
+        values.pop("log_file", None)
     if loaded.get("publish_drain_timeout") is not None:
         values.setdefault("subscriber_stall_timeout", loaded["publish_drain_timeout"])
     return with_salt_returner_options(loaded, values)

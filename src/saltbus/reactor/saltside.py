@@ -50,26 +50,6 @@ LINE_LIMIT: Final = 64 * 1024 * 1024
 PROBE_TIMEOUT: Final = 20.0
 STOP_TIMEOUT: Final = 5.0
 RESTART_BACKOFF: Final = 5.0
-# Keys only a Salt master's config file has: a --config file with one of them
-# is the master's own (saltbus reads its keys, Salt the rest).
-SALT_MASTER_KEYS: Final = frozenset(
-    (
-        "interface",
-        "publish_port",
-        "ret_port",
-        "root_dir",
-        "pki_dir",
-        "cachedir",
-        "file_roots",
-        "pillar_roots",
-        "auto_accept",
-        "open_mode",
-        "master_job_cache",
-        "external_auth",
-        "worker_threads",
-        "user",
-    )
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,16 +74,6 @@ def minion_config_path(config: Config, env: Mapping[str, str] | None = None) -> 
     if environ.get("SALT_MINION_CONFIG"):
         return Path(environ["SALT_MINION_CONFIG"])
     return DEFAULT_MINION_CONFIG
-
-
-def salt_config_role(keys: set[str] | frozenset[str]) -> str | None:
-    """Whose Salt config file has these top-level keys: "minion" (it names
-    its ``master``), "master" (it has a master's keys), or None (saltbus's)."""
-    if "master" in keys:
-        return "minion"
-    if keys & SALT_MASTER_KEYS:
-        return "master"
-    return None
 
 
 def find_salt_python(config: Config, env: Mapping[str, str] | None = None) -> SaltPython:
