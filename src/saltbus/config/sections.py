@@ -74,14 +74,25 @@ def check_returner_settings(config: Config) -> None:
         raise ConfigError(f"event_return names a returner twice: {list(config.event_return)}")
 
 
+# Salt's returners whose options are top-level ``NAME.OPTION`` keys
+# (``rawfile_json.filename``, ``mysql.host``), without the ``returner.`` prefix.
+SALT_FLAT_RETURNERS: Final = frozenset(("rawfile_json", "mysql"))
+
+
 def with_salt_returner_options(loaded: Mapping[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Fold Salt's ``returner.NAME.OPTION: value`` and ``returner.NAME: {...}``
-    keys into ``returner_options`` (whose own entries win)."""
+    """Fold Salt's ``returner.NAME.OPTION: value``, ``returner.NAME: {...}``
+    and ``NAME.OPTION`` (for SALT_FLAT_RETURNERS) keys into ``returner_options``
+    (whose own entries win)."""
     gathered: dict[str, dict[str, Any]] = {}
     for key, value in loaded.items():
-        if not isinstance(key, str) or not key.startswith("returner.") or value is None:
+        if not isinstance(key, str) or value is None:
             continue
-        name, _, option = key[len("returner.") :].partition(".")
+        if key.startswith("returner."):
+            name, _, option = key[len("returner.") :].partition(".")
+        elif key.partition(".")[0] in SALT_FLAT_RETURNERS:
+            name, _, option = key.partition(".")
+        else:
+            continue
         if option:
             gathered.setdefault(name, {})[option] = value
         elif isinstance(value, Mapping):

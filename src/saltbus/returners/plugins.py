@@ -35,6 +35,7 @@ ENTRY_POINT_GROUP: Final = "saltbus.returners"
 # dependencies (psycopg) stay optional.
 BUILTINS: Final[Mapping[str, str]] = {
     "pgjsonb": "saltbus.returners.pgjsonb:PgJsonbReturner",
+    "rawfile_json": "saltbus.returners.rawfile_json:RawfileJsonReturner",
 }
 _EXTRAS: Final[Mapping[str, str]] = {"pgjsonb": "postgres"}
 

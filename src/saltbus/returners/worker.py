@@ -143,6 +143,7 @@ class ReturnerWorker:
 
     def stats(self) -> dict[str, Any]:
         retry_at = self._retry_at
+        own = getattr(self.returner, "stats", None)
         state = "stopped" if self._stop.is_set() else "running"
         if self.consecutive_failures and state == "running":
             state = "retrying"
@@ -163,6 +164,8 @@ class ReturnerWorker:
             "retry_in": None
             if retry_at is None
             else round(max(0.0, retry_at - time.monotonic()), 3),
+            # The returner's own counters (rotations, dead letters...), when it keeps any.
+            "details": own() if callable(own) else {},
         }
 
     # -- the thread ---------------------------------------------------------
