@@ -110,6 +110,47 @@ def with_salt_returner_options(loaded: Mapping[str, Any], values: dict[str, Any]
     return values
 
 
+# -- redaction -----------------------------------------------------------------
+
+_REDACT_LISTS: Final = ("keys", "paths", "values")
+
+
+def redact_section(value: Any) -> dict[str, Any] | None:
+    """``redact:``: true (Salt's usual suspects only), false (off), or a
+    mapping of keys/paths/values lists, defaults (bool) and marker."""
+    if isinstance(value, str):  # from SALTBUS_REDACT: YAML or JSON
+        value = yaml.safe_load(value) if value.strip() else None
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"redact must be true, false or a mapping of rules, not {value!r}")
+    unknown = set(value) - {*_REDACT_LISTS, "defaults", "marker"}
+    if unknown:
+        raise ConfigError(f"redact: unknown keys {sorted(map(str, unknown))}")
+    rules: dict[str, Any] = {}
+    for name in _REDACT_LISTS:
+        items = value.get(name) or []
+        items = [items] if isinstance(items, str) else items
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise ConfigError(f"redact.{name} must be a list of strings, not {items!r}")
+        rules[name] = tuple(items)
+    for pattern in rules["values"]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"redact.values: {pattern!r} is not a regular expression: {exc}"
+            ) from None
+    rules["defaults"] = to_bool("redact.defaults", value.get("defaults", True))
+    marker = value.get("marker", "**REDACTED**")
+    if not isinstance(marker, str) or not marker:
+        raise ConfigError(f"redact.marker must be a non-empty string, not {marker!r}")
+    rules["marker"] = marker
+    return rules
+
+
 # -- the reactor ---------------------------------------------------------------
 
 REACTOR_FIELDS: Final = frozenset(

@@ -22,6 +22,7 @@ from saltbus.config import Config
 from saltbus.errors import ConfigError
 from saltbus.returners.filters import TagFilter
 from saltbus.returners.plugins import ReturnerFactory, close_returner, load_returner
+from saltbus.returners.redact import redactor_for
 from saltbus.returners.worker import Batching, ReturnerWorker
 
 log = logging.getLogger("saltbus.returners")
@@ -59,6 +60,7 @@ class ReturnerRunner:
             retry_max=config.event_return_retry_max_seconds,
             poll_interval=poll_interval,
         )
+        self._redactor = redactor_for(config.redact)
         self.workers: list[ReturnerWorker] = []
         self._started = False
 
@@ -94,6 +96,7 @@ class ReturnerRunner:
                 self.journal_path,
                 tag_filter=self._filter,
                 batching=self._batching,
+                redactor=self._redactor,
             )
             try:
                 worker.start()

@@ -23,6 +23,7 @@ from saltbus.errors import JournalError, RemoteProtocolError
 from saltbus.journal.store import Journal
 from saltbus.returners.filters import TagFilter
 from saltbus.returners.plugins import Returner, close_returner
+from saltbus.returners.redact import Redactor
 from saltbus.wire import unpack_body
 
 log = logging.getLogger("saltbus.returners")
@@ -70,6 +71,7 @@ class ReturnerWorker:
         *,
         tag_filter: TagFilter,
         batching: Batching,
+        redactor: Redactor | None = None,
     ) -> None:
         self.name = name
         self.returner = returner
@@ -77,6 +79,7 @@ class ReturnerWorker:
         self.cursor_name = CURSOR_PREFIX + name
         self._filter = tag_filter
         self._batching = batching
+        self._redactor = redactor
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -304,7 +307,11 @@ class ReturnerWorker:
 
     def _return(self) -> None:
         pending = self._pending
-        self.returner.event_return(list(pending))
+        redactor = self._redactor
+        # Redacted here, on the worker's copy: every returner, built in or a
+        # plugin, gets the same redacted events.
+        batch = list(pending) if redactor is None else [redactor.redact_event(e) for e in pending]
+        self.returner.event_return(batch)
         self.cursor = pending[-1]["seq"]
         self._unsaved = True
         self.returned += len(pending)
