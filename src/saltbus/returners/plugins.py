@@ -36,8 +36,14 @@ ENTRY_POINT_GROUP: Final = "saltbus.returners"
 BUILTINS: Final[Mapping[str, str]] = {
     "pgjsonb": "saltbus.returners.pgjsonb:PgJsonbReturner",
     "rawfile_json": "saltbus.returners.rawfile_json:RawfileJsonReturner",
+    "redis_stream": "saltbus.returners.redis_stream:RedisStreamReturner",
+    "mysql": "saltbus.returners.mysql:MysqlReturner",
 }
-_EXTRAS: Final[Mapping[str, str]] = {"pgjsonb": "postgres"}
+_EXTRAS: Final[Mapping[str, str]] = {
+    "pgjsonb": "postgres",
+    "redis_stream": "sinks",
+    "mysql": "sinks",
+}
 
 
 @runtime_checkable

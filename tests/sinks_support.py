@@ -1,0 +1,135 @@
+"""Real servers for the sink returners' tests (Debian's redis-server, mariadbd),
+each in a fresh directory on an ephemeral loopback port, stopped by pid; and
+firing many events through `saltbus serve` with one acknowledgement."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from saltbus import Config, Sender
+from tests.returners_support import free_port
+
+WAIT = 30.0
+
+
+class Fired:
+    """Events fired as ``{"n": 1, 2, ...}``; the last seq acknowledged."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.count = 0
+        self.last_seq = 0
+
+    def fire(self, count: int, tag: str = "app/evt") -> None:
+        """``count`` events; all journaled on return (one connection keeps
+        order, and the last is acknowledged)."""
+        with Sender(self.config) as sender:
+            for left in range(count, 0, -1):
+                self.count += 1
+                sent = sender.fire(tag, {"n": self.count}, timeout=5, ack=left == 1)
+            assert sent.seq is not None
+            self.last_seq = sent.seq
+
+
+@dataclass
+class Daemon:
+    """A server process of a test, stopped by its pid."""
+
+    root: Path
+    port: int
+    command: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = open(self.root / "log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root
+        )
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(WAIT)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log(self) -> str:
+        path = self.root / "log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+def wait_for(ready: Callable[[], object], daemon: Daemon, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            if ready():
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if daemon.process is not None and daemon.process.poll() is not None:
+            raise AssertionError(f"{what} exited: {daemon.log()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not start: {daemon.log()}")
+        time.sleep(0.1)
+
+
+# -- Redis ------------------------------------------------------------------
+
+
+class RedisServer(Daemon):
+    """redis-server with an append-only file fsynced always: a restart keeps every entry."""
+
+    def start(self) -> None:
+        import redis  # noqa: PLC0415
+
+        self.command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.root),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ]
+        super().start()
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        try:
+            wait_for(client.ping, self, "redis-server")
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    root = Path(tempfile.mkdtemp(prefix="sbredis-"))
+    server = RedisServer(root, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
