@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from saltbus import Config, Sender
 from tests.returners_support import free_port
@@ -129,6 +129,98 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(root, free_port())
     try:
         server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- MariaDB ----------------------------------------------------------------
+
+MYSQL_USER = "salt"
+MYSQL_PASSWORD = "sb-test-pw"
+MYSQL_DB = "salt"
+
+
+class MariaDB(Daemon):
+    """mariadbd on its own datadir and socket; a `salt` user and database."""
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "sock"
+
+    def options(self, **extra: object) -> dict[str, object]:
+        return {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": MYSQL_USER,
+            "pass": MYSQL_PASSWORD,
+            "db": MYSQL_DB,
+            "connect_timeout": 2,
+            **extra,
+        }
+
+    def start(self) -> None:
+        self.command = [
+            "mariadbd",
+            "--no-defaults",
+            f"--datadir={self.root / 'data'}",
+            f"--socket={self.socket}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={self.root / 'pid'}",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=32M",
+            "--innodb-log-file-size=16M",
+            *(["--user=root"] if os.geteuid() == 0 else []),
+        ]
+        super().start()
+        wait_for(lambda: self.connect(root=True).close() is None, self, "mariadbd")
+
+    def connect(self, *, root: bool = False) -> Any:
+        import pymysql  # noqa: PLC0415
+
+        if root:
+            return pymysql.connect(unix_socket=str(self.socket), user="root", autocommit=True)
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=MYSQL_USER,
+            password=MYSQL_PASSWORD,
+            database=MYSQL_DB,
+            autocommit=True,
+        )
+
+
+@contextlib.contextmanager
+def mariadb_server() -> Iterator[MariaDB]:
+    root = Path(tempfile.mkdtemp(prefix="sbmy-"))
+    server = MariaDB(root, free_port())
+    try:
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={root / 'data'}",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+                *(["--user=root"] if os.geteuid() == 0 else []),
+            ],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        server.start()
+        conn = server.connect(root=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE {MYSQL_DB}")
+                cur.execute(
+                    f"CREATE USER '{MYSQL_USER}'@'127.0.0.1' IDENTIFIED BY '{MYSQL_PASSWORD}'"
+                )
+                cur.execute(f"GRANT ALL ON {MYSQL_DB}.* TO '{MYSQL_USER}'@'127.0.0.1'")
+        finally:
+            conn.close()
         yield server
     finally:
         server.stop()
