@@ -19,6 +19,7 @@ was inserted. One transaction per batch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import re
 import socket
@@ -116,10 +117,9 @@ class MysqlReturner:
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            # Already broken, maybe: that is why it is being dropped.
+            with contextlib.suppress(pymysql.Error):
                 conn.close()
-            except pymysql.Error:
-                pass  # already broken: that is why it is being dropped
 
     def _create_table(self, conn: Any) -> None:
         table = self.table
