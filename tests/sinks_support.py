@@ -225,3 +225,52 @@ def mariadb_server() -> Iterator[MariaDB]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- rsyslog ----------------------------------------------------------------
+
+
+class Rsyslog(Daemon):
+    """rsyslogd in the foreground, TCP and UDP on loopback; what it receives
+    goes to ``out`` as ``STRUCTURED-DATA MSG`` lines."""
+
+    udp_port: int = 0
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out.log"
+
+    def start(self) -> None:
+        conf = self.root / "rsyslog.conf"
+        conf.write_text(
+            f'global(workDirectory="{self.root}" maxMessageSize="64k")\n'
+            'module(load="imtcp")\nmodule(load="imudp")\n'
+            f'input(type="imtcp" address="127.0.0.1" port="{self.port}")\n'
+            f'input(type="imudp" address="127.0.0.1" port="{self.udp_port}")\n'
+            'template(name="sd" type="string" string="%msgid% %structured-data% %msg%\\n")\n'
+            f'action(type="omfile" file="{self.out}" template="sd")\n'
+        )
+        self.command = ["rsyslogd", "-n", "-f", str(conf), "-i", str(self.root / "pid")]
+        super().start()
+        wait_for(lambda: _listening(self.port), self, "rsyslogd")
+
+
+def _listening(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def rsyslog_server() -> Iterator[Rsyslog]:
+    root = Path(tempfile.mkdtemp(prefix="sbsys-"))
+    server = Rsyslog(root, free_port())
+    server.udp_port = free_port()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

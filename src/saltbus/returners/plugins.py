@@ -38,6 +38,7 @@ BUILTINS: Final[Mapping[str, str]] = {
     "rawfile_json": "saltbus.returners.rawfile_json:RawfileJsonReturner",
     "redis_stream": "saltbus.returners.redis_stream:RedisStreamReturner",
     "mysql": "saltbus.returners.mysql:MysqlReturner",
+    "syslog": "saltbus.returners.syslog:SyslogReturner",
 }
 _EXTRAS: Final[Mapping[str, str]] = {
     "pgjsonb": "postgres",
