@@ -274,3 +274,78 @@ def rsyslog_server() -> Iterator[Rsyslog]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- mosquitto --------------------------------------------------------------
+
+MQTT_USER = "saltbus"
+MQTT_PASSWORD = "sb-test-pw"
+
+
+class Mosquitto(Daemon):
+    """mosquitto on loopback, with a password file (no anonymous clients)."""
+
+    def start(self) -> None:
+        conf = self.root / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous false\n"
+            f"password_file {self.root / 'passwd'}\npersistence false\n"
+            "max_inflight_messages 0\nmax_queued_messages 100000\n"
+            # As root it would become the mosquitto user, who cannot read this directory.
+            + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        self.command = ["mosquitto", "-c", str(conf)]
+        super().start()
+        wait_for(lambda: _listening(self.port), self, "mosquitto")
+
+
+class Subscriber:
+    """A real MQTT client subscribed (QoS 1) to ``topic``, keeping what arrives."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import threading  # noqa: PLC0415
+
+        import paho.mqtt.client as mqtt  # noqa: PLC0415
+
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sbtest-sub")
+        self.client.username_pw_set(MQTT_USER, MQTT_PASSWORD)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = self._got
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(WAIT), "the test's subscriber could not subscribe"
+
+    def _got(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._lock:
+            self.messages.append((message.topic, message.payload))
+
+    def payloads(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextlib.contextmanager
+def mosquitto_server() -> Iterator[Mosquitto]:
+    root = Path(tempfile.mkdtemp(prefix="sbmq-"))
+    server = Mosquitto(root, free_port())
+    try:
+        subprocess.run(
+            ["mosquitto_passwd", "-c", "-b", str(root / "passwd"), MQTT_USER, MQTT_PASSWORD],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        os.chmod(root / "passwd", 0o600)
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

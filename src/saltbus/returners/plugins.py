@@ -39,11 +39,13 @@ BUILTINS: Final[Mapping[str, str]] = {
     "redis_stream": "saltbus.returners.redis_stream:RedisStreamReturner",
     "mysql": "saltbus.returners.mysql:MysqlReturner",
     "syslog": "saltbus.returners.syslog:SyslogReturner",
+    "mqtt": "saltbus.returners.mqtt:MqttReturner",
 }
 _EXTRAS: Final[Mapping[str, str]] = {
     "pgjsonb": "postgres",
     "redis_stream": "sinks",
     "mysql": "sinks",
+    "mqtt": "sinks",
 }
 
 
