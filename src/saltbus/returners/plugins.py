@@ -40,6 +40,7 @@ BUILTINS: Final[Mapping[str, str]] = {
     "mysql": "saltbus.returners.mysql:MysqlReturner",
     "syslog": "saltbus.returners.syslog:SyslogReturner",
     "mqtt": "saltbus.returners.mqtt:MqttReturner",
+    "http": "saltbus.returners.http:HttpReturner",
 }
 _EXTRAS: Final[Mapping[str, str]] = {
     "pgjsonb": "postgres",

@@ -38,6 +38,7 @@ MAX_BATCH: Final = 1000
 MAX_BATCH_BYTES: Final = 16 * 1024 * 1024
 READ_CHUNK: Final = 1000
 START_TIMEOUT: Final = 10.0
+RETRY_AFTER_MAX: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +221,10 @@ class ReturnerWorker:
                     journal.set_cursor(self.cursor_name, self.cursor)
                     self._unsaved = False
             except Exception as exc:
-                self._failed(exc)
+                delay = self._failed(exc)
                 self._clear()
                 scanned = self.cursor
-                if stopping or self._stop.wait(batching.retry_delay(self.consecutive_failures)):
+                if stopping or self._stop.wait(delay):
                     return  # what failed is still in the journal after the cursor
                 continue
             if stopping:
@@ -324,12 +325,18 @@ class ReturnerWorker:
         self.consecutive_failures = 0
         self._retry_at = None
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception) -> float:
+        """Count the failure; how long to wait before the retry."""
         self.failures += 1
         self.consecutive_failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.last_error_time = time.time()
         delay = self._batching.retry_delay(self.consecutive_failures)
+        # A returner may say when the store wants the batch again (HTTP's
+        # Retry-After): never sooner, and never beyond RETRY_AFTER_MAX.
+        asked = getattr(exc, "retry_after", None)
+        if isinstance(asked, int | float) and not isinstance(asked, bool):
+            delay = max(delay, min(float(asked), RETRY_AFTER_MAX))
         self._retry_at = time.monotonic() + delay
         # Once per outage at error level, then quietly: a database that is
         # down for an hour must not flood the log.
@@ -342,3 +349,4 @@ class ReturnerWorker:
             self.cursor + 1,
             delay,
         )
+        return delay
