@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,32 @@ def test_ten_thousand_events_through_a_killed_serve_exactly_once(
     seqs = [e["seq"] for e in got]
     assert seqs == sorted(set(seqs)) and seqs[-1] == fired[-1]
     assert len(list(path.parent.glob("events.*.gz"))) > 5
+
+
+def test_sighup_reopens_under_serve(bus_config: Config, tmp_path: Path):
+    path = tmp_path / "events"
+    config_file = write_config(
+        tmp_path / "master",
+        {
+            "sock_dir": str(bus_config.sock_dir),
+            "data_dir": str(bus_config.data_dir),
+            "event_return": "rawfile_json",
+            "rawfile_json.filename": str(path),
+        },
+    )
+    with ServeProcess(bus_config, "--config", str(config_file)) as serve, Sender(bus_config) as s:
+        s.fire("app/evt", {"n": 1}, timeout=5, ack=True)
+        wait_until(lambda: len(read_all(path)) == 1, "the first line", WAIT)
+        moved = tmp_path / "events.old"
+        path.rename(moved)  # logrotate's rename, then its postrotate: kill -HUP
+        serve.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: fetch_stats(bus_config)["returners"][0]["details"]["reopens"] == 1,
+            "the reopen",
+            WAIT,
+        )
+        s.fire("app/evt", {"n": 2}, timeout=5, ack=True)
+        wait_until(lambda: len(read_all(path)) == 1, "a line in the new file", WAIT)
+        assert serve.alive()
+    assert [e["data"]["n"] for e in read_all(moved)] == [1]
+    assert [e["data"]["n"] for e in read_all(path)] == [2]

@@ -17,7 +17,8 @@ crash is removed first.
 
 logrotate: the file is reopened when its path no longer names the open file
 (renamed or removed), checked before every batch, and when ``reopen()`` is
-called; ``copytruncate`` also works since lines are appended.
+called (`saltbus serve` does on SIGHUP); ``copytruncate`` also works since
+lines are appended.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class RawfileJsonReturner:
         self.last_seq: int | None = None
         self.skipped = 0  # events at or before last_seq: written before a retry
         self.rotations = 0
+        self.reopens = 0
         self._file: IO[bytes] | None = None
         self._started = 0.0  # when the open file got its first line (wall clock)
 
@@ -102,13 +104,19 @@ class RawfileJsonReturner:
 
     def reopen(self) -> None:
         """Close the file; the next batch opens the path again (after logrotate)."""
+        self.reopens += 1
         self._close_file()
 
     def close(self) -> None:
         self._close_file()
 
     def stats(self) -> dict[str, Any]:
-        return {"file": str(self.path), "skipped": self.skipped, "rotations": self.rotations}
+        return {
+            "file": str(self.path),
+            "skipped": self.skipped,
+            "rotations": self.rotations,
+            "reopens": self.reopens,
+        }
 
     # -- the file -------------------------------------------------------------
 

@@ -114,6 +114,12 @@ class ReturnerRunner:
         for worker in self.workers:
             worker.notify(last_seq)
 
+    def reopen(self) -> None:
+        """Every returner with a ``reopen()`` (rawfile_json) reopens its file
+        before its next batch: what `saltbus serve` does on SIGHUP."""
+        for worker in self.workers:
+            worker.reopen()
+
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop every returner: each makes one last attempt at the events it
         has gathered; anything not returned stays after its cursor, for the

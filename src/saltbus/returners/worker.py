@@ -83,6 +83,7 @@ class ReturnerWorker:
         self._redactor = redactor
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._reopen = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
@@ -132,6 +133,12 @@ class ReturnerWorker:
     def notify(self, last_seq: int) -> None:
         """Events up to ``last_seq`` are committed: wake up. Cheap, any thread."""
         self.latest = max(self.latest, last_seq)
+        self._wake.set()
+
+    def reopen(self) -> None:
+        """Have the returner reopen its files (SIGHUP, after logrotate), on
+        its own thread, before its next batch. Cheap, any thread."""
+        self._reopen.set()
         self._wake.set()
 
     def close(self, timeout: float | None = None) -> bool:
@@ -210,6 +217,11 @@ class ReturnerWorker:
             self._wake.clear()
             more = False
             try:
+                if self._reopen.is_set():
+                    self._reopen.clear()
+                    reopen = getattr(self.returner, "reopen", None)
+                    if callable(reopen):
+                        reopen()
                 if not self._full():
                     scanned, more = self._scan(journal, scanned)
                 if pending and (stopping or self._due()):

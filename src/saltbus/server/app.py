@@ -228,6 +228,12 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_exit)
+        # logrotate's postrotate: returners writing files open them again.
+        loop.add_signal_handler(signal.SIGHUP, self._reopen_returners)
+
+    def _reopen_returners(self) -> None:
+        if self.returners is not None:
+            self.returners.reopen()
 
     async def shutdown(self) -> None:
         # Let connections already in the backlog be accepted (closing a listening
