@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from saltbus import Config, Listener, Sender
@@ -183,3 +184,25 @@ def test_redact_journal_keeps_the_value_from_every_local_reader(bus_config: Conf
     (journaled,) = history(bus_config)
     assert journaled["data"]["env"]["DB"]["password"] == MARKER
     assert "aws_secret_access_key" in journaled["data"]["_redacted"]
+
+
+def test_redact_journal_keeps_the_value_from_an_http_client(bus_config: Config, tmp_path: Path):
+    from saltbus.http import Settings, TokenStore, create_app  # noqa: PLC0415
+    from tests.http_support import make_tokens, serve, sse  # noqa: PLC0415
+
+    config_file, out = serve_with_sink(bus_config, tmp_path, redact_journal=True)
+    secrets = make_tokens(tmp_path / "tokens.json", admin=(["*"], ["*"]))
+    app = create_app(
+        bus_config,
+        tokens=TokenStore.open(tmp_path / "tokens.json"),
+        settings=Settings(heartbeat=0.3),
+    )
+    with ServeProcess(bus_config, "--config", str(config_file)):
+        fire_secret(bus_config, out)
+        with serve(app) as base_url, httpx.Client(timeout=10) as client:
+            url = f"{base_url}/events?backlog=5&token={secrets['admin']}"
+            with sse(client, url) as stream:
+                (*_, message) = stream.until("app/deploy")
+    text = json.dumps(message.json())
+    assert PASSWORD not in text and AWS_SECRET not in text and AWS_ID not in text
+    assert "env.DB.password" in message.json()["data"]["_redacted"]
