@@ -206,3 +206,25 @@ def test_redact_journal_keeps_the_value_from_an_http_client(bus_config: Config, 
     text = json.dumps(message.json())
     assert PASSWORD not in text and AWS_SECRET not in text and AWS_ID not in text
     assert "env.DB.password" in message.json()["data"]["_redacted"]
+
+
+def test_redact_journal_keeps_the_value_from_a_federated_peer():
+    import yaml  # noqa: PLC0415
+
+    from tests.cluster_support import Node, nats_servers, running, short_dir, wait_imported  # noqa: PLC0415
+
+    with short_dir() as root, nats_servers(root, 1) as (nats,):
+        a = Node(root, "a", [nats.url])
+        settings = yaml.safe_load(a.config_file.read_text())
+        a.config_file.write_text(
+            yaml.safe_dump({**settings, "redact": True, "redact_journal": True})
+        )
+        b = Node(root, "b", [nats.url])
+        with running([a, b]):
+            a.fire("app/deploy", secret_event())
+            wait_imported(b, 1)
+            ((origin, _, tag, data),) = b.imported()
+    assert (origin, tag) == ("a", "app/deploy")
+    text = json.dumps(data)
+    assert PASSWORD not in text and AWS_SECRET not in text and AWS_ID not in text
+    assert data["env"]["DB"]["password"] == MARKER
