@@ -88,8 +88,10 @@ def test_entry_point_lookup_can_be_replaced(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_unknown_returner_names_the_ones_available(plugin_dir: Path):
-    with pytest.raises(ConfigError, match=r"no returner named 'mysql'.*jsonfile.*pgjsonb"):
-        load_returner("mysql", {})
+    with pytest.raises(
+        ConfigError, match=r"no returner named 'mongo'.*http.*jsonfile.*mqtt.*mysql.*pgjsonb"
+    ):
+        load_returner("mongo", {})
 
 
 def test_broken_plugin_is_a_config_error(plugin_dir: Path):

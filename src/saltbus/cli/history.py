@@ -68,6 +68,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--follow", action="store_true", help="after the journal, go on with live events"
     )
+    parser.add_argument(
+        "--redact",
+        action="store_true",
+        help="replace values matched by the config's redact rules (the default rules: "
+        "password, token, secret, private keys, AWS keys, when it has none)",
+    )
     add_bus_options(parser)
     add_journal_options(parser)
     parser.set_defaults(run=run)
@@ -95,6 +101,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from saltbus.journal.damage import JournalDamagedError  # noqa: PLC0415
 
     config = config_from_args(args)
+    if getattr(args, "redact", False):
+        from saltbus.returners.redact import Redactor  # noqa: PLC0415
+
+        args.redactor = Redactor(config.redact if config.redact is not None else {})
     try:
         return _run(args, config, out or sys.stdout)
     except JournalDamagedError as exc:
@@ -205,6 +215,9 @@ def _event(record: JournalRecord) -> Event | None:
 
 
 def _print(event: Event, args: argparse.Namespace, out: TextIO) -> None:
+    redactor = getattr(args, "redactor", None)
+    if redactor is not None:
+        event = Event(event.tag, redactor.redact(event.data), event.seq)
     print(
         format_event(event, pretty=args.pretty, as_json=args.json, with_seq=True),
         file=out,

@@ -28,6 +28,7 @@ from saltbus.config.sections import (
     cluster_section,
     convert_reactor_setting,
     convert_returner_setting,
+    redact_section,
     to_bool,
     with_salt_returner_options,
 )
@@ -118,6 +119,11 @@ class Config:
     returner_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     # saltbus's: a failing returner is retried with backoff doubling up to this.
     event_return_retry_max_seconds: float = 30.0
+    # Redaction rules (keys, paths, values, defaults, marker; None: off),
+    # applied to what returners get and to `history --redact`; with
+    # redact_journal, to every event before it is journaled or delivered.
+    redact: Mapping[str, Any] | None = None
+    redact_journal: bool = False
     # The reactor (saltbus.reactor), with Salt's option names where Salt has
     # one: Salt's `reactor:` list of {tag glob: [reaction files]}, kept as
     # ((glob, (file, ...)), ...) so the Config stays immutable; the worker pool
@@ -219,6 +225,8 @@ class Config:
             raise ConfigError(f"log_format must be text or json, not {self.log_format!r}")
         check_returner_settings(self)
         check_reactor_settings(self)
+        if self.redact_journal and self.redact is None:
+            raise ConfigError("redact_journal needs redact rules (redact: true for the defaults)")
 
     # -- derived ---------------------------------------------------------
 
@@ -429,7 +437,9 @@ def _convert(name: str, value: Any) -> Any:
         "salt_minion_config",
     ):
         return Path(os.path.expanduser(str(value)))
-    if name in ("allow_root", "tcp_allow_unauthenticated"):
+    if name == "redact":
+        return redact_section(value)
+    if name in ("allow_root", "tcp_allow_unauthenticated", "redact_journal"):
         return to_bool(name, value)
     if name in ("sock_group", "metrics_listen"):
         return str(value)

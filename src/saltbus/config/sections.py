@@ -74,14 +74,25 @@ def check_returner_settings(config: Config) -> None:
         raise ConfigError(f"event_return names a returner twice: {list(config.event_return)}")
 
 
+# Salt's returners whose options are top-level ``NAME.OPTION`` keys
+# (``rawfile_json.filename``, ``mysql.host``), without the ``returner.`` prefix.
+SALT_FLAT_RETURNERS: Final = frozenset(("rawfile_json", "mysql"))
+
+
 def with_salt_returner_options(loaded: Mapping[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """Fold Salt's ``returner.NAME.OPTION: value`` and ``returner.NAME: {...}``
-    keys into ``returner_options`` (whose own entries win)."""
+    """Fold Salt's ``returner.NAME.OPTION: value``, ``returner.NAME: {...}``
+    and ``NAME.OPTION`` (for SALT_FLAT_RETURNERS) keys into ``returner_options``
+    (whose own entries win)."""
     gathered: dict[str, dict[str, Any]] = {}
     for key, value in loaded.items():
-        if not isinstance(key, str) or not key.startswith("returner.") or value is None:
+        if not isinstance(key, str) or value is None:
             continue
-        name, _, option = key[len("returner.") :].partition(".")
+        if key.startswith("returner."):
+            name, _, option = key[len("returner.") :].partition(".")
+        elif key.partition(".")[0] in SALT_FLAT_RETURNERS:
+            name, _, option = key.partition(".")
+        else:
+            continue
         if option:
             gathered.setdefault(name, {})[option] = value
         elif isinstance(value, Mapping):
@@ -97,6 +108,47 @@ def with_salt_returner_options(loaded: Mapping[str, Any], values: dict[str, Any]
                 gathered.setdefault(str(name), {}).update(opts)
     values["returner_options"] = gathered
     return values
+
+
+# -- redaction -----------------------------------------------------------------
+
+_REDACT_LISTS: Final = ("keys", "paths", "values")
+
+
+def redact_section(value: Any) -> dict[str, Any] | None:
+    """``redact:``: true (Salt's usual suspects only), false (off), or a
+    mapping of keys/paths/values lists, defaults (bool) and marker."""
+    if isinstance(value, str):  # from SALTBUS_REDACT: YAML or JSON
+        value = yaml.safe_load(value) if value.strip() else None
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"redact must be true, false or a mapping of rules, not {value!r}")
+    unknown = set(value) - {*_REDACT_LISTS, "defaults", "marker"}
+    if unknown:
+        raise ConfigError(f"redact: unknown keys {sorted(map(str, unknown))}")
+    rules: dict[str, Any] = {}
+    for name in _REDACT_LISTS:
+        items = value.get(name) or []
+        items = [items] if isinstance(items, str) else items
+        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+            raise ConfigError(f"redact.{name} must be a list of strings, not {items!r}")
+        rules[name] = tuple(items)
+    for pattern in rules["values"]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"redact.values: {pattern!r} is not a regular expression: {exc}"
+            ) from None
+    rules["defaults"] = to_bool("redact.defaults", value.get("defaults", True))
+    marker = value.get("marker", "**REDACTED**")
+    if not isinstance(marker, str) or not marker:
+        raise ConfigError(f"redact.marker must be a non-empty string, not {marker!r}")
+    rules["marker"] = marker
+    return rules
 
 
 # -- the reactor ---------------------------------------------------------------

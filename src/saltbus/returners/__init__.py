@@ -16,6 +16,7 @@ from saltbus.returners.plugins import (
     available,
     load_returner,
 )
+from saltbus.returners.redact import Redactor, redactor_for
 from saltbus.returners.runner import ReturnerRunner
 from saltbus.returners.worker import CURSOR_PREFIX, Batching, ReturnerWorker
 
@@ -24,6 +25,7 @@ __all__ = [
     "CURSOR_PREFIX",
     "ENTRY_POINT_GROUP",
     "Batching",
+    "Redactor",
     "Returner",
     "ReturnerFactory",
     "ReturnerRunner",
@@ -31,4 +33,5 @@ __all__ = [
     "TagFilter",
     "available",
     "load_returner",
+    "redactor_for",
 ]

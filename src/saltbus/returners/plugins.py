@@ -35,8 +35,19 @@ ENTRY_POINT_GROUP: Final = "saltbus.returners"
 # dependencies (psycopg) stay optional.
 BUILTINS: Final[Mapping[str, str]] = {
     "pgjsonb": "saltbus.returners.pgjsonb:PgJsonbReturner",
+    "rawfile_json": "saltbus.returners.rawfile_json:RawfileJsonReturner",
+    "redis_stream": "saltbus.returners.redis_stream:RedisStreamReturner",
+    "mysql": "saltbus.returners.mysql:MysqlReturner",
+    "syslog": "saltbus.returners.syslog:SyslogReturner",
+    "mqtt": "saltbus.returners.mqtt:MqttReturner",
+    "http": "saltbus.returners.http:HttpReturner",
 }
-_EXTRAS: Final[Mapping[str, str]] = {"pgjsonb": "postgres"}
+_EXTRAS: Final[Mapping[str, str]] = {
+    "pgjsonb": "postgres",
+    "redis_stream": "sinks",
+    "mysql": "sinks",
+    "mqtt": "sinks",
+}
 
 
 @runtime_checkable

@@ -22,6 +22,7 @@ from saltbus.config import Config
 from saltbus.errors import ConfigError
 from saltbus.returners.filters import TagFilter
 from saltbus.returners.plugins import ReturnerFactory, close_returner, load_returner
+from saltbus.returners.redact import redactor_for
 from saltbus.returners.worker import Batching, ReturnerWorker
 
 log = logging.getLogger("saltbus.returners")
@@ -59,6 +60,7 @@ class ReturnerRunner:
             retry_max=config.event_return_retry_max_seconds,
             poll_interval=poll_interval,
         )
+        self._redactor = redactor_for(config.redact)
         self.workers: list[ReturnerWorker] = []
         self._started = False
 
@@ -94,6 +96,7 @@ class ReturnerRunner:
                 self.journal_path,
                 tag_filter=self._filter,
                 batching=self._batching,
+                redactor=self._redactor,
             )
             try:
                 worker.start()
@@ -110,6 +113,12 @@ class ReturnerRunner:
         """Events up to ``last_seq`` were committed to the journal."""
         for worker in self.workers:
             worker.notify(last_seq)
+
+    def reopen(self) -> None:
+        """Every returner with a ``reopen()`` (rawfile_json) reopens its file
+        before its next batch: what `saltbus serve` does on SIGHUP."""
+        for worker in self.workers:
+            worker.reopen()
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop every returner: each makes one last attempt at the events it

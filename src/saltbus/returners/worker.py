@@ -23,6 +23,7 @@ from saltbus.errors import JournalError, RemoteProtocolError
 from saltbus.journal.store import Journal
 from saltbus.returners.filters import TagFilter
 from saltbus.returners.plugins import Returner, close_returner
+from saltbus.returners.redact import Redactor
 from saltbus.wire import unpack_body
 
 log = logging.getLogger("saltbus.returners")
@@ -37,6 +38,7 @@ MAX_BATCH: Final = 1000
 MAX_BATCH_BYTES: Final = 16 * 1024 * 1024
 READ_CHUNK: Final = 1000
 START_TIMEOUT: Final = 10.0
+RETRY_AFTER_MAX: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class ReturnerWorker:
         *,
         tag_filter: TagFilter,
         batching: Batching,
+        redactor: Redactor | None = None,
     ) -> None:
         self.name = name
         self.returner = returner
@@ -77,8 +80,10 @@ class ReturnerWorker:
         self.cursor_name = CURSOR_PREFIX + name
         self._filter = tag_filter
         self._batching = batching
+        self._redactor = redactor
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._reopen = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_error: BaseException | None = None
@@ -130,6 +135,12 @@ class ReturnerWorker:
         self.latest = max(self.latest, last_seq)
         self._wake.set()
 
+    def reopen(self) -> None:
+        """Have the returner reopen its files (SIGHUP, after logrotate), on
+        its own thread, before its next batch. Cheap, any thread."""
+        self._reopen.set()
+        self._wake.set()
+
     def close(self, timeout: float | None = None) -> bool:
         """Stop: one last attempt at what is gathered (as Salt flushes its
         queue at exit; what fails stays in the journal for next time), then
@@ -143,6 +154,7 @@ class ReturnerWorker:
 
     def stats(self) -> dict[str, Any]:
         retry_at = self._retry_at
+        own = getattr(self.returner, "stats", None)
         state = "stopped" if self._stop.is_set() else "running"
         if self.consecutive_failures and state == "running":
             state = "retrying"
@@ -163,6 +175,8 @@ class ReturnerWorker:
             "retry_in": None
             if retry_at is None
             else round(max(0.0, retry_at - time.monotonic()), 3),
+            # The returner's own counters (rotations, dead letters...), when it keeps any.
+            "details": own() if callable(own) else {},
         }
 
     # -- the thread ---------------------------------------------------------
@@ -203,6 +217,11 @@ class ReturnerWorker:
             self._wake.clear()
             more = False
             try:
+                if self._reopen.is_set():
+                    self._reopen.clear()
+                    reopen = getattr(self.returner, "reopen", None)
+                    if callable(reopen):
+                        reopen()
                 if not self._full():
                     scanned, more = self._scan(journal, scanned)
                 if pending and (stopping or self._due()):
@@ -214,10 +233,10 @@ class ReturnerWorker:
                     journal.set_cursor(self.cursor_name, self.cursor)
                     self._unsaved = False
             except Exception as exc:
-                self._failed(exc)
+                delay = self._failed(exc)
                 self._clear()
                 scanned = self.cursor
-                if stopping or self._stop.wait(batching.retry_delay(self.consecutive_failures)):
+                if stopping or self._stop.wait(delay):
                     return  # what failed is still in the journal after the cursor
                 continue
             if stopping:
@@ -301,7 +320,11 @@ class ReturnerWorker:
 
     def _return(self) -> None:
         pending = self._pending
-        self.returner.event_return(list(pending))
+        redactor = self._redactor
+        # Redacted here, on the worker's copy: every returner, built in or a
+        # plugin, gets the same redacted events.
+        batch = list(pending) if redactor is None else [redactor.redact_event(e) for e in pending]
+        self.returner.event_return(batch)
         self.cursor = pending[-1]["seq"]
         self._unsaved = True
         self.returned += len(pending)
@@ -314,12 +337,18 @@ class ReturnerWorker:
         self.consecutive_failures = 0
         self._retry_at = None
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception) -> float:
+        """Count the failure; how long to wait before the retry."""
         self.failures += 1
         self.consecutive_failures += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.last_error_time = time.time()
         delay = self._batching.retry_delay(self.consecutive_failures)
+        # A returner may say when the store wants the batch again (HTTP's
+        # Retry-After): never sooner, and never beyond RETRY_AFTER_MAX.
+        asked = getattr(exc, "retry_after", None)
+        if isinstance(asked, int | float) and not isinstance(asked, bool):
+            delay = max(delay, min(float(asked), RETRY_AFTER_MAX))
         self._retry_at = time.monotonic() + delay
         # Once per outage at error level, then quietly: a database that is
         # down for an hour must not flood the log.
@@ -332,3 +361,4 @@ class ReturnerWorker:
             self.cursor + 1,
             delay,
         )
+        return delay

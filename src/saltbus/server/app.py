@@ -20,7 +20,7 @@ from saltbus.event import MatchType, tag_matcher
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
 from saltbus.journal.writer import JournalWriter
-from saltbus.returners import ReturnerRunner
+from saltbus.returners import ReturnerRunner, redactor_for
 from saltbus.server.access import AccessPolicy
 from saltbus.server.commits import JournalSink, NoJournal
 from saltbus.server.connections import PullConnection, SubscriberConnection
@@ -120,6 +120,7 @@ class Server:
                 stamp_has_offset=cfg.generation.stamp_has_offset,
                 on_error=cfg.journal_on_error,
                 epoch=self.epoch,
+                redact_body=_body_redactor(cfg),
             )
             self._laggards = laggards = Laggards(cfg, self._intake)
             self._state = state = ServerState(
@@ -227,6 +228,12 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_exit)
+        # logrotate's postrotate: returners writing files open them again.
+        loop.add_signal_handler(signal.SIGHUP, self._reopen_returners)
+
+    def _reopen_returners(self) -> None:
+        if self.returners is not None:
+            self.returners.reopen()
 
     async def shutdown(self) -> None:
         # Let connections already in the backlog be accepted (closing a listening
@@ -458,3 +465,8 @@ def _bound_address(sock: socket.socket, configured: Address) -> Address:
         host, port = sock.getsockname()[:2]
         return (str(host), int(port))
     return configured
+
+
+def _body_redactor(cfg: Config) -> Callable[[bytes], bytes] | None:
+    redactor = redactor_for(cfg.redact) if cfg.redact_journal else None
+    return None if redactor is None else redactor.redact_body

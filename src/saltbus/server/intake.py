@@ -94,8 +94,12 @@ class Intake:
         stamp_has_offset: bool = False,
         on_error: str = "block",
         epoch: int | None = None,
+        redact_body: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.fanout = fanout
+        # redact_journal: applied first, so neither the journal nor any
+        # subscriber ever holds a redacted value.
+        self.redact_body = redact_body
         self.journal = journal
         self.readers = readers
         # Told the last committed seq after each commit (the returner runner).
@@ -157,6 +161,8 @@ class Intake:
         self.received += len(bodies)
         if not bodies:
             return
+        if self.redact_body is not None:
+            bodies = [self.redact_body(body) for body in bodies]
         if self.journal_failure is not None and not self._deliver_on_error:
             self._hold(bodies, tags, acks, source, self._held_late)
             return

@@ -1,0 +1,151 @@
+"""The redis_stream returner against a real redis-server: XADD in order, a
+retried batch added once, MAXLEN ~ trimming, and 10,000 events through a
+`saltbus serve` killed in the middle, with Redis down for a while."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from saltbus import Config
+from saltbus.client.admin import fetch_stats
+from saltbus.errors import ConfigError
+from saltbus.returners.redis_stream import RedisStreamReturner
+from tests.returners_support import write_config
+from tests.serve_support import ServeProcess
+from tests.sinks_support import WAIT, Fired, RedisServer, redis_server
+from tests.waiting import wait_until
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[redis.Redis]:
+    conn = redis.Redis(port=server.port, decode_responses=True)
+    conn.flushall()
+    yield conn
+    conn.close()
+
+
+def event(seq: int, tag: str = "app/evt") -> dict[str, Any]:
+    return {"tag": tag, "data": {"n": seq}, "seq": seq, "time": 1700000000.5}
+
+
+def entries(client: redis.Redis, stream: str = "saltbus:events") -> list[dict[str, Any]]:
+    return [{"id": i, **fields} for i, fields in client.xrange(stream)]
+
+
+def test_events_in_order_and_a_retried_batch_once(server: RedisServer, client: redis.Redis):
+    ret = RedisStreamReturner({"port": server.port, "master_id": "m1"})
+    try:
+        ret.event_return([event(1), event(2)])
+        ret.event_return([event(2), event(3)])  # the answer to the first attempt was lost
+    finally:
+        ret.close()
+    got = entries(client)
+    assert [e["id"] for e in got] == ["1-0", "2-0", "3-0"]
+    assert got[0] == {
+        "id": "1-0",
+        "tag": "app/evt",
+        "data": '{"n":1}',
+        "seq": "1",
+        "time": "1700000000.5",
+        "master_id": "m1",
+    }
+    assert ret.duplicates == 1
+
+
+def test_stream_template_and_auto_ids(server: RedisServer, client: redis.Redis):
+    ret = RedisStreamReturner(
+        {
+            "url": f"redis://127.0.0.1:{server.port}/0",
+            "stream": "ev:{master_id}:{prefix}",
+            "ids": "auto",
+            "master_id": "m2",
+        }
+    )
+    try:
+        ret.event_return([event(1, "salt/job/1/ret"), event(2, "app/x"), event(3, "salt/auth")])
+    finally:
+        ret.close()
+    assert [json.loads(e["data"])["n"] for e in entries(client, "ev:m2:salt")] == [1, 3]
+    assert [e["tag"] for e in entries(client, "ev:m2:app")] == ["app/x"]
+
+
+def test_maxlen_trims_about_there(server: RedisServer, client: redis.Redis):
+    ret = RedisStreamReturner({"port": server.port, "maxlen": 100})
+    try:
+        for start in range(1, 2001, 200):
+            ret.event_return([event(s) for s in range(start, start + 200)])
+    finally:
+        ret.close()
+    assert 100 <= client.xlen("saltbus:events") < 2000
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"colour": 1}, "unknown options"),
+        ({"stream": "x:{nope}"}, "stream template"),
+        ({"maxlen": -1}, "maxlen must be 0 or more"),
+        ({"ids": "mine"}, "ids must be seq or auto"),
+    ],
+)
+def test_bad_options(options: dict[str, Any], message: str):
+    with pytest.raises(ConfigError, match=message):
+        RedisStreamReturner(options)
+
+
+def test_ten_thousand_events_through_a_killed_serve_and_a_redis_outage(
+    server: RedisServer, client: redis.Redis, bus_config: Config, tmp_path: Path
+):
+    config_file = write_config(
+        tmp_path / "master",
+        {
+            "sock_dir": str(bus_config.sock_dir),
+            "data_dir": str(bus_config.data_dir),
+            "event_return": "redis_stream",
+            "event_return_queue": 200,
+            "event_return_queue_max_seconds": 0.1,
+            "event_return_retry_max_seconds": 0.5,
+            "returner_options": {"redis_stream": {"port": server.port, "socket_timeout": 2}},
+        },
+    )
+    fired = Fired(bus_config)
+
+    def stored() -> int:
+        return int(client.xlen("saltbus:events"))
+
+    serve = ServeProcess(bus_config, "--config", str(config_file))
+    try:
+        fired.fire(4000)
+        wait_until(lambda: stored() > 0, "the first entries", WAIT)
+        serve.kill()  # SIGKILL, maybe between an XADD and the cursor
+    finally:
+        serve.close()
+    with ServeProcess(bus_config, "--config", str(config_file)):
+        wait_until(lambda: stored() == 4000, "the events before the kill", WAIT)
+        server.stop()
+        try:
+            fired.fire(3000)  # the bus goes on while Redis is down
+            wait_until(
+                lambda: fetch_stats(bus_config)["returners"][0]["failures"] >= 1, "failures", WAIT
+            )
+        finally:
+            server.start()
+        fired.fire(3000)
+        wait_until(lambda: stored() == 10_000, "every event in Redis", WAIT)
+        (stats,) = fetch_stats(bus_config)["returners"]
+        assert stats["lag"] == 0
+    got = entries(client)
+    assert [json.loads(e["data"])["n"] for e in got] == list(range(1, 10_001))
+    assert got[-1]["id"] == f"{fired.last_seq}-0"
