@@ -289,7 +289,11 @@ async def start_alongside(
     await reactor.start()
     if server is not None:
         server.stats_sources[STATS_KEY] = reactor.stats_dict
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reactor.request_reload)
+        # One SIGHUP handler per process: the server's, which reopens the
+        # returners' files and then calls this.
+        server.sighup_handlers.append(reactor.request_reload)
+    else:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reactor.request_reload)
     print(
         f"saltbus: reactor {config.reactor_name!r} running: {len(rules.rules)} tag globs, "
         f"{rules.files} reaction files; SIGHUP reloads",

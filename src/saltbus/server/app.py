@@ -77,6 +77,9 @@ class Server:
         # Parts run beside the server in its loop (the federation bridge) add
         # their statistics here, under their name, without the server knowing them.
         self.stats_sources: dict[str, Callable[[], Any]] = {}
+        # Called on SIGHUP (after the returners reopen their files), by parts
+        # run beside the server that reload on it (the in-process reactor).
+        self.sighup_handlers: list[Callable[[], None]] = []
         # Consumers in this process that must not miss journaled events
         # (returners; the federation export and the reactor register too).
         self.retention_holds = RetentionHolds()
@@ -228,12 +231,15 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_exit)
-        # logrotate's postrotate: returners writing files open them again.
-        loop.add_signal_handler(signal.SIGHUP, self._reopen_returners)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
 
-    def _reopen_returners(self) -> None:
+    def _hangup(self) -> None:
+        # logrotate's postrotate: returners writing files open them again;
+        # then what else runs in this process asked for (the reactor reloads).
         if self.returners is not None:
             self.returners.reopen()
+        for handler in self.sighup_handlers:
+            handler()
 
     async def shutdown(self) -> None:
         # Let connections already in the backlog be accepted (closing a listening
