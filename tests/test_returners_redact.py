@@ -186,14 +186,19 @@ def test_redact_journal_keeps_the_value_from_every_local_reader(bus_config: Conf
     assert "aws_secret_access_key" in journaled["data"]["_redacted"]
 
 
-def test_redact_journal_keeps_the_value_from_an_http_client(bus_config: Config, tmp_path: Path):
+@pytest.mark.parametrize("redact_journal", [True, False])
+def test_an_http_client_never_sees_the_value(
+    bus_config: Config, tmp_path: Path, redact_journal: bool
+):
+    """With redact_journal the events reach the bridge redacted; without it,
+    the bridge applies its config's rules to what it sends."""
     from saltbus.http import Settings, TokenStore, create_app  # noqa: PLC0415
     from tests.http_support import make_tokens, serve, sse  # noqa: PLC0415
 
-    config_file, out = serve_with_sink(bus_config, tmp_path, redact_journal=True)
+    config_file, out = serve_with_sink(bus_config, tmp_path, redact_journal=redact_journal)
     secrets = make_tokens(tmp_path / "tokens.json", admin=(["*"], ["*"]))
     app = create_app(
-        bus_config,
+        Config.load(config_file, env={}),
         tokens=TokenStore.open(tmp_path / "tokens.json"),
         settings=Settings(heartbeat=0.3),
     )
@@ -208,7 +213,10 @@ def test_redact_journal_keeps_the_value_from_an_http_client(bus_config: Config, 
     assert "env.DB.password" in message.json()["data"]["_redacted"]
 
 
-def test_redact_journal_keeps_the_value_from_a_federated_peer():
+@pytest.mark.parametrize("redact_journal", [True, False])
+def test_a_federated_peer_never_sees_the_value(redact_journal: bool):
+    """With redact_journal the export reads redacted events; without it, the
+    export applies the rules to what it publishes."""
     import yaml  # noqa: PLC0415
 
     from tests.cluster_support import Node, nats_servers, running, short_dir, wait_imported  # noqa: PLC0415
@@ -217,7 +225,7 @@ def test_redact_journal_keeps_the_value_from_a_federated_peer():
         a = Node(root, "a", [nats.url])
         settings = yaml.safe_load(a.config_file.read_text())
         a.config_file.write_text(
-            yaml.safe_dump({**settings, "redact": True, "redact_journal": True})
+            yaml.safe_dump({**settings, "redact": True, "redact_journal": redact_journal})
         )
         b = Node(root, "b", [nats.url])
         with running([a, b]):

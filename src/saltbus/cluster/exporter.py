@@ -43,6 +43,7 @@ from saltbus.config import Config
 from saltbus.errors import BusError, SaltbusError, SlowConsumerError
 from saltbus.event import Event, MatchType, tag_matcher
 from saltbus.journal.store import Journal
+from saltbus.returners.redact import redactor_for
 from saltbus.wire import pack_body
 
 log = logging.getLogger("saltbus.cluster")
@@ -75,6 +76,9 @@ class Exporter:
         self.epoch: int | None = None
         self.position: int | None = None
         self._matchers = [tag_matcher(p.pattern, p.match_type) for p in settings.export]
+        # The config's redact rules: no value they match leaves the host
+        # through the export (with redact_journal the events are redacted already).
+        self._redactor = redactor_for(config.redact)
         self.exported = 0
         self.not_exported = 0  # not matching, or imported
         self.dropped = 0  # refused by NATS for good (too large)
@@ -190,6 +194,9 @@ class Exporter:
             return False  # an imported event never goes back out
         return not self._matchers or any(match(event.tag) for match in self._matchers)
 
+    def _outgoing(self, data: Any) -> Any:
+        return data if self._redactor is None else self._redactor.redact(data)
+
     async def _publish(self, batch: Sequence[Event]) -> None:
         js = self.link.js
         epoch = self.epoch or 0
@@ -206,7 +213,7 @@ class Exporter:
                 # with one nats-py yields at each publish, writing each alone.
                 future = await js.publish_async(
                     tag_to_subject(event.tag, self.settings.subject_prefix),
-                    pack_body(event.tag, event.data),
+                    pack_body(event.tag, self._outgoing(event.data)),
                     headers=envelope.headers(),
                 )
             except nats.errors.MaxPayloadError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -25,6 +26,7 @@ from saltbus.config import Config
 from saltbus.errors import BusTimeoutError, NoPublisherError, SlowConsumerError
 from saltbus.event import Event, MatchType, tag_matcher
 from saltbus.http.hub import Hub, Member, MemberLaggedError
+from saltbus.returners.redact import redactor_for
 
 log = logging.getLogger("saltbus.http")
 
@@ -69,6 +71,9 @@ class EventStream:
         self._own_sub: Subscription | None = None
         self._own_connected = False
         self._own_position: int | None = None  # the last event the own client delivered
+        # The config's redact rules: no value they match leaves the host
+        # through the bridge (with redact_journal the events are redacted already).
+        self._redactor = redactor_for(config.redact)
 
     @property
     def catching_up(self) -> bool:
@@ -83,9 +88,14 @@ class EventStream:
             await self._start()
             while True:
                 batch = await (self._read_own() if self._own_sub else self._read_member())
-                yield batch
+                yield batch if self._redactor is None else self._redacted(batch)
         finally:
             await self.close()
+
+    def _redacted(self, batch: list[Event]) -> list[Event]:
+        assert self._redactor is not None
+        redact = self._redactor.redact
+        return [dataclasses.replace(e, data=redact(e.data)) for e in batch]
 
     async def close(self) -> None:
         if self._member is not None:
