@@ -88,7 +88,15 @@ def test_returners_federation_and_reactor_are_labelled_by_name_only() -> None:
             {"peer": "b", "queued_events": 1, "queued_bytes": 100},
         ],
         "returners": [
-            {"name": "pgjsonb", "lag": 7, "returned": 3, "failures": 2, "state": "retrying"}
+            {"name": "pgjsonb", "lag": 7, "returned": 3, "failures": 2, "state": "retrying"},
+            {
+                "name": "http",
+                "lag": 0,
+                "returned": 9,
+                "failures": 0,
+                "state": "running",
+                "details": {"sent": 9, "dead_lettered": 1, "dead_letter": "/x", "tls": True},
+            },
         ],
         "cluster": {
             "state": "linked",
@@ -110,9 +118,23 @@ def test_returners_federation_and_reactor_are_labelled_by_name_only() -> None:
     assert samples(families["saltbus_subscriber_dropped"]) == {(): 2.0}
     assert samples(families["saltbus_subscriber_lagged"]) == {(): 1.0}
     assert "saltbus_journal_last_seq" not in families  # no journal
-    assert samples(families["saltbus_returner_lag_events"]) == {(("returner", "pgjsonb"),): 7}
-    assert samples(families["saltbus_returner_failures"]) == {(("returner", "pgjsonb"),): 2}
-    assert samples(families["saltbus_returner_up"]) == {(("returner", "pgjsonb"),): 0}
+    assert samples(families["saltbus_returner_lag_events"]) == {
+        (("returner", "pgjsonb"),): 7,
+        (("returner", "http"),): 0,
+    }
+    assert samples(families["saltbus_returner_failures"]) == {
+        (("returner", "pgjsonb"),): 2,
+        (("returner", "http"),): 0,
+    }
+    assert samples(families["saltbus_returner_up"]) == {
+        (("returner", "pgjsonb"),): 0,
+        (("returner", "http"),): 1,
+    }
+    # A sink's own integer counters, not its paths or flags.
+    assert samples(families["saltbus_returner_sink"]) == {
+        (("counter", "dead_lettered"), ("returner", "http")): 1,
+        (("counter", "sent"), ("returner", "http")): 9,
+    }
     assert samples(families["saltbus_federation_export_lag_events"]) == {(): 5}
     assert samples(families["saltbus_federation_imported_events"]) == {(): 4}
     assert samples(families["saltbus_federation_duplicates_dropped"]) == {(): 2}

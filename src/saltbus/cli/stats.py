@@ -77,6 +77,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"lag {ret['lag']:>7} (cursor {ret['cursor']})  failures {ret['failures']}",
             file=out,
         )
+        details = ret.get("details") or {}
+        if details:
+            shown = ", ".join(f"{key} {value}" for key, value in sorted(details.items()))
+            print(f"    {shown}", file=out)
         if ret.get("last_error") and ret.get("consecutive_failures"):
             print(f"    last error: {ret['last_error']} (retry in {ret['retry_in']} s)", file=out)
     if stats.get("cluster"):

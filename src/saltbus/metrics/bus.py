@@ -194,13 +194,31 @@ def _returners(returners: list[Mapping[str, Any]]) -> Iterator[Metric]:
         "1 while a returner's last call succeeded, 0 while it is retrying or stopped",
         labels=["returner"],
     )
+    # Each sink's own counters (rotations, dead-lettered batches, ...): the
+    # names come from the sinks' code, so the label set stays bounded.
+    own = CounterMetricFamily(
+        "saltbus_returner_sink",
+        "A sink's own counters, per returner (rotations, dead_lettered, ...)",
+        labels=["returner", "counter"],
+    )
     for returner in returners:
         name = [str(returner["name"])]
         lag.add_metric(name, returner.get("lag", 0))
         returned.add_metric(name, returner.get("returned", 0))
         failures.add_metric(name, returner.get("failures", 0))
         up.add_metric(name, 1 if returner.get("state") == "running" else 0)
-    yield from (lag, returned, failures, up)
+        for counter, value in _counters(returner.get("details")):
+            own.add_metric([*name, counter], value)
+    yield from (lag, returned, failures, up, own)
+
+
+def _counters(details: Any) -> Iterator[tuple[str, int]]:
+    """The integer counters of a sink's own statistics (not its paths, not flags)."""
+    if not isinstance(details, Mapping):
+        return
+    for key, value in sorted(details.items()):
+        if isinstance(value, int) and not isinstance(value, bool):
+            yield str(key), value
 
 
 def _federation(cluster: Mapping[str, Any]) -> Iterator[Metric]:
