@@ -388,19 +388,12 @@ class JournalWriter:
                 except Exception as batch_exc:
                     self._fail(batch, batch_exc)
                 else:
-                    self._succeeded(batch)
+                    self._committed(len(batch.records), batch.records)
+                    self._finish(batch, None)
             return
         self._committed(len(records), records, time.perf_counter() - started)
-        if self._failure is not None:
-            self._recovered()
         for batch in group:
             self._finish(batch, None)
-
-    def _succeeded(self, batch: _Batch) -> None:
-        self._committed(len(batch.records), batch.records)
-        if self._failure is not None:
-            self._recovered()
-        self._finish(batch, None)
 
     def _fail(self, batch: _Batch, exc: Exception) -> None:
         error = as_journal_error(exc)
@@ -408,12 +401,11 @@ class JournalWriter:
             self._failure = error
         self._finish(batch, error)
 
-    def _recovered(self) -> None:
-        self._failure = None
-
     def _committed(
         self, count: int, records: Sequence[JournalRecord], seconds: float | None = None
     ) -> None:
+        # A commit went through: the file works, whatever failed before.
+        self._failure = None
         if seconds is not None and self.commit_observer is not None:
             self.commit_observer(seconds)
         self._transactions += 1

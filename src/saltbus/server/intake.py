@@ -282,8 +282,7 @@ class Intake:
                 error,
                 extra={"tag": first.tag, "seq": first.seq},
             )
-            for source, pairs in batch.acks:
-                self._refuse(source, [rid for _, rid in pairs], str(error))
+            self._refuse_acked(batch, str(error))
             return
         if self._deliver_on_error:
             self._deliver_unjournaled(batch, error)
@@ -291,9 +290,7 @@ class Intake:
         if self.journal_failure is None:
             self._start_failing(error)
         acked = {index for _, pairs in batch.acks for index, _ in pairs}
-        reason = self._failure_reason()
-        for source, pairs in batch.acks:
-            self._refuse(source, [rid for _, rid in pairs], reason)
+        self._refuse_acked(batch, self._failure_reason())
         for index, record in enumerate(batch.records):
             if index not in acked:
                 self._keep(record.body, record.tag, batch.sources[index], self._held)
@@ -321,8 +318,7 @@ class Intake:
         self._gap = (first, records[-1].seq)
         self.fanout.deliver(records)
         self._last_delivered = records[-1].seq
-        for source, pairs in batch.acks:
-            self._refuse(source, [rid for _, rid in pairs], self._failure_reason())
+        self._refuse_acked(batch, self._failure_reason())
 
     def _close_gap(self) -> None:
         gap, since = self._gap, self.failing_since
@@ -391,6 +387,11 @@ class Intake:
         if source is not None and source not in self._held_sources:
             self._held_sources.add(source)
             source.pause_reading()
+
+    def _refuse_acked(self, batch: _Batch, why: str) -> None:
+        """Nack every event of ``batch`` that asked for an acknowledgement."""
+        for source, pairs in batch.acks:
+            self._refuse(source, [rid for _, rid in pairs], why)
 
     def _refuse(self, source: AckTarget, request_ids: list[int], why: str) -> None:
         self.refused += len(request_ids)
