@@ -17,6 +17,7 @@ import pytest
 
 from saltbus.config import Config
 from saltbus.server import EmbeddedPublisher
+from tests.cluster_support import NatsServer, nats_servers, short_dir
 from tests.serve_support import ServeProcess
 from tests.server_support import serve_bus
 
@@ -90,3 +91,18 @@ def serve(serves: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
     """``serve(root, *args, env=...)``: a ready ``saltbus serve`` for the bus of
     ``make_config(root)``, killed when the test ends."""
     return functools.partial(serve_bus, serves)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    """A short, fresh directory (unix socket paths stay under 107 bytes) for
+    the cluster tests' nodes and NATS servers."""
+    with short_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def nats_server(root: Path) -> Iterator[NatsServer]:
+    """One real nats-server with JetStream, in ``root``, stopped after the test."""
+    with nats_servers(root, 1) as (server,):
+        yield server

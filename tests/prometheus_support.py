@@ -18,9 +18,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from tests.waiting import wait_until
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 WAIT = 30.0
@@ -39,17 +41,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 class Prometheus:
@@ -135,6 +126,8 @@ def prometheus(workdir: Path, targets: Mapping[str, str]) -> Iterator[Prometheus
         wait_until(
             lambda: process.poll() is not None or _ready(server.url),
             "Prometheus to start",
+            WAIT,
+            0.2,
         )
         assert process.poll() is None, f"prometheus exited:\n{log.read_text()}"
         yield server

@@ -9,13 +9,10 @@ from pathlib import Path
 
 from saltbus.client import Sender
 from saltbus.config import Config
-from saltbus.errors import JournalUnavailableError
 from saltbus.server import EmbeddedPublisher
-from tests.disk_support import fill, small_disk
+from tests.disk_support import fill, fire_until_refused, small_disk
 from tests.interop.salt_peer_client import salt_publisher
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
-
-PAD = "x" * 1000
 
 
 def health(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,13 +59,7 @@ def test_critical_while_the_journal_cannot_commit(
         serves(config, *bus_flags(config))
         filler = fill(disk, leave=300_000)
         with Sender(config) as sender:
-            for n in range(20_000):
-                try:
-                    sender.fire("test/fill", {"n": n, "pad": PAD}, 5, ack=True)
-                except JournalUnavailableError:
-                    break
-            else:
-                raise AssertionError("the journal never filled")
+            fire_until_refused(sender, "test/fill")
             result = health(config)
             assert result.returncode == 2, result.stdout
             assert result.stdout.startswith("SALTBUS CRITICAL - journal: cannot commit (disk full)")

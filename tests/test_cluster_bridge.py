@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,10 @@ from saltbus.errors import ConfigError
 from saltbus.journal.store import Journal
 from saltbus.server import Server
 from saltbus.wire import pack_body, unpack_body
-from tests.cluster_support import NatsServer, nats_servers, short_dir
+from tests.cluster_support import NatsServer, nats_servers
 
 pytestmark = pytest.mark.timeout(300)
 WAIT = 120.0
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def nats_server(root: Path) -> Iterator[NatsServer]:
-    with nats_servers(root, 1) as (server,):
-        yield server
 
 
 def node_config(root: Path, name: str, url: str, **cluster: Any) -> Config:

@@ -7,31 +7,18 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from saltbus import Config, Listener, Sender
-from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir
+from tests.cluster_support import NatsServer, Node, running
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
 BURST = 10_000
 PAD = "r" * 420  # an event of ~500 bytes, as a small job return
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def nats_server(root: Path) -> Iterator[NatsServer]:
-    with nats_servers(root, 1) as (server,):
-        yield server
 
 
 class Arrivals:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,11 @@ from tests.cluster_support import (
     Node,
     nats_servers,
     running,
-    short_dir,
     wait_imported,
 )
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
 
 
 def assert_in_order_once(node: Node, origin: str, fired: list[int]) -> None:

@@ -17,7 +17,6 @@ from tests.cluster_support import (
     Node,
     nats_servers,
     running,
-    short_dir,
     stream_leader,
     wait_imported,
 )
@@ -25,12 +24,6 @@ from tests.cluster_support import (
 pytestmark = pytest.mark.timeout(900)
 
 PER_NODE = 1000
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
 
 
 @pytest.fixture

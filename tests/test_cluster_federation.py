@@ -5,7 +5,6 @@ origin, never its own node again, and the export and import filters hold."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,25 +14,11 @@ from saltbus.cli.main import main as saltbus_main
 from tests.cluster_support import (
     NatsServer,
     Node,
-    nats_servers,
     running,
-    short_dir,
     wait_imported,
 )
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def nats_server(root: Path) -> Iterator[NatsServer]:
-    with nats_servers(root, 1) as (server,):
-        yield server
 
 
 def test_each_event_reaches_the_other_nodes_once_with_origin_and_filters_hold(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,22 +13,10 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
-from tests.cluster_support import NatsServer, Node, nats_servers, running, short_dir
+from tests.cluster_support import NatsServer, Node, running
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def nats_server(root: Path) -> Iterator[NatsServer]:
-    with nats_servers(root, 1) as (server,):
-        yield server
 
 
 async def _stream_limits(url: str, create: bool = False) -> tuple[float, int]:

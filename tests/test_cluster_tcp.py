@@ -4,7 +4,6 @@ the asyncio client, which must present the bus's secret (two `saltbus serve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,25 +14,11 @@ from tests.cluster_support import (
     NatsServer,
     Node,
     free_port,
-    nats_servers,
     running,
-    short_dir,
     wait_imported,
 )
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def nats_server(root: Path) -> Iterator[NatsServer]:
-    with nats_servers(root, 1) as (server,):
-        yield server
 
 
 def tcp_node(root: Path, name: str, servers: list[str]) -> Node:

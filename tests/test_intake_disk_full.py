@@ -18,18 +18,16 @@ import httpx
 
 from saltbus.client import Listener, Sender
 from saltbus.config import Config
-from saltbus.errors import JournalUnavailableError
 from saltbus.event import Event
 from saltbus.http import create_app
 from saltbus.journal.paths import journal_path
 from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
-from tests.disk_support import fill, small_disk
+from tests.disk_support import fill, fire_until_refused, small_disk
 from tests.http_support import serve, sse
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
 from tests.waiting import wait_until
 
-PAD = "x" * 1000
 END = "test/end"
 WAIT = 30.0
 POLL = 0.1  # seconds between two looks: `saltbus stats` runs as a process
@@ -106,16 +104,7 @@ def test_a_full_disk_delays_events_and_loses_none(
 
         # Acked fires until the journal is full: each returns its seq or is refused.
         sender = Sender(config)
-        acked: dict[int, int] = {}
-        refused: list[str] = []
-        for n in range(20_000):
-            try:
-                acked[n] = sender.fire("test/acked", {"n": n, "pad": PAD}, 5, ack=True).seq or 0
-            except JournalUnavailableError as exc:
-                refused.append(str(exc))
-                if len(refused) == 20:
-                    break
-        assert len(refused) == 20, f"the journal never filled ({len(acked)} acked)"
+        acked, refused = fire_until_refused(sender, "test/acked", refusals=20)
         assert all("disk full" in message for message in refused), refused[0]
 
         # Unacked fires are taken and held: a second sender, and the CLI.
@@ -191,15 +180,7 @@ def test_journal_on_error_deliver_delivers_and_tells_resuming_readers_of_the_gap
         live = Collector(config)
         filler = fill(disk, leave=600_000)
         sender = Sender(config)
-        refused = 0
-        for n in range(20_000):
-            try:
-                sender.fire("test/acked", {"n": n, "pad": PAD}, 5, ack=True)
-            except JournalUnavailableError:
-                refused += 1
-                if refused == 5:
-                    break
-        assert refused == 5, "the journal never filled"
+        fire_until_refused(sender, "test/acked", refusals=5)
         for n in range(20):
             sender.fire("test/plain", {"n": n}, timeout=5)
         filler.unlink()

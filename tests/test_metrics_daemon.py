@@ -14,13 +14,11 @@ from pathlib import Path
 
 from saltbus.client import Listener, Sender
 from saltbus.config import Config
-from saltbus.errors import JournalUnavailableError
-from tests.disk_support import fill, small_disk
-from tests.prometheus_support import http_get, prometheus, wait_until
+from tests.disk_support import fill, fire_until_refused, small_disk
+from tests.prometheus_support import WAIT, http_get, prometheus
 from tests.returners_support import postgres_server, write_config
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
-
-PAD = "x" * 1000
+from tests.waiting import wait_until
 
 
 def metrics_url(daemon: ServeProcess) -> str:
@@ -79,14 +77,7 @@ def test_readyz_is_503_while_the_journal_disk_is_full(
 
         filler = fill(disk, leave=300_000)
         sender = Sender(config)
-        refused = 0
-        for n in range(20_000):
-            try:
-                sender.fire("test/fill", {"n": n, "pad": PAD}, 5, ack=True)
-            except JournalUnavailableError:
-                refused += 1
-                break
-        assert refused, "the journal never filled"
+        fire_until_refused(sender, "test/fill")
 
         status, body = http_get(f"{url}/readyz")
         assert status == 503, body
@@ -101,7 +92,7 @@ def test_readyz_is_503_while_the_journal_disk_is_full(
         assert 'saltbus_events_refused_total{reason="journal_unavailable"} 1.0' in metrics
 
         filler.unlink()
-        wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "/readyz to be 200 again")
+        wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "/readyz to be 200 again", WAIT)
         sender.fire("test/after", {}, 5, ack=True)
         sender.close()
         assert "saltbus_journal_up 1.0" in http_get(f"{url}/metrics")[1]
@@ -165,12 +156,12 @@ def test_readyz_is_503_while_a_returners_database_is_down(
         with Sender(bus_config) as sender:
             sender.fire("app/evt", {"n": 0}, timeout=5, ack=True)
             returned = 'saltbus_returner_returned_events_total{returner="pgjsonb"} 1.0'
-            wait_until(lambda: returned in http_get(f"{url}/metrics")[1], "the first return")
+            wait_until(lambda: returned in http_get(f"{url}/metrics")[1], "the first return", WAIT)
             assert http_get(f"{url}/readyz")[0] == 200
             pg.stop()
             try:
                 sender.fire("app/evt", {"n": 1}, timeout=5, ack=True)
-                wait_until(lambda: http_get(f"{url}/readyz")[0] == 503, "/readyz to fail")
+                wait_until(lambda: http_get(f"{url}/readyz")[0] == 503, "/readyz to fail", WAIT)
                 answer = json.loads(http_get(f"{url}/readyz")[1])
                 assert answer["failed"] == ["returner:pgjsonb"]
                 metrics = http_get(f"{url}/metrics")[1]
@@ -178,7 +169,7 @@ def test_readyz_is_503_while_a_returners_database_is_down(
                 assert 'saltbus_returner_lag_events{returner="pgjsonb"} 1.0' in metrics
             finally:
                 pg.start()
-            wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "/readyz to be 200 again")
+            wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "/readyz to be 200 again", WAIT)
         metrics = http_get(f"{url}/metrics")[1]
         assert 'saltbus_returner_lag_events{returner="pgjsonb"} 0.0' in metrics
         assert 'saltbus_returner_returned_events_total{returner="pgjsonb"} 2.0' in metrics

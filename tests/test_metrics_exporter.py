@@ -20,8 +20,9 @@ import pytest
 from saltbus.client import Listener, Sender
 from saltbus.config import Config
 from tests.interop.salt_peer_client import salt_python
-from tests.prometheus_support import free_port, http_get, prometheus, wait_until
+from tests.prometheus_support import free_port, http_get, prometheus
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
+from tests.waiting import wait_until
 
 WAIT = 30.0
 
@@ -48,6 +49,7 @@ class ExporterProcess:
                 or self.popen.poll() is not None
             ),
             "the exporter to print its address",
+            WAIT,
         )
         assert self.popen.poll() is None, self.log
         return str(match.group(1))
@@ -116,7 +118,7 @@ def test_prometheus_reads_the_job_counts(
     serves(bus_config, *bus_flags(bus_config))
     exporter = exporters("--sock-dir", str(bus_config.sock_dir), "--metrics", "127.0.0.1:0")
     url = exporter.url()
-    wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "the exporter to subscribe")
+    wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "the exporter to subscribe", WAIT)
     assert json.loads(http_get(f"{url}/readyz")[1])["ready"] is True
 
     with Sender(bus_config) as sender:
@@ -161,7 +163,7 @@ def test_the_exporter_waits_for_a_bus_and_is_not_ready_meanwhile(
     assert status == 503 and json.loads(body)["failed"] == ["bus"]
     assert http_get(f"{url}/healthz")[0] == 200
     serves(bus_config, *bus_flags(bus_config))
-    wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "the exporter to subscribe")
+    wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "the exporter to subscribe", WAIT)
     with Sender(bus_config) as sender:
         fire_job(sender, "20260101000000000004", "test.ping", [], {"m1": 0})
     deadline = time.monotonic() + WAIT
@@ -294,7 +296,7 @@ def test_a_real_masters_jobs_through_prometheus(
             "cmd.run",
         )
         url = exporter.url()
-        wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "the exporter to subscribe")
+        wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, "the exporter to subscribe", WAIT)
 
         ping = master.salt(MINION, "test.ping")
         assert ping.returncode == 0, ping.stdout + ping.stderr

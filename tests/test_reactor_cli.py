@@ -29,6 +29,7 @@ from saltbus.event import Event
 from saltbus.server import Server
 from tests.interop.salt_peer_client import SALT_VERSIONS, salt_fire, salt_publisher
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
+from tests.waiting import wait_until
 
 WAIT = 30.0
 
@@ -130,13 +131,6 @@ def collect(listener: Listener, count: int, timeout: float = WAIT) -> list[Event
 def nothing_more(listener: Listener, seconds: float = 0.5) -> None:
     extra = listener.receive(seconds)
     assert extra is None, f"unexpected {extra}"
-
-
-def wait_until(predicate: Any, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def fire(config: Config, tag: str, data: dict[str, Any] | None = None) -> Event:
@@ -426,12 +420,14 @@ def test_reload_does_not_lose_queued_work(bus_config: Config, tmp_path: Path) ->
             with Sender(bus_config) as sender:
                 for n in range(20):
                     sender.fire("q", {"n": n})
-            wait_until(out.exists)
+            wait_until(out.exists, f"{out}", WAIT)
             for reloads in range(1, 4):  # one at a time: pending SIGHUPs coalesce
                 proc.popen.send_signal(signal.SIGHUP)
-                wait_until(lambda n=reloads: proc.stderr.count("reloaded:") == n)
+                wait_until(
+                    lambda n=reloads: proc.stderr.count("reloaded:") == n, f"reload {reloads}", WAIT
+                )
             assert len(out.read_text().split()) < 20, "the reloads were not during the work"
-            wait_until(lambda: len(out.read_text().split()) == 20)
+            wait_until(lambda: len(out.read_text().split()) == 20, "20 lines", WAIT)
         finally:
             proc.stop()
     assert sorted(map(int, out.read_text().split())) == list(range(20))
@@ -456,7 +452,7 @@ def test_catch_up_after_missing_1000_events_exactly_once(
         with Sender(bus_config) as sender:
             for n in range(10):
                 sender.fire(f"n/{n}", {"n": n})
-        wait_until(lambda: len(lines()) == 10)
+        wait_until(lambda: len(lines()) == 10, "10 lines", WAIT)
         assert proc.stop() == 0  # the reactor is down
         with Sender(bus_config) as sender:
             for n in range(10, 1010):
@@ -471,7 +467,7 @@ def test_catch_up_after_missing_1000_events_exactly_once(
             assert found, proc.stderr
             count, first, last = map(int, found.groups())
             assert count >= 1000 and last - first + 1 == count
-            wait_until(lambda: len(lines()) >= 1010, timeout=120)
+            wait_until(lambda: len(lines()) >= 1010, "1,010 lines", 120)
             took = time.monotonic() - started
             time.sleep(0.5)
         finally:
@@ -494,11 +490,11 @@ def test_catch_up_after_kill_9_loses_nothing(bus_config: Config, tmp_path: Path)
         with Sender(bus_config) as sender:
             for n in range(300):
                 sender.fire("n", {"n": n})
-        wait_until(lambda: len(lines()) >= 50)
+        wait_until(lambda: len(lines()) >= 50, "50 lines", WAIT)
         proc.stop(signal.SIGKILL)
         proc = react(bus_config, conf)
         try:
-            wait_until(lambda: set(map(int, lines())) == set(range(300)), timeout=60)
+            wait_until(lambda: set(map(int, lines())) == set(range(300)), "all 300 lines", 60)
         finally:
             proc.stop()
     # At least once: what ran after the last saved position (in flight, or done
@@ -650,7 +646,7 @@ def test_serve_runs_the_reactor_in_process(
         # The journal keeps what the reactor has not handled; it has handled this.
         assert sent.seq is not None
         holds = lambda: fetch_stats(bus_config)["journal_holds"]  # noqa: E731
-        wait_until(lambda: holds().get("reactor", 0) >= sent.seq)
+        wait_until(lambda: holds().get("reactor", 0) >= sent.seq, "the reactor's hold", WAIT)
         assert set(holds()) == {"reactor"}
         # `saltbus react --reload` finds the reactor inside serve.
         done = subprocess.run(

@@ -28,9 +28,7 @@ from tests.cluster_support import (
     WAIT,
     NatsServer,
     Node,
-    nats_servers,
     running,
-    short_dir,
 )
 from tests.serve_support import SALTBUS, bus_flags, clean_env
 from tests.waiting import wait_until
@@ -68,18 +66,6 @@ def hits() -> Iterator[tuple[str, list[tuple[str, str]]]]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def nats_server(root: Path) -> Iterator[NatsServer]:
-    with nats_servers(root, 1) as (server,):
-        yield server
 
 
 def leader_nodes(root: Path, nats_server: NatsServer, url: str) -> list[Node]:

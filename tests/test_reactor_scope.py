@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,27 +18,13 @@ from tests.cluster_support import (
     SETTLE,
     NatsServer,
     Node,
-    nats_servers,
     running,
-    short_dir,
     wait_imported,
 )
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 EVENTS = 15
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def nats_server(root: Path) -> Iterator[NatsServer]:
-    with nats_servers(root, 1) as (server,):
-        yield server
 
 
 def with_reactor(node: Node, out: Path, scope: str | None) -> None:

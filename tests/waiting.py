@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 WAIT = 10.0  # seconds: the default bound of a wait
 STEP = 0.02  # seconds between two looks; cheap predicates, so short
@@ -17,6 +18,7 @@ ASYNC_STEP = 0.005  # in an event loop a look costs a turn of the loop, no threa
 # What was waited for: a description, or a function giving one when the wait
 # fails (to say what was seen instead, e.g. which descriptors are still open).
 What = str | Callable[[], str]
+T = TypeVar("T")
 
 
 def _timed_out(what: What, timeout: float) -> AssertionError:
@@ -25,14 +27,16 @@ def _timed_out(what: What, timeout: float) -> AssertionError:
 
 
 def wait_until(
-    predicate: Callable[[], object], what: What, timeout: float = WAIT, step: float = STEP
-) -> None:
-    """Return once ``predicate()`` is true; raise AssertionError after ``timeout`` s."""
+    predicate: Callable[[], T], what: What, timeout: float = WAIT, step: float = STEP
+) -> T:
+    """Return ``predicate()``'s first true value (a regex match, say); raise
+    AssertionError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (result := predicate()):
         if time.monotonic() > deadline:
             raise _timed_out(what, timeout)
         time.sleep(step)
+    return result
 
 
 async def wait_until_async(

@@ -73,8 +73,11 @@ def cli_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SALTBUS_")}
 
 
-def run_saltbus(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run one saltbus command to completion (killed after ``timeout``)."""
+def run_saltbus(
+    *args: str, timeout: float = CLI_TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one saltbus command to completion (killed after ``timeout``), in
+    ``env`` (default: :func:`cli_env`)."""
     return subprocess.run(
         [*saltbus_exe(), *args],
         stdin=subprocess.DEVNULL,
@@ -82,7 +85,7 @@ def run_saltbus(*args: str, timeout: float = CLI_TIMEOUT) -> subprocess.Complete
         text=True,
         timeout=timeout,
         check=False,
-        env=cli_env(),
+        env=cli_env() if env is None else env,
     )
 
 

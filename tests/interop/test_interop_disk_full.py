@@ -12,14 +12,12 @@ import pytest
 
 from saltbus.client import Sender
 from saltbus.config import Config
-from saltbus.errors import JournalUnavailableError
-from tests.disk_support import fill, small_disk
+from tests.disk_support import PAD, fill, fire_until_refused, small_disk
 from tests.interop.buses import strip_stamp
 from tests.interop.salt_driver_client import SaltDriver
 from tests.serve_support import ServeProcess, bus_flags
 from tests.test_intake_disk_full import (
     END,
-    PAD,
     POLL,
     WAIT,
     Collector,
@@ -54,13 +52,7 @@ def test_salt_clients_on_a_full_disk_lose_nothing(
         salt_listener = salt.listener(config.sock_dir, "master", sync_tag="sync/salt")
         filler = fill(disk, leave=600_000)
         with Sender(config) as sender:
-            for n in range(20_000):
-                try:
-                    sender.fire("test/acked", {"n": n, "pad": PAD}, 5, ack=True)
-                except JournalUnavailableError:
-                    break
-            else:
-                pytest.fail("the journal never filled")
+            fire_until_refused(sender, "test/acked")
             assert "FAILING" in stats(config)
 
             firer = salt.open(config.sock_dir, "master", listen=False)

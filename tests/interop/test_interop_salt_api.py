@@ -5,7 +5,6 @@ ret events' jid and success, a wheel reaction failing with salt-api's reason
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import yaml
 
 from saltbus import Listener
 from saltbus.event import Event
+from tests.interop.buses import run_saltbus
 from tests.interop.salt_master_support import (
     API_PASSWORD,
     API_USER,
@@ -31,7 +31,7 @@ from tests.interop.test_interop_salt_reactions import (
     salt_rets,
     warm_up,
 )
-from tests.serve_support import SALTBUS, clean_env
+from tests.serve_support import clean_env
 
 
 @pytest.fixture(scope="module")
@@ -113,27 +113,13 @@ def test_local_runner_and_wheel_through_salt_api(master: SaltMaster, tmp_path: P
 
 def test_check_and_refused_credentials(master: SaltMaster, tmp_path: Path) -> None:
     conf = api_conf(master, tmp_path)
-    done = subprocess.run(
-        [str(SALTBUS), "react", "--check", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        env=clean_env(),
-        check=False,
-    )
+    done = run_saltbus("react", "--check", "--config", str(conf), timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == (
         f"Salt's reactions: through salt-api at {master.api_url} (eauth auto), credentials accepted"
     )
     bad = api_conf(master, tmp_path, eauth="pam")
-    done = subprocess.run(
-        [str(SALTBUS), "react", "--check", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        env=clean_env(),
-        check=False,
-    )
+    done = run_saltbus("react", "--check", "--config", str(bad), timeout=WAIT)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"saltbus: error: Salt's reactions cannot reach Salt: salt-api at {master.api_url} "

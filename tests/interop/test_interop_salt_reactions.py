@@ -20,6 +20,7 @@ import yaml
 
 from saltbus import Listener
 from saltbus.event import Event
+from tests.interop.buses import run_saltbus
 from tests.interop.salt_master_support import SaltMaster, salt_master_and_minion
 from tests.interop.salt_peer_client import SALT_VERSIONS
 from tests.serve_support import SALTBUS, clean_env
@@ -218,13 +219,8 @@ def test_local_runner_and_wheel_reactions(master: SaltMaster, tmp_path: Path) ->
 
 def test_check_says_how_salt_is_reached(master: SaltMaster, tmp_path: Path) -> None:
     conf = master_with_reactor(master, tmp_path)
-    done = subprocess.run(
-        [str(SALTBUS), "react", "--check", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        env=salt_env(master),
-        check=False,
+    done = run_saltbus(
+        "react", "--check", "--config", str(conf), timeout=WAIT, env=salt_env(master)
     )
     assert done.returncode == 0, done.stderr
     salt_line = done.stdout.strip().splitlines()[-1]
@@ -250,14 +246,7 @@ def test_a_master_that_does_not_answer(master: SaltMaster, tmp_path: Path) -> No
     saltbus_conf = master_with_reactor(
         master, tmp_path, salt_master_config=str(dead), salt_python=str(master.python)
     )
-    done = subprocess.run(
-        [str(SALTBUS), "react", "--check", "--config", str(saltbus_conf)],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        env=clean_env(),
-        check=False,
-    )
+    done = run_saltbus("react", "--check", "--config", str(saltbus_conf), timeout=WAIT)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     line = done.stderr.strip()
