@@ -16,8 +16,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +330,91 @@ def running(nodes: Sequence[Node]) -> Iterator[Sequence[Node]]:
     finally:
         for node in nodes:
             node.kill()
+
+
+class Hits:
+    """What reactions POSTed to a loopback HTTP server: each JSON body's
+    ``tag`` and ``node`` (the node whose reactor ran it) and when it arrived
+    (``time.monotonic()`` of this process)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._seen: list[tuple[str, str, float]] = []
+        self._lock = threading.Lock()
+
+    def add(self, tag: str, node: str) -> None:
+        with self._lock:
+            self._seen.append((tag, node, time.monotonic()))
+
+    @property
+    def seen(self) -> list[tuple[str, str, float]]:
+        with self._lock:
+            return list(self._seen)
+
+    def tags(self) -> set[str]:
+        return {tag for tag, _, _ in self.seen}
+
+
+@contextlib.contextmanager
+def hit_server() -> Iterator[Hits]:
+    """A loopback HTTP server (ephemeral port) recording the reactions' POSTs."""
+    hits: Hits
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            try:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            except ValueError:  # cut short: its sender was killed mid-request
+                self.send_response(400)
+            else:
+                hits.add(str(body["tag"]), str(body["node"]))
+                self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hits = Hits(f"http://127.0.0.1:{server.server_address[1]}/")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(WAIT)
+
+
+def with_post_reaction(node: Node, url: str, **settings: Any) -> None:
+    """The node's config gets a reactor (with ``settings``) whose reaction to
+    ``app/*`` POSTs ``{tag, node}`` to ``url``."""
+    reaction = node.dir / "post.sls"
+    reaction.write_text(
+        "post:\n  http.post:\n"
+        f"    - url: {url}\n"
+        f"    - json: {{tag: '{{{{ tag }}}}', node: {node.name}}}\n"
+    )
+    config = yaml.safe_load(node.config_file.read_text())
+    config.update(reactor=[{"app/*": [str(reaction)]}], **settings)
+    node.config_file.write_text(yaml.safe_dump(config))
+
+
+def wait_app_events(node: Node, count: int, timeout: float = WAIT * 3) -> None:
+    """Until ``node`` journaled ``count`` ``app/*`` events, its own and imported
+    ones (the reactors' ret events, imported too, are not counted)."""
+
+    def app_events() -> int:
+        return sum(1 for _, tag, _ in node.events() if tag.startswith("app/"))
+
+    try:
+        wait_until(lambda: app_events() >= count, f"{count} events on {node.name}", timeout, POLL)
+    except AssertionError:
+        raise AssertionError(
+            f"node {node.name}: {app_events()} of {count} events; stats "
+            f"{_stats_or_error(node)}\n{node.log()}"
+        ) from None
 
 
 def wait_imported(node: Node, count: int, timeout: float = WAIT * 3) -> None:

@@ -7,16 +7,11 @@ reacted to at least once (the duplicates are counted and bounded)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import subprocess
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -26,130 +21,118 @@ from saltbus.event import Event
 from saltbus.reactor.leader import Leadership
 from tests.cluster_support import (
     WAIT,
+    Hits,
     NatsServer,
     Node,
+    hit_server,
     running,
+    wait_app_events,
+    with_post_reaction,
 )
 from tests.serve_support import SALTBUS, bus_flags, clean_env
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 TTL = 2.0
-
-
-class Hits(BaseHTTPRequestHandler):
-    """Records each reaction's POST: (tag, node that ran it)."""
-
-    seen: ClassVar[list[tuple[str, str]]] = []
-    lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.lock:
-            self.seen.append((body["tag"], body["node"]))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def hits() -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    Hits.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hits)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", Hits.seen
-    finally:
-        server.shutdown()
-        server.server_close()
+EVENTS = 500
+KILL_AT = 300  # the leader is killed before the event of this number is fired
+MARGIN = 3.0  # seconds: a shared 2-core machine delays processes and timers
 
 
 def leader_nodes(root: Path, nats_server: NatsServer, url: str) -> list[Node]:
     nodes = [Node(root, name, [nats_server.url]) for name in ("a", "b", "c")]
     for node in nodes:
-        reaction = node.dir / "post.sls"
-        reaction.write_text(
-            "post:\n  http.post:\n"
-            f"    - url: {url}\n"
-            f"    - json: {{tag: '{{{{ tag }}}}', node: {node.name}}}\n"
-        )
-        settings = yaml.safe_load(node.config_file.read_text())
-        settings.update(
-            reactor=[{"app/*": [str(reaction)]}],
-            reactor_scope="leader",
-            reactor_leader_ttl=TTL,
-        )
-        node.config_file.write_text(yaml.safe_dump(settings))
+        with_post_reaction(node, url, reactor_scope="leader", reactor_leader_ttl=TTL)
     return nodes
 
 
-def wait_tags(seen: list[tuple[str, str]], tags: set[str], nodes: list[Node]) -> None:
+def wait_tags(hits: Hits, tags: set[str], nodes: list[Node]) -> None:
     try:
-        wait_until(lambda: tags <= {tag for tag, _ in list(seen)}, "the reactions", WAIT * 2)
+        wait_until(lambda: tags <= hits.tags(), "the reactions", WAIT * 2)
     except AssertionError:
-        missing = sorted(tags - {tag for tag, _ in seen})
+        missing = sorted(tags - hits.tags())
         logs = "\n".join(f"--- {node.name}:\n{node.log()}" for node in nodes)
-        raise AssertionError(f"no reaction to {missing}\n{logs}") from None
+        raise AssertionError(f"no reaction to {len(missing)}: {missing[:20]}\n{logs}") from None
 
 
-def test_one_node_reacts_to_every_event_once(
-    root: Path, nats_server: NatsServer, hits: tuple[str, list[tuple[str, str]]]
-) -> None:
-    url, seen = hits
-    nodes = leader_nodes(root, nats_server, url)
-    with running(nodes):
-        tags = set()
-        for n in range(60):
-            for node in nodes:
+def test_one_node_reacts_to_every_event_once(root: Path, nats_server: NatsServer) -> None:
+    with hit_server() as hits:
+        nodes = leader_nodes(root, nats_server, hits.url)
+        with running(nodes):
+            tags = set()
+            for n in range(EVENTS):
+                node = nodes[n % len(nodes)]
                 tag = f"app/{node.name}/{n}"
                 node.fire(tag, {"n": n})
                 tags.add(tag)
-        wait_tags(seen, tags, nodes)
-        time.sleep(TTL)  # long enough for a second reaction to show up
-        for node in nodes:
-            node.stop()
-    counts = Counter(tag for tag, _ in seen)
+            wait_tags(hits, tags, nodes)
+            time.sleep(TTL)  # long enough for a second reaction to show up
+            for node in nodes:
+                node.stop()
+    counts = Counter(tag for tag, _, _ in hits.seen)
     assert counts == Counter({tag: 1 for tag in tags})
-    assert len({node for _, node in seen}) == 1  # all by the leader
+    assert len({node for _, node, _ in hits.seen}) == 1  # all by the leader
 
 
-def test_a_new_leader_takes_over_and_catches_up(
-    root: Path, nats_server: NatsServer, hits: tuple[str, list[tuple[str, str]]]
-) -> None:
-    url, seen = hits
-    nodes = leader_nodes(root, nats_server, url)
-    with running(nodes):
-        nodes[0].fire("app/first", {})
-        wait_tags(seen, {"app/first"}, nodes)
-        leader = next(node for node in nodes if node.name == seen[0][1])
-        others = [node for node in nodes if node is not leader]
-        tags = {"app/first"}
-        for n in range(100):
-            if n == 50:
-                leader.kill()
-            node = others[n % 2]
-            tag = f"app/{node.name}/{n}"
-            node.fire(tag, {"n": n})
-            tags.add(tag)
-        wait_tags(seen, tags, nodes)
-        time.sleep(TTL)
-        for node in others:
-            node.stop()
-    counts = Counter(tag for tag, _ in seen)
+def test_a_new_leader_takes_over_and_catches_up(root: Path, nats_server: NatsServer) -> None:
+    with hit_server() as hits:
+        nodes = leader_nodes(root, nats_server, hits.url)
+        with running(nodes):
+            nodes[0].fire("app/first", {})
+            wait_tags(hits, {"app/first"}, nodes)
+            leader = next(node for node in nodes if node.name == hits.seen[0][1])
+            others = [node for node in nodes if node is not leader]
+            tags = {"app/first"}
+            # The first part on every node, the leader's own included; its events
+            # reach the others before it dies (what a node journaled and had not
+            # exported when killed is the federation's loss, not the reactor's).
+            for n in range(KILL_AT // 2):
+                node = nodes[n % len(nodes)]
+                tag = f"app/{node.name}/{n}"
+                node.fire(tag, {"n": n})
+                tags.add(tag)
+            for node in others:
+                wait_app_events(node, len(tags))
+            # Then on the survivors only, the leader killed in the middle of it.
+            killed_at = 0.0
+            for n in range(KILL_AT // 2, EVENTS):
+                if n == KILL_AT:
+                    leader.kill()  # SIGKILL
+                    killed_at = time.monotonic()
+                node = others[n % 2]
+                tag = f"app/{node.name}/{n}"
+                node.fire(tag, {"n": n})
+                tags.add(tag)
+            wait_tags(hits, tags, nodes)
+            time.sleep(TTL)
+            for node in others:
+                node.stop()
+    seen = hits.seen
+    counts = Counter(tag for tag, _, _ in seen)
     assert set(counts) == tags  # every event reacted to at least once
-    duplicates = sum(counts.values()) - len(counts)
-    print(f"leader takeover: {duplicates} duplicate reactions of {len(tags)} events")
-    # At least once across the crash: what the dead leader ran after its last
-    # published mark runs again; never more than the events fired before it died.
-    assert duplicates <= 51, counts
-    survivors = {node for _, node in seen} - {leader.name}
+    assert max(counts.values()) <= 2  # by the dead leader, then again by its successor
+    survivors = {node for _, node, _ in seen} - {leader.name}
     assert len(survivors) == 1  # one new leader
     new_leader = next(node for node in others if node.name in survivors)
     assert "reactor leadership taken by" in new_leader.log()
+    # The new leader reacts within the lease: the old one's lapses at most TTL
+    # after its last renewal, a follower tries to take it every TTL/3, and it
+    # runs what was not marked done at once; MARGIN is for the shared machine.
+    takeover = min(t for _, node, t in seen if node == new_leader.name) - killed_at
+    # Duplicates are the reactions the dead leader ran after the last marks it
+    # published (every TTL/3): each ran in that last interval before the kill
+    # (MARGIN again for a busy machine), never an older one.
+    last_by_dead = {tag: t for tag, node, t in seen if node == leader.name}
+    duplicates = sorted(tag for tag, n in counts.items() if n == 2)
+    window = [killed_at - last_by_dead[tag] for tag in duplicates]
+    print(
+        f"leader takeover after {takeover:.2f} s (ttl {TTL:g} s); {len(duplicates)} duplicate "
+        f"reactions of {len(tags)} events, run by the dead leader up to "
+        f"{max(window, default=0.0):.2f} s before the kill"
+    )
+    assert takeover <= TTL + TTL / 3 + MARGIN, takeover
+    assert all(tag in last_by_dead for tag in duplicates)
+    assert max(window, default=0.0) <= TTL / 3 + MARGIN, (window, duplicates)
 
 
 @pytest.mark.usefixtures("publisher")

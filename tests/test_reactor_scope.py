@@ -1,4 +1,4 @@
-"""reactor_scope with federation: two `saltbus serve` nodes, each running the
+"""reactor_scope with federation: three `saltbus serve` nodes, each running the
 reactor in-process, linked through a real nats-server. With `local` (the
 default) each event's reaction runs once across the cluster, on the node it was
 fired on; with `all` every node reacts to every event, imported ones too."""
@@ -10,79 +10,70 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
 
 from saltbus import Config
 from saltbus.errors import ConfigError
 from tests.cluster_support import (
     SETTLE,
+    WAIT,
     NatsServer,
     Node,
+    hit_server,
     running,
-    wait_imported,
+    wait_app_events,
+    with_post_reaction,
 )
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
-EVENTS = 15
+NODES = ("a", "b", "c")
 
 
-def with_reactor(node: Node, out: Path, scope: str | None) -> None:
-    """The node's config gets a reactor: appending "<tag> <node>" to ``out``."""
-    reaction = node.dir / "mark.sls"
-    reaction.write_text(
-        f"mark:\n  cmd.run:\n    - cmd: [sh, -c, 'echo {{{{ tag }}}} {node.name} >> {out}']\n"
-    )
-    settings = yaml.safe_load(node.config_file.read_text())
-    settings["reactor"] = [{"app/*": [str(reaction)]}]
-    if scope is not None:
-        settings["reactor_scope"] = scope
-    node.config_file.write_text(yaml.safe_dump(settings))
-
-
-@pytest.mark.parametrize("scope", [None, "all"])
+@pytest.mark.parametrize(("scope", "events"), [(None, 500), ("all", 30)])
 def test_each_event_reacted_to_once_across_the_cluster_unless_scope_all(
-    root: Path, nats_server: NatsServer, scope: str | None
+    root: Path, nats_server: NatsServer, scope: str | None, events: int
 ) -> None:
-    out = root / "reactions"
-    out.touch()
-    a = Node(root, "a", [nats_server.url])
-    b = Node(root, "b", [nats_server.url])
-    for node in (a, b):
-        with_reactor(node, out, scope)
-    expected_lines = 2 * EVENTS * (2 if scope == "all" else 1)
-    with running([a, b]):
-        for n in range(EVENTS):
-            for node in (a, b):
-                node.fire(f"app/{node.name}/{n}", {"n": n})
-        for node in (a, b):
-            wait_imported(node, EVENTS)
-
-        def reactions() -> list[str]:
-            return out.read_text().splitlines()
-
-        wait_until(lambda: len(reactions()) >= expected_lines, f"{expected_lines} reactions")
-        # Long enough for a reaction to an imported event to have shown up.
-        time.sleep(SETTLE)
-        for node in (a, b):
-            node.stop()  # SIGTERM: each reactor logs its statistics
-    lines = Counter(reactions())
-    fired = {f"app/{name}/{n}" for name in "ab" for n in range(EVENTS)}
+    settings = {"reactor_scope": scope} if scope else {}
+    copies = len(NODES) if scope == "all" else 1
+    with hit_server() as hits:
+        nodes = [Node(root, name, [nats_server.url]) for name in NODES]
+        for node in nodes:
+            with_post_reaction(node, hits.url, **settings)
+        with running(nodes):
+            fired = []
+            for n in range(events):
+                node = nodes[n % len(nodes)]
+                tag = f"app/{node.name}/{n}"
+                node.fire(tag, {"n": n})
+                fired.append(tag)
+            for node in nodes:
+                wait_app_events(node, len(fired))
+            wait_until(
+                lambda: len(hits.seen) >= copies * events,
+                f"{copies * events} reactions",
+                WAIT * 2,
+            )
+            # Long enough for a reaction to an imported event to have shown up.
+            time.sleep(SETTLE)
+            for node in nodes:
+                node.stop()  # SIGTERM: each reactor logs its statistics
+    lines = Counter((tag, node) for tag, node, _ in hits.seen)
     if scope == "all":
-        assert lines == Counter({f"{tag} {name}": 1 for tag in fired for name in "ab"})
-    else:
-        # Each event once, by the reactor of the node it was fired on.
-        assert lines == Counter({f"{tag} {tag.split('/')[1]}": 1 for tag in fired})
+        assert lines == Counter({(tag, name): 1 for tag in fired for name in NODES})
+        return
+    # Each event once, by the reactor of the node it was fired on.
+    assert lines == Counter({(tag, tag.split("/")[1]): 1 for tag in fired})
+    for node in nodes:
+        own = sum(1 for tag in fired if tag.split("/")[1] == node.name)
         # Each ret event names the node whose reactor ran it.
         rets = [
             data
-            for _, tag, data in a.events()
-            if tag == "saltbus/reactor/mark/ret" and "_saltbus_origin" not in data
+            for _, tag, data in node.events()
+            if tag == "saltbus/reactor/post/ret" and "_saltbus_origin" not in data
         ]
-        assert len(rets) == EVENTS and {r["node"] for r in rets} == {"a"}
+        assert len(rets) == own and {r["node"] for r in rets} == {node.name}
         # Counted, in the statistics each reactor logs when it stops.
-        for node in (a, b):
-            assert f"other_nodes {EVENTS}," in node.log()
+        assert f"other_nodes {events - own}," in node.log()
 
 
 def test_reactor_scope_is_checked() -> None:
