@@ -759,7 +759,9 @@ def test_react_on_a_salt_masters_bus(version: str, sock_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.usefixtures("publisher")
-def test_refire_fires_a_journaled_event_again_marked(bus_config: Config) -> None:
+@pytest.mark.parametrize("command", ["react", "history"])
+def test_refire_fires_a_journaled_event_again_marked(bus_config: Config, command: str) -> None:
+    """`saltbus history --refire` is `saltbus react --refire` under another name."""
     origin = {"node": "b", "seq": 9, "epoch": 1}
     with Sender(bus_config) as sender:
         first = sender.fire("app/missed", {"v": 1, "_saltbus_origin": origin}, ack=True)
@@ -767,7 +769,7 @@ def test_refire_fires_a_journaled_event_again_marked(bus_config: Config) -> None
     with Listener(bus_config, "app/missed") as listener:
         listener.connect(5)
         done = subprocess.run(
-            [str(SALTBUS), "react", "--refire", str(first.seq), *bus_flags(bus_config)],
+            [str(SALTBUS), command, "--refire", str(first.seq), *bus_flags(bus_config)],
             capture_output=True,
             text=True,
             timeout=WAIT,

@@ -36,8 +36,14 @@ A damaged journal's readable events are printed all the same; then one line
 on stderr says which seqs could not be read, and the exit status is 1
 (`saltbus journal recover` rebuilds the journal from what is readable).
 
+`saltbus history --refire SEQ` fires the journal's event SEQ again, as an
+event of this bus marked `_saltbus_refired: {seq, stamp, origin}`, so that
+reactions it missed run (every matching reaction runs again); the same as
+`saltbus react --refire SEQ`.
+
 examples:
   saltbus history --tag salt/job/ --limit 20
+  saltbus history --refire 1234     # fire event 1234 again, for the reactor
   saltbus history --after 2026-11-27T10:00 --until 2026-11-27T11:00 --json
   saltbus history --since 1200 --follow
 """
@@ -67,6 +73,13 @@ def add_parser(commands: Any) -> None:
     output.add_argument("--json", action="store_true", help="one JSON object per line, with seq")
     parser.add_argument(
         "--follow", action="store_true", help="after the journal, go on with live events"
+    )
+    parser.add_argument(
+        "--refire",
+        type=int,
+        metavar="SEQ",
+        help="fire the journal's event SEQ again (marked _saltbus_refired), so missed "
+        "reactions run, and exit (as `saltbus react --refire`)",
     )
     parser.add_argument(
         "--redact",
@@ -101,6 +114,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from saltbus.journal.damage import JournalDamagedError  # noqa: PLC0415
 
     config = config_from_args(args)
+    if getattr(args, "refire", None) is not None:
+        from saltbus.cli.react import refire  # noqa: PLC0415
+
+        print(refire(config, args.refire), file=out or sys.stdout)
+        return 0
     if getattr(args, "redact", False):
         from saltbus.returners.redact import Redactor  # noqa: PLC0415
 

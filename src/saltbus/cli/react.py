@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     reactor = _reactor_package()
     if args.refire is not None:
-        print(_refire(config, args.refire))
+        print(refire(config, args.refire))
         return 0
     if args.reload:
         pid = reactor.progress.signal_reactor(reactor.progress.pid_path(config))
@@ -365,9 +365,10 @@ REFIRED_KEY = "_saltbus_refired"
 ORIGIN_KEY = "_saltbus_origin"  # saltbus.cluster's marker of an imported event
 
 
-def _refire(config: Config, seq: int) -> str:
+def refire(config: Config, seq: int) -> str:
     """Fire the journal's event ``seq`` again, as an event of this node: its
-    data gets ``_saltbus_refired: {seq, stamp[, origin]}``."""
+    data gets ``_saltbus_refired: {seq, stamp[, origin]}``. `saltbus react
+    --refire` and `saltbus history --refire` both run this."""
     from saltbus import Sender  # noqa: PLC0415
 
     tag, data = _journal_event(config, seq)
