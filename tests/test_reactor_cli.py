@@ -616,6 +616,19 @@ def test_check_lists_the_configuration(tmp_path: Path, bus_config: Config) -> No
         "is not an executable file; set it to the python Salt runs on "
         "(e.g. /opt/saltstack/salt/bin/python3)"
     ]
+    retried = tmp_path / "reactor/start.sls"
+    retried.write_text("a:\n  cmd.run:\n    - cmd: [x]\n  retry: {attempts: 4, factor: 3}\n")
+    done = subprocess.run(
+        [str(SALTBUS), "react", "--check", "--config", str(conf), *bus_flags(bus_config)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert (
+        "    line 1: a: cmd.run ok  "
+        "[retry: 4 attempts, waiting 1 s x 3 (at most 60 s) between them]"
+    ) in done.stdout.splitlines()
     bad = tmp_path / "reactor/start.sls"
     bad.write_text("a:\n  cmd.run:\n    - cmd: [x]\n   - oops\n")
     done = subprocess.run(

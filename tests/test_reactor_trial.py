@@ -48,6 +48,7 @@ DESTROY = """\
 minion_remove:
   wheel.key.delete:
     - match: {{ data['name'] }}
+  retry: {attempts: 3, delay: 5s}
 """
 
 
@@ -107,6 +108,7 @@ def test_jinja_conditions_once_within_and_salt_runner_forms(tmp_path: Path) -> N
     done = react_test(tmp_path, "salt/cloud/web9/destroyed", "name=web9")
     assert (
         '    minion_remove (line 1): WOULD RUN wheel key.delete(match="web9") on the Salt master'
+        " [retry: 3 attempts, waiting 5 s x 2 (at most 60 s) between them]"
     ) in done.stdout.splitlines()
 
 

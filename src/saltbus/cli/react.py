@@ -311,6 +311,11 @@ def describe(stats: dict[str, Any]) -> list[str]:
         f"{stats['succeeded']} succeeded, {stats['failed']} failed, "
         f"{stats['dropped']} dropped (queue full), {stats['stopped']} stopped (loop guard)"
     ]
+    if stats.get("retried") or stats.get("retries_waiting"):
+        lines.append(
+            f"  retry: {stats['retried']} failed runs run again, {stats['gave_up']} gave up, "
+            f"{stats.get('retries_waiting', 0)} waiting"
+        )
     if stats.get("other_nodes"):
         lines.append(
             f"  not reacted to here (reactor_scope): {stats['other_nodes']} events of other nodes"
@@ -516,6 +521,7 @@ def _print_rules(rules: Rules) -> None:
                         ("when", reaction.when),
                         ("once_within", reaction.once_within),
                         ("group_by", list(reaction.group_by) or None),
+                        ("retry", reaction.retry.describe() if reaction.retry else None),
                     )
                     if value is not None
                 ]

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from saltbus.client.aio import AsyncClient, Subscription
@@ -48,6 +48,7 @@ from saltbus.reactor.progress import (
     position_store,
 )
 from saltbus.reactor.reports import Stats
+from saltbus.reactor.retry import Attempt, Retries
 from saltbus.reactor.rules import Rules
 from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
@@ -70,6 +71,7 @@ class Job:
     reaction: Reaction
     trigger: Trigger
     origin: Origin | None = None  # with reactor_scope leader: (node, seq there)
+    attempt: int = 1  # with retry:
 
 
 class Reactor:
@@ -99,6 +101,9 @@ class Reactor:
         )
         self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
         self._throttle = Throttle()
+        self._retries: Retries[Job] = Retries(
+            lambda job: self._queue.put(replace(job, attempt=job.attempt + 1))
+        )
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
@@ -206,7 +211,10 @@ class Reactor:
 
     def stats_dict(self) -> dict[str, Any]:
         """Its statistics, and the reactions waiting for a worker now."""
-        return self.stats.as_dict() | {"queue_depth": self._queue.qsize()}
+        return self.stats.as_dict() | {
+            "queue_depth": self._queue.qsize(),
+            "retries_waiting": len(self._retries),
+        }
 
     def raise_if_failed(self) -> None:
         """Raise BusError naming the cause if the reactor stopped by itself
@@ -238,6 +246,9 @@ class Reactor:
         ingest, workers = self._tasks[0], self._tasks[1:]
         ingest.cancel()
         await asyncio.gather(ingest, return_exceptions=True)  # _supervise reported a crash
+        for job, attempt, error in self._retries.close():
+            self._finished(job.reaction, job.trigger, Outcome(False, None, error), 0.0, attempt)
+            self._release(job)
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
@@ -452,15 +463,21 @@ class Reactor:
     async def _worker(self) -> None:
         while True:
             job = await self._queue.get()
+            retrying = False
             try:
-                await self._execute(job)
+                retrying = await self._execute(job)
             finally:
                 self._queue.task_done()
-                self._progress.done(job.trigger.seq)
-                if self._leadership is not None:
-                    self._leadership.done(job.origin)
+                if not retrying:  # a retry keeps its event in flight
+                    self._release(job)
 
-    async def _execute(self, job: Job) -> None:
+    def _release(self, job: Job) -> None:
+        self._progress.done(job.trigger.seq)
+        if self._leadership is not None:
+            self._leadership.done(job.origin)
+
+    async def _execute(self, job: Job) -> bool:
+        """Run it; whether it runs again (retry:)."""
         started = time.monotonic()
         try:
             outcome = await self._actions.run(job.reaction, job.trigger)
@@ -469,12 +486,19 @@ class Reactor:
         except Exception as exc:
             log.exception("reaction %s failed unexpectedly", job.reaction.name)
             outcome = Outcome(False, None, f"{type(exc).__name__}: {exc}")
-        self._finished(job.reaction, job.trigger, outcome, time.monotonic() - started)
+        attempt = self._retries.after(job, outcome.success)
+        self._finished(job.reaction, job.trigger, outcome, time.monotonic() - started, attempt)
+        return attempt is not None and attempt.retrying_in is not None
 
     def _finished(
-        self, reaction: Reaction, trigger: Trigger, outcome: Outcome, duration: float
+        self,
+        reaction: Reaction,
+        trigger: Trigger,
+        outcome: Outcome,
+        duration: float,
+        attempt: Attempt | None = None,
     ) -> None:
-        self.stats.finished(reaction, outcome.success)
+        self.stats.finished(reaction, outcome.success, attempt)
         if outcome.success:
             log.debug(
                 "%s on %s: ok in %.3f s",
@@ -485,14 +509,15 @@ class Reactor:
             )
         else:
             log.warning(
-                "reaction %s (%s) on %s failed: %s",
+                "reaction %s (%s) on %s failed: %s%s",
                 reaction.name,
                 reaction.where,
                 trigger.tag,
                 outcome.error,
+                f" ({attempt.describe()})" if attempt else "",
                 extra=_about(trigger.tag, trigger.seq),
             )
-        data = reports.ret_data(reaction, trigger, outcome, duration, self._node)
+        data = reports.ret_data(reaction, trigger, outcome, duration, self._node, attempt)
         self._spawn(self._publish(reports.ret_tag(reaction), data))
 
     # -- firing --------------------------------------------------------------

@@ -3,7 +3,8 @@
 - ``saltbus/reactor/<reaction>/ret``: one per reaction run, ``{success,
   result | error, duration, trigger_tag, trigger_seq, reaction, action, file}``
   (a failed command has both its result and an error), and ``jid`` for a
-  Salt job (local, runner, wheel).
+  Salt job (local, runner, wheel); for a reaction with ``retry:``,
+  ``attempt``, ``attempts`` and ``retrying_in`` or ``gave_up`` (:mod:`.retry`).
 - ``saltbus/reactor/loop``: a chain of reactions reached ``reactor_max_depth``.
 - ``saltbus/reactor/overflow``: reactions dropped because the queue was full
   (at most one event a second, with counts).
@@ -24,6 +25,7 @@ from typing import Any, Final
 from saltbus.reactor.actions import Outcome, Trigger
 from saltbus.reactor.causes import Cause, with_cause
 from saltbus.reactor.errors import ReactionFileError
+from saltbus.reactor.retry import Attempt
 from saltbus.reactor.spec import Reaction
 
 PREFIX: Final = "saltbus/reactor/"
@@ -50,6 +52,9 @@ class Stats:
     render_errors: int = 0
     internal_errors: int = 0  # an event the reactor itself failed on (a bug; logged)
     other_nodes: int = 0  # imported events not reacted to (reactor_scope local)
+    retried: int = 0  # failed runs to be run again (retry:)
+    gave_up: int = 0  # reactions whose last attempt failed
+    retries_stopped: int = 0  # retries still waiting when the reactor stopped
     reloads: int = 0
     # Per reaction name: a reaction that never runs should say why.
     skipped_by_when: dict[str, int] = field(default_factory=dict)
@@ -57,7 +62,13 @@ class Stats:
     # Per reaction name, its runs by outcome ("succeeded", "failed").
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def finished(self, reaction: Reaction, success: bool) -> None:
+    def finished(self, reaction: Reaction, success: bool, attempt: Attempt | None = None) -> None:
+        if attempt is not None:
+            self.retries_stopped += attempt.stopped
+            if not attempt.ran:
+                return  # the failed run before it was counted already
+            self.retried += attempt.retrying_in is not None
+            self.gave_up += attempt.gave_up
         outcome = "succeeded" if success else "failed"
         if success:
             self.succeeded += 1
@@ -106,6 +117,7 @@ def ret_data(
     outcome: Outcome,
     duration: float,
     node: str | None = None,
+    attempt: Attempt | None = None,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"success": outcome.success}
     if isinstance(outcome.result, Mapping) and outcome.result.get("jid"):
@@ -124,6 +136,8 @@ def ret_data(
     )
     if node is not None:
         data["node"] = node  # with federation: which node's reactor ran it
+    if attempt is not None:
+        data.update(attempt.as_data())
     return with_cause(data, trigger.cause.then(reaction.name, trigger.tag, trigger.seq))
 
 

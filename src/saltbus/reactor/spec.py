@@ -10,6 +10,7 @@ action each, in Salt's shape::
       when: data['ok']             # saltbus's additions, beside the action
       once_within: 30s             # (or among its arguments)
       group_by: [host]
+      retry: {attempts: 3}         # run again when it fails (see .retry)
 
 or Salt's newer form, ``- args: [...]`` (items that are single-key mappings
 are keyword arguments, others positional). Salt's ``arg`` (a list) and
@@ -32,10 +33,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from saltbus.reactor.errors import ReactionFileError
+from saltbus.reactor.retry import RetryPolicy, parse_retry
 from saltbus.reactor.saltcalls import parse_salt_call, salt_client
 
 MASTER_CLIENTS: Final = ("local", "runner", "wheel", "caller")
-EXTRAS: Final = ("when", "once_within", "group_by")
+EXTRAS: Final = ("when", "once_within", "group_by", "retry")
 DEFAULT_CMD_TIMEOUT: Final = 300.0
 DEFAULT_HTTP_TIMEOUT: Final = 10.0
 DEFAULT_HTTP_RETRIES: Final = 3
@@ -84,6 +86,7 @@ class Reaction:
     group_by: tuple[str, ...] = ()
     # The Salt client that runs it (local, runner, wheel), or None: saltbus's own.
     client: str | None = None
+    retry: RetryPolicy | None = None
 
     @property
     def where(self) -> str:
@@ -147,6 +150,7 @@ def _parse_reaction(name: str, body: Any, path: Path, line: int, strict: bool) -
             once_within,
             group_by,
             client=str(salt_options["client"]),
+            retry=parse_retry(extras.get("retry"), fail, parse_duration),
         )
     try:
         positional, kwargs = _arguments(value)
@@ -170,7 +174,8 @@ def _parse_reaction(name: str, body: Any, path: Path, line: int, strict: bool) -
             raise fail(f"{function} needs {', '.join(missing)}")
         options = _check_options(function, options, fail)
     when, once_within, group_by = _extras(extras, fail)
-    return Reaction(name, path, line, function, options, when, once_within, group_by)
+    retry = parse_retry(extras.get("retry"), fail, parse_duration)
+    return Reaction(name, path, line, function, options, when, once_within, group_by, retry=retry)
 
 
 def _arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:

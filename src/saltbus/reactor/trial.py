@@ -86,7 +86,8 @@ def _verdict(
     if reaction.once_within is not None:
         per = f" per {', '.join(reaction.group_by)}" if reaction.group_by else ""
         throttle = f" [unless it ran within the last {reaction.once_within:g} s{per}: once_within]"
-    return head + "WOULD RUN " + describe_action(reaction) + throttle
+    retry = f" [retry: {reaction.retry.describe()}]" if reaction.retry else ""
+    return head + "WOULD RUN " + describe_action(reaction) + throttle + retry
 
 
 def describe_action(reaction: Reaction) -> str:
