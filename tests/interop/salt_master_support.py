@@ -163,6 +163,57 @@ def salt_master_and_minion(version: str, *, salt_api: bool = False) -> Iterator[
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
+class LateMaster:
+    """A salt-master (no minion) whose config is written before it runs: a
+    reaction can be pointed at it while it is down, and the test starts it
+    later. Loopback, ephemeral ports, a temporary root_dir; stopped by pid."""
+
+    def __init__(self, version: str) -> None:
+        self.python = salt_python(version)
+        self.root = Path(tempfile.mkdtemp(prefix="sl-", dir="/tmp"))
+        publish_port, self.ret_port = _free_ports(2)
+        user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+        conf = {
+            "root_dir": str(self.root),
+            "user": user,
+            "log_level_logfile": "info",
+            "interface": "127.0.0.1",
+            "publish_port": publish_port,
+            "ret_port": self.ret_port,
+            "sock_dir": str(self.root / "m"),
+            "pki_dir": str(self.root / "pki"),
+            "cachedir": str(self.root / "cache"),
+            "log_file": str(self.root / "master.log"),
+            "pidfile": str(self.root / "master.pid"),
+            "worker_threads": 2,
+        }
+        self.config_file = self.root / "master"
+        self.config_file.write_text(yaml.safe_dump(conf))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it; return once its ret_port listens."""
+        self.proc = _daemon(self.python.parent / "salt-master", self.root)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _listening(self.ret_port):
+            _alive(self.proc, self.root / "master.log", deadline)
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+        subprocess.run(["rm", "-rf", str(self.root)], check=False)
+
+
+@contextlib.contextmanager
+def late_master(version: str) -> Iterator[LateMaster]:
+    master = LateMaster(version)
+    try:
+        yield master
+    finally:
+        master.close()
+
+
 def _daemon(program: Path, root: Path) -> subprocess.Popen[bytes]:
     # What a daemon prints (salt-api's wsgiref prints tracebacks) is kept beside its log.
     with (root / f"{program.name}.out").open("ab") as out:

@@ -21,7 +21,7 @@ import yaml
 from saltbus import Listener
 from saltbus.event import Event
 from tests.interop.buses import run_saltbus
-from tests.interop.salt_master_support import SaltMaster, salt_master_and_minion
+from tests.interop.salt_master_support import SaltMaster, late_master, salt_master_and_minion
 from tests.interop.salt_peer_client import SALT_VERSIONS
 from tests.serve_support import SALTBUS, clean_env
 
@@ -48,6 +48,14 @@ batched:
     - tgt: '*'
     - arg: [batched]
     - batch: 1
+"""
+RETRIED = """\
+keys:
+  wheel.key.list_all: []
+  retry: {attempts: 120, delay: 1s, factor: 1}
+gone:
+  wheel.key.list_all: []
+  retry: {attempts: 2, delay: 200ms}
 """
 WARM = "warm:\n  event.send:\n    - tag: app/warmed\n"
 
@@ -267,6 +275,63 @@ def test_a_master_that_does_not_answer(master: SaltMaster, tmp_path: Path) -> No
     for event in salt_rets(events):
         assert event.data["success"] is False
         assert f"nothing answers on 127.0.0.1:{dead_port}" in event.data["error"]
+
+
+def test_retried_until_a_master_started_meanwhile_answers(
+    master: SaltMaster, tmp_path: Path
+) -> None:
+    """retry: against a master that is down: `gone` gives up after its two
+    attempts, each an outcome event with the reason; `keys` is retried until the
+    master, started during its retries, answers, and then succeeds."""
+    (tmp_path / "retried.sls").write_text(RETRIED)
+    with late_master(master.version) as late:
+        conf_file = master_with_reactor(
+            master,
+            tmp_path,
+            salt_master_config=str(late.config_file),
+            salt_python=str(master.python),
+        )
+        conf = yaml.safe_load(conf_file.read_text())
+        conf["reactor"].append({"app/retry": [str(tmp_path / "retried.sls")]})
+        conf_file.write_text(yaml.safe_dump(conf))
+        with Listener(master.bus_config(), "saltbus/reactor/") as listener:
+            listener.connect(WAIT)
+            react = React(
+                "--config", str(conf_file), "--salt-version", master.version, env=clean_env()
+            )
+            try:
+                react.wait_for("running on the")
+                warm_up(master, listener)
+                fire(master, "app/retry")
+
+                def by(events: list[Event], name: str) -> list[dict[str, Any]]:
+                    return [e.data for e in salt_rets(events) if e.data["reaction"] == name]
+
+                events = collect(
+                    listener, lambda got: len(by(got, "gone")) == 2 and len(by(got, "keys")) >= 2
+                )
+                late.start()
+                events += collect(
+                    listener, lambda got: any(r["success"] for r in by(events + got, "keys"))
+                )
+            finally:
+                assert react.stop() == 0, "".join(react.lines)
+    down = f"the Salt master is not running: nothing answers on 127.0.0.1:{late.ret_port}"
+    gone = by(events, "gone")
+    assert [(r["attempt"], r.get("retrying_in"), r.get("gave_up")) for r in gone] == [
+        (1, 0.2, None),
+        (2, None, True),
+    ]
+    assert all(r["success"] is False and down in r["error"] for r in gone), gone
+    keys = by(events, "keys")
+    failed, succeeded = keys[:-1], keys[-1]
+    assert [r["attempt"] for r in keys] == list(range(1, len(keys) + 1))
+    # Until the master runs its port is closed; starting, it may time out once.
+    assert all(r["success"] is False and r["retrying_in"] == 1.0 for r in failed), failed
+    assert down in failed[0]["error"]
+    assert succeeded["success"] is True and succeeded["attempts"] == 120, succeeded
+    assert "minions" in succeeded["result"]["return"] and succeeded["jid"]
+    print(f"keys: succeeded at attempt {succeeded['attempt']}, after the master started")
 
 
 def test_caller_reaction_on_the_minions_bus(master: SaltMaster, tmp_path: Path) -> None:
