@@ -90,16 +90,24 @@ another host, a salt_api: {url, username, password, eauth, timeout, verify}
 section sends local, runner and wheel reactions to salt-api's /run
 (rest_cherrypy, rest_tornado) with those eauth credentials instead. A
 reaction that cannot reach the master gives a ret event with success false
-and the reason.
+and the reason (and runs again as its retry: says).
 
 beside the action (or among its arguments):
   when: EXPR          a Jinja2 expression over tag and data; false: not run
   once_within: DUR    run at most once per DUR (30, 500ms, 30s, 5m, 1h)
   group_by: [KEYS]    ... once per DUR for each value of these data keys
+  retry: {attempts: N, delay: DUR, factor: F, max_delay: DUR}
+                      run it again when it fails, N runs in all (retry: N
+                      for short; delay 1s, factor 2, max_delay 60s); the
+                      retry waits on a timer, not in a worker. Each run's
+                      ret has attempt and attempts, a failed one retrying_in
+                      or, the last, gave_up: true; a clean stop reports each
+                      retry still waiting (gave_up, stopped: true)
 
 what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/<name>/ret   {success, result | error, duration,
-                                trigger_tag, trigger_seq, reaction, file}
+                                trigger_tag, trigger_seq, reaction, file;
+                                attempt, retrying_in | gave_up with retry:}
   saltbus/reactor/loop         a chain of reactions reached reactor_max_depth
   saltbus/reactor/overflow     reactions dropped: the queue was full
   saltbus/reactor/error        a reaction file failed to render for an event
@@ -129,9 +137,10 @@ client, function and target), running nothing; for each reaction that would
 not run it says why (its glob, when:, reactor_scope for an imported event,
 the loop guard); once_within depends on the running reactor and is named.
 
-`saltbus react --refire SEQ` fires the journal's event SEQ again, as an
-event of this node marked `_saltbus_refired: {seq, stamp, origin}`, so the
-reactions it missed run (every matching reaction runs again).
+`saltbus react --refire SEQ` (or `saltbus history --refire SEQ`, the same)
+fires the journal's event SEQ again, as an event of this node marked
+`_saltbus_refired: {seq, stamp, origin}`, so the reactions it missed run
+(every matching reaction runs again).
 
 SIGHUP or `saltbus react --reload` re-reads the configuration without losing
 queued reactions; a configuration with errors is reported (file and line)
