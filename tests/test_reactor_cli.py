@@ -684,6 +684,7 @@ def test_a_reactor_in_serve_counts_its_skips_in_saltbus_stats(
         {
             "r.sls": "never:\n  event.send: [{tag: x}]\n  when: data.n > 99\n"
             "once:\n  event.send: [{tag: y}]\n  once_within: 1h\n"
+            "later:\n  cmd.run: [{cmd: ['false']}]\n  retry: {attempts: 2, delay: 1h}\n"
         },
         "  - 's/*': [r.sls]\n",
     )
@@ -701,7 +702,11 @@ def test_a_reactor_in_serve_counts_its_skips_in_saltbus_stats(
                     for n in range(3):
                         await client.fire("s/x", {"n": n}, ack=True)
                 deadline = time.monotonic() + WAIT
-                while reactor.stats.throttled < 2 or reactor.stats.filtered < 3:
+                while (
+                    reactor.stats.throttled < 2
+                    or reactor.stats.filtered < 3
+                    or reactor.stats.retried < 3
+                ):
                     assert time.monotonic() < deadline, reactor.stats
                     await asyncio.sleep(0.02)
                 raw = await asyncio.to_thread(fetch_stats, config, 5.0)
@@ -718,6 +723,8 @@ def test_a_reactor_in_serve_counts_its_skips_in_saltbus_stats(
     assert raw["reactor"]["succeeded"] == 1
     assert "  skipped (when: false): never 3\n" in shown
     assert "  skipped (once_within): once 2\n" in shown
+    assert raw["reactor"]["retries_waiting"] == 3
+    assert "  retry: 3 failed runs run again, 0 gave up, 3 waiting\n" in shown
 
 
 def test_help_explains_with_an_example() -> None:
