@@ -18,7 +18,7 @@ import yaml
 
 from saltbus import Config
 from saltbus.event import Event
-from saltbus.reactor.leader import Leadership
+from saltbus.reactor.leader import MARK_INTERVAL, Leadership
 from tests.cluster_support import (
     WAIT,
     Hits,
@@ -120,8 +120,8 @@ def test_a_new_leader_takes_over_and_catches_up(root: Path, nats_server: NatsSer
     # runs what was not marked done at once; MARGIN is for the shared machine.
     takeover = min(t for _, node, t in seen if node == new_leader.name) - killed_at
     # Duplicates are the reactions the dead leader ran after the last marks it
-    # published (every TTL/3): each ran in that last interval before the kill
-    # (MARGIN again for a busy machine), never an older one.
+    # published (every MARK_INTERVAL while they advance): each ran in that last
+    # interval before the kill (MARGIN again for a busy machine), never an older one.
     last_by_dead = {tag: t for tag, node, t in seen if node == leader.name}
     duplicates = sorted(tag for tag, n in counts.items() if n == 2)
     window = [killed_at - last_by_dead[tag] for tag in duplicates]
@@ -132,7 +132,7 @@ def test_a_new_leader_takes_over_and_catches_up(root: Path, nats_server: NatsSer
     )
     assert takeover <= TTL + TTL / 3 + MARGIN, takeover
     assert all(tag in last_by_dead for tag in duplicates)
-    assert max(window, default=0.0) <= TTL / 3 + MARGIN, (window, duplicates)
+    assert max(window, default=0.0) <= MARK_INTERVAL + MARGIN, (window, duplicates)
 
 
 @pytest.mark.usefixtures("publisher")

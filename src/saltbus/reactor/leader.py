@@ -11,12 +11,15 @@ about one TTL.
 Events are named across nodes by their origin: ``(node, seq on that node)``
 (the importer's ``_saltbus_origin`` marker, or this node's own seq). The
 leader publishes, per origin, the seq up to which every reaction has run
-(key ``<reactor_name>.done``), every third of the TTL. A follower keeps the
+(key ``<reactor_name>.done``), every ``MARK_INTERVAL`` while they advance
+(and with every renewal of the lease). A follower keeps the
 events that would react (bounded by ``reactor_worker_hwm``) until that mark
 covers them; when it takes over it runs the ones the dead leader had not
 marked done. So across a leader crash reactions run at least once: those
 the old leader ran after its last published mark run again (duplicates
-bounded by a third of the TTL of reactions).
+bounded by ``MARK_INTERVAL`` of reactions, plus those in flight). The marks
+are published far more often than the lease is renewed because each
+publication shrinks what a takeover runs twice, and costs one small put.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = logging.getLogger("saltbus.reactor")
 
 BUCKET: Final = "saltbus-reactor"
 CONNECT_TIMEOUT: Final = 10.0
+MARK_INTERVAL: Final = 0.1
 Origin = tuple[str, int]
 OnTakeover = Callable[[list[Event]], None]
 
@@ -72,6 +76,7 @@ class Leadership:
         self._ttl = ttl
         self._progress: dict[str, Progress] = {}
         self._covered: dict[str, int] = {}
+        self._published: dict[str, int] = {}
         self._buffer: deque[tuple[Origin, Event]] = deque()
         self._buffer_size = buffer_size
         self._nc: Any = None
@@ -148,9 +153,16 @@ class Leadership:
         log.debug("reactor leadership: NATS: %r", exc)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time() + self._ttl / 3
         while True:
-            await asyncio.sleep(self._ttl / 3)
+            await asyncio.sleep(min(MARK_INTERVAL, self._ttl / 3))
             try:
+                if loop.time() < next_round:
+                    if self.is_leader:
+                        await self._publish_marks()
+                    continue
+                next_round = loop.time() + self._ttl / 3
                 await self._round()
             except Exception as exc:  # NATS down: the lease lapses, others take over
                 if self.is_leader:
@@ -171,8 +183,7 @@ class Leadership:
                 log.error("reactor leadership lost to another node: stepping down")
                 self.is_leader = False
                 return
-            marks = {n: p.mark for n, p in self._progress.items() if p.mark is not None}
-            await self._kv.put(self._done_key, json.dumps(marks).encode())
+            await self._publish_marks(always=True)
             return
         await self._read_marks()
         try:
@@ -200,6 +211,13 @@ class Leadership:
         assert self._on_takeover is not None
         self._on_takeover(pending)
 
+    async def _publish_marks(self, *, always: bool = False) -> None:
+        marks = {n: p.mark for n, p in self._progress.items() if p.mark is not None}
+        if marks == self._published and not always:
+            return
+        await self._kv.put(self._done_key, json.dumps(marks).encode())
+        self._published = marks
+
     async def _read_marks(self) -> None:
         from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
 
@@ -221,8 +239,7 @@ class Leadership:
         if self.is_leader and self._kv is not None:
             # A clean stop hands over at once (marks first, then the lease).
             with contextlib.suppress(Exception):
-                marks = {n: p.mark for n, p in self._progress.items() if p.mark is not None}
-                await self._kv.put(self._done_key, json.dumps(marks).encode())
+                await self._publish_marks(always=True)
                 await self._kv.delete(self._key)
         self.is_leader = False
         if self._nc is not None:
