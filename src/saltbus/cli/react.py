@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saltbus.cli import react_rules
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
 from saltbus.errors import ConfigError
@@ -184,6 +185,7 @@ def add_parser(commands: Any) -> None:
         metavar="N",
         help="like --test, for the event with seq N in the bus's journal",
     )
+    action.add_argument("--test-events", type=Path, metavar="FILE", help=react_rules.HELP)
     action.add_argument(
         "--refire",
         type=int,
@@ -223,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
         where = args.config or "the configuration"
         raise ConfigError(f"{where} has no reactor: section (see saltbus react --help)")
     rules = reactor.load_rules(config, _base_dir(args))
+    if args.test_events is not None:
+        return react_rules.run_test_events(rules, args.test_events)
     if args.test is not None or args.test_seq is not None:
         from saltbus.reactor.trial import explain  # noqa: PLC0415
 

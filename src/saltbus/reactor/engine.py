@@ -38,6 +38,7 @@ from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of, origin_node
 from saltbus.reactor.errors import ActionError, ReactionFileError
 from saltbus.reactor.leader import Leadership, Origin, origin_of
+from saltbus.reactor.multi.runner import TICK, Fired, RuleRunner
 from saltbus.reactor.progress import (
     Backlog,
     PidFile,
@@ -99,6 +100,7 @@ class Reactor:
         )
         self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
         self._throttle = Throttle()
+        self._multi = RuleRunner(rules.multi)  # reactor_rules: several events at once
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
@@ -133,6 +135,9 @@ class Reactor:
             self._progress = Progress(store)
             saved = store.load() if store is not None and config.reactor_catch_up else None
             epoch, since = saved if saved else (None, None)
+            journal = bus_journal(config) if store is not None else None
+            self._multi.open(journal, config.reactor_name, epoch)
+            self._progress.before_save = self._multi.save
             client = AsyncClient(config, since=since)
             client.session.epoch = epoch
             # Subscribe before connecting: a replay starts as soon as we connect.
@@ -145,7 +150,10 @@ class Reactor:
         self.caught_up_from = since
         if since is not None:
             self.backlog = await self._find_backlog(since, epoch)
+            if self.backlog is not None and self.backlog.first is not None:
+                self._multi.catching_up(self.backlog.last)
         self._tasks = [asyncio.create_task(self._ingest(subscription), name="reactor-ingest")]
+        self._tasks.append(asyncio.create_task(self._tick_rules(), name="reactor-rules"))
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
             for n in range(config.reactor_worker_threads)
@@ -206,7 +214,8 @@ class Reactor:
 
     def stats_dict(self) -> dict[str, Any]:
         """Its statistics, and the reactions waiting for a worker now."""
-        return self.stats.as_dict() | {"queue_depth": self._queue.qsize()}
+        rules = {"rules": self._multi.counts()} if self._multi else {}
+        return self.stats.as_dict() | {"queue_depth": self._queue.qsize()} | rules
 
     def raise_if_failed(self) -> None:
         """Raise BusError naming the cause if the reactor stopped by itself
@@ -235,9 +244,10 @@ class Reactor:
         if not self._tasks:
             return
         self._stopping = True
-        ingest, workers = self._tasks[0], self._tasks[1:]
-        ingest.cancel()
-        await asyncio.gather(ingest, return_exceptions=True)  # _supervise reported a crash
+        (ingest, ticker), workers = self._tasks[:2], self._tasks[2:]
+        for task in (ingest, ticker):
+            task.cancel()
+        await asyncio.gather(ingest, ticker, return_exceptions=True)  # _supervise reported
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
@@ -258,6 +268,7 @@ class Reactor:
         if self._background:
             await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
         self._progress.save()
+        self._multi.close(self._progress.epoch)
         if self._leadership is not None:
             await self._leadership.close()
         await self._actions.salt.close()
@@ -302,8 +313,9 @@ class Reactor:
     def _dispatch(self, event: Event) -> None:
         self.stats.events += 1
         templates = self.rules.match(event.tag)
-        if templates and self.config.reactor_scope == "local" and origin_node(event.data):
-            # Its own node's reactor reacts to it: once across the cluster.
+        # Its own node's reactor reacts to it: once across the cluster.
+        ours = self.config.reactor_scope != "local" or not origin_node(event.data)
+        if templates and not ours:
             self.stats.other_nodes += 1
             templates = []
         origin = None
@@ -314,12 +326,29 @@ class Reactor:
                     self._leadership.keep(origin, event)
                     self.stats.other_nodes += 1
                 templates = []
+                ours = False
         queued = self._react(event, templates, origin) if templates else 0
+        if self._multi and ours:
+            queued += self._react_to_rules(self._multi.event(event))
         if self._leadership is not None and self._leadership.is_leader:
             self._leadership.seen(origin, queued)
         if self._client is not None:
             self._progress.epoch = self._client.session.epoch
         self._progress.seen(event.seq, queued)
+
+    def _react_to_rules(self, fired: list[Fired]) -> int:
+        """Rules that fired: each is an event saltbus/rule/<name> to react to."""
+        queued = 0
+        for tag, data, seq in fired:
+            templates = self.rules.match(tag)
+            if templates:
+                queued += self._react(Event(tag, data, seq), templates)
+        return queued
+
+    async def _tick_rules(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self._react_to_rules(self._multi.tick(self._progress.epoch))
 
     def _take_over(self, events: list[Event]) -> None:
         """Leadership taken: run what the old leader had not marked done."""
@@ -544,6 +573,7 @@ class Reactor:
                 if getattr(config, name) != getattr(self.config, name):
                     log.warning("%s changed; it takes effect at the next start", name)
             self.rules = rules
+            self._multi.replace(rules.multi)
             self.max_depth = config.reactor_max_depth
             self.stats.reloads += 1
             log.info(

@@ -1,0 +1,25 @@
+"""``saltbus react --test-events FILE``: run ``reactor_rules:`` on a simulated
+clock over a file of events with times, and print what fires when."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from saltbus.reactor import Rules
+
+HELP = (
+    "run the rules (reactor_rules:) over FILE, a YAML/JSON list of {at, tag, data} "
+    "events with times (seconds or ISO), on a simulated clock; print what fires when, "
+    "running nothing, exit"
+)
+
+
+def run_test_events(rules: Rules, path: Path) -> int:
+    from saltbus.reactor.multi.trial import load_events, simulate  # noqa: PLC0415
+
+    events, iso = load_events(path)
+    for line in simulate(rules, events, iso):
+        print(line)
+    return 0
