@@ -98,6 +98,17 @@ beside the action (or among its arguments):
   once_within: DUR    run at most once per DUR (30, 500ms, 30s, 5m, 1h)
   group_by: [KEYS]    ... once per DUR for each value of these data keys
 
+rules over several events (`reactor_rules:`, examples in the README):
+  NAME: {all|sequence|not: [steps], within: DUR, key: EXPR}   a step is a
+        tag glob or {tag, when, key, name}; not: the first step, then none
+        of the others within DUR (fires when DUR runs out)
+  NAME: {tag: GLOB, when: EXPR, accumulate_within: DUR, threshold: N}
+  NAME: {tag: GLOB, when: EXPR, once_after: DUR}     (a quiet period)
+  key: EXPR (or group_by: [KEYS]) joins the events; max_groups: N (10000).
+  A firing is handled as the event saltbus/rule/NAME (list it under a glob):
+  data {rule, kind, key, count, at, events}; `events[0]`, `events.<step>` in
+  reaction files. Windows run on the journal's times and are kept in it.
+
 what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/<name>/ret   {success, result | error, duration,
                                 trigger_tag, trigger_seq, reaction, file}
@@ -146,6 +157,8 @@ examples:
   saltbus react --config reactor.conf --reload    # signal the running reactor
   saltbus react --config reactor.conf --test salt/minion/web1/start id=web1
                     # what would run for that event, and why the rest would not
+  saltbus react --config reactor.conf --test-events events.yaml
+                    # the rules over [{at: 0, tag: ..., data: {...}}, ...]
   sudo saltbus react --config /etc/salt/master --salt-version 3007
 """
 
@@ -236,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         _print_rules(rules)
+        for line in react_rules.describe_rules(rules):
+            print(line)
         clients = {reaction.client for reaction in rules.found if reaction.client}
         for line in _check_salt(config, clients):
             print(line)

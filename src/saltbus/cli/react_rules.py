@@ -23,3 +23,18 @@ def run_test_events(rules: Rules, path: Path) -> int:
     for line in simulate(rules, events, iso):
         print(line)
     return 0
+
+
+def describe_rules(rules: Rules) -> list[str]:
+    """`saltbus react --check`'s lines for reactor_rules."""
+    lines = []
+    for rule in rules.multi:
+        steps = ", ".join(step.pattern for step in rule.steps)
+        more = f", threshold {rule.threshold}" if rule.threshold else ""
+        globs = [r.pattern for r in rules.rules if r.matcher(rule.tag)]
+        handled = f"handled by {', '.join(map(repr, globs))}" if globs else "NO reactor: glob"
+        lines.append(
+            f"rule {rule.name}: {rule.kind} {rule.window:g} s{more} over {steps}; "
+            f"fires {rule.tag} ({handled})"
+        )
+    return lines
