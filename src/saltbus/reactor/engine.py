@@ -37,6 +37,7 @@ from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of, origin_node
 from saltbus.reactor.errors import ActionError, ReactionFileError
+from saltbus.reactor.gates import Gates
 from saltbus.reactor.leader import Leadership, Origin, origin_of
 from saltbus.reactor.multi.runner import TICK, Fired, RuleRunner
 from saltbus.reactor.progress import (
@@ -52,8 +53,7 @@ from saltbus.reactor.reports import Stats
 from saltbus.reactor.rules import Rules
 from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
-from saltbus.reactor.templates import ReactionTemplate, compile_condition
-from saltbus.reactor.throttle import Throttle, group_values
+from saltbus.reactor.templates import ReactionTemplate
 
 log = logging.getLogger("saltbus.reactor")
 
@@ -99,7 +99,7 @@ class Reactor:
             config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
         )
         self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
-        self._throttle = Throttle()
+        self._gates = Gates(self.stats, lambda r, t, o: self._finished(r, t, o, 0.0))
         self._multi = RuleRunner(rules.multi)  # reactor_rules: several events at once
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
@@ -374,12 +374,12 @@ class Reactor:
                 self._spawn(self._publish(reports.ERROR_TAG, reports.error_data(trigger, exc)))
                 continue
             for reaction in reactions:
-                if reaction.when is not None and not self._when(reaction, trigger):
+                if reaction.when is not None and not self._gates.when(reaction, trigger):
                     continue
                 if trigger.cause.depth >= self.max_depth:
                     stopped.append(reaction.name)
                     continue
-                if reaction.once_within is not None and not self._allowed(reaction, trigger):
+                if reaction.once_within is not None and not self._gates.allowed(reaction, trigger):
                     continue
                 try:
                     self._queue.put_nowait(Job(reaction, trigger, origin))
@@ -391,48 +391,6 @@ class Reactor:
         if stopped:
             self._loop_stopped(trigger, stopped)
         return queued
-
-    def _when(self, reaction: Reaction, trigger: Trigger) -> bool:
-        assert reaction.when is not None
-        try:
-            if compile_condition(reaction.when)(trigger.tag, trigger.data):
-                return True
-        except Exception as exc:
-            error = f"when: {reaction.when!r} failed: {type(exc).__name__}: {exc}"
-            self._finished(reaction, trigger, Outcome(False, None, error), 0.0)
-            return False
-        self.stats.skipped_when(reaction)
-        log.debug(
-            "%s (%s) skipped for %s (seq %s): when: %s is false",
-            reaction.name,
-            reaction.where,
-            trigger.tag,
-            trigger.seq,
-            reaction.when,
-            extra=_about(trigger.tag, trigger.seq),
-        )
-        return False
-
-    def _allowed(self, reaction: Reaction, trigger: Trigger) -> bool:
-        """once_within: whether the reaction's window (for its group) is open."""
-        assert reaction.once_within is not None
-        group = group_values(trigger.data, reaction.group_by)
-        if self._throttle.allow((reaction.path, reaction.name, group), reaction.once_within):
-            return True
-        self.stats.skipped_throttle(reaction)
-        if log.isEnabledFor(logging.DEBUG):
-            pairs = zip(reaction.group_by, group, strict=True)
-            log.debug(
-                "%s (%s) skipped for %s (seq %s): it ran within the last %g s (once_within)%s",
-                reaction.name,
-                reaction.where,
-                trigger.tag,
-                trigger.seq,
-                reaction.once_within,
-                f" for {', '.join(f'{k}={v}' for k, v in pairs)}" if reaction.group_by else "",
-                extra=_about(trigger.tag, trigger.seq),
-            )
-        return False
 
     def _loop_stopped(self, trigger: Trigger, stopped: list[str]) -> None:
         self.stats.stopped += len(stopped)
