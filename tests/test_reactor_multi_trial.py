@@ -90,30 +90,3 @@ def test_iso_times_and_a_bad_file(tmp_path: Path) -> None:
     assert done.stderr.strip().endswith(
         "events.yaml: event 1: at 'yesterday' is not seconds or an ISO time"
     )
-
-
-def test_check_lists_the_rules_and_what_handles_them(tmp_path: Path) -> None:
-    run(tmp_path, "- {at: 0, tag: t}\n")
-    conf = tmp_path / "reactor.conf"
-    done = subprocess.run(
-        [
-            str(SALTBUS),
-            "react",
-            "--config",
-            str(conf),
-            "--sock-dir",
-            str(tmp_path / "s"),
-            "--check",
-        ],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert (
-        "rule nohs: not 300 s over salt/minion/*/start, salt/job/*/ret/*; fires "
-        "saltbus/rule/nohs (handled by 'saltbus/rule/*')" in done.stdout
-    )
-    assert "rule storm: accumulate_within 60 s, threshold 2 over salt/auth" in done.stdout

@@ -339,7 +339,7 @@ def describe(stats: dict[str, Any]) -> list[str]:
         if counts:
             skipped = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
             lines.append(f"  skipped ({why}): {skipped}")
-    return lines
+    return lines + react_rules.describe_stats(stats)
 
 
 def _config(args: argparse.Namespace) -> Config:

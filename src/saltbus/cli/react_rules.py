@@ -4,7 +4,7 @@ clock over a file of events with times, and print what fires when."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from saltbus.reactor import Rules
@@ -38,3 +38,18 @@ def describe_rules(rules: Rules) -> list[str]:
             f"fires {rule.tag} ({handled})"
         )
     return lines
+
+
+def describe_stats(stats: dict[str, Any]) -> list[str]:
+    """The rules' part of `saltbus stats` (the reactor's stats_dict()['rules'])."""
+    rules = stats.get("rules")
+    if not rules:
+        return []
+    parts = [
+        f"{name} {c['open']} open"
+        + "".join(
+            f", {c[k]} {k}" for k in ("evicted", "expired", "cancelled", "errors") if c.get(k)
+        )
+        for name, c in sorted(rules["rules"].items())
+    ]
+    return [f"  rules: {rules['fired']} fired; {'; '.join(parts)}"]

@@ -328,8 +328,8 @@ class Reactor:
                 templates = []
                 ours = False
         queued = self._react(event, templates, origin) if templates else 0
-        if self._multi and ours:
-            queued += self._react_to_rules(self._multi.event(event))
+        if self._multi:
+            queued += self._react_to_rules(self._multi.event(event, feed=ours))
         if self._leadership is not None and self._leadership.is_leader:
             self._leadership.seen(origin, queued)
         if self._client is not None:

@@ -93,16 +93,18 @@ class RuleRunner:
         self.ruleset.replace(rules)
         self._open_store()
 
-    def event(self, event: Event) -> list[Fired]:
+    def event(self, event: Event, *, feed: bool = True) -> list[Fired]:
+        """An event read from the bus; ``feed`` false: not one for this
+        reactor's rules (reactor_scope), but it still moves catch-up on."""
         seq = event.seq
-        if seq is not None and self._skip_through is not None and seq <= self._skip_through:
-            return []  # the saved state already reflects it
-        self._skip_through = None
         if self._catch_up_until is not None:
             self._last_event = self._clock()
             if seq is None or seq >= self._catch_up_until:
                 self._catch_up_until = None
-        if not self.ruleset.wants(event.tag):
+        if seq is not None and self._skip_through is not None and seq <= self._skip_through:
+            return []  # the saved state already reflects it
+        self._skip_through = None
+        if not feed or not self.ruleset.wants(event.tag):
             if seq is not None:
                 self.ruleset.seq = seq
             return []
