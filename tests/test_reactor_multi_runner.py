@@ -9,11 +9,14 @@ the runner alone, on an injected clock: no time passes while it catches up."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from saltbus import Config, Listener, Sender
 from saltbus.event import Event
@@ -239,3 +242,32 @@ def test_no_time_passes_while_catching_up_and_saved_events_are_not_fed_twice(
         ("saltbus/rule/gone", records[0].time + 5, None)
     ]
     again.close(None)
+
+
+def test_evictions_and_failing_keys_are_logged_once_a_tick(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = parse_rules(
+        {
+            "capped": {"not": ["up", "down"], "key": "data['n']", "within": 60, "max_groups": 2},
+            "broken": {"all": ["up", "x"], "key": "data['a']['b']", "within": 60},
+        }
+    )
+    runner = RuleRunner(rules, Clock())
+    with caplog.at_level(logging.WARNING, "saltbus.reactor"):
+        runner.open(None, "reactor", None)
+        assert caplog.messages == [
+            "no journal: the rules' windows and counters live in memory only"
+        ]
+        caplog.clear()
+        for n in range(5):
+            runner.event(Event("up", {"n": n}, n + 1))
+        runner.tick(None)
+        runner.tick(None)  # nothing new: nothing said
+    assert caplog.messages == [
+        "rule capped: 3 open windows evicted (3 in all; max_groups 2): the oldest were "
+        "dropped unfired",
+        "rule broken: when:/key: failed on 5 events, last on up (seq 5): UndefinedError: "
+        "'dict object' has no attribute 'a'",
+    ]
+    assert runner.counts()["rules"]["capped"]["evicted"] == 3

@@ -7,7 +7,9 @@ file is rendered for the event, and each of its reactions passes its
 holds ``reactor_worker_hwm`` reactions; ``reactor_worker_threads`` workers
 run them (blocking work on a thread pool of that size), so a burst costs a
 bounded amount of memory and a full queue is reported, never silent. Every
-outcome is fired as ``saltbus/reactor/<name>/ret``.
+outcome is fired as ``saltbus/reactor/<name>/ret``. Rules over several
+events (``reactor_rules:``, :mod:`.multi`) see every event too; one that
+fires is handled as the event ``saltbus/rule/<name>``.
 """
 
 from __future__ import annotations
