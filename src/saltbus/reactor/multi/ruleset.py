@@ -88,10 +88,6 @@ class RuleSet:
         fired.sort(key=lambda f: f.at)
         return fired
 
-    def next_deadline(self) -> float | None:
-        deadlines = [g.deadline for m in self.machines.values() for _, g in m.groups]
-        return min(deadlines, default=None)
-
     # -- state ---------------------------------------------------------------
 
     def replace(self, rules: Iterable[RuleDef]) -> None:
