@@ -4,7 +4,8 @@ event came in time; accumulate_within fires once per group at the threshold;
 a reactor killed with kill -9 in the middle of a 10-second window, and
 restarted, fires once at the right time (catch-up feeds what it missed into
 the windows with the journal's times); a burst through a correlation rule
-keyed on 1,000 ids fires each expected firing once, in bounded memory. Also
+keyed on 1,000 ids fires each expected firing once, in bounded memory; a
+reload keeps the open windows of the rules it does not change. Also
 the runner alone, on an injected clock: no time passes while it catches up."""
 
 from __future__ import annotations
@@ -271,3 +272,25 @@ def test_evictions_and_failing_keys_are_logged_once_a_tick(
         "'dict object' has no attribute 'a'",
     ]
     assert runner.counts()["rules"]["capped"]["evicted"] == 3
+
+
+def test_a_reload_keeps_the_windows_of_unchanged_rules(bus_config: Config, tmp_path: Path) -> None:
+    conf = conf_with_rules(tmp_path, NOT_RULE.replace("WINDOW", "3s"))
+    with (
+        ServeProcess.for_bus(bus_config),
+        Listener(bus_config, "fired/") as fired,
+        Listener(bus_config, "saltbus/reactor/reload") as reloads,
+    ):
+        proc = react(bus_config, conf)
+        try:
+            with Sender(bus_config) as sender:
+                sender.fire("up", {"id": "kept"}, ack=True)
+            # Another rule added, `gone` as it was: its open window stays.
+            conf.write_text(conf.read_text() + "  other:\n    tag: 'x'\n    once_after: 1s\n")
+            proc.popen.send_signal(signal.SIGHUP)
+            (reload,) = collect(reloads, 1)
+            assert reload.data["success"], reload.data
+            events = fired_until(fired, "kept")
+        finally:
+            assert proc.stop() == 0
+    assert [(e.tag, e.data["key"]) for e in events] == [("fired/gone", "kept")]
