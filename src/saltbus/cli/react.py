@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saltbus.cli import react_rules
 from saltbus.cli.common import add_bus_options, add_journal_options, config_from_args
 from saltbus.config import Config
 from saltbus.errors import ConfigError
@@ -104,6 +105,17 @@ beside the action (or among its arguments):
                       or, the last, gave_up: true; a clean stop reports each
                       retry still waiting (gave_up, stopped: true)
 
+rules over several events (`reactor_rules:`, examples in the README):
+  NAME: {all|sequence|not: [steps], within: DUR, key: EXPR}   a step is a
+        tag glob or {tag, when, key, name}; not: the first step, then none
+        of the others within DUR (fires when DUR runs out)
+  NAME: {tag: GLOB, when: EXPR, accumulate_within: DUR, threshold: N}
+  NAME: {tag: GLOB, when: EXPR, once_after: DUR}     (a quiet period)
+  key: EXPR (or group_by: [KEYS]) joins the events; max_groups: N (10000).
+  A firing is handled as the event saltbus/rule/NAME (list it under a glob):
+  data {rule, kind, key, count, at, events}; `events[0]`, `events.<step>` in
+  reaction files. Windows run on the journal's times and are kept in it.
+
 what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/<name>/ret   {success, result | error, duration,
                                 trigger_tag, trigger_seq, reaction, file;
@@ -154,6 +166,8 @@ examples:
   saltbus react --config reactor.conf --reload    # signal the running reactor
   saltbus react --config reactor.conf --test salt/minion/web1/start id=web1
                     # what would run for that event, and why the rest would not
+  saltbus react --config reactor.conf --test-events events.yaml
+                    # the rules over [{at: 0, tag: ..., data: {...}}, ...]
   sudo saltbus react --config /etc/salt/master --salt-version 3007
 """
 
@@ -193,6 +207,7 @@ def add_parser(commands: Any) -> None:
         metavar="N",
         help="like --test, for the event with seq N in the bus's journal",
     )
+    action.add_argument("--test-events", type=Path, metavar="FILE", help=react_rules.HELP)
     action.add_argument(
         "--refire",
         type=int,
@@ -232,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
         where = args.config or "the configuration"
         raise ConfigError(f"{where} has no reactor: section (see saltbus react --help)")
     rules = reactor.load_rules(config, _base_dir(args))
+    if args.test_events is not None:
+        return react_rules.run_test_events(rules, args.test_events)
     if args.test is not None or args.test_seq is not None:
         from saltbus.reactor.trial import explain  # noqa: PLC0415
 
@@ -241,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         _print_rules(rules)
+        for line in react_rules.describe_rules(rules):
+            print(line)
         clients = {reaction.client for reaction in rules.found if reaction.client}
         for line in _check_salt(config, clients):
             print(line)
@@ -334,7 +353,7 @@ def describe(stats: dict[str, Any]) -> list[str]:
         if counts:
             skipped = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
             lines.append(f"  skipped ({why}): {skipped}")
-    return lines
+    return lines + react_rules.describe_stats(stats)
 
 
 def _config(args: argparse.Namespace) -> Config:

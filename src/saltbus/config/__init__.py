@@ -135,6 +135,9 @@ class Config:
     reactor_max_depth: int = 5
     reactor_catch_up: bool = True
     reactor_name: str = "reactor"
+    # Rules over several events (correlation, counting), by name, kept as
+    # given; saltbus.reactor.multi.defs checks what they say.
+    reactor_rules: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Salt's own reactions (local, runner, wheel): the python Salt runs on
     # (default: found from salt-master on PATH), and the master's config file
     # (default: the --config file when it is Salt's, else $SALT_MASTER_CONFIG,

@@ -162,6 +162,7 @@ REACTOR_FIELDS: Final = frozenset(
         "reactor_catch_up",
         "reactor_name",
         "reactor_scope",
+        "reactor_rules",
         "salt_api",
     )
 )
@@ -186,6 +187,14 @@ def convert_reactor_setting(name: str, value: Any) -> Any:
         return to_bool(name, value)
     if name in ("reactor_name", "reactor_scope"):
         return str(value)
+    if name == "reactor_rules":
+        if isinstance(value, str):  # from SALTBUS_REACTOR_RULES: YAML or JSON
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(v, Mapping) for v in value.values()
+        ):
+            raise ConfigError(f"reactor_rules must map rule names to rules, not {value!r}")
+        return {str(k): v for k, v in value.items()}
     if name == "salt_api":
         if not isinstance(value, Mapping):
             raise ConfigError(f"salt_api must map url, username, password and eauth, not {value!r}")

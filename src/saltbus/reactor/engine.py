@@ -7,7 +7,9 @@ file is rendered for the event, and each of its reactions passes its
 holds ``reactor_worker_hwm`` reactions; ``reactor_worker_threads`` workers
 run them (blocking work on a thread pool of that size), so a burst costs a
 bounded amount of memory and a full queue is reported, never silent. Every
-outcome is fired as ``saltbus/reactor/<name>/ret``.
+outcome is fired as ``saltbus/reactor/<name>/ret``. Rules over several
+events (``reactor_rules:``, :mod:`.multi`) see every event too; one that
+fires is handled as the event ``saltbus/rule/<name>``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of, origin_node
 from saltbus.reactor.errors import ActionError, ReactionFileError
+from saltbus.reactor.gates import Gates
 from saltbus.reactor.leader import Leadership, Origin, origin_of
+from saltbus.reactor.multi.runner import TICK, Fired, RuleRunner
 from saltbus.reactor.progress import (
     Backlog,
     PidFile,
@@ -52,8 +56,7 @@ from saltbus.reactor.retry import Attempt, Retries
 from saltbus.reactor.rules import Rules
 from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
-from saltbus.reactor.templates import ReactionTemplate, compile_condition
-from saltbus.reactor.throttle import Throttle, group_values
+from saltbus.reactor.templates import ReactionTemplate
 
 log = logging.getLogger("saltbus.reactor")
 
@@ -100,10 +103,11 @@ class Reactor:
             config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
         )
         self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
-        self._throttle = Throttle()
         self._retries: Retries[Job] = Retries(
             lambda job: self._queue.put(replace(job, attempt=job.attempt + 1))
         )
+        self._gates = Gates(self.stats, lambda r, t, o: self._finished(r, t, o, 0.0))
+        self._multi = RuleRunner(rules.multi)  # reactor_rules: several events at once
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
@@ -138,6 +142,9 @@ class Reactor:
             self._progress = Progress(store)
             saved = store.load() if store is not None and config.reactor_catch_up else None
             epoch, since = saved if saved else (None, None)
+            journal = bus_journal(config) if store is not None else None
+            self._multi.open(journal, config.reactor_name, epoch)
+            self._progress.before_save = self._multi.save
             client = AsyncClient(config, since=since)
             client.session.epoch = epoch
             # Subscribe before connecting: a replay starts as soon as we connect.
@@ -150,7 +157,10 @@ class Reactor:
         self.caught_up_from = since
         if since is not None:
             self.backlog = await self._find_backlog(since, epoch)
+            if self.backlog is not None and self.backlog.first is not None:
+                self._multi.catching_up(self.backlog.last)
         self._tasks = [asyncio.create_task(self._ingest(subscription), name="reactor-ingest")]
+        self._tasks.append(asyncio.create_task(self._tick_rules(), name="reactor-rules"))
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
             for n in range(config.reactor_worker_threads)
@@ -211,10 +221,12 @@ class Reactor:
 
     def stats_dict(self) -> dict[str, Any]:
         """Its statistics, and the reactions waiting for a worker now."""
-        return self.stats.as_dict() | {
-            "queue_depth": self._queue.qsize(),
-            "retries_waiting": len(self._retries),
-        }
+        rules = {"rules": self._multi.counts()} if self._multi else {}
+        return (
+            self.stats.as_dict()
+            | {"queue_depth": self._queue.qsize(), "retries_waiting": len(self._retries)}
+            | rules
+        )
 
     def raise_if_failed(self) -> None:
         """Raise BusError naming the cause if the reactor stopped by itself
@@ -243,9 +255,10 @@ class Reactor:
         if not self._tasks:
             return
         self._stopping = True
-        ingest, workers = self._tasks[0], self._tasks[1:]
-        ingest.cancel()
-        await asyncio.gather(ingest, return_exceptions=True)  # _supervise reported a crash
+        (ingest, ticker), workers = self._tasks[:2], self._tasks[2:]
+        for task in (ingest, ticker):
+            task.cancel()
+        await asyncio.gather(ingest, ticker, return_exceptions=True)  # _supervise reported
         for job, attempt, error in self._retries.close():
             self._finished(job.reaction, job.trigger, Outcome(False, None, error), 0.0, attempt)
             self._release(job)
@@ -269,6 +282,7 @@ class Reactor:
         if self._background:
             await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
         self._progress.save()
+        self._multi.close(self._progress.epoch)
         if self._leadership is not None:
             await self._leadership.close()
         await self._actions.salt.close()
@@ -313,8 +327,9 @@ class Reactor:
     def _dispatch(self, event: Event) -> None:
         self.stats.events += 1
         templates = self.rules.match(event.tag)
-        if templates and self.config.reactor_scope == "local" and origin_node(event.data):
-            # Its own node's reactor reacts to it: once across the cluster.
+        # Its own node's reactor reacts to it: once across the cluster.
+        ours = self.config.reactor_scope != "local" or not origin_node(event.data)
+        if templates and not ours:
             self.stats.other_nodes += 1
             templates = []
         origin = None
@@ -325,12 +340,29 @@ class Reactor:
                     self._leadership.keep(origin, event)
                     self.stats.other_nodes += 1
                 templates = []
+                ours = False
         queued = self._react(event, templates, origin) if templates else 0
+        if self._multi:
+            queued += self._react_to_rules(self._multi.event(event, feed=ours))
         if self._leadership is not None and self._leadership.is_leader:
             self._leadership.seen(origin, queued)
         if self._client is not None:
             self._progress.epoch = self._client.session.epoch
         self._progress.seen(event.seq, queued)
+
+    def _react_to_rules(self, fired: list[Fired]) -> int:
+        """Rules that fired: each is an event saltbus/rule/<name> to react to."""
+        queued = 0
+        for tag, data, seq in fired:
+            templates = self.rules.match(tag)
+            if templates:
+                queued += self._react(Event(tag, data, seq), templates)
+        return queued
+
+    async def _tick_rules(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self._react_to_rules(self._multi.tick(self._progress.epoch))
 
     def _take_over(self, events: list[Event]) -> None:
         """Leadership taken: run what the old leader had not marked done."""
@@ -356,12 +388,12 @@ class Reactor:
                 self._spawn(self._publish(reports.ERROR_TAG, reports.error_data(trigger, exc)))
                 continue
             for reaction in reactions:
-                if reaction.when is not None and not self._when(reaction, trigger):
+                if reaction.when is not None and not self._gates.when(reaction, trigger):
                     continue
                 if trigger.cause.depth >= self.max_depth:
                     stopped.append(reaction.name)
                     continue
-                if reaction.once_within is not None and not self._allowed(reaction, trigger):
+                if reaction.once_within is not None and not self._gates.allowed(reaction, trigger):
                     continue
                 try:
                     self._queue.put_nowait(Job(reaction, trigger, origin))
@@ -373,48 +405,6 @@ class Reactor:
         if stopped:
             self._loop_stopped(trigger, stopped)
         return queued
-
-    def _when(self, reaction: Reaction, trigger: Trigger) -> bool:
-        assert reaction.when is not None
-        try:
-            if compile_condition(reaction.when)(trigger.tag, trigger.data):
-                return True
-        except Exception as exc:
-            error = f"when: {reaction.when!r} failed: {type(exc).__name__}: {exc}"
-            self._finished(reaction, trigger, Outcome(False, None, error), 0.0)
-            return False
-        self.stats.skipped_when(reaction)
-        log.debug(
-            "%s (%s) skipped for %s (seq %s): when: %s is false",
-            reaction.name,
-            reaction.where,
-            trigger.tag,
-            trigger.seq,
-            reaction.when,
-            extra=_about(trigger.tag, trigger.seq),
-        )
-        return False
-
-    def _allowed(self, reaction: Reaction, trigger: Trigger) -> bool:
-        """once_within: whether the reaction's window (for its group) is open."""
-        assert reaction.once_within is not None
-        group = group_values(trigger.data, reaction.group_by)
-        if self._throttle.allow((reaction.path, reaction.name, group), reaction.once_within):
-            return True
-        self.stats.skipped_throttle(reaction)
-        if log.isEnabledFor(logging.DEBUG):
-            pairs = zip(reaction.group_by, group, strict=True)
-            log.debug(
-                "%s (%s) skipped for %s (seq %s): it ran within the last %g s (once_within)%s",
-                reaction.name,
-                reaction.where,
-                trigger.tag,
-                trigger.seq,
-                reaction.once_within,
-                f" for {', '.join(f'{k}={v}' for k, v in pairs)}" if reaction.group_by else "",
-                extra=_about(trigger.tag, trigger.seq),
-            )
-        return False
 
     def _loop_stopped(self, trigger: Trigger, stopped: list[str]) -> None:
         self.stats.stopped += len(stopped)
@@ -569,6 +559,7 @@ class Reactor:
                 if getattr(config, name) != getattr(self.config, name):
                     log.warning("%s changed; it takes effect at the next start", name)
             self.rules = rules
+            self._multi.replace(rules.multi)
             self.max_depth = config.reactor_max_depth
             self.stats.reloads += 1
             log.info(

@@ -21,6 +21,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -113,6 +114,10 @@ class Progress:
         self._saved: int | None = None
         self._interval = interval
         self._last_save = float("-inf")
+        # Runs first at each save; False: not saved now. The rules' state
+        # (saltbus.reactor.multi) is written there, so that the position
+        # saved never runs ahead of it.
+        self.before_save: Callable[[int | None], bool] | None = None
 
     def seen(self, seq: int | None, jobs: int) -> None:
         """An event was dispatched, with ``jobs`` reactions queued for it."""
@@ -157,6 +162,8 @@ class Progress:
     def save(self) -> None:
         mark = self.mark
         if self.store is None or mark is None or mark == self._saved:
+            return
+        if self.before_save is not None and not self.before_save(self.epoch):
             return
         self.store.save(self.epoch, mark)
         self._saved = mark

@@ -23,6 +23,7 @@ from saltbus.config import Config
 from saltbus.errors import ConfigError
 from saltbus.event import MatchType, TagMatcher, tag_matcher
 from saltbus.reactor.errors import ReactionFileError
+from saltbus.reactor.multi.defs import RuleDef, parse_rules
 from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate, compile_condition
 
@@ -43,6 +44,8 @@ class Rules:
     rules: tuple[Rule, ...]
     # The reactions the trial render found, for `saltbus react --check` and logs.
     found: tuple[Reaction, ...] = ()
+    # reactor_rules: rules over several events (saltbus.reactor.multi).
+    multi: tuple[RuleDef, ...] = ()
 
     def match(self, tag: str) -> list[ReactionTemplate]:
         """The reaction files for ``tag``; a file listed under several matching
@@ -79,7 +82,7 @@ def load_rules(config: Config, base_dir: Path | None = None) -> Rules:
                 found.extend(_check(template, pattern))
             templates.append(template)
         rules.append(Rule(pattern, tuple(templates), tag_matcher(pattern, MatchType.FNMATCH)))
-    return Rules(tuple(rules), tuple(found))
+    return Rules(tuple(rules), tuple(found), parse_rules(config.reactor_rules))
 
 
 def _expand(files: Iterable[str], base: Path, pattern: str) -> list[Path]:

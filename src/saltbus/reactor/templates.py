@@ -112,7 +112,7 @@ class ReactionTemplate:
 
     def _render(self, template: jinja2.Template, tag: str, data: Mapping[str, Any]) -> str:
         try:
-            return template.render(tag=tag, data=data)
+            return template.render(tag=tag, data=data, events=_events(data))
         except jinja2.TemplateError as exc:
             raise ReactionFileError(self.path, _template_line(exc), f"Jinja2: {exc}") from None
         except Exception as exc:
@@ -169,6 +169,24 @@ class ReactionTemplate:
         return found[0] if len(found) == 1 else None
 
 
+class MatchedEvents(list[dict[str, Any]]):
+    """The events a multi-event rule matched (saltbus.reactor.multi), in the
+    order they came: ``events[0]``, and ``events.<step name>`` for the first
+    one a named step matched."""
+
+    def __getattr__(self, name: str) -> dict[str, Any]:
+        for event in self:
+            if event.get("name") == name:
+                return event
+        raise AttributeError(name)
+
+
+def _events(data: Mapping[str, Any]) -> MatchedEvents:
+    """A reaction file's ``events``: a rule's matched events, else none."""
+    events = data.get("events") if isinstance(data, Mapping) else None
+    return events if isinstance(events, MatchedEvents) else MatchedEvents()
+
+
 def _template_line(exc: BaseException) -> int | None:
     """The template line an error happened on, from Jinja2's traceback rewrite."""
     lineno = getattr(exc, "lineno", None)
@@ -184,6 +202,7 @@ def _template_line(exc: BaseException) -> int | None:
 
 
 Condition = Callable[[str, Mapping[str, Any]], bool]
+Expression = Callable[[str, Mapping[str, Any]], Any]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -198,3 +217,17 @@ def compile_condition(expression: str) -> Condition:
         return bool(compiled(tag=tag, data=data))
 
     return condition
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_expression(expression: str) -> Expression:
+    """A Jinja2 expression over ``tag`` and ``data`` giving a value (a rule's
+    ``key:``); an undefined result (a missing key) is None.
+
+    Raises :class:`jinja2.TemplateSyntaxError`."""
+    compiled = _ENV.compile_expression(expression, undefined_to_none=True)
+
+    def value(tag: str, data: Mapping[str, Any]) -> Any:
+        return compiled(tag=tag, data=data)
+
+    return value
