@@ -96,6 +96,9 @@ beside the action (or among its arguments):
   when: EXPR          a Jinja2 expression over tag and data; false: not run
   once_within: DUR    run at most once per DUR (30, 500ms, 30s, 5m, 1h)
   group_by: [KEYS]    ... once per DUR for each value of these data keys
+  lock: TEXT          reactions whose lock (a template) is the same text run one
+                      at a time, in event order (queued, never dropped)
+  concurrency: N      at most N runs of this reaction at once
 
 what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/<name>/ret   {success, result | error, duration,
@@ -515,6 +518,8 @@ def _print_rules(rules: Rules) -> None:
                         ("when", reaction.when),
                         ("once_within", reaction.once_within),
                         ("group_by", list(reaction.group_by) or None),
+                        ("lock", reaction.lock),
+                        ("concurrency", reaction.concurrency),
                     )
                     if value is not None
                 ]

@@ -36,6 +36,7 @@ from saltbus.event import Event
 from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of, origin_node
+from saltbus.reactor.concurrency import Concurrency
 from saltbus.reactor.errors import ActionError, ReactionFileError
 from saltbus.reactor.leader import Leadership, Origin, origin_of
 from saltbus.reactor.progress import (
@@ -99,6 +100,7 @@ class Reactor:
         )
         self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
         self._throttle = Throttle()
+        self._gate = Concurrency(config.reactor_worker_hwm, self._run_gated)
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
@@ -206,7 +208,7 @@ class Reactor:
 
     def stats_dict(self) -> dict[str, Any]:
         """Its statistics, and the reactions waiting for a worker now."""
-        return self.stats.as_dict() | {"queue_depth": self._queue.qsize()}
+        return self.stats.as_dict() | {"queue_depth": self._queue.qsize()} | self._gate.stats()
 
     def raise_if_failed(self) -> None:
         """Raise BusError naming the cause if the reactor stopped by itself
@@ -239,8 +241,9 @@ class Reactor:
         ingest.cancel()
         await asyncio.gather(ingest, return_exceptions=True)  # _supervise reported a crash
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(asyncio.gather(self._queue.join(), self._gate.join()), timeout)
         except TimeoutError:
+            self._gate.cancel()
             log.warning(
                 "%d reactions not finished after %g s; cancelled, %d commands killed (they "
                 "run again after a restart with catch-up)",
@@ -273,6 +276,7 @@ class Reactor:
     async def _ingest(self, subscription: Subscription) -> None:
         since_yield = 0
         while True:
+            await self._gate.room()  # backpressure: locked reactions are never dropped
             try:
                 event = await subscription.next()
             except SlowConsumerError as exc:
@@ -351,6 +355,13 @@ class Reactor:
                     stopped.append(reaction.name)
                     continue
                 if reaction.once_within is not None and not self._allowed(reaction, trigger):
+                    continue
+                if reaction.lock is not None or reaction.concurrency is not None:
+                    rule = (reaction.path, reaction.name)
+                    job = Job(reaction, trigger, origin)
+                    self._gate.admit(job, rule, reaction.lock, reaction.concurrency)
+                    queued += 1
+                    self.stats.queued += 1
                     continue
                 try:
                     self._queue.put_nowait(Job(reaction, trigger, origin))
@@ -459,6 +470,14 @@ class Reactor:
                 self._progress.done(job.trigger.seq)
                 if self._leadership is not None:
                     self._leadership.done(job.origin)
+
+    async def _run_gated(self, job: Job) -> None:
+        try:
+            await self._execute(job)
+        finally:
+            self._progress.done(job.trigger.seq)
+            if self._leadership is not None:
+                self._leadership.done(job.origin)
 
     async def _execute(self, job: Job) -> None:
         started = time.monotonic()
