@@ -39,6 +39,7 @@ from saltbus.reactor.causes import cause_of, origin_node
 from saltbus.reactor.concurrency import Concurrency
 from saltbus.reactor.errors import ActionError, ReactionFileError
 from saltbus.reactor.leader import Leadership, Origin, origin_of
+from saltbus.reactor.missing_watch import MissedReturns
 from saltbus.reactor.progress import (
     Backlog,
     PidFile,
@@ -101,6 +102,9 @@ class Reactor:
         self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
         self._throttle = Throttle()
         self._gate = Concurrency(config.reactor_worker_hwm, self._run_gated)
+        self._missing: MissedReturns | None = None
+        if config.reactor_missing_returns:
+            self._missing = MissedReturns(config, lambda t, d: self._spawn(self._publish(t, d)))
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
@@ -147,6 +151,8 @@ class Reactor:
         self.caught_up_from = since
         if since is not None:
             self.backlog = await self._find_backlog(since, epoch)
+        if self._missing is not None:
+            await self._missing.start(since)
         self._tasks = [asyncio.create_task(self._ingest(subscription), name="reactor-ingest")]
         self._tasks += [
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
@@ -208,7 +214,13 @@ class Reactor:
 
     def stats_dict(self) -> dict[str, Any]:
         """Its statistics, and the reactions waiting for a worker now."""
-        return self.stats.as_dict() | {"queue_depth": self._queue.qsize()} | self._gate.stats()
+        missing = self._missing.stats() if self._missing is not None else {}
+        return (
+            self.stats.as_dict()
+            | {"queue_depth": self._queue.qsize()}
+            | self._gate.stats()
+            | missing
+        )
 
     def raise_if_failed(self) -> None:
         """Raise BusError naming the cause if the reactor stopped by itself
@@ -261,6 +273,8 @@ class Reactor:
         if self._background:
             await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
         self._progress.save()
+        if self._missing is not None:
+            await self._missing.close()
         if self._leadership is not None:
             await self._leadership.close()
         await self._actions.salt.close()
@@ -305,6 +319,8 @@ class Reactor:
 
     def _dispatch(self, event: Event) -> None:
         self.stats.events += 1
+        if self._missing is not None:
+            self._missing.observe(event)
         templates = self.rules.match(event.tag)
         if templates and self.config.reactor_scope == "local" and origin_node(event.data):
             # Its own node's reactor reacts to it: once across the cluster.
