@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from saltbus.reactor.missing_store import OpenJobStore
 from saltbus.reactor.missing_watch import MissedReturns
 from saltbus.reactor.progress import bus_journal
 from saltbus.wire import pack_body
-from tests.serve_support import ServeProcess
+from tests.serve_support import SALTBUS, ServeProcess, clean_env
 from tests.test_reactor_cli import react, reactor_conf
 from tests.waiting import wait_until, wait_until_async
 
@@ -152,3 +153,18 @@ def test_start_reads_the_job_events_between_the_saved_state_and_the_position(
     assert after_start == {"b", "c"}
     assert left == {"c"}
     assert [(t, d["missing"]) for t, d in reported] == [("saltbus/job/7/missing", ["c"])]
+
+
+def test_check_says_missed_returns_are_on(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(SALTBUS), "react", "--config", str(conf(tmp_path)), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        "missed returns: on (saltbus/job/<jid>/missing 2 s after a job, at most 10000 jobs open)"
+    ) in done.stdout.splitlines()

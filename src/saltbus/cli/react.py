@@ -107,6 +107,9 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/overflow     reactions dropped: the queue was full
   saltbus/reactor/error        a reaction file failed to render for an event
   saltbus/reactor/reload       the outcome of a reload
+  saltbus/job/<jid>/missing    with reactor_missing_returns: the minions of a
+                               Salt job that did not return in time {jid, fun,
+                               tgt, tgt_type, user, missing, minions, returned}
 
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
@@ -116,7 +119,9 @@ with federation, react only to events fired on this node; all: imported
 events too; leader: one node, elected through a NATS key-value lease of
 reactor_leader_ttl seconds (5), reacts to every event of the cluster, and a
 node taking over runs what the dead leader had not marked done: at least
-once across a leader crash).
+once across a leader crash), reactor_missing_returns (false),
+reactor_missing_returns_timeout (60 s after the job's new event),
+reactor_missing_returns_max_jobs (10000 open jobs; kept in the journal).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
@@ -235,6 +240,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         _print_rules(rules)
+        if config.reactor_missing_returns:
+            print(
+                "missed returns: on (saltbus/job/<jid>/missing "
+                f"{config.reactor_missing_returns_timeout:g} s after a job, "
+                f"at most {config.reactor_missing_returns_max_jobs} jobs open)"
+            )
         clients = {reaction.client for reaction in rules.found if reaction.client}
         for line in _check_salt(config, clients):
             print(line)

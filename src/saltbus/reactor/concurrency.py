@@ -11,7 +11,9 @@ for a lock never holds a worker: other keys and ungated reactions keep
 running. What waits here is bounded by ``capacity`` (the reactor's
 ``reactor_worker_hwm``): when it is full the reactor stops reading events
 until one finishes (backpressure on its intake, never a drop), so it may
-hold one event's reactions more than ``capacity``.
+hold one event's reactions more than ``capacity``. Events then wait in the
+reactor's subscription (its bounded queue); past that the reactor falls
+behind the bus as any slow reactor does, and says so.
 
 Restarts: a waiting reaction is in flight for :class:`~.progress.Progress`,
 so the saved low-water mark stays below its event and a restart (with

@@ -575,7 +575,14 @@ class Reactor:
                 log.error("reload failed; the running configuration stays: %s", exc)
                 await self._publish(reports.RELOAD_TAG, {"success": False, "error": str(exc)})
                 return
-            for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_name"):
+            for name in (
+                "reactor_worker_threads",
+                "reactor_worker_hwm",
+                "reactor_name",
+                "reactor_missing_returns",
+                "reactor_missing_returns_timeout",
+                "reactor_missing_returns_max_jobs",
+            ):
                 if getattr(config, name) != getattr(self.config, name):
                     log.warning("%s changed; it takes effect at the next start", name)
             self.rules = rules
