@@ -2,12 +2,15 @@
 decisions on their own, the gate in an event loop (backpressure, draining), and
 real `saltbus serve` and `saltbus react` processes running commands that log
 their start and end times: one key runs one at a time in event order while
-different keys overlap, and ``concurrency: 2`` never has more than two running."""
+different keys overlap, ``concurrency: 2`` never has more than two running, a
+full gate stops the intake without dropping, and reactions waiting for a lock
+when the reactor is killed run after its restart."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from saltbus import Config, Listener, Sender
 from saltbus.reactor.concurrency import Concurrency, Gate, Ticket
 from tests.serve_support import ServeProcess
 from tests.test_reactor_cli import collect, react, reactor_conf
+from tests.waiting import wait_until
 
 
 class Recorder:
@@ -148,8 +152,13 @@ def most_at_once(intervals: list[tuple[int, int]]) -> int:
 
 
 def run_burst(
-    bus_config: Config, tmp_path: Path, extras: str, keys: list[str], per_key: int
-) -> dict[tuple[str, int], tuple[int, int]]:
+    bus_config: Config,
+    tmp_path: Path,
+    extras: str,
+    keys: list[str],
+    per_key: int,
+    *flags: str,
+) -> tuple[dict[tuple[str, int], tuple[int, int]], str]:
     log = tmp_path / "spans.log"
     conf = reactor_conf(
         tmp_path,
@@ -159,7 +168,7 @@ def run_burst(
     total = len(keys) * per_key
     with ServeProcess.for_bus(bus_config), Listener(bus_config, "saltbus/reactor/") as rets:
         rets.connect(5)
-        proc = react(bus_config, conf, "--workers", "8")
+        proc = react(bus_config, conf, "--workers", "8", *flags)
         try:
             with Sender(bus_config) as sender:
                 for n in range(per_key):
@@ -171,13 +180,13 @@ def run_burst(
     assert all(e.data["success"] for e in done), [e.data for e in done if not e.data["success"]]
     found = spans(log)
     assert len(found) == total
-    return found
+    return found, proc.stderr
 
 
 def test_a_lock_serialises_one_key_in_order_while_other_keys_overlap(
     bus_config: Config, tmp_path: Path
 ) -> None:
-    found = run_burst(
+    found, _ = run_burst(
         bus_config, tmp_path, "  lock: \"svc-{{ data['key'] }}\"\n", ["a", "b", "c"], 20
     )
     for key in "abc":
@@ -190,5 +199,52 @@ def test_a_lock_serialises_one_key_in_order_while_other_keys_overlap(
 
 
 def test_concurrency_two_never_runs_more_than_two(bus_config: Config, tmp_path: Path) -> None:
-    found = run_burst(bus_config, tmp_path, "  concurrency: 2\n", ["x"], 20)
+    found, _ = run_burst(bus_config, tmp_path, "  concurrency: 2\n", ["x"], 20)
     assert most_at_once(list(found.values())) == 2
+
+
+def test_a_full_gate_stops_the_intake_and_drops_nothing(bus_config: Config, tmp_path: Path) -> None:
+    # reactor_worker_hwm 3: 20 reactions of one key cannot all wait at once.
+    found, stderr = run_burst(bus_config, tmp_path, "  lock: one\n", ["k"], 20, "--hwm", "3")
+    runs = [found[("k", n)] for n in range(20)]
+    assert all(start >= end for (_, end), (start, _) in itertools.pairwise(runs))
+    assert "reading no events until one finishes" in stderr
+    assert "dropped 0," in stderr and "reactor queue full" not in stderr
+
+
+def test_reactions_waiting_for_a_lock_survive_kill_9(bus_config: Config, tmp_path: Path) -> None:
+    """They hold the reactor's saved position back: the restart runs them."""
+    log = tmp_path / "done.log"
+    conf = reactor_conf(
+        tmp_path,
+        {
+            "slow.sls": "slow:\n  cmd.run:\n"
+            f"    - cmd: [sh, -c, 'sleep 0.2; echo $0 >> {log}', \"{{{{ data['n'] }}}}\"]\n"
+            "  lock: one\n"
+        },
+        "  - 'app/slow':\n    - slow.sls\n",
+    )
+    with ServeProcess.for_bus(bus_config):
+        proc = react(bus_config, conf)
+        try:
+            with Sender(bus_config) as sender:
+                for n in range(10):
+                    sender.fire("app/slow", {"n": n}, ack=True)
+
+            def lines() -> list[int]:
+                return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+            wait_until(lambda: len(lines()) >= 3, "3 reactions done", 30)
+        finally:
+            assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+        before = lines()
+        assert len(before) < 10
+        proc = react(bus_config, conf)
+        try:
+            wait_until(lambda: set(lines()) == set(range(10)), "every reaction done", 60)
+        finally:
+            assert proc.stop() == 0
+    after = lines()[len(before) :]
+    assert after == sorted(after)  # in event order again
+    assert after[-1] == 9 and after[0] <= before[-1] + 1
+    assert "catching up" in proc.stderr

@@ -135,6 +135,7 @@ class Concurrency(Generic[T]):
         self._gate: Gate[T] = Gate(self._spawn)
         self._tasks: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
+        self._cancelled = False
         self.full_waits = 0  # times the intake waited for room
         self.peak_waiting = 0
 
@@ -164,7 +165,10 @@ class Concurrency(Generic[T]):
             await self._changed.wait()
 
     def cancel(self) -> None:
-        for task in self._tasks:
+        """Cancel what runs; what waits stays unstarted (the saved position
+        is below it, so a restart runs it)."""
+        self._cancelled = True
+        for task in list(self._tasks):
             task.cancel()
 
     def stats(self) -> dict[str, Any]:
@@ -176,6 +180,8 @@ class Concurrency(Generic[T]):
         }
 
     def _spawn(self, ticket: Ticket[T]) -> None:
+        if self._cancelled:
+            return
         task = asyncio.create_task(self._run(ticket.item))
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._done(done, ticket))
