@@ -8,7 +8,9 @@ minions, missing}`` when the master publishes a job (the same keys in 3006,
 the event, so every job gets the same one (``reactor_missing_returns_timeout``),
 counted from the ``_stamp`` Salt puts in the ``new`` event, so that events
 replayed after a restart keep their own times. Salt's own ``missing`` (minions
-a list target named that the master does not know) is passed on, not waited for.
+a list target named that the master does not know) is passed on, not waited
+for. The jobs Salt's CLI publishes to ask whether a minion still runs a job
+(``saltutil.find_job``) are not watched: the job they ask about is.
 
 Memory is bounded: at most ``max_jobs`` jobs are open; opening one more drops
 the oldest (returned as :class:`Dropped`, and counted).
@@ -30,6 +32,9 @@ from typing import Any, Final
 NEW_SUFFIX: Final = "/new"
 PREFIX: Final = "salt/job/"
 MISSING_TAG: Final = "saltbus/job/{jid}/missing"
+# Salt's CLI asks the minions that have not returned whether they still run
+# the job with a job of its own: a dead minion would be reported twice.
+NOT_WATCHED: Final = frozenset(("saltutil.find_job",))
 
 
 @dataclass(slots=True)
@@ -151,6 +156,8 @@ class ReturnTracker:
     def _open(self, jid: str, data: Mapping[str, Any]) -> list[Dropped]:
         minions = data.get("minions")
         if not jid or jid in self._jobs or not isinstance(minions, list) or not minions:
+            return []
+        if data.get("fun") in NOT_WATCHED:
             return []
         salt_missing = data.get("missing")
         job = OpenJob(
