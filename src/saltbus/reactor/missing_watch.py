@@ -15,7 +15,9 @@ the reactor's own position are read from the journal (the job events only),
 and catch-up delivers the rest; events already reflected are ignored. Until
 the reactor has caught up with the journal's last event at its start, no job
 is judged by the clock: a return still in the backlog must not be reported
-missing.
+missing. A report is saved at once, so only a crash in that instant reports
+a job twice. Deadlines count from Salt's ``_stamp`` on the master's clock:
+a reactor on another host is off by the clocks' difference.
 """
 
 from __future__ import annotations
@@ -138,11 +140,17 @@ class MissedReturns:
             if deadline is not None and self._live_from is None:
                 wait = min(TICK, max(0.0, deadline - self._clock()))
             await asyncio.sleep(wait)
-            if self._live_from is None:
-                for job in self.tracker.expire():
+            try:
+                reported = self.tracker.expire() if self._live_from is None else []
+                for job in reported:
                     self._report(job)
-            if self._store is not None and self._clock() - self._last_save >= SAVE_INTERVAL:
-                await self._save()
+                # Saved at once after a report: a crash then would report it again.
+                if self._store is not None and (
+                    reported or self._clock() - self._last_save >= SAVE_INTERVAL
+                ):
+                    await self._save()
+            except Exception:  # a bug here must not end the watch unseen
+                log.exception("missed returns: the timer failed; going on")
 
     def _report(self, job: OpenJob) -> None:
         data = job.report(self.tracker.timeout)
