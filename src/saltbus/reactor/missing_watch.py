@@ -61,6 +61,7 @@ class MissedReturns:
         self._live_from: int | None = None  # judge by the clock once this seq is seen
         self._task: asyncio.Task[None] | None = None
         self._last_save = float("-inf")
+        self._writing: asyncio.Future[None] | None = None
         self.save_errors = 0
 
     async def start(self, since: int | None) -> None:
@@ -127,6 +128,8 @@ class MissedReturns:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._writing is not None:
+            await asyncio.wait([self._writing])
         if self._store is not None:
             await self._save()
             self._close_store()
@@ -178,19 +181,31 @@ class MissedReturns:
     # -- saving ------------------------------------------------------------------
 
     async def _save(self) -> None:
+        """Write what changed, one write at a time. The write runs on even if
+        the timer is cancelled meanwhile (close() waits for it): the store's
+        connection is never used by two threads, or closed under one."""
         store, seq = self._store, self.tracker.seq
         if store is None or seq is None or not self.tracker.dirty:
             return
+        if self._writing is not None and not self._writing.done():
+            return  # the next tick writes what is left
         changed, closed = self.tracker.take_changes()
         # Made here, in the loop's thread: the jobs change while the thread writes.
         rows = [job.to_dict() for job in changed]
+        jids = [job.jid for job in changed]
         self._last_save = self._clock()
-        try:
-            await asyncio.to_thread(store.save, rows, closed, self._epoch, seq)
-        except SaltbusError as exc:
-            self.save_errors += 1
-            log.warning("missed returns: %s; trying again", exc)
-            self.tracker.unsaved([job.jid for job in changed], closed)
+        write = asyncio.ensure_future(asyncio.to_thread(store.save, rows, closed, self._epoch, seq))
+        write.add_done_callback(lambda done: self._written(done, jids, closed))
+        self._writing = write
+        await asyncio.wait([write])
+
+    def _written(self, write: asyncio.Future[None], jids: list[str], closed: list[str]) -> None:
+        error = "cancelled" if write.cancelled() else write.exception()
+        if error is None:
+            return
+        self.save_errors += 1
+        log.warning("missed returns: %s; trying again", error)
+        self.tracker.unsaved(jids, closed)
 
     def _close_store(self) -> None:
         store, self._store = self._store, None
