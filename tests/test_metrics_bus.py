@@ -106,6 +106,10 @@ def test_returners_federation_and_reactor_are_labelled_by_name_only() -> None:
         "reactor": {
             "events": 12,
             "queue_depth": 3,
+            "gated_waiting": 4,
+            "missing_returns_open_jobs": 2,
+            "missing_returns_reported": 5,
+            "missing_returns_dropped": 0,
             "dropped": 0,
             "stopped": 1,
             "outcomes": {"restart": {"succeeded": 3, "failed": 1}},
@@ -144,6 +148,9 @@ def test_returners_federation_and_reactor_are_labelled_by_name_only() -> None:
         (("outcome", "succeeded"), ("reaction", "restart")): 3,
     }
     assert samples(families["saltbus_reactor_queue_events"]) == {(): 3}
+    assert samples(families["saltbus_reactor_gated_events"]) == {(): 4}
+    assert samples(families["saltbus_reactor_missing_returns_open_jobs"]) == {(): 2}
+    assert samples(families["saltbus_reactor_missing_returns_reported"]) == {(): 5}
     # No per-connection labels: peers do not become series.
     for family in families.values():
         for sample in family.samples:

@@ -180,3 +180,46 @@ def test_a_clean_stop_reports_the_retries_still_waiting(
     with caplog.at_level("WARNING", logger="saltbus.reactor"):
         asyncio.run(main())
     assert any("not retried: the reactor stops" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.usefixtures("publisher")
+def test_a_locked_reaction_retries_holding_its_lock(bus_config: Config, tmp_path: Path) -> None:
+    """The second event's reaction (same lock) must not overtake the first's retries."""
+    marker = tmp_path / "up"
+    config = setup(
+        bus_config,
+        tmp_path,
+        {
+            "r.sls": "deploy:\n  cmd.run:\n"
+            f"    - cmd: [sh, -c, 'test {{{{ data[\"n\"] }}}} = 2 || test -e {marker}']\n"
+            "  retry: {attempts: 20, delay: 200ms, factor: 1}\n"
+            "  lock: deploy\n",
+        },
+        {"app/deploy": ["r.sls"]},
+        reactor_worker_threads=2,
+    )
+
+    async def main() -> None:
+        reactor = Reactor(config, load_rules(config))
+        async with AsyncClient(config) as client:
+            reports = client.subscribe("saltbus/reactor/deploy/")
+            await client.connect(5)
+            await reactor.start()
+            try:
+                first = await client.fire("app/deploy", {"n": 1}, ack=True)
+                await client.fire("app/deploy", {"n": 2}, ack=True)
+                events = [await reports.next(WAIT) for _ in range(3)]
+                marker.touch()
+                while not any(e.data["success"] for e in events):
+                    events.append(await reports.next(WAIT))
+                events.append(await reports.next(WAIT))  # the second event's run
+            finally:
+                await reactor.stop()
+        triggers = [(e.data["trigger_seq"], e.data["success"]) for e in events]
+        # Every run for the first event (failed ones, then its success) comes
+        # before the second event's single run.
+        assert triggers[-1] == (first.seq + 1, True), triggers
+        assert all(seq == first.seq for seq, _ in triggers[:-1]), triggers
+        assert [ok for _, ok in triggers[:-1]] == [False] * (len(triggers) - 2) + [True]
+
+    asyncio.run(main())

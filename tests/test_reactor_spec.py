@@ -95,6 +95,20 @@ page:
         assert "when" not in r.options
 
 
+def test_lock_and_concurrency_beside_or_among_and_on_salts_reactions() -> None:
+    beside = one("r:\n  event.send:\n    - tag: a\n  lock: deploy-web\n  concurrency: 2\n")
+    among = one("r:\n  event.send:\n    - tag: a\n    - lock: deploy-web\n    - concurrency: 2\n")
+    salts = one(
+        "r:\n  local.state.apply:\n    - tgt: web1\n    - lock: deploy-web\n    - concurrency: 2\n"
+    )
+    for r in (beside, among, salts):
+        assert (r.lock, r.concurrency) == ("deploy-web", 2)
+        assert "lock" not in r.options and "concurrency" not in r.options
+    assert one("r:\n  event.send:\n    - tag: a\n  lock: 42\n").lock == "42"
+    plain = one("r:\n  event.send:\n    - tag: a\n")
+    assert (plain.lock, plain.concurrency) == (None, None)
+
+
 def test_http_post_and_python_defaults() -> None:
     h = one("h:\n  http.post:\n    - url: https://example.com/hook\n")
     assert h.options == {
@@ -212,6 +226,10 @@ def test_salt_reactions_with_bad_arguments_name_the_problem(text: str, message: 
         ("r:\n  event.send:\n    - tag: a\n    - tag: b\n", "given twice"),
         ("r:\n  event.send:\n    - {tag: a, data: {}}\n", "single `- name: value`"),
         ("r: [1, 2]\n", "must map one action"),
+        ("r:\n  event.send:\n    - tag: a\n  lock: ''\n", "lock must be a non-empty"),
+        ("r:\n  event.send:\n    - tag: a\n  lock: [a]\n", "lock must be a non-empty"),
+        ("r:\n  event.send:\n    - tag: a\n  concurrency: 0\n", "concurrency must be"),
+        ("r:\n  event.send:\n    - tag: a\n  concurrency: two\n", "concurrency must be"),
         ("include:\n  - other\n", "not supported"),
     ],
 )

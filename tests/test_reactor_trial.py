@@ -176,3 +176,36 @@ def test_leader_scope_is_named(tmp_path: Path) -> None:
     assert done.stdout.splitlines()[1] == (
         "(reactor_scope leader: only the node holding the lease runs what follows)"
     )
+
+
+def test_check_and_test_show_a_lock_rendered_for_the_event_and_a_limit(tmp_path: Path) -> None:
+    (tmp_path / "deploy.sls").write_text(
+        "deploy:\n  cmd.run:\n    - cmd: [deploy, \"{{ data['service'] }}\"]\n"
+        "  lock: \"deploy-{{ data['service'] }}\"\n  concurrency: 2\n"
+    )
+    conf = tmp_path / "reactor.conf"
+    conf.write_text(f"reactor:\n  - 'app/deploy':\n    - {tmp_path / 'deploy.sls'}\n")
+    base = [str(SALTBUS), "react", "--config", str(conf), "--sock-dir", str(tmp_path / "nobus")]
+
+    def run(*args: str) -> list[str]:
+        done = subprocess.run(
+            base + list(args),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env=clean_env(),
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    checked = run("--check")
+    assert any("deploy: cmd.run ok  [lock: deploy-; concurrency: 2]" in line for line in checked), (
+        checked
+    )
+    tried = run("--test", "app/deploy", "service=web")
+    assert (
+        '    deploy (line 1): WOULD RUN cmd.run {"cmd": ["deploy", "web"], "env": {}, '
+        '"shell": false, "timeout": 300.0} [lock: deploy-web (one at a time per key, '
+        "queued), concurrency: 2 (at most that many at once)]"
+    ) in tried

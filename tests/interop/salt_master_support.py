@@ -1,4 +1,4 @@
-"""A real ``salt-master`` and ``salt-minion`` of one Salt generation, for tests.
+"""A real ``salt-master`` and ``salt-minion`` (or more) of one Salt generation, for tests.
 
 Both run from the generation's venv (``scripts/salt-venvs``) with a temporary root_dir,
 ephemeral loopback ports, ``auto_accept`` and the current user, and are stopped by pid.
@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -42,6 +42,12 @@ class SaltMaster:
     minion_id: str
     python: Path
     api_url: str | None = None
+    # Every minion's process, by id (the first is minion_id).
+    minions: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def stop_minion(self, minion_id: str) -> None:
+        """Stop one minion (its key stays accepted: the master still targets it)."""
+        _stop(self.minions[minion_id])
 
     def bus_config(self, **overrides: object) -> Config:
         """saltbus's view of the master's bus (Salt's own publisher serves it)."""
@@ -85,9 +91,12 @@ def _log_tail(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def salt_master_and_minion(version: str, *, salt_api: bool = False) -> Iterator[SaltMaster]:
+def salt_master_and_minion(
+    version: str, *, salt_api: bool = False, more_minions: int = 0
+) -> Iterator[SaltMaster]:
     """With ``salt_api``, salt-api runs too (rest_tornado without TLS, the `auto`
-    eauth for API_USER with every right), its /run at ``SaltMaster.api_url``."""
+    eauth for API_USER with every right), its /run at ``SaltMaster.api_url``.
+    ``more_minions``: minions besides MINION_ID, named ``MINION_ID-2``, ``-3``..."""
     python = salt_python(version)
     bin_dir = python.parent
     # Unix socket paths must stay short: a directory directly under /tmp.
@@ -135,6 +144,15 @@ def salt_master_and_minion(version: str, *, salt_api: bool = False) -> Iterator[
     (root / "srv").mkdir()
     for name, conf in (("master", master), ("minion", minion)):
         (root / name).write_text(yaml.safe_dump(conf))
+    # Each further minion has its own config directory (salt-minion -c DIR reads DIR/minion).
+    minion_dirs = {MINION_ID: (root, root / "minion.log")}
+    for n in range(2, more_minions + 2):
+        other = f"{MINION_ID}-{n}"
+        conf_dir = root / f"c{n}"
+        minion_dirs[other] = (conf_dir, Path(f"{minion['log_file']}{n}"))
+        conf_dir.mkdir()
+        own = {key: f"{value}{n}" if key in _PER_MINION else value for key, value in minion.items()}
+        (conf_dir / "minion").write_text(yaml.safe_dump({**own, "id": other}))
     procs: list[subprocess.Popen[bytes]] = []
     api_url = f"http://127.0.0.1:{api_port}/run" if salt_api else None
     handle = SaltMaster(version, root, root / "master", root / "m", MINION_ID, python, api_url)
@@ -145,12 +163,14 @@ def salt_master_and_minion(version: str, *, salt_api: bool = False) -> Iterator[
         while not pub.exists():
             _alive(procs[0], root / "master.log", deadline)
             time.sleep(0.1)
-        with Listener(handle.bus_config(), f"salt/minion/{MINION_ID}/start") as listener:
-            listener.connect(START_TIMEOUT)
-            procs.append(_daemon(bin_dir / "salt-minion", root))
-            while listener.receive(1.0) is None:
-                _alive(procs[0], root / "master.log", deadline)
-                _alive(procs[1], root / "minion.log", deadline)
+        for minion_id, (conf_dir, log) in minion_dirs.items():
+            with Listener(handle.bus_config(), f"salt/minion/{minion_id}/start") as listener:
+                listener.connect(START_TIMEOUT)
+                procs.append(_daemon(bin_dir / "salt-minion", conf_dir))
+                handle.minions[minion_id] = procs[-1]
+                while listener.receive(1.0) is None:
+                    _alive(procs[0], root / "master.log", deadline)
+                    _alive(procs[-1], log, deadline)
         if salt_api:
             procs.append(_daemon(bin_dir / "salt-api", root))
             while not _listening(api_port):
@@ -212,6 +232,10 @@ def late_master(version: str) -> Iterator[LateMaster]:
         yield master
     finally:
         master.close()
+
+
+# A further minion's own copy of these (the first minion's path with its number).
+_PER_MINION = frozenset(("sock_dir", "pki_dir", "cachedir", "log_file", "pidfile"))
 
 
 def _daemon(program: Path, root: Path) -> subprocess.Popen[bytes]:

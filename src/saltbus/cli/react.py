@@ -103,7 +103,11 @@ beside the action (or among its arguments):
                       retry waits on a timer, not in a worker. Each run's
                       ret has attempt and attempts, a failed one retrying_in
                       or, the last, gave_up: true; a clean stop reports each
-                      retry still waiting (gave_up, stopped: true)
+                      retry still waiting (gave_up, stopped: true); a
+                      gated reaction (lock, concurrency) retries holding its gate
+  lock: TEXT          reactions whose lock (a template) is the same text run one
+                      at a time, in event order (queued, never dropped)
+  concurrency: N      at most N runs of this reaction at once
 
 rules over several events (`reactor_rules:`, examples in the README):
   NAME: {all|sequence|not: [steps], within: DUR, key: EXPR}   a step is a
@@ -124,6 +128,9 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/overflow     reactions dropped: the queue was full
   saltbus/reactor/error        a reaction file failed to render for an event
   saltbus/reactor/reload       the outcome of a reload
+  saltbus/job/<jid>/missing    with reactor_missing_returns: the minions of a
+                               Salt job that did not return in time {jid, fun,
+                               tgt, tgt_type, user, missing, minions, returned}
 
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
@@ -133,7 +140,9 @@ with federation, react only to events fired on this node; all: imported
 events too; leader: one node, elected through a NATS key-value lease of
 reactor_leader_ttl seconds (5), reacts to every event of the cluster, and a
 node taking over runs what the dead leader had not marked done: at least
-once across a leader crash).
+once across a leader crash), reactor_missing_returns (false),
+reactor_missing_returns_timeout (60 s after the job's new event),
+reactor_missing_returns_max_jobs (10000 open jobs; kept in the journal).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
@@ -260,6 +269,12 @@ def run(args: argparse.Namespace) -> int:
         _print_rules(rules)
         for line in react_rules.describe_rules(rules):
             print(line)
+        if config.reactor_missing_returns:
+            print(
+                "missed returns: on (saltbus/job/<jid>/missing "
+                f"{config.reactor_missing_returns_timeout:g} s after a job, "
+                f"at most {config.reactor_missing_returns_max_jobs} jobs open)"
+            )
         clients = {reaction.client for reaction in rules.found if reaction.client}
         for line in _check_salt(config, clients):
             print(line)
@@ -550,6 +565,8 @@ def _print_rules(rules: Rules) -> None:
                         ("once_within", reaction.once_within),
                         ("group_by", list(reaction.group_by) or None),
                         ("retry", reaction.retry.describe() if reaction.retry else None),
+                        ("lock", reaction.lock),
+                        ("concurrency", reaction.concurrency),
                     )
                     if value is not None
                 ]

@@ -154,6 +154,13 @@ class Config:
     reactor_scope: str = "local"
     # reactor_scope leader: how long the leader's lease lasts unrenewed.
     reactor_leader_ttl: float = 5.0
+    # Missed returns (saltbus.reactor.missing): fire saltbus/job/<jid>/missing
+    # naming the minions of a Salt job that have not returned this many seconds
+    # after its salt/job/<jid>/new (the event does not carry the job's timeout);
+    # at most max_jobs jobs are watched at once.
+    reactor_missing_returns: bool = False
+    reactor_missing_returns_timeout: float = 60.0
+    reactor_missing_returns_max_jobs: int = 10_000
     # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
     # (servers, node_name, export, import, stream, replicas, credentials, tls,
     # ...), kept as given; saltbus.cluster.settings checks what the keys mean.

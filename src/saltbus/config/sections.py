@@ -163,6 +163,9 @@ REACTOR_FIELDS: Final = frozenset(
         "reactor_name",
         "reactor_scope",
         "reactor_rules",
+        "reactor_missing_returns",
+        "reactor_missing_returns_timeout",
+        "reactor_missing_returns_max_jobs",
         "salt_api",
     )
 )
@@ -183,8 +186,15 @@ def to_bool(name: str, value: Any) -> bool:
 def convert_reactor_setting(name: str, value: Any) -> Any:
     if name == "reactor":
         return _reactor_list(value)
-    if name == "reactor_catch_up":
+    if name in ("reactor_catch_up", "reactor_missing_returns"):
         return to_bool(name, value)
+    if name == "reactor_missing_returns_timeout":
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
     if name in ("reactor_name", "reactor_scope"):
         return str(value)
     if name == "reactor_rules":
@@ -245,7 +255,13 @@ def _reactor_list(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
 
 
 def check_reactor_settings(config: Config) -> None:
-    for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_max_depth"):
+    for name in (
+        "reactor_worker_threads",
+        "reactor_worker_hwm",
+        "reactor_max_depth",
+        "reactor_missing_returns_timeout",
+        "reactor_missing_returns_max_jobs",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be positive, not {getattr(config, name)}")
     if config.reactor_scope not in ("local", "all", "leader"):

@@ -287,3 +287,24 @@ def _reactor(reactor: Mapping[str, Any]) -> Iterator[Metric]:
         "Reactions stopped by the loop guard",
         reactor.get("stopped", 0),
     )
+    yield _gauge(
+        "saltbus_reactor_gated_events",
+        "Reactions waiting for their lock or concurrency limit now",
+        reactor.get("gated_waiting", 0),
+    )
+    if "missing_returns_open_jobs" in reactor:  # reactor_missing_returns is on
+        yield _gauge(
+            "saltbus_reactor_missing_returns_open_jobs",
+            "Salt jobs whose minions have not all returned yet",
+            reactor["missing_returns_open_jobs"],
+        )
+        yield _counter(
+            "saltbus_reactor_missing_returns_reported",
+            "Salt jobs reported with minions that did not return in time",
+            reactor.get("missing_returns_reported", 0),
+        )
+        yield _counter(
+            "saltbus_reactor_missing_returns_dropped",
+            "Salt jobs forgotten: more than reactor_missing_returns_max_jobs were open",
+            reactor.get("missing_returns_dropped", 0),
+        )

@@ -38,9 +38,11 @@ from saltbus.event import Event
 from saltbus.reactor import reports
 from saltbus.reactor.actions import Actions, Outcome, Trigger
 from saltbus.reactor.causes import cause_of, origin_node
+from saltbus.reactor.concurrency import Concurrency
 from saltbus.reactor.errors import ActionError, ReactionFileError
 from saltbus.reactor.gates import Gates
 from saltbus.reactor.leader import Leadership, Origin, origin_of
+from saltbus.reactor.missing_watch import MissedReturns
 from saltbus.reactor.multi.runner import TICK, Fired, RuleRunner
 from saltbus.reactor.progress import (
     Backlog,
@@ -108,6 +110,10 @@ class Reactor:
         )
         self._gates = Gates(self.stats, lambda r, t, o: self._finished(r, t, o, 0.0))
         self._multi = RuleRunner(rules.multi)  # reactor_rules: several events at once
+        self._gate = Concurrency(config.reactor_worker_hwm, self._run_gated)
+        self._missing: MissedReturns | None = None
+        if config.reactor_missing_returns:
+            self._missing = MissedReturns(config, lambda t, d: self._spawn(self._publish(t, d)))
         self._client: AsyncClient | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
@@ -159,6 +165,8 @@ class Reactor:
             self.backlog = await self._find_backlog(since, epoch)
             if self.backlog is not None and self.backlog.first is not None:
                 self._multi.catching_up(self.backlog.last)
+        if self._missing is not None:
+            await self._missing.start(since)
         self._tasks = [asyncio.create_task(self._ingest(subscription), name="reactor-ingest")]
         self._tasks.append(asyncio.create_task(self._tick_rules(), name="reactor-rules"))
         self._tasks += [
@@ -221,10 +229,13 @@ class Reactor:
 
     def stats_dict(self) -> dict[str, Any]:
         """Its statistics, and the reactions waiting for a worker now."""
+        missing = self._missing.stats() if self._missing is not None else {}
         rules = {"rules": self._multi.counts()} if self._multi else {}
         return (
             self.stats.as_dict()
             | {"queue_depth": self._queue.qsize(), "retries_waiting": len(self._retries)}
+            | self._gate.stats()
+            | missing
             | rules
         )
 
@@ -263,8 +274,9 @@ class Reactor:
             self._finished(job.reaction, job.trigger, Outcome(False, None, error), 0.0, attempt)
             self._release(job)
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(asyncio.gather(self._queue.join(), self._gate.join()), timeout)
         except TimeoutError:
+            self._gate.cancel()
             log.warning(
                 "%d reactions not finished after %g s; cancelled, %d commands killed (they "
                 "run again after a restart with catch-up)",
@@ -283,6 +295,8 @@ class Reactor:
             await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
         self._progress.save()
         self._multi.close(self._progress.epoch)
+        if self._missing is not None:
+            await self._missing.close()
         if self._leadership is not None:
             await self._leadership.close()
         await self._actions.salt.close()
@@ -298,6 +312,7 @@ class Reactor:
     async def _ingest(self, subscription: Subscription) -> None:
         since_yield = 0
         while True:
+            await self._gate.room()  # backpressure: locked reactions are never dropped
             try:
                 event = await subscription.next()
             except SlowConsumerError as exc:
@@ -326,6 +341,8 @@ class Reactor:
 
     def _dispatch(self, event: Event) -> None:
         self.stats.events += 1
+        if self._missing is not None:
+            self._missing.observe(event)
         templates = self.rules.match(event.tag)
         # Its own node's reactor reacts to it: once across the cluster.
         ours = self.config.reactor_scope != "local" or not origin_node(event.data)
@@ -395,6 +412,13 @@ class Reactor:
                     continue
                 if reaction.once_within is not None and not self._gates.allowed(reaction, trigger):
                     continue
+                if reaction.lock is not None or reaction.concurrency is not None:
+                    rule = (reaction.path, reaction.name)
+                    job = Job(reaction, trigger, origin)
+                    self._gate.admit(job, rule, reaction.lock, reaction.concurrency)
+                    queued += 1
+                    self.stats.queued += 1
+                    continue
                 try:
                     self._queue.put_nowait(Job(reaction, trigger, origin))
                 except asyncio.QueueFull:
@@ -455,7 +479,7 @@ class Reactor:
             job = await self._queue.get()
             retrying = False
             try:
-                retrying = await self._execute(job)
+                retrying = await self._execute(job) is not None
             finally:
                 self._queue.task_done()
                 if not retrying:  # a retry keeps its event in flight
@@ -466,8 +490,26 @@ class Reactor:
         if self._leadership is not None:
             self._leadership.done(job.origin)
 
-    async def _execute(self, job: Job) -> bool:
-        """Run it; whether it runs again (retry:)."""
+    async def _run_gated(self, job: Job) -> None:
+        # A gated reaction's retries wait inside its gate, holding its lock, so
+        # the next reaction with the same lock cannot overtake them.
+        cancelled = False
+        try:
+            while (wait := await self._execute(job, in_gate=True)) is not None:
+                await asyncio.sleep(wait)
+                job = replace(job, attempt=job.attempt + 1)
+        except asyncio.CancelledError:
+            # Stopped while it waited: left in flight, so the saved position
+            # stays before its event and a restart runs it again.
+            cancelled = True
+            raise
+        finally:
+            if not cancelled:
+                self._release(job)
+
+    async def _execute(self, job: Job, *, in_gate: bool = False) -> float | None:
+        """Run it; the seconds until it runs again (retry:), or None. Out of
+        a gate the retry is scheduled here; in one, the caller waits."""
         started = time.monotonic()
         try:
             outcome = await self._actions.run(job.reaction, job.trigger)
@@ -476,9 +518,9 @@ class Reactor:
         except Exception as exc:
             log.exception("reaction %s failed unexpectedly", job.reaction.name)
             outcome = Outcome(False, None, f"{type(exc).__name__}: {exc}")
-        attempt = self._retries.after(job, outcome.success)
+        attempt = self._retries.after(job, outcome.success, schedule=not in_gate)
         self._finished(job.reaction, job.trigger, outcome, time.monotonic() - started, attempt)
-        return attempt is not None and attempt.retrying_in is not None
+        return None if attempt is None else attempt.retrying_in
 
     def _finished(
         self,
@@ -555,7 +597,14 @@ class Reactor:
                 log.error("reload failed; the running configuration stays: %s", exc)
                 await self._publish(reports.RELOAD_TAG, {"success": False, "error": str(exc)})
                 return
-            for name in ("reactor_worker_threads", "reactor_worker_hwm", "reactor_name"):
+            for name in (
+                "reactor_worker_threads",
+                "reactor_worker_hwm",
+                "reactor_name",
+                "reactor_missing_returns",
+                "reactor_missing_returns_timeout",
+                "reactor_missing_returns_max_jobs",
+            ):
                 if getattr(config, name) != getattr(self.config, name):
                     log.warning("%s changed; it takes effect at the next start", name)
             self.rules = rules

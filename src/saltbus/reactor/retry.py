@@ -146,10 +146,11 @@ class Retries(Generic[J]):
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def after(self, job: J, success: bool) -> Attempt | None:
+    def after(self, job: J, success: bool, *, schedule: bool = True) -> Attempt | None:
         """What the outcome of ``job``'s run says of its attempts (None: the
         reaction has no ``retry:``); a failed run with attempts left is
-        queued again after its wait."""
+        queued again after its wait (unless ``schedule`` is false: the
+        caller waits and runs it again itself)."""
         policy = job.reaction.retry
         if policy is None:
             return None
@@ -158,6 +159,8 @@ class Retries(Generic[J]):
         if self._closed:
             return Attempt(job.attempt, policy.attempts, gave_up=True, stopped=True)
         wait = policy.wait_after(job.attempt)
+        if not schedule:
+            return Attempt(job.attempt, policy.attempts, retrying_in=wait)
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._later(job, wait), name=f"retry-{job.reaction.name}")
         self._waiting[task] = (job, loop.time() + wait)

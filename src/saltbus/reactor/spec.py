@@ -11,6 +11,8 @@ action each, in Salt's shape::
       once_within: 30s             # (or among its arguments)
       group_by: [host]
       retry: {attempts: 3}         # run again when it fails (see .retry)
+      lock: "deploy-{{ data['service'] }}"   # one at a time per key (queued)
+      concurrency: 2               # at most 2 of this reaction running
 
 or Salt's newer form, ``- args: [...]`` (items that are single-key mappings
 are keyword arguments, others positional). Salt's ``arg`` (a list) and
@@ -37,7 +39,7 @@ from saltbus.reactor.retry import RetryPolicy, parse_retry
 from saltbus.reactor.saltcalls import parse_salt_call, salt_client
 
 MASTER_CLIENTS: Final = ("local", "runner", "wheel", "caller")
-EXTRAS: Final = ("when", "once_within", "group_by", "retry")
+EXTRAS: Final = ("when", "once_within", "group_by", "retry", "lock", "concurrency")
 DEFAULT_CMD_TIMEOUT: Final = 300.0
 DEFAULT_HTTP_TIMEOUT: Final = 10.0
 DEFAULT_HTTP_RETRIES: Final = 3
@@ -87,6 +89,10 @@ class Reaction:
     # The Salt client that runs it (local, runner, wheel), or None: saltbus's own.
     client: str | None = None
     retry: RetryPolicy | None = None
+    # Rendered from the event with the rest of the file: reactions whose lock
+    # is the same text run one at a time (see .concurrency).
+    lock: str | None = None
+    concurrency: int | None = None
 
     @property
     def where(self) -> str:
@@ -151,6 +157,7 @@ def _parse_reaction(name: str, body: Any, path: Path, line: int, strict: bool) -
             group_by,
             client=str(salt_options["client"]),
             retry=parse_retry(extras.get("retry"), fail, parse_duration),
+            **_gating(extras, fail),
         )
     try:
         positional, kwargs = _arguments(value)
@@ -175,7 +182,18 @@ def _parse_reaction(name: str, body: Any, path: Path, line: int, strict: bool) -
         options = _check_options(function, options, fail)
     when, once_within, group_by = _extras(extras, fail)
     retry = parse_retry(extras.get("retry"), fail, parse_duration)
-    return Reaction(name, path, line, function, options, when, once_within, group_by, retry=retry)
+    return Reaction(
+        name,
+        path,
+        line,
+        function,
+        options,
+        when,
+        once_within,
+        group_by,
+        retry=retry,
+        **_gating(extras, fail),
+    )
 
 
 def _arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -315,6 +333,21 @@ def _extras(
     if group_by and once_within is None:
         raise fail("group_by needs once_within")
     return when, once_within, tuple(group_by)
+
+
+def _gating(extras: Mapping[str, Any], fail: Fail) -> dict[str, Any]:
+    """``lock`` (any scalar, as text) and ``concurrency`` (a positive integer)."""
+    lock = extras.get("lock")
+    if lock is not None:
+        if isinstance(lock, Mapping | list | bool) or not str(lock).strip():
+            raise fail(f"lock must be a non-empty text (a template of the event), not {lock!r}")
+        lock = str(lock)
+    concurrency = extras.get("concurrency")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise fail(f"concurrency must be a whole number of 1 or more, not {concurrency!r}")
+    return {"lock": lock, "concurrency": concurrency}
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")

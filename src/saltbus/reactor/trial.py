@@ -6,7 +6,8 @@ event as the running reactor would render it, and each of its reactions is
 put through the same gates (scope, ``when:``, the loop guard). What would
 run is shown with its arguments (for Salt's reactions: the client, target
 and function); what would not says why. ``once_within`` depends on the
-running reactor's window, which a trial cannot see: it is named, not judged.
+running reactor's window, which a trial cannot see: it is named, not judged;
+so are ``lock`` (with the key rendered for the event) and ``concurrency``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,17 @@ def _verdict(
         per = f" per {', '.join(reaction.group_by)}" if reaction.group_by else ""
         throttle = f" [unless it ran within the last {reaction.once_within:g} s{per}: once_within]"
     retry = f" [retry: {reaction.retry.describe()}]" if reaction.retry else ""
-    return head + "WOULD RUN " + describe_action(reaction) + throttle + retry
+    return head + "WOULD RUN " + describe_action(reaction) + throttle + retry + gating(reaction)
+
+
+def gating(reaction: Reaction) -> str:
+    """`` [lock: KEY, concurrency: N]`` for a gated reaction, else empty."""
+    parts = []
+    if reaction.lock is not None:
+        parts.append(f"lock: {reaction.lock} (one at a time per key, queued)")
+    if reaction.concurrency is not None:
+        parts.append(f"concurrency: {reaction.concurrency} (at most that many at once)")
+    return f" [{', '.join(parts)}]" if parts else ""
 
 
 def describe_action(reaction: Reaction) -> str:
