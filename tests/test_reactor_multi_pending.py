@@ -158,6 +158,26 @@ def test_an_event_firing_cut_short_is_run_again_though_its_event_is_not_fed_agai
     again.close(None)
 
 
+def test_firings_saved_under_rules_since_removed_come_back_with_them(tmp_path: Path) -> None:
+    journal = tmp_path / "j.sqlite"
+    records = build_journal(journal, 1)
+    rules = parse_rules({"gone": {"not": [records[0].tag, "x"], "within": 5}})
+    clock = Clock()
+    runner = RuleRunner(rules, clock)
+    runner.open(journal, "reactor", None)
+    runner.event(Event(records[0].tag, {}, 1))
+    clock.now = 1_010.0
+    (fired,) = runner.tick(None)
+    runner.queued(fired.firing, 1)  # and a crash
+
+    without = RuleRunner((), clock)  # restarted with no reactor_rules: nothing is read
+    without.open(journal, "reactor", None)
+    assert without.unfinished() == []
+    without.replace(rules)  # a reload adds them back
+    assert [f.firing for f in without.unfinished()] == [fired.firing]
+    without.close(None)
+
+
 # -- the bookkeeping ---------------------------------------------------------------
 
 

@@ -570,6 +570,7 @@ class Reactor:
                     log.warning("%s changed; it takes effect at the next start", name)
             self.rules = rules
             self._multi.replace(rules.multi)
+            self._react_to_rules(self._multi.unfinished())  # rules back: their state is read
             self.max_depth = config.reactor_max_depth
             self.stats.reloads += 1
             log.info(
