@@ -89,8 +89,9 @@ class RuleRunner:
         self._store = RuleStateStore(self._journal, self._reactor)
         saved_epoch, seq, rows = self._store.load()
         restored = self.ruleset.restore(rows)
-        # Their event's seq is not kept: it would count in the position,
-        # whose bookkeeping for that event (if it is caught up on) is anew.
+        # Run again without their event's seq: catch-up counts that event's
+        # own reactions anew, and a job with its seq would count one of them
+        # as done when it finished (the position could then pass the event).
         self._restored = [
             Fired(tag, data, None, firing)
             for firing, tag, data in self._pending.restore(self._store.load_firings())
