@@ -239,7 +239,7 @@ def test_no_time_passes_while_catching_up_and_saved_events_are_not_fed_twice(
     assert again.ruleset.counts()["gone"]["open"] == 1
     # Caught up: the clock moves time now, and the window ended long ago.
     fired = again.tick(None)
-    assert [(tag, data["at"], data["key"]) for tag, data, _ in fired] == [
+    assert [(f.tag, f.data["at"], f.data["key"]) for f in fired] == [
         ("saltbus/rule/gone", records[0].time + 5, None)
     ]
     again.close(None)

@@ -42,6 +42,29 @@ def test_state_is_saved_and_loaded_per_reactor(tmp_path: Path) -> None:
         assert journal.last_seq() == 10 and len(journal.read(since=0)) == 10
 
 
+def test_unfinished_firings_are_saved_and_deleted_per_reactor(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    build_journal(path, 1)
+    store = RuleStateStore(path, "reactor")
+    other = RuleStateStore(path, "second")
+    try:
+        assert store.load_firings() == []
+        a, b = ("f-1", "saltbus/rule/x", '{"n": 1}'), ("f-2", "saltbus/rule/y", "{}")
+        # The group that fired goes in the transaction that keeps its firing.
+        store.save(1, 1, [Change("r", "fp", '"k"', "{}")], [], firings=[a, b])
+        store.save(1, 1, [Change("r", "fp", '"k"', None)], [], firings=[a], finished=["f-2"])
+        other.save(1, 1, [], [], firings=[("g-1", "saltbus/rule/z", "{}")])
+        assert store.load() == (1, 1, [])
+        assert store.load_firings() == [a]
+        c = ("f-3", "saltbus/rule/x", "{}")
+        store.save(1, 1, [], [], everything=True, firings=[c])  # what was saved goes
+        assert store.load_firings() == [c]
+        assert other.load_firings() == [("g-1", "saltbus/rule/z", "{}")]
+    finally:
+        store.close()
+        other.close()
+
+
 def test_times_are_read_in_chunks(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     records = build_journal(path, TIMES_CHUNK + 10)

@@ -118,7 +118,9 @@ rules over several events (`reactor_rules:`, examples in the README):
   key: EXPR (or group_by: [KEYS]) joins the events; max_groups: N (10000).
   A firing is handled as the event saltbus/rule/NAME (list it under a glob):
   data {rule, kind, key, count, at, events}; `events[0]`, `events.<step>` in
-  reaction files. Windows run on the journal's times and are kept in it.
+  reaction files. Windows run on the journal's times and are kept in it,
+  and so is each firing until its reactions finish: a reactor killed while
+  they run reacts to it again when restarted (at least once).
 
 what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/<name>/ret   {success, result | error, duration,

@@ -77,6 +77,7 @@ class Job:
     trigger: Trigger
     origin: Origin | None = None  # with reactor_scope leader: (node, seq there)
     attempt: int = 1  # with retry:
+    firing: str | None = None  # a rule's firing, kept until its reactions finish
 
 
 class Reactor:
@@ -173,6 +174,7 @@ class Reactor:
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
             for n in range(config.reactor_worker_threads)
         ]
+        self._react_to_rules(self._multi.unfinished())  # a crash cut them short
         for task in self._tasks:
             task.add_done_callback(self._supervise)
         if self._leadership is not None:
@@ -370,10 +372,11 @@ class Reactor:
     def _react_to_rules(self, fired: list[Fired]) -> int:
         """Rules that fired: each is an event saltbus/rule/<name> to react to."""
         queued = 0
-        for tag, data, seq in fired:
+        for tag, data, seq, firing in fired:
             templates = self.rules.match(tag)
-            if templates:
-                queued += self._react(Event(tag, data, seq), templates)
+            jobs = self._react(Event(tag, data, seq), templates, firing=firing) if templates else 0
+            self._multi.queued(firing, jobs)
+            queued += jobs
         return queued
 
     async def _tick_rules(self) -> None:
@@ -390,7 +393,12 @@ class Reactor:
             self._leadership.seen(origin, self._react(event, templates, origin))
 
     def _react(
-        self, event: Event, templates: list[ReactionTemplate], origin: Origin | None = None
+        self,
+        event: Event,
+        templates: list[ReactionTemplate],
+        origin: Origin | None = None,
+        *,
+        firing: str | None = None,
     ) -> int:
         self.stats.matched += 1
         trigger = Trigger(event.tag, event.data, event.seq, cause_of(event.data))
@@ -420,7 +428,7 @@ class Reactor:
                     self.stats.queued += 1
                     continue
                 try:
-                    self._queue.put_nowait(Job(reaction, trigger, origin))
+                    self._queue.put_nowait(Job(reaction, trigger, origin, firing=firing))
                 except asyncio.QueueFull:
                     self._overflowed(reaction)
                     continue
@@ -487,6 +495,8 @@ class Reactor:
 
     def _release(self, job: Job) -> None:
         self._progress.done(job.trigger.seq)
+        if job.firing is not None:
+            self._multi.finished(job.firing)
         if self._leadership is not None:
             self._leadership.done(job.origin)
 
@@ -609,6 +619,7 @@ class Reactor:
                     log.warning("%s changed; it takes effect at the next start", name)
             self.rules = rules
             self._multi.replace(rules.multi)
+            self._react_to_rules(self._multi.unfinished())  # rules back: their state is read
             self.max_depth = config.reactor_max_depth
             self.stats.reloads += 1
             log.info(

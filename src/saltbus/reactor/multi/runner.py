@@ -2,7 +2,11 @@
 
 The engine hands every event to :meth:`RuleRunner.event` and calls
 :meth:`RuleRunner.tick` a few times a second; both return firings as
-``(tag, data, seq)`` for the engine to react to. An event's time is the
+:class:`Fired` for the engine to react to. The engine says how many
+reactions it queued for each (:meth:`RuleRunner.queued`) and when each
+finished (:meth:`RuleRunner.finished`): until then the firing is kept with
+the rules' state (:mod:`.pending`), and a restarted reactor reacts to the
+ones it finds again (:meth:`RuleRunner.unfinished`). An event's time is the
 journal's (when the publisher received it); without a journal (a Salt
 master's bus) it is the time the event reaches the reactor.
 
@@ -19,12 +23,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from saltbus.errors import SaltbusError
 from saltbus.event import Event
 from saltbus.reactor.multi.defs import RuleDef
 from saltbus.reactor.multi.groups import Firing
+from saltbus.reactor.multi.pending import PendingFirings
 from saltbus.reactor.multi.ruleset import Change, RuleSet, firing_event
 from saltbus.reactor.multi.store import RuleStateStore
 
@@ -36,7 +41,14 @@ SAVE_INTERVAL: Final = 0.05
 # Catching up, but no event came for this long: what was to come is not.
 CATCH_UP_IDLE: Final = 2.0
 
-Fired = tuple[str, dict[str, Any], int | None]
+
+class Fired(NamedTuple):
+    """A firing as the event to react to, and its id among the unfinished."""
+
+    tag: str
+    data: dict[str, Any]
+    seq: int | None  # the event that completed it; None: a timer's, or run again
+    firing: str
 
 
 class RuleRunner:
@@ -54,6 +66,8 @@ class RuleRunner:
         self._resave_all = False
         self._saved_seq: int | None = None
         self._reported: dict[str, tuple[int, int]] = {}
+        self._pending = PendingFirings()
+        self._restored: list[Fired] = []
         self.fired = 0
 
     def __bool__(self) -> bool:
@@ -75,6 +89,13 @@ class RuleRunner:
         self._store = RuleStateStore(self._journal, self._reactor)
         saved_epoch, seq, rows = self._store.load()
         restored = self.ruleset.restore(rows)
+        # Run again without their event's seq: catch-up counts that event's
+        # own reactions anew, and a job with its seq would count one of them
+        # as done when it finished (the position could then pass the event).
+        self._restored = [
+            Fired(tag, data, None, firing)
+            for firing, tag, data in self._pending.restore(self._store.load_firings())
+        ]
         if seq is not None and (saved_epoch == self._epoch or self._epoch is None):
             self._skip_through = seq
             self.ruleset.seq = seq
@@ -83,6 +104,25 @@ class RuleRunner:
             restored,
             f" (the state reflects the events up to seq {seq})" if seq is not None else "",
         )
+        if self._restored:
+            log.warning(
+                "rules: %d firings whose reactions had not finished run again",
+                len(self._restored),
+            )
+
+    def unfinished(self) -> list[Fired]:
+        """Firings saved before the last stop whose reactions had not finished
+        (once: the engine reacts to them at start)."""
+        restored, self._restored = self._restored, []
+        return restored
+
+    def queued(self, firing: str, jobs: int) -> None:
+        """The engine queued ``jobs`` reactions for ``firing``."""
+        self._pending.queued(firing, jobs)
+
+    def finished(self, firing: str) -> None:
+        """One reaction of ``firing`` finished, gave up or was dropped."""
+        self._pending.finished(firing)
 
     def catching_up(self, until: int | None) -> None:
         """Events up to seq ``until`` are missed ones, to be fed before time moves."""
@@ -143,7 +183,7 @@ class RuleRunner:
                 firing.count,
                 extra={"tag": tag, "seq": firing.seq},
             )
-            out.append((tag, data, firing.seq))
+            out.append(Fired(tag, data, firing.seq, self._pending.add(tag, data)))
         self.fired += len(out)
         return out
 
@@ -156,8 +196,11 @@ class RuleRunner:
         changes, dropped = self.ruleset.take_changes()
         if everything:
             changes = self._all_groups()
+        firings, finished = self._pending.writes(everything=everything)
         self._last_save = self._clock()
-        if not changes and not dropped and not everything and self._saved_seq_current():
+        if not (changes or dropped or everything or firings or finished) and (
+            self._saved_seq_current()
+        ):
             return True
         try:
             self._store.save(
@@ -167,11 +210,14 @@ class RuleRunner:
                 dropped,
                 everything=everything,
                 now=self._last_save,
+                firings=firings,
+                finished=finished,
             )
         except SaltbusError as exc:
             log.error("%s; retrying (the reactor's position waits for it)", exc)
             self._resave_all = True
             return False
+        self._pending.saved(firings, finished)
         self._saved_seq = self.ruleset.seq
         return True
 
@@ -209,7 +255,11 @@ class RuleRunner:
             self._reported[name] = (evicted, errors)
 
     def counts(self) -> dict[str, Any]:
-        return {"fired": self.fired, "rules": self.ruleset.counts()}
+        return {
+            "fired": self.fired,
+            "unfinished": len(self._pending),
+            "rules": self.ruleset.counts(),
+        }
 
     def close(self, epoch: int | None) -> None:
         self.save(epoch)

@@ -2,7 +2,8 @@
 
 One row per open group (``reactor``, ``rule``, ``key``: the rule's
 definition fingerprint and the group as JSON) and one row per reactor with
-the seq the state reflects and the journal's epoch. Writes are batched (the
+the seq the state reflects and the journal's epoch, and one row per
+firing whose reactions have not finished (:mod:`.pending`). Writes are batched (the
 reactor flushes what changed every ``SAVE_INTERVAL`` and before it saves its
 position, in one transaction), so the state saved always reflects every
 event up to the position saved: catch-up after a restart feeds the rules
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from saltbus.errors import JournalError
+from saltbus.reactor.multi.pending import FiringRow
 from saltbus.reactor.multi.ruleset import Change
 
 BUSY_TIMEOUT: Final = 5.0
@@ -39,6 +41,13 @@ CREATE TABLE IF NOT EXISTS reactor_rule_meta (
     epoch   INTEGER,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reactor_rule_firings (
+    reactor TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    tag     TEXT NOT NULL,
+    data    TEXT NOT NULL,
+    PRIMARY KEY (reactor, id)
+) WITHOUT ROWID;
 """
 
 Row = tuple[str, str, str, str]
@@ -74,6 +83,17 @@ class RuleStateStore:
         epoch, seq = meta if meta else (None, None)
         return epoch, seq, [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
 
+    def load_firings(self) -> list[FiringRow]:
+        """The firings saved with reactions not finished: ``(id, tag, data)``."""
+        try:
+            rows = self._conn.execute(
+                "SELECT id, tag, data FROM reactor_rule_firings WHERE reactor = ? ORDER BY id",
+                (self.reactor,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot read the rules' state from {self.path}: {exc}") from None
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
     def save(
         self,
         epoch: int | None,
@@ -83,9 +103,14 @@ class RuleStateStore:
         *,
         everything: bool = False,
         now: float = 0.0,
+        firings: Iterable[FiringRow] = (),
+        finished: Iterable[str] = (),
     ) -> None:
-        """Write ``changes`` and the seq they reflect, in one transaction;
-        ``everything``: ``changes`` is the whole state (what was saved goes)."""
+        """Write ``changes`` and the seq they reflect, with the ``firings``
+        whose reactions have not finished and without the ``finished`` ones,
+        in one transaction (a group that fired and its firing are saved
+        together); ``everything``: ``changes`` and ``firings`` are the whole
+        state (what was saved goes)."""
         me = self.reactor
         upserts = [(me, c.rule, c.key, c.fingerprint, c.state) for c in changes if c.state]
         deletes = [(me, c.rule, c.key) for c in changes if c.state is None]
@@ -95,6 +120,7 @@ class RuleStateStore:
             try:
                 if everything:
                     conn.execute("DELETE FROM reactor_rule_groups WHERE reactor = ?", (me,))
+                    conn.execute("DELETE FROM reactor_rule_firings WHERE reactor = ?", (me,))
                 conn.executemany(
                     "DELETE FROM reactor_rule_groups WHERE reactor = ? AND rule = ?",
                     [(me, rule) for rule in dropped],
@@ -107,6 +133,15 @@ class RuleStateStore:
                     "INSERT OR REPLACE INTO reactor_rule_groups "
                     "(reactor, rule, key, fingerprint, state) VALUES (?, ?, ?, ?, ?)",
                     upserts,
+                )
+                conn.executemany(
+                    "DELETE FROM reactor_rule_firings WHERE reactor = ? AND id = ?",
+                    [(me, firing) for firing in finished],
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO reactor_rule_firings (reactor, id, tag, data) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(me, *row) for row in firings],
                 )
                 conn.execute(
                     "INSERT OR REPLACE INTO reactor_rule_meta (reactor, seq, epoch, updated) "
