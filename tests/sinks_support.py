@@ -322,6 +322,8 @@ class Subscriber:
 
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._running.set()
         subscribed = threading.Event()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -338,14 +340,25 @@ class Subscriber:
         assert subscribed.wait(WAIT), "the test's subscriber could not subscribe"
 
     def _got(self, client: Any, userdata: Any, message: Any) -> None:
+        # Paused, the client reads nothing more: the broker keeps the rest queued.
+        self._running.wait(2 * WAIT)
         with self._lock:
             self.messages.append((message.topic, message.payload))
+
+    def pause(self) -> None:
+        """Hold the next message unacknowledged until resume(): the client
+        stays connected but takes nothing more (a slow subscriber)."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
 
     def payloads(self) -> list[tuple[str, bytes]]:
         with self._lock:
             return list(self.messages)
 
     def close(self) -> None:
+        self.resume()
         self.client.disconnect()
         self.client.loop_stop()
 
