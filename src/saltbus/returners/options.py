@@ -51,6 +51,15 @@ def check_known(returner: str, given: Mapping[str, Any], options: Sequence[Optio
         raise ConfigError(f"{returner}: unknown options {unknown} (it takes: {known})")
 
 
+def given(options: Mapping[str, Any], key: str, aliases: Mapping[str, str]) -> Any:
+    """The value of ``key`` in ``options``, else of its alias (Salt's name for
+    it, ``aliases[key]``); None when neither is set."""
+    value = options.get(key)
+    if value is None and key in aliases:
+        value = options.get(aliases[key])
+    return value
+
+
 def options_of(target: object) -> tuple[Option, ...] | None:
     """The ``OPTIONS`` a returner's factory or module declares; None when it
     declares none (a plugin that predates them), ConfigError when they are
