@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from saltbus.errors import ConfigError
-
-# Every returner takes it: the runner sets it to the bus's ``id``.
-MASTER_ID_MEANING: Final = "the bus's name in what is stored (the bus's id, else the host name)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +31,12 @@ class Option:
     aliases: tuple[str, ...] = ()
 
 
-def master_id(salt: str = "") -> Option:
-    return Option("master_id", "string", "", MASTER_ID_MEANING, salt)
+def master_id() -> Option:
+    """The option of the returners that store which bus an event came from:
+    the runner gives them the bus's ``id`` unless the options set it."""
+    return Option(
+        "master_id", "string", "the bus's id, else the host name", "the bus, in what is stored"
+    )
 
 
 def accepted(options: Iterable[Option]) -> frozenset[str]:

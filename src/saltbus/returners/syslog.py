@@ -55,7 +55,7 @@ OPTIONS: Final = (
     Option("facility", "name or 0-23", "local0", "the facility in each message's PRI"),
     Option("severity", "name or 0-7", "info", "the severity in each message's PRI"),
     Option("app_name", "string", "saltbus", "the APP-NAME field"),
-    Option("hostname", "string", "", "the HOSTNAME field (the host's name)"),
+    Option("hostname", "string", "the host's name", "the HOSTNAME field"),
     Option("max_bytes", "integer", "8192", "a longer message is cut to this (0: never)"),
     Option("timeout", "seconds", "5", "for connecting and for each write"),
     Option(
