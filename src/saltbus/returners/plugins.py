@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -154,11 +155,15 @@ def describe_all() -> list[ReturnerInfo]:
 def _summary(name: str, target: object) -> str:
     # A built-in's module docstring starts "``name``: what it does."; a
     # plugin's class (or module) docstring says it its own way.
-    doc = (getattr(target, "__doc__", None) if name not in BUILTINS else None) or ""
+    doc = None if name in BUILTINS else getattr(target, "__doc__", None)
     if not doc:
-        doc = getattr(importlib.import_module(getattr(target, "__module__", "")), "__doc__", "")
-        doc = doc or ""
-    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+        module = (
+            target
+            if isinstance(target, ModuleType)
+            else sys.modules.get(str(getattr(target, "__module__", "")))
+        )
+        doc = getattr(module, "__doc__", None)
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
     return paragraph.removeprefix(f"``{name}``: ").replace("``", "")
 
 
