@@ -99,6 +99,7 @@ class SyslogReturner:
         # The messages written last (newest at the end), resend_bytes at most.
         self._written: collections.deque[bytes] = collections.deque()
         self._written_bytes = 0
+        self._connected = False  # once: later connections are reconnections
         self.reconnects = 0
         self.resent = 0
 
@@ -109,10 +110,12 @@ class SyslogReturner:
         try:
             if self._sock is None:
                 self._sock = self._connect()
-                if self._written and self.transport != "udp":
+                if self._connected:
+                    self.reconnects += 1
+                self._connected = True
+                if self._written:
                     # What the receiver may not have read before the last
                     # connection broke: at least once, not at most.
-                    self.reconnects += 1
                     self.resent += len(self._written)
                     self._write(self._sock, self._written)
             self._write(self._sock, messages)
