@@ -5,6 +5,7 @@ firing many events through `saltbus serve` with one acknowledgement."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -89,6 +90,14 @@ def wait_for(ready: Callable[[], object], daemon: Daemon, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not start: {daemon.log()}")
         time.sleep(0.1)
+
+
+def gaps(seqs: list[int]) -> str:
+    """What is wrong with events received as ``seqs`` (first arrivals): the
+    seqs missing between the first and the last, and where order breaks."""
+    missing = sorted(set(range(min(seqs), max(seqs) + 1)) - set(seqs))
+    back = [(a, b) for a, b in itertools.pairwise(seqs) if b < a]
+    return f"{len(seqs)} events, {len(missing)} missing {missing[:20]}, out of order {back[:5]}"
 
 
 # -- Redis ------------------------------------------------------------------
