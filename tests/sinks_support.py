@@ -5,6 +5,7 @@ firing many events through `saltbus serve` with one acknowledgement."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -89,6 +90,14 @@ def wait_for(ready: Callable[[], object], daemon: Daemon, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not start: {daemon.log()}")
         time.sleep(0.1)
+
+
+def gaps(seqs: list[int]) -> str:
+    """What is wrong with events received as ``seqs`` (first arrivals): the
+    seqs missing between the first and the last, and where order breaks."""
+    missing = sorted(set(range(min(seqs), max(seqs) + 1)) - set(seqs))
+    back = [(a, b) for a, b in itertools.pairwise(seqs) if b < a]
+    return f"{len(seqs)} events, {len(missing)} missing {missing[:20]}, out of order {back[:5]}"
 
 
 # -- Redis ------------------------------------------------------------------
@@ -231,8 +240,9 @@ def mariadb_server() -> Iterator[MariaDB]:
 
 
 class Rsyslog(Daemon):
-    """rsyslogd in the foreground, TCP and UDP on loopback; what it receives
-    goes to ``out`` as ``STRUCTURED-DATA MSG`` lines."""
+    """rsyslogd in the foreground, TCP and UDP on loopback and a datagram
+    socket at ``socket`` (as /dev/log); what it receives goes to ``out`` as
+    ``MSGID STRUCTURED-DATA MSG`` lines."""
 
     udp_port: int = 0
 
@@ -240,19 +250,27 @@ class Rsyslog(Daemon):
     def out(self) -> Path:
         return self.root / "out.log"
 
+    @property
+    def socket(self) -> Path:
+        return self.root / "log"
+
     def start(self) -> None:
         conf = self.root / "rsyslog.conf"
         conf.write_text(
             f'global(workDirectory="{self.root}" maxMessageSize="64k")\n'
             'module(load="imtcp")\nmodule(load="imudp")\n'
+            'module(load="imuxsock" SysSock.Use="off")\n'
             f'input(type="imtcp" address="127.0.0.1" port="{self.port}")\n'
-            f'input(type="imudp" address="127.0.0.1" port="{self.udp_port}")\n'
+            f'input(type="imudp" address="127.0.0.1" port="{self.udp_port}" rcvBufSize="8m")\n'
+            # The message's own header, as a syslog daemon reads a remote one.
+            f'input(type="imuxsock" Socket="{self.socket}" UseSpecialParser="off" '
+            'ParseHostname="on" UseSysTimeStamp="off")\n'
             'template(name="sd" type="string" string="%msgid% %structured-data% %msg%\\n")\n'
             f'action(type="omfile" file="{self.out}" template="sd")\n'
         )
         self.command = ["rsyslogd", "-n", "-f", str(conf), "-i", str(self.root / "pid")]
         super().start()
-        wait_for(lambda: _listening(self.port), self, "rsyslogd")
+        wait_for(lambda: _listening(self.port) and self.socket.exists(), self, "rsyslogd")
 
 
 def _listening(port: int) -> bool:
@@ -283,13 +301,15 @@ MQTT_PASSWORD = "sb-test-pw"
 
 
 class Mosquitto(Daemon):
-    """mosquitto on loopback, with a password file (no anonymous clients)."""
+    """mosquitto on loopback, with a password file (no anonymous clients) and
+    persistence (sessions and their queued messages outlive a restart)."""
 
     def start(self) -> None:
         conf = self.root / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous false\n"
-            f"password_file {self.root / 'passwd'}\npersistence false\n"
+            f"password_file {self.root / 'passwd'}\n"
+            f"persistence true\npersistence_location {self.root}/\n"
             "max_inflight_messages 0\nmax_queued_messages 100000\n"
             # As root it would become the mosquitto user, who cannot read this directory.
             + ("user root\n" if os.geteuid() == 0 else "")
@@ -300,17 +320,26 @@ class Mosquitto(Daemon):
 
 
 class Subscriber:
-    """A real MQTT client subscribed (QoS 1) to ``topic``, keeping what arrives."""
+    """A real MQTT client subscribed (QoS 1) to ``topic``, keeping what arrives.
+    With ``client_id``, a persistent session (clean_session false) that
+    reconnects by itself: the broker keeps its messages while it is away."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, client_id: str | None = None) -> None:
         import threading  # noqa: PLC0415
 
         import paho.mqtt.client as mqtt  # noqa: PLC0415
 
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._running.set()
         subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sbtest-sub")
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or "sbtest-sub",
+            clean_session=client_id is None,
+        )
+        self.client.reconnect_delay_set(0.1, 1)
         self.client.username_pw_set(MQTT_USER, MQTT_PASSWORD)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
@@ -320,14 +349,25 @@ class Subscriber:
         assert subscribed.wait(WAIT), "the test's subscriber could not subscribe"
 
     def _got(self, client: Any, userdata: Any, message: Any) -> None:
+        # Paused, the client reads nothing more: the broker keeps the rest queued.
+        self._running.wait(2 * WAIT)
         with self._lock:
             self.messages.append((message.topic, message.payload))
+
+    def pause(self) -> None:
+        """Hold the next message unacknowledged until resume(): the client
+        stays connected but takes nothing more (a slow subscriber)."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
 
     def payloads(self) -> list[tuple[str, bytes]]:
         with self._lock:
             return list(self.messages)
 
     def close(self) -> None:
+        self.resume()
         self.client.disconnect()
         self.client.loop_stop()
 

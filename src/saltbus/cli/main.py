@@ -26,6 +26,7 @@ from saltbus.cli import (
     listen,
     logs,
     react,
+    returners,
     serve,
     stats,
     token,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         http,
         token,
         react,
+        returners,
         completion,
         exporter,
     ):

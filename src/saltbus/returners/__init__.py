@@ -8,12 +8,16 @@ a failed batch instead of dropping it.
 """
 
 from saltbus.returners.filters import TagFilter
+from saltbus.returners.options import Option
 from saltbus.returners.plugins import (
     BUILTINS,
     ENTRY_POINT_GROUP,
     Returner,
     ReturnerFactory,
+    ReturnerInfo,
     available,
+    describe,
+    describe_all,
     load_returner,
 )
 from saltbus.returners.redact import Redactor, redactor_for
@@ -25,13 +29,17 @@ __all__ = [
     "CURSOR_PREFIX",
     "ENTRY_POINT_GROUP",
     "Batching",
+    "Option",
     "Redactor",
     "Returner",
     "ReturnerFactory",
+    "ReturnerInfo",
     "ReturnerRunner",
     "ReturnerWorker",
     "TagFilter",
     "available",
+    "describe",
+    "describe_all",
     "load_returner",
     "redactor_for",
 ]

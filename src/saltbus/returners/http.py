@@ -43,25 +43,34 @@ from typing import Any, Final
 
 from saltbus.errors import ConfigError, SaltbusError
 from saltbus.returners.jsonsafe import to_json
+from saltbus.returners.options import Option, check_known, master_id
 
 log = logging.getLogger("saltbus.returners")
 
 FORMATS: Final = ("ndjson", "elasticsearch", "splunk")
-_KEYS: Final = frozenset(
-    (
-        "url",
-        "format",
+OPTIONS: Final = (
+    Option("url", "http(s) URL", "", "where batches are POSTed (required)"),
+    Option("format", "ndjson, elasticsearch or splunk", "ndjson", "the body of a batch"),
+    Option(
         "index",
-        "token",
-        "headers",
-        "username",
-        "password",
-        "ca_certs",
-        "verify",
-        "timeout",
+        "template",
+        "saltbus-{date}",
+        "elasticsearch: the index, over {prefix} and {date} (YYYY.MM.DD)",
+    ),
+    Option("token", "string", "", "splunk: the HEC token (required there)"),
+    Option("headers", "mapping", "", "extra request headers"),
+    Option("username", "string", "", "basic auth"),
+    Option("password", "string", "", "basic auth"),
+    Option("ca_certs", "path", "", "CA certificates for https"),
+    Option("verify", "boolean", "true", "check the server's certificate (https)"),
+    Option("timeout", "seconds", "10", "for each request"),
+    Option(
         "dead_letter",
-        "master_id",
-    )
+        "path",
+        "http-dead-letter.jsonl in the state directory",
+        "where batches refused with a 4xx are set aside",
+    ),
+    master_id(),
 )
 _CONTENT_TYPES: Final = {
     "ndjson": "application/x-ndjson",
@@ -82,10 +91,10 @@ class HttpRetryError(SaltbusError, ConnectionError):
 class HttpReturner:
     """One POST per batch."""
 
+    OPTIONS: Final = OPTIONS
+
     def __init__(self, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - _KEYS
-        if unknown:
-            raise ConfigError(f"http: unknown options {sorted(unknown)}")
+        check_known("http", options, OPTIONS)
         url = options.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"http: url must be an http:// or https:// URL, not {url!r}")

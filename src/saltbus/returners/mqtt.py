@@ -3,11 +3,13 @@
 Each event is a JSON message ``{"tag", "data", "seq", "time", "master_id"}``
 on topic ``<prefix><tag>`` (``+`` and ``#``, which a topic may not hold, become
 ``_``). A batch returns once the broker has acknowledged every message (QoS 1
-PUBACK, or QoS 2's PUBCOMP). Options: ``host`` (127.0.0.1), ``port`` (1883,
-8883 with TLS), ``username``, ``password``, ``tls`` (false), ``ca_certs``,
-``certfile``, ``keyfile``, ``prefix`` (``saltbus/``), ``qos`` (1), ``retain``
-(false), ``client_id`` (``saltbus-<master_id>``), ``keepalive`` (60 s),
-``timeout`` (10 s), ``master_id``.
+PUBACK, or QoS 2's PUBCOMP): only then does the returner's position move. The
+options are ``OPTIONS`` below.
+
+The session is persistent (``clean_session`` false, a fixed ``client_id``),
+and a broker with persistence keeps its sessions and their queued QoS 1
+messages through a restart: a subscriber with a persistent session of its own
+gets what was published while it, or the broker, was away.
 
 At least once: a batch retried after a lost acknowledgement publishes again
 what the broker may already have passed on; subscribers that mind use
@@ -28,35 +30,40 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from saltbus.errors import ConfigError
 from saltbus.returners.jsonsafe import to_json
+from saltbus.returners.options import Option, check_known, master_id
 
-_KEYS: Final = frozenset(
-    (
-        "host",
-        "port",
-        "username",
-        "password",
-        "tls",
-        "ca_certs",
-        "certfile",
-        "keyfile",
-        "prefix",
-        "qos",
-        "retain",
-        "client_id",
-        "keepalive",
-        "timeout",
-        "master_id",
-    )
+OPTIONS: Final = (
+    Option("host", "string", "127.0.0.1", "the broker's address"),
+    Option("port", "integer", "1883 (8883 with tls)", "the broker's port"),
+    Option("username", "string", "", "for the broker's password check"),
+    Option("password", "string", "", "for the broker's password check"),
+    Option("tls", "boolean", "false", "connect with TLS"),
+    Option("ca_certs", "path", "", "CA certificates to check the broker's (tls)"),
+    Option("certfile", "path", "", "a client certificate (tls)"),
+    Option("keyfile", "path", "", "the client certificate's key (tls)"),
+    Option("prefix", "string", "saltbus/", "put before the tag to make the topic"),
+    Option("qos", "0, 1 or 2", "1", "the QoS of each message"),
+    Option("retain", "boolean", "false", "publish retained messages"),
+    Option("client_id", "string", "saltbus-<master_id>", "the MQTT client id"),
+    Option(
+        "clean_session",
+        "boolean",
+        "false",
+        "start a new session on each connection instead of resuming the broker's",
+    ),
+    Option("keepalive", "seconds", "60", "MQTT keepalive"),
+    Option("timeout", "seconds", "10", "for connecting and for the acknowledgements of a batch"),
+    master_id(),
 )
 
 
 class MqttReturner:
     """Publishes a batch and waits for the broker's acknowledgements."""
 
+    OPTIONS: Final = OPTIONS
+
     def __init__(self, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - _KEYS
-        if unknown:
-            raise ConfigError(f"mqtt: unknown options {sorted(unknown)}")
+        check_known("mqtt", options, OPTIONS)
         self.master_id = str(options.get("master_id") or socket.gethostname())
         self.tls = bool(options.get("tls", False))
         self.host = str(options.get("host", "127.0.0.1"))
@@ -72,6 +79,7 @@ class MqttReturner:
         self.prefix = str(options.get("prefix", "saltbus/"))
         self.retain = bool(options.get("retain", False))
         self.client_id = str(options.get("client_id") or f"saltbus-{self.master_id}")
+        self.clean_session = bool(options.get("clean_session", False))
         self._credentials = (options.get("username"), options.get("password"))
         self._tls_files = {
             k: str(options[k]) for k in ("ca_certs", "certfile", "keyfile") if options.get(k)
@@ -122,7 +130,9 @@ class MqttReturner:
         if self._client is not None:
             return self._client
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=self.clean_session,
         )
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)

@@ -6,12 +6,8 @@ failure (the commit went through but its answer was lost) inserts nothing
 twice. An existing Salt table gets the column and the key added; Salt's own
 rows (``seq`` NULL) never conflict.
 
-Options: Salt's flat keys ``mysql.host``, ``mysql.user``, ``mysql.pass``,
-``mysql.db``, ``mysql.port``, ``mysql.ssl_ca``, ``mysql.ssl_cert``,
-``mysql.ssl_key``, ``mysql.unix_socket``, or the same names under
-``returner_options: {mysql: {...}}`` (``password`` and ``database`` also
-work); ``table`` (``salt_events``); ``connect_timeout`` (5 s);
-``master_id`` (the bus's id, else the host name).
+Options: Salt's flat keys (``mysql.host``, ``mysql.pass``...), or the same
+names under ``returner_options: {mysql: {...}}``: ``OPTIONS`` below.
 
 ``alter_time`` is when the bus received the event (UTC), not when the row
 was inserted. One transaction per batch.
@@ -30,15 +26,36 @@ import pymysql  # type: ignore[import-untyped]
 
 from saltbus.errors import ConfigError
 from saltbus.returners.jsonsafe import to_json
+from saltbus.returners.options import Option, check_known, given, master_id
 
 DEFAULT_TABLE: Final = "salt_events"
 TAG_MAX: Final = 255
-_ALIASES: Final = {"pass": "password", "db": "database"}
-_CONNECT_KEYS: Final = frozenset(
-    ("host", "port", "user", "password", "database", "unix_socket", "connect_timeout")
+OPTIONS: Final = (
+    Option("host", "string", "localhost", "the server", "mysql.host"),
+    Option("port", "integer", "3306", "the server's port", "mysql.port"),
+    Option("user", "string", "salt", "the user", "mysql.user"),
+    Option("password", "string", "", "the user's password", "mysql.pass", ("pass",)),
+    Option("database", "string", "salt", "the database", "mysql.db", ("db",)),
+    Option("unix_socket", "path", "", "the server's socket (instead of host)", "mysql.unix_socket"),
+    Option("ssl_ca", "path", "", "CA certificates for the server's", "mysql.ssl_ca"),
+    Option("ssl_cert", "path", "", "a client certificate", "mysql.ssl_cert"),
+    Option("ssl_key", "path", "", "the client certificate's key", "mysql.ssl_key"),
+    Option("connect_timeout", "seconds", "5", "for connecting"),
+    Option("table", "name", DEFAULT_TABLE, "Salt's events table"),
+    master_id(),
+)
+_CONNECT_KEYS: Final = (
+    "host",
+    "port",
+    "user",
+    "password",
+    "database",
+    "unix_socket",
+    "connect_timeout",
 )
 _SSL_KEYS: Final = {"ssl_ca": "ca", "ssl_cert": "cert", "ssl_key": "key"}
-_OWN_KEYS: Final = frozenset(("table", "master_id"))
+# Salt's names for two of them.
+_ALIASES: Final = {"password": "pass", "database": "db"}
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}")
 
 
@@ -46,16 +63,17 @@ class MysqlReturner:
     """Salt's mysql returner, idempotent per (master_id, seq). Connects on
     first use and again after any error."""
 
+    OPTIONS: Final = OPTIONS
+
     def __init__(self, options: Mapping[str, Any]) -> None:
-        opts = {_ALIASES.get(str(k), str(k)): v for k, v in options.items() if v is not None}
-        unknown = set(opts) - _CONNECT_KEYS - set(_SSL_KEYS) - _OWN_KEYS
-        if unknown:
-            raise ConfigError(f"mysql: unknown options {sorted(unknown)}")
-        self.table = str(opts.get("table", DEFAULT_TABLE))
+        check_known("mysql", options, OPTIONS)
+        self.table = str(options.get("table") or DEFAULT_TABLE)
         if not _NAME.fullmatch(self.table):
             raise ConfigError(f"mysql: table must be a plain table name, not {self.table!r}")
-        self.master_id = str(opts.get("master_id") or socket.gethostname())[:TAG_MAX]
-        params: dict[str, Any] = {k: opts[k] for k in _CONNECT_KEYS if k in opts}
+        self.master_id = str(options.get("master_id") or socket.gethostname())[:TAG_MAX]
+        params: dict[str, Any] = {
+            k: v for k in _CONNECT_KEYS if (v := given(options, k, _ALIASES)) is not None
+        }
         params.setdefault("host", "localhost")
         params.setdefault("user", "salt")
         params.setdefault("database", "salt")
@@ -64,7 +82,9 @@ class MysqlReturner:
             params["connect_timeout"] = float(params.get("connect_timeout", 5))
         except (TypeError, ValueError):
             raise ConfigError("mysql: port and connect_timeout must be numbers") from None
-        ssl = {name: str(opts[key]) for key, name in _SSL_KEYS.items() if key in opts}
+        ssl = {
+            name: str(v) for key, name in _SSL_KEYS.items() if (v := options.get(key)) is not None
+        }
         if ssl:
             params["ssl"] = ssl
         self._params = params

@@ -7,11 +7,7 @@ existing Salt table gets the column and the index added; Salt's own rows
 (``seq`` NULL) never conflict.
 
 Options (``returner_options: {pgjsonb: {...}}``, or Salt's flat
-``returner.pgjsonb.host`` keys): ``dsn``, or ``host``, ``port``, ``user``,
-``password`` (Salt's ``pass``), ``dbname`` (Salt's ``db``), ``sslmode``,
-``sslcert``, ``sslkey``, ``sslrootcert``; ``connect_timeout`` (seconds, 5);
-``table`` (``salt_events``, may be ``schema.table``); ``master_id`` (the
-bus's id, else the host name).
+``returner.pgjsonb.host`` keys): ``OPTIONS`` below.
 
 ``alter_time`` is the time the bus received the event, not the time of the
 insert: after an outage the rows still say when things happened.
@@ -32,26 +28,42 @@ from psycopg import sql
 
 from saltbus.errors import ConfigError
 from saltbus.returners.jsonsafe import to_json as _to_json
+from saltbus.returners.options import Option, check_known, given, master_id
 
 DEFAULT_TABLE: Final = "salt_events"
 TAG_MAX: Final = 255  # VARCHAR(255), as in Salt's table
-_ALIASES: Final = {"pass": "password", "db": "dbname"}
-_CONNINFO_KEYS: Final = frozenset(
-    (
-        "host",
-        "port",
-        "user",
-        "password",
-        "dbname",
-        "sslmode",
-        "sslcert",
-        "sslkey",
-        "sslrootcert",
-        "connect_timeout",
-        "application_name",
-    )
+_SALT: Final = "returner.pgjsonb."
+OPTIONS: Final = (
+    Option("dsn", "string", "", "a libpq connection string (the options below override it)"),
+    Option("host", "string", "libpq's (the local socket)", "the server", _SALT + "host"),
+    Option("port", "integer", "5432", "the server's port", _SALT + "port"),
+    Option("user", "string", "libpq's (the user's name)", "the role", _SALT + "user"),
+    Option("password", "string", "", "the role's password", _SALT + "pass", ("pass",)),
+    Option("dbname", "string", "libpq's (the user's name)", "the database", _SALT + "db", ("db",)),
+    Option("sslmode", "string", "prefer", "libpq's sslmode", _SALT + "sslmode"),
+    Option("sslcert", "path", "", "a client certificate", _SALT + "sslcert"),
+    Option("sslkey", "path", "", "the client certificate's key", _SALT + "sslkey"),
+    Option("sslrootcert", "path", "", "CA certificates for the server's", _SALT + "sslrootcert"),
+    Option("connect_timeout", "seconds", "5", "for connecting"),
+    Option("application_name", "string", "saltbus-pgjsonb", "what pg_stat_activity shows"),
+    Option("table", "name or schema.name", DEFAULT_TABLE, "Salt's events table"),
+    master_id(),
 )
-_OWN_KEYS: Final = frozenset(("dsn", "table", "master_id"))
+_CONNINFO_KEYS: Final = (
+    "host",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "connect_timeout",
+    "application_name",
+)
+# Salt's names for two of them.
+_ALIASES: Final = {"password": "pass", "dbname": "db"}
 # Per connection, emptied by every commit (and by every rollback).
 _STAGING: Final = "saltbus_pgjsonb_staging"
 
@@ -60,20 +72,21 @@ class PgJsonbReturner:
     """Salt's pgjsonb returner, idempotent per (master_id, seq). Connects on
     first use and again after any error; one transaction per batch."""
 
+    OPTIONS: Final = OPTIONS
+
     def __init__(self, options: Mapping[str, Any]) -> None:
-        opts = {_ALIASES.get(str(k), str(k)): v for k, v in options.items() if v is not None}
-        unknown = set(opts) - _CONNINFO_KEYS - _OWN_KEYS
-        if unknown:
-            raise ConfigError(f"pgjsonb: unknown options {sorted(unknown)}")
-        params = {k: str(v) for k, v in opts.items() if k in _CONNINFO_KEYS}
+        check_known("pgjsonb", options, OPTIONS)
+        params = {
+            k: str(v) for k in _CONNINFO_KEYS if (v := given(options, k, _ALIASES)) is not None
+        }
         params.setdefault("connect_timeout", "5")
         params.setdefault("application_name", "saltbus-pgjsonb")
         try:
-            self.conninfo = psycopg.conninfo.make_conninfo(str(opts.get("dsn", "")), **params)
+            self.conninfo = psycopg.conninfo.make_conninfo(str(options.get("dsn") or ""), **params)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"pgjsonb: bad connection options: {exc}") from None
-        self.master_id = str(opts.get("master_id") or socket.gethostname())[:TAG_MAX]
-        table = str(opts.get("table", DEFAULT_TABLE))
+        self.master_id = str(options.get("master_id") or socket.gethostname())[:TAG_MAX]
+        table = str(options.get("table") or DEFAULT_TABLE)
         parts = table.split(".")
         if not 1 <= len(parts) <= 2 or not all(parts):
             raise ConfigError(f"pgjsonb: table must be 'name' or 'schema.name', not {table!r}")

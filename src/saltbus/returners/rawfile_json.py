@@ -34,10 +34,24 @@ from typing import IO, Any, Final
 
 from saltbus.errors import ConfigError
 from saltbus.returners.jsonsafe import to_json
+from saltbus.returners.options import Option, check_known
 
 DEFAULT_FILENAME: Final = "/var/log/salt/events"
-_KEYS: Final = frozenset(
-    ("filename", "max_bytes", "rotate_seconds", "compress", "backup_count", "fsync", "master_id")
+OPTIONS: Final = (
+    Option(
+        "filename",
+        "path",
+        DEFAULT_FILENAME,
+        "the file events are appended to",
+        "rawfile_json.filename",
+    ),
+    Option("max_bytes", "integer", "0", "rotate once the file is this big (0: never)"),
+    Option(
+        "rotate_seconds", "seconds", "0", "rotate once the file's first line is this old (0: never)"
+    ),
+    Option("compress", "boolean", "false", "gzip rotated files"),
+    Option("backup_count", "integer", "0", "rotated files kept (0: all)"),
+    Option("fsync", "boolean", "false", "fsync after every batch"),
 )
 _TAIL_CHUNK: Final = 64 * 1024
 
@@ -45,10 +59,10 @@ _TAIL_CHUNK: Final = 64 * 1024
 class RawfileJsonReturner:
     """JSON lines to ``filename``, rotated by size or age, never a seq twice."""
 
+    OPTIONS: Final = OPTIONS
+
     def __init__(self, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - _KEYS
-        if unknown:
-            raise ConfigError(f"rawfile_json: unknown options {sorted(unknown)}")
+        check_known("rawfile_json", options, OPTIONS)
         self.path = Path(os.path.expanduser(str(options.get("filename") or DEFAULT_FILENAME)))
         self.max_bytes = _number(options, "max_bytes", int)
         self.rotate_seconds = _number(options, "rotate_seconds", float)

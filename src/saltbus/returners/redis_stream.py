@@ -27,24 +27,28 @@ import redis
 
 from saltbus.errors import ConfigError
 from saltbus.returners.jsonsafe import to_json
+from saltbus.returners.options import Option, check_known, master_id
 
 DEFAULT_STREAM: Final = "saltbus:events"
 DEFAULT_MAXLEN: Final = 100_000
-_KEYS: Final = frozenset(
-    (
-        "url",
-        "host",
-        "port",
-        "db",
-        "username",
-        "password",
-        "ssl",
+OPTIONS: Final = (
+    Option("url", "string", "", "redis://, rediss:// or unix:// (instead of host, port...)"),
+    Option("host", "string", "127.0.0.1", "the server's address"),
+    Option("port", "integer", "6379", "the server's port"),
+    Option("db", "integer", "0", "the database number"),
+    Option("username", "string", "", "Redis ACL user"),
+    Option("password", "string", "", "Redis password"),
+    Option("ssl", "boolean", "false", "connect with TLS"),
+    Option(
         "stream",
-        "maxlen",
-        "ids",
-        "socket_timeout",
-        "master_id",
-    )
+        "template",
+        DEFAULT_STREAM,
+        "the stream's name, over {tag}, {prefix} (the tag up to its first /), {master_id}",
+    ),
+    Option("maxlen", "integer", str(DEFAULT_MAXLEN), "MAXLEN ~ trimming (0: never trimmed)"),
+    Option("ids", "seq or auto", "seq", "entry ids <seq>-0 (exactly once) or Redis's own"),
+    Option("socket_timeout", "seconds", "5", "for connecting and for each command"),
+    master_id(),
 )
 # What Redis answers to an XADD whose id is not above the stream's last.
 _NOT_ABOVE: Final = "equal or smaller"
@@ -53,10 +57,10 @@ _NOT_ABOVE: Final = "equal or smaller"
 class RedisStreamReturner:
     """XADD per event, pipelined per batch; connects lazily, again after errors."""
 
+    OPTIONS: Final = OPTIONS
+
     def __init__(self, options: Mapping[str, Any]) -> None:
-        unknown = set(options) - _KEYS
-        if unknown:
-            raise ConfigError(f"redis_stream: unknown options {sorted(unknown)}")
+        check_known("redis_stream", options, OPTIONS)
         self.master_id = str(options.get("master_id") or socket.gethostname())
         self.stream = str(options.get("stream") or DEFAULT_STREAM)
         try:

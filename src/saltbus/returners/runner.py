@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -21,7 +21,13 @@ from typing import Any, Final
 from saltbus.config import Config
 from saltbus.errors import ConfigError
 from saltbus.returners.filters import TagFilter
-from saltbus.returners.plugins import ReturnerFactory, close_returner, load_returner
+from saltbus.returners.options import Option, accepted, options_of
+from saltbus.returners.plugins import (
+    ReturnerFactory,
+    close_returner,
+    find_returner,
+    make_returner,
+)
 from saltbus.returners.redact import redactor_for
 from saltbus.returners.worker import Batching, ReturnerWorker
 
@@ -64,11 +70,14 @@ class ReturnerRunner:
         self.workers: list[ReturnerWorker] = []
         self._started = False
 
-    def options_for(self, name: str) -> dict[str, Any]:
+    def options_for(self, name: str, declared: Sequence[Option] | None = None) -> dict[str, Any]:
         """What the returner ``name``'s factory is given: its returner_options,
-        with ``master_id`` defaulting to the bus's id when it has one."""
+        with ``master_id`` defaulting to the bus's id when it has one (and the
+        returner takes it: ``declared`` options with a master_id, or none
+        declared)."""
         options = dict(self.config.returner_options.get(name, {}))
-        if self.config.id is not None:
+        takes_id = declared is None or "master_id" in accepted(declared)
+        if self.config.id is not None and takes_id:
             options.setdefault("master_id", self.config.id)
         return options
 
@@ -84,7 +93,9 @@ class ReturnerRunner:
         returners = []
         try:
             for name in self.config.event_return:
-                returners.append(load_returner(name, self.options_for(name), self._factories))
+                target = find_returner(name, self._factories)
+                options = self.options_for(name, options_of(target))
+                returners.append(make_returner(name, target, options))
         except BaseException:
             for made in returners:
                 _close_quietly(made)
