@@ -53,6 +53,7 @@ from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate, compile_condition
 from saltbus.reactor.throttle import Throttle, group_values
+from saltbus.reactor.watchdog import SubscriptionWatchdog
 
 log = logging.getLogger("saltbus.reactor")
 
@@ -100,6 +101,7 @@ class Reactor:
         self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
         self._throttle = Throttle()
         self._client: AsyncClient | None = None
+        self.watchdog: SubscriptionWatchdog | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,6 +152,11 @@ class Reactor:
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
             for n in range(config.reactor_worker_threads)
         ]
+        if config.reactor_watchdog > 0:
+            self.watchdog = SubscriptionWatchdog(
+                client, config.reactor_watchdog, config.reactor_name
+            )
+            self._tasks.append(asyncio.create_task(self.watchdog.run(), name="reactor-watchdog"))
         for task in self._tasks:
             task.add_done_callback(self._supervise)
         if self._leadership is not None:
@@ -275,6 +282,8 @@ class Reactor:
         while True:
             try:
                 event = await subscription.next()
+                if self.watchdog is not None:
+                    self.watchdog.saw()
             except SlowConsumerError as exc:
                 log.error("reactor fell behind the bus: %s", exc)
                 self._spawn(self._publish(reports.OVERFLOW_TAG, {"error": str(exc)}))
