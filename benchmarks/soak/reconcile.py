@@ -223,6 +223,67 @@ def reconcile(
     return checks
 
 
+def salt_checks(
+    topology: Topology, acked: Mapping[str, Acked], faults: Iterable[Fault]
+) -> list[Check]:
+    """Salt 3007's clients, as the README promises for them: Salt has no resume,
+    so its listener may miss what its publisher had when killed, and what
+    Salt's fire_event wrote as the publisher was killed; never twice, in order.
+    A gap is allowed per kill -9 of that publisher, none elsewhere."""
+    if topology.salt_listener is None or topology.salt_firer is None:
+        return []
+    faults = list(faults)
+    checks = []
+    listen_on = topology.nodes[-1]
+    kills = sum(1 for f in faults if f.kind == "serve-kill" and f.target == listen_on.name)
+    got = json_ids(topology.salt_listened)
+    listener = compare(
+        Check(f"Salt 3007 listener {listen_on.name}", "at most once"),
+        acked.values(),
+        got,
+        exactly_once=True,
+    )
+    # Missing is no violation by itself: the gaps are counted in the bus's order.
+    listener.violations = [v for v in listener.violations if v[1] != "missing"]
+    missing = set(listener.missing)
+    order = [str(r[2].get("id")) for r in journal_rows(listen_on.journal)]
+    gaps, inside = 0, False
+    for event_id in order:
+        if event_id in missing and not inside:
+            gaps += 1
+        inside = event_id in missing if event_id in acked else inside
+    if gaps > kills:
+        listener.violate(
+            listener.missing[0], f"{gaps} gaps, more than its publisher's {kills} kill(s)"
+        )
+    checks.append(listener)
+    fire_on = topology.nodes[1]
+    windows = [
+        (f.start - 1.0, f.end + 5.0)
+        for f in faults
+        if f.kind == "serve-kill" and f.target == fire_on.name
+    ]
+    fired = []
+    for line in lines_of(topology.salt_fired):
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "T":
+            fired.append((parts[1], float(parts[2])))
+    counts = Counter(str(r[2].get("id")) for r in journal_rows(fire_on.journal))
+    firer = Check(f"Salt 3007 firer {fire_on.name}", "at most once")
+    firer.expected = len(fired)
+    for event_id, when in fired:
+        seen = counts.get(event_id, 0)
+        if seen > 1:
+            firer.duplicates += seen - 1
+            firer.violate(event_id, f"{seen} times in the journal")
+        elif seen == 0:
+            firer.missing.append(event_id)
+            if not any(start <= when <= end for start, end in windows):
+                firer.violate(event_id, "fire_event said True; not journaled, no kill near")
+    checks.append(firer)
+    return checks
+
+
 def pg_ids(topology: Topology, master_id: str) -> list[str]:
     if topology.pg is None:
         return []

@@ -16,8 +16,15 @@ from benchmarks.soak.consumers import SseClient
 from benchmarks.soak.faults import Fault, Injector, kinds_for, schedule, targets_of
 from benchmarks.soak.monitor import Monitor
 from benchmarks.soak.processes import Proc, SoakError
-from benchmarks.soak.reconcile import Acked, Check, missing_total, read_acked, reconcile
-from benchmarks.soak.topology import NODES, REACT_TAG, TAGS, Topology
+from benchmarks.soak.reconcile import (
+    Acked,
+    Check,
+    missing_total,
+    read_acked,
+    reconcile,
+    salt_checks,
+)
+from benchmarks.soak.topology import NODES, REACT_TAG, TAGS, Topology, salt_python
 from saltbus import Sender
 
 WARMUP = 5.0
@@ -65,6 +72,8 @@ def run(options: Options, log: Any = sys.stderr) -> Outcome:
     root = Path(tempfile.mkdtemp(prefix="sbs-"))
     outcome = Outcome(options, root)
     topology = Topology(root, "none" if options.breaks == "journal-none" else "batch")
+    if not options.breaks:
+        topology.salt_python = salt_python()
     sse: list[SseClient] = []
     firers: list[Proc] = []
     monitor = Monitor(lambda: _pids(topology))
@@ -122,6 +131,8 @@ def run(options: Options, log: Any = sys.stderr) -> Outcome:
             firer.popen.wait(max(5.0, started + seconds - time.monotonic() + 30))
         outcome.duration = time.monotonic() - started
         _revive(topology, outcome, log)
+        if topology.salt_firer is not None:
+            topology.salt_firer.stop()  # what it fired is then all there is to find
         outcome.acked = read_acked(root / f"fired-{n}.txt" for n in NODES)
         outcome.unacked = sum(
             1 for n in NODES for line in _lines(root / f"fired-{n}.txt") if line.startswith("U ")
@@ -129,6 +140,7 @@ def run(options: Options, log: Any = sys.stderr) -> Outcome:
         print(f"soak: {len(outcome.acked)} events acked; settling", file=log, flush=True)
         records = {c.name: (c.out, c.tag) for c in sse}
         outcome.checks = _settle(topology, outcome.acked, records)
+        outcome.checks += salt_checks(topology, outcome.acked, outcome.faults)
         monitor.close()
         outcome.trends = [
             (s.role, s.pid, _usage(s), problem) for s, problem in monitor.trends(outcome.duration)
@@ -156,7 +168,10 @@ def _sync(topology: Topology, sse: list[SseClient]) -> None:
             with Sender(node.config) as sender:
                 sender.fire(f"{TAGS}sync/{node.name}", {"sync": n}, 5.0, ack=True)
         time.sleep(0.3)
-        if all(f"{TAGS}sync/" in _text(node.listened) for node in topology.nodes) and all(
+        listened = [node.listened for node in topology.nodes]
+        if topology.salt_listener is not None:
+            listened.append(topology.salt_listened)
+        if all(f"{TAGS}sync/" in _text(path) for path in listened) and all(
             client.connects for client in sse
         ):
             return

@@ -21,14 +21,23 @@ import yaml
 from tests.cluster_support import NatsServer, nats_servers
 from tests.returners_support import Postgres, postgres_server
 
-from benchmarks.soak.processes import SALTBUS, Proc, SoakError
+from benchmarks.soak.processes import ROOT, SALTBUS, Proc, SoakError, soak_env
 from saltbus import Config
 from saltbus.journal.paths import journal_path
 
 NODES: Final = ("a", "b", "c")
 TAGS: Final = "soak/"
 REACT_TAG: Final = "soak/react/"
+SALT_RATE: Final = 20.0  # Salt's firer, events/s (unacked: Salt has no ack)
 DISK_MIB: Final = 1024  # a tmpfs takes memory only for what is written
+
+
+def salt_python() -> str | None:
+    """Salt 3007's python (scripts/salt-venvs builds .venvs/salt-3007), if there."""
+    path = os.environ.get("SALTBUS_SOAK_SALT_PYTHON") or str(
+        ROOT / ".venvs" / "salt-3007" / "bin" / "python"
+    )
+    return path if os.access(path, os.X_OK) else None
 
 
 def free_port() -> int:
@@ -78,6 +87,9 @@ class Topology:
     disk: Path | None = None
     disk_node: str | None = None
     nodes: list[Node] = field(default_factory=list)
+    salt_python: str | None = None  # Salt 3007's, for its own clients; None: not run
+    salt_listener: Proc | None = None  # Salt's MasterEvent on the last node
+    salt_firer: Proc | None = None  # Salt's fire_event on the second node
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
@@ -93,25 +105,66 @@ class Topology:
                     self.disk = self._stack.enter_context(tmpfs(self.root / "disk", DISK_MIB))
                     self.disk_node = NODES[0]
             self.nodes = [self._node(name) for name in NODES]
+            self._salt_clients()
             for node in self.nodes:
                 node.serve.start()
-            for node in self.nodes:
-                node.react.start()
-                node.listener.start()
-                if node.http is not None:
-                    node.http.start()
+            for proc in self.procs():
+                if not proc.alive():
+                    proc.start()
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        for node in self.nodes:
-            for proc in node.procs():
-                proc.stop()
+        for proc in self.procs():
+            proc.stop()
         self._stack.close()
 
     def procs(self) -> list[Proc]:
-        return [p for node in self.nodes for p in node.procs()]
+        salt = [p for p in (self.salt_listener, self.salt_firer) if p is not None]
+        return [p for node in self.nodes for p in node.procs()] + salt
+
+    @property
+    def salt_listened(self) -> Path:
+        return self.root / "salt-listened.jsonl"
+
+    @property
+    def salt_fired(self) -> Path:
+        return self.root / "salt-fired.txt"
+
+    def _salt_clients(self) -> None:
+        if self.salt_python is None:
+            return
+        script = str(Path(__file__).with_name("salt_peer.py"))
+        env = soak_env()
+        env.pop("PYTHONPATH")  # Salt's python imports Salt, never this repository's saltbus
+        listen_on, fire_on = self.nodes[-1], self.nodes[1]
+        self.salt_listener = Proc(
+            f"salt-listener-{listen_on.name}",
+            [
+                self.salt_python,
+                script,
+                "listen",
+                str(listen_on.config.sock_dir),
+                str(self.salt_listened),
+            ],
+            self.root / "salt-listener.log",
+            env=env,
+        )
+        self.salt_firer = Proc(
+            f"salt-firer-{fire_on.name}",
+            [
+                self.salt_python,
+                script,
+                "fire",
+                str(fire_on.config.sock_dir),
+                fire_on.name,
+                str(SALT_RATE),
+                str(self.salt_fired),
+            ],
+            self.root / "salt-firer.log",
+            env=env,
+        )
 
     def _node(self, name: str) -> Node:
         home = self.root / name

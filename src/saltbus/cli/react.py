@@ -104,6 +104,8 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/reactor/overflow     reactions dropped: the queue was full
   saltbus/reactor/error        a reaction file failed to render for an event
   saltbus/reactor/reload       the outcome of a reload
+  saltbus/reactor/watchdog     a probe of its own subscription after
+                               reactor_watchdog seconds without an event
 
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
@@ -113,7 +115,9 @@ with federation, react only to events fired on this node; all: imported
 events too; leader: one node, elected through a NATS key-value lease of
 reactor_leader_ttl seconds (5), reacts to every event of the cluster, and a
 node taking over runs what the dead leader had not marked done: at least
-once across a leader crash).
+once across a leader crash), reactor_watchdog (120 s without an event: probe
+the subscription, and re-establish it, logged, when the probe does not come
+back; 0: off).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new
