@@ -20,6 +20,9 @@ from typing import Final
 from tests.cluster_support import stream_leader
 
 from benchmarks.soak.topology import DISK_MIB, Topology
+from saltbus.client.admin import fetch_stats
+from saltbus.config import Config
+from saltbus.errors import SaltbusError
 
 KINDS: Final = (
     "serve-kill",
@@ -168,12 +171,7 @@ class Injector:
             raise ValueError(kind)
 
 
-def _wait_linked(config: object) -> None:
-    from saltbus.client.admin import fetch_stats  # noqa: PLC0415
-    from saltbus.config import Config  # noqa: PLC0415
-    from saltbus.errors import SaltbusError  # noqa: PLC0415
-
-    assert isinstance(config, Config)
+def _wait_linked(config: Config) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
