@@ -51,7 +51,15 @@ def test_the_soak_injects_every_fault_and_finds_no_violation(tmp_path: Path) -> 
     assert report["acked"] > 0
     names = {check["name"].split(" (")[0] for check in report["checks"]}
     for node in "abc":
-        for kind in ("journal", "imported into", "rawfile_json", "pgjsonb", "listener", "reactor"):
+        for kind in (
+            "journal",
+            "imported into",
+            "rawfile_json",
+            "redis_stream",
+            "pgjsonb",
+            "listener",
+            "reactor",
+        ):
             assert f"{kind} {node}" in names
     assert report["resources"], "no process ran long enough to judge its RSS and FDs"
 

@@ -33,6 +33,7 @@ KINDS: Final = (
     "nats-kill",
     "nats-leader-kill",
     "pg-stop",
+    "redis-stop",
     "disk-full",
     "hostile",
 )
@@ -99,6 +100,7 @@ def targets_of(topology: Topology) -> dict[str, list[str]]:
         "nats-kill": [s.name for s in topology.nats],
         "nats-leader-kill": ["leader"],
         "pg-stop": ["postgres"],
+        "redis-stop": ["redis"],
         "disk-full": [topology.disk_node or "-"],
         "hostile": nodes,
     }
@@ -161,6 +163,11 @@ class Injector:
             self.topology.pg.stop()
             time.sleep(hold)
             self.topology.pg.start()
+        elif kind == "redis-stop":
+            assert self.topology.redis is not None
+            self.topology.redis.stop()
+            time.sleep(hold)
+            self.topology.redis.start()
         elif kind == "disk-full":
             assert self.topology.disk is not None
             with FullDisk(self.topology.disk):

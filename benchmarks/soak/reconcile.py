@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.soak.faults import Fault
-from benchmarks.soak.topology import REACT_TAG, Topology
+from benchmarks.soak.topology import REACT_TAG, REDIS_STREAM, Topology
 from saltbus.cluster import ORIGIN_KEY
 from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
@@ -183,6 +183,14 @@ def reconcile(
             )
             checks.append(
                 compare(
+                    Check(f"redis_stream {node.name}", "exactly once"),
+                    everything,
+                    redis_ids(topology, node.name),
+                    exactly_once=True,
+                )
+            )
+            checks.append(
+                compare(
                     Check(f"pgjsonb {node.name}", "exactly once"),
                     everything,
                     pg_ids(topology, node.name),
@@ -234,7 +242,7 @@ def salt_checks(
         return []
     faults = list(faults)
     checks = []
-    listen_on = topology.nodes[-1]
+    listen_on = topology.nodes[0]
     kills = sum(1 for f in faults if f.kind == "serve-kill" and f.target == listen_on.name)
     got = json_ids(topology.salt_listened)
     listener = compare(
@@ -282,6 +290,29 @@ def salt_checks(
                 firer.violate(event_id, "fire_event said True; not journaled, no kill near")
     checks.append(firer)
     return checks
+
+
+def redis_ids(topology: Topology, master_id: str) -> list[str]:
+    if topology.redis is None:
+        return []
+    import redis  # noqa: PLC0415 - the sinks extra, needed only here
+
+    client = redis.Redis(port=topology.redis.port, socket_timeout=10)
+    try:
+        stream = REDIS_STREAM.format(master_id=master_id)
+        ids = []
+        for _entry, fields in client.xrange(stream) or []:
+            raw = (fields or {}).get(b"data")
+            if raw is None:
+                continue
+            data = json.loads(raw)
+            if isinstance(data, dict) and "id" in data:
+                ids.append(str(data["id"]))
+        return ids
+    except redis.RedisError as exc:
+        return [f"!{type(exc).__name__}"]
+    finally:
+        client.close()
 
 
 def pg_ids(topology: Topology, master_id: str) -> list[str]:

@@ -231,6 +231,8 @@ def _pids(topology: Topology) -> dict[str, int]:
     for server in topology.nats:
         if server.proc is not None and server.proc.poll() is None:
             pids[f"nats-{server.name}"] = server.proc.pid
+    if topology.redis is not None and topology.redis.process is not None:
+        pids["redis"] = topology.redis.process.pid
     if topology.pg is not None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pids["postgres"] = int((topology.pg.data / "postmaster.pid").read_text().split()[0])

@@ -20,6 +20,7 @@ from typing import Any, Final
 import yaml
 from tests.cluster_support import NatsServer, nats_servers
 from tests.returners_support import Postgres, postgres_server
+from tests.sinks_support import RedisServer, redis_server
 
 from benchmarks.soak.processes import ROOT, SALTBUS, Proc, SoakError, soak_env
 from saltbus import Config
@@ -29,6 +30,7 @@ NODES: Final = ("a", "b", "c")
 TAGS: Final = "soak/"
 REACT_TAG: Final = "soak/react/"
 SALT_RATE: Final = 20.0  # Salt's firer, events/s (unacked: Salt has no ack)
+REDIS_STREAM: Final = "soak:{master_id}"
 DISK_MIB: Final = 1024  # a tmpfs takes memory only for what is written
 
 
@@ -84,11 +86,12 @@ class Topology:
     journal: str  # batch, or none (the --break journal-none run)
     nats: list[NatsServer] = field(default_factory=list)
     pg: Postgres | None = None
+    redis: RedisServer | None = None
     disk: Path | None = None
     disk_node: str | None = None
     nodes: list[Node] = field(default_factory=list)
     salt_python: str | None = None  # Salt 3007's, for its own clients; None: not run
-    salt_listener: Proc | None = None  # Salt's MasterEvent on the last node
+    salt_listener: Proc | None = None  # Salt's MasterEvent on the first node
     salt_firer: Proc | None = None  # Salt's fire_event on the second node
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -101,6 +104,7 @@ class Topology:
             if self.federated:
                 self.nats = self._stack.enter_context(nats_servers(self.root, 3))
                 self.pg = self._stack.enter_context(postgres_server())
+                self.redis = self._stack.enter_context(redis_server())
                 if os.geteuid() == 0:
                     self.disk = self._stack.enter_context(tmpfs(self.root / "disk", DISK_MIB))
                     self.disk_node = NODES[0]
@@ -138,7 +142,7 @@ class Topology:
         script = str(Path(__file__).with_name("salt_peer.py"))
         env = soak_env()
         env.pop("PYTHONPATH")  # Salt's python imports Salt, never this repository's saltbus
-        listen_on, fire_on = self.nodes[-1], self.nodes[1]
+        listen_on, fire_on = self.nodes[0], self.nodes[1]
         self.salt_listener = Proc(
             f"salt-listener-{listen_on.name}",
             [
@@ -178,7 +182,7 @@ class Topology:
         }
         rawfile = home / "events.jsonl"
         if self.federated:
-            assert self.pg is not None
+            assert self.pg is not None and self.redis is not None
             settings["cluster"] = {
                 "servers": [s.url for s in self.nats],
                 "node_name": name,
@@ -186,7 +190,7 @@ class Topology:
                 "import": [TAGS],
                 "replicas": 3,
             }
-            settings["event_return"] = ["rawfile_json", "pgjsonb"]
+            settings["event_return"] = ["rawfile_json", "pgjsonb", "redis_stream"]
             settings["event_return_queue"] = 100
             settings["event_return_queue_max_seconds"] = 0.5
             settings["event_return_whitelist"] = [f"{TAGS}*"]
@@ -194,6 +198,12 @@ class Topology:
             settings["returner_options"] = {
                 "rawfile_json": {"filename": str(rawfile)},
                 "pgjsonb": self.pg.options(master_id=name),
+                "redis_stream": {
+                    "port": self.redis.port,
+                    "stream": REDIS_STREAM,
+                    "maxlen": 0,
+                    "master_id": name,
+                },
             }
         config_file = home / "serve.yaml"
         config_file.write_text(yaml.safe_dump(settings))
