@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from benchmarks.soak.faults import KINDS
+from benchmarks.soak.reconcile import Acked, Check, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 MINUTES = os.environ.get("SALTBUS_SOAK_MINUTES", "3")
@@ -80,3 +81,19 @@ def test_the_reconciler_reports_the_loss_of_a_journal_none_publisher_killed(
     event_id, what = first["violations"][0]
     assert what == "missing"
     assert f"VIOLATION {first['name']}: {event_id}" in proc.stdout
+
+
+def test_the_reconciler_names_missing_duplicated_and_reordered_events() -> None:
+    acked = [Acked(f"a-{n}", "a", n, n, 0.0, "soak/ev/a") for n in (1, 2, 3, 4)]
+    got = ["a-1", "a-3", "a-2", "a-3", "b-7"]
+    exact = compare(Check("x", "exactly once"), acked, got, exactly_once=True)
+    assert exact.missing == ["a-4"]
+    assert exact.duplicates == 1
+    assert sorted(exact.violations) == [
+        ("a-2", "out of order (after a-3)"),
+        ("a-3", "2 times (exactly once promised)"),
+        ("a-4", "missing"),
+    ]
+    loose = compare(Check("y", "at least once"), acked, got, exactly_once=False, ordered=False)
+    assert loose.duplicates == 1
+    assert loose.violations == [("a-4", "missing")]

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except SoakError as exc:
         print(f"soak: cannot run: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("soak: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
     print(text(outcome))
     if args.json is not None:
         args.json.write_text(json.dumps(document(outcome), indent=1) + "\n")

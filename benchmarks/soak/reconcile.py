@@ -24,6 +24,7 @@ from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
 
 CONTEXT = 15.0  # seconds around an event in which a fault is "around it"
+REDIS_PAGE = 10_000  # entries read at a time (an hour's stream is ~700,000)
 SHOWN = 10  # violations printed per check
 
 
@@ -300,14 +301,15 @@ def redis_ids(topology: Topology, master_id: str) -> list[str]:
     client = redis.Redis(port=topology.redis.port, socket_timeout=10)
     try:
         stream = REDIS_STREAM.format(master_id=master_id)
-        ids = []
-        for _entry, fields in client.xrange(stream) or []:
-            raw = (fields or {}).get(b"data")
-            if raw is None:
-                continue
-            data = json.loads(raw)
-            if isinstance(data, dict) and "id" in data:
-                ids.append(str(data["id"]))
+        ids: list[str] = []
+        start: bytes | str = "-"
+        while page := client.xrange(stream, min=start, count=REDIS_PAGE) or []:
+            for entry, fields in page:
+                raw = (fields or {}).get(b"data")
+                data = json.loads(raw) if raw is not None else None
+                if isinstance(data, dict) and "id" in data:
+                    ids.append(str(data["id"]))
+                start = b"(" + entry if isinstance(entry, bytes) else f"({entry}"
         return ids
     except redis.RedisError as exc:
         return [f"!{type(exc).__name__}"]
