@@ -12,6 +12,7 @@ with -9, the reactor after a crash); per-origin order everywhere.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from pathlib import Path
 from benchmarks.soak.faults import Fault
 from benchmarks.soak.topology import REACT_TAG, REDIS_STREAM, Topology
 from saltbus.cluster import ORIGIN_KEY
-from saltbus.journal.store import Journal
 from saltbus.wire import unpack_body
 
 CONTEXT = 15.0  # seconds around an event in which a fault is "around it"
@@ -112,15 +112,24 @@ def _order(check: Check, got: list[str]) -> None:
 
 
 def journal_rows(path: Path) -> list[tuple[int, str, dict[str, object]]]:
+    """The soak's events in a journal file, in seq order, read with SQLite
+    itself (its schema: ``events(seq, time, tag, body)``), not with saltbus's
+    journal reader; the body decoded by the wire codec."""
     if not path.exists():
         return []
-    with Journal.open(path, readonly=True) as journal:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        cursor = db.execute(
+            "SELECT seq, tag, body FROM events WHERE tag >= 'soak/' AND tag < 'soak0' ORDER BY seq"
+        )
         rows = []
-        for record in journal.iter_read():
-            tag, data = unpack_body(record.body)
-            if tag.startswith("soak/") and isinstance(data, dict):
-                rows.append((record.seq, tag, data))
+        for seq, tag, body in cursor:
+            _tag, data = unpack_body(body)
+            if isinstance(data, dict):
+                rows.append((int(seq), str(tag), data))
         return rows
+    finally:
+        db.close()
 
 
 def lines_of(path: Path) -> list[str]:
