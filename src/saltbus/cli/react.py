@@ -133,6 +133,8 @@ what it fires (watch with `saltbus listen --tag saltbus/reactor/`):
   saltbus/job/<jid>/missing    with reactor_missing_returns: the minions of a
                                Salt job that did not return in time {jid, fun,
                                tgt, tgt_type, user, missing, minions, returned}
+  saltbus/reactor/watchdog     a probe of its own subscription after
+                               reactor_watchdog seconds without an event
 
 settings (config file keys; flags win): reactor_worker_threads (10),
 reactor_worker_hwm (10000; the queue), reactor_max_depth (5),
@@ -144,7 +146,9 @@ reactor_leader_ttl seconds (5), reacts to every event of the cluster, and a
 node taking over runs what the dead leader had not marked done: at least
 once across a leader crash), reactor_missing_returns (false),
 reactor_missing_returns_timeout (60 s after the job's new event),
-reactor_missing_returns_max_jobs (10000 open jobs; kept in the journal).
+reactor_missing_returns_max_jobs (10000 open jobs; kept in the journal),
+reactor_watchdog (120 s without an event: probe the subscription, and
+re-establish it, logged, when the probe does not come back; 0: off).
 
 With a saltbus journal the reactor keeps its position (under its name) and,
 started again, first handles the events it missed (--no-catch-up: only new

@@ -267,6 +267,13 @@ class AsyncClient:
                 raise NoPublisherError(f"the publisher went away: {exc}") from None
             self.firing.receive_data(data)
 
+    def drop_connection(self) -> None:
+        """Close the publish connection as a publisher going away would: with
+        ``reconnect`` it is reopened and resumed from the last seq (the cure
+        of a reactor's watchdog for a subscription gone silent)."""
+        if self._pub_writer is not None:
+            self._pub_writer.transport.abort()
+
     async def close(self) -> None:
         task, self._reader_task = self._reader_task, None
         if task is not None:

@@ -161,6 +161,9 @@ class Config:
     reactor_missing_returns: bool = False
     reactor_missing_returns_timeout: float = 60.0
     reactor_missing_returns_max_jobs: int = 10_000
+    # A reactor whose subscription saw nothing for this long probes it, and
+    # re-establishes it when the probe does not come back (0: no watchdog).
+    reactor_watchdog: float = 120.0
     # Federation over NATS JetStream (saltbus.cluster): the `cluster:` mapping
     # (servers, node_name, export, import, stream, replicas, credentials, tls,
     # ...), kept as given; saltbus.cluster.settings checks what the keys mean.
@@ -458,6 +461,7 @@ def _convert(name: str, value: Any) -> Any:
         "partial_frame_timeout",
         "subscriber_stall_timeout",
         "reactor_leader_ttl",
+        "reactor_watchdog",
     ):
         try:
             return float(value)

@@ -269,6 +269,10 @@ def check_reactor_settings(config: Config) -> None:
             f"reactor_scope must be local (react to this node's events), all (imported "
             f"events too) or leader (one node reacts to all), not {config.reactor_scope!r}"
         )
+    if config.reactor_watchdog < 0:
+        raise ConfigError(
+            f"reactor_watchdog must be 0 (off) or seconds, not {config.reactor_watchdog}"
+        )
     if config.reactor_leader_ttl <= 0:
         raise ConfigError(f"reactor_leader_ttl must be positive, not {config.reactor_leader_ttl}")
     if not _REACTOR_NAME.match(config.reactor_name):

@@ -59,6 +59,7 @@ from saltbus.reactor.rules import Rules
 from saltbus.reactor.saltside import SaltLinks
 from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate
+from saltbus.reactor.watchdog import SubscriptionWatchdog
 
 log = logging.getLogger("saltbus.reactor")
 
@@ -116,6 +117,7 @@ class Reactor:
         if config.reactor_missing_returns:
             self._missing = MissedReturns(config, lambda t, d: self._spawn(self._publish(t, d)))
         self._client: AsyncClient | None = None
+        self.watchdog: SubscriptionWatchdog | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,6 +176,11 @@ class Reactor:
             asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
             for n in range(config.reactor_worker_threads)
         ]
+        if config.reactor_watchdog > 0:
+            self.watchdog = SubscriptionWatchdog(
+                client, config.reactor_watchdog, config.reactor_name
+            )
+            self._tasks.append(asyncio.create_task(self.watchdog.run(), name="reactor-watchdog"))
         self._react_to_rules(self._multi.unfinished())  # a crash cut them short
         for task in self._tasks:
             task.add_done_callback(self._supervise)
@@ -317,6 +324,8 @@ class Reactor:
             await self._gate.room()  # backpressure: locked reactions are never dropped
             try:
                 event = await subscription.next()
+                if self.watchdog is not None:
+                    self.watchdog.saw()
             except SlowConsumerError as exc:
                 log.error("reactor fell behind the bus: %s", exc)
                 self._spawn(self._publish(reports.OVERFLOW_TAG, {"error": str(exc)}))
