@@ -5,7 +5,9 @@ order. For each message: its own events are skipped (NATS 2.9 cannot filter
 on a header); what the import patterns do not select is skipped; the rest is
 fired on the local bus with ``_saltbus_origin: {node, seq, epoch, stamp}``
 added, and acknowledged to NATS only once the local publisher has journaled
-it: a fetched batch is fired in order, the last fire acknowledged by the
+it. Inside ``saltbus serve`` a fetched batch goes to the daemon's intake in
+one call, each event acknowledged with its local seq (direct.py); as a client
+of a bus elsewhere, it is fired in order, the last fire acknowledged by the
 publisher, and the journal confirms each event (see :meth:`Importer._deliver`).
 
 Exactly once, in order per origin: per origin (node and epoch) the highest
@@ -39,6 +41,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from saltbus.client.aio import AsyncClient
+from saltbus.cluster.direct import DirectFire
 from saltbus.cluster.envelope import Envelope
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
@@ -47,6 +50,7 @@ from saltbus.cluster.subjects import subject_filter
 from saltbus.config import Config
 from saltbus.errors import BusError, LocalProtocolError, RemoteProtocolError, SaltbusError
 from saltbus.event import tag_matcher, utc_stamp
+from saltbus.server.intake import Intake
 from saltbus.wire import check_event_size, pack_body, unpack_body
 
 log = logging.getLogger("saltbus.cluster")
@@ -78,8 +82,15 @@ class _Import:
 
 class Importer:
     def __init__(
-        self, config: Config, settings: ClusterSettings, link: Link, journal: Path
+        self,
+        config: Config,
+        settings: ClusterSettings,
+        link: Link,
+        journal: Path,
+        intake: Intake | None = None,
     ) -> None:
+        """``intake``: the daemon's, when the bridge runs in its event loop
+        (imported events then skip the client and its framing)."""
         self.config = config
         self.settings = settings
         self.link = link
@@ -91,6 +102,7 @@ class Importer:
             journal.with_suffix(".positions") / f"cluster.{settings.stream}.import"
         )
         self.client = AsyncClient(config, reconnect=False)
+        self.direct = None if intake is None else DirectFire(config, intake)
         self.bound = asyncio.Event()
         self.imported = 0
         self.duplicates = 0
@@ -253,6 +265,9 @@ class Importer:
         so that acknowledgement covers the others, unless the connection was
         replaced in between (a restarted publisher); so for a batch of more
         than one the journal confirms each, and what it lacks is fired again."""
+        if self.direct is not None:
+            await self._deliver_direct(self.direct, batch)
+            return
         backoff = Backoff()
         while batch and not self.stopping:
             acked: int | None = None
@@ -272,6 +287,25 @@ class Importer:
             left = [i for i in batch if (i.origin, i.seq) not in landed]
             self.imported += len(batch) - len(left)
             batch = left
+
+    async def _deliver_direct(self, direct: DirectFire, batch: list[_Import]) -> None:
+        """Hand ``batch`` to the intake until all of it is journaled. The
+        intake takes one call as one journal batch, so a refusal is of all of
+        it: what is fired again never lands behind a later event of its origin."""
+        backoff = Backoff()
+        while batch and not self.stopping:
+            landed = await direct.fire([(item.tag, item.data) for item in batch])
+            left: list[_Import] = []
+            for item, seq in zip(batch, landed.seqs, strict=True):
+                if seq is None:
+                    left.append(item)
+                else:
+                    self.state.record(item.origin, item.seq, seq)
+            self.imported += len(batch) - len(left)
+            batch = left
+            if landed.refused is not None:
+                self._report(f"import: the local journal refused {len(left)}: {landed.refused}")
+                await backoff.sleep()
 
     def _report(self, message: str) -> None:
         if message != self.last_error:
