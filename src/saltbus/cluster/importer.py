@@ -38,12 +38,12 @@ from typing import Any, Final
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from saltbus.client.aio import AsyncClient
 from saltbus.cluster.direct import DirectFire
 from saltbus.cluster.envelope import Envelope
 from saltbus.cluster.link import Backoff, Link
+from saltbus.cluster.pull import Puller
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
@@ -133,7 +133,7 @@ class Importer:
         backoff = Backoff()
         while not self.stopping:
             await self.link.wait_up()
-            subscription: JetStreamContext.PullSubscription | None = None
+            subscription: Puller | None = None
             again = False
             try:
                 subscription, next_delivery = await self.link.bind_consumer(self.filter.subject)
@@ -161,7 +161,7 @@ class Importer:
 
     async def _consume(
         self,
-        subscription: JetStreamContext.PullSubscription,
+        subscription: Puller,
         next_delivery: int,
         backoff: Backoff,
     ) -> None:

@@ -32,6 +32,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from saltbus.cluster.pull import Puller
 from saltbus.cluster.settings import ClusterSettings
 
 log = logging.getLogger("saltbus.cluster")
@@ -201,9 +202,7 @@ class Link:
         """Check the stream again next time (it may have been deleted)."""
         self._stream_checked = False
 
-    async def bind_consumer(
-        self, filter_subject: str
-    ) -> tuple[JetStreamContext.PullSubscription, int]:
+    async def bind_consumer(self, filter_subject: str) -> tuple[Puller, int]:
         """The node's durable pull consumer, created, adjusted or rewound, and
         bound; with the consumer sequence number its next delivery will have.
 
@@ -242,8 +241,10 @@ class Link:
                 config.filter_subject = filter_subject
                 await self.js.add_consumer(stream, config)  # an update: same name
                 log.info("consumer %s now filters %s", name, filter_subject)
-        subscription = await self.js.pull_subscribe_bind(durable=name, stream=stream)
-        return subscription, next_delivery
+        assert self.nc is not None
+        puller = Puller(self.nc, stream, name)
+        await puller.start()
+        return puller, next_delivery
 
     async def _add_first_consumer(self, filter_subject: str) -> None:
         """The node's first consumer, starting as ``import_start`` says."""
