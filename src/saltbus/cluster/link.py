@@ -32,6 +32,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from saltbus.cluster.publisher import Publisher
 from saltbus.cluster.pull import Puller
 from saltbus.cluster.settings import ClusterSettings
 
@@ -68,6 +69,7 @@ class Link:
         self.settings = settings
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
         self._up = asyncio.Event()
         self._stream_checked = False
         self.last_error: str | None = None
@@ -77,6 +79,12 @@ class Link:
     def js(self) -> JetStreamContext:
         assert self._js is not None, "wait_up() first"
         return self._js
+
+    @property
+    def publisher(self) -> Publisher:
+        """The export's publishes (see publisher.py)."""
+        assert self._publisher is not None, "wait_up() first"
+        return self._publisher
 
     @property
     def connected(self) -> bool:
@@ -112,9 +120,9 @@ class Link:
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 self._report(f"cannot connect to NATS ({', '.join(self.settings.servers)}): {exc}")
                 await backoff.sleep()
-        self._js = self.nc.jetstream(
-            timeout=API_TIMEOUT, publish_async_max_pending=4 * self.settings.max_in_flight
-        )
+        self._js = self.nc.jetstream(timeout=API_TIMEOUT)
+        self._publisher = Publisher(self.nc)
+        await self._publisher.start()
         self.connects += 1
         log.info("connected to NATS at %s", self.server)
         self._up.set()
