@@ -8,9 +8,10 @@ import asyncio
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from saltbus.cluster.pull import Puller
+from saltbus.cluster.pull import Puller, delivery_number
 from tests.cluster_support import NatsServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,7 +44,8 @@ def test_batches_come_in_delivery_order_capped_and_nothing_is_lost(nats_server: 
                 sizes.append(len(messages))
                 for message in messages:
                     got.append(int(message.data))
-                    deliveries.append(message.metadata.sequence.consumer)
+                    deliveries.append(delivery_number(message))
+                    assert deliveries[-1] == message.metadata.sequence.consumer
                     await message.ack()
             assert got == list(range(250))
             assert deliveries == list(range(1, 251))
@@ -87,3 +89,14 @@ def test_a_message_after_requests_expired_on_a_quiet_stream_still_comes(
             await nc.close()
 
     asyncio.run(main())
+
+
+def test_the_delivery_number_is_read_from_either_form_of_reply_subject():
+    v1 = Msg(None, subject="s", reply="$JS.ACK.S.c.1.10.7.1700000000000000000.3")  # type: ignore[arg-type]
+    with_domain = Msg(
+        None,  # type: ignore[arg-type]
+        subject="s",
+        reply="$JS.ACK.hub.ACCHASH.S.c.1.10.7.1700000000000000000.3.xyz",
+    )
+    assert delivery_number(v1) == v1.metadata.sequence.consumer == 7
+    assert delivery_number(with_domain) == with_domain.metadata.sequence.consumer == 7

@@ -43,7 +43,7 @@ from saltbus.client.aio import AsyncClient
 from saltbus.cluster.direct import DirectFire
 from saltbus.cluster.envelope import Envelope
 from saltbus.cluster.link import Backoff, Link
-from saltbus.cluster.pull import Puller
+from saltbus.cluster.pull import Puller, delivery_number
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
@@ -177,7 +177,7 @@ class Importer:
             # the first gap in the consumer's numbers, stop and have it rewound.
             missed = None
             for index, message in enumerate(messages):
-                delivery = message.metadata.sequence.consumer
+                delivery = delivery_number(message)
                 if delivery != next_delivery:
                     missed = f"delivery {next_delivery} went missing (got {delivery})"
                     messages = messages[:index]

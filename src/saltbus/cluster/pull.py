@@ -29,6 +29,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 API_PREFIX: Final = "$JS.API"
+# A JetStream delivery's reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.
+# <stream seq>.<consumer seq>.<time>.<pending>; servers with domains add
+# <domain>.<account hash> after ACK and a token at the end.
+_ACK_TOKENS_V1: Final = 9
+_CONSUMER_SEQ_V1: Final = 6
+_CONSUMER_SEQ_V2: Final = 8
 STATUS: Final = "Status"
 # Messages the inbox may hold: more than one request ever delivers.
 PENDING_LIMIT: Final = 1 << 20
@@ -101,3 +107,17 @@ class Puller:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
+
+
+def delivery_number(message: Msg) -> int:
+    """The consumer sequence number of a delivery, from its reply subject:
+    what ``message.metadata.sequence.consumer`` says, without building the
+    rest of the metadata (a datetime among it) for every message."""
+    tokens = (message.reply or "").split(".")
+    index = _CONSUMER_SEQ_V1 if len(tokens) == _ACK_TOKENS_V1 else _CONSUMER_SEQ_V2
+    if len(tokens) > index and tokens[0] == "$JS" and tokens[1] == "ACK":
+        try:
+            return int(tokens[index])
+        except ValueError:
+            pass
+    return message.metadata.sequence.consumer  # raises NotJSMessageError for a stranger
