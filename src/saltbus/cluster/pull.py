@@ -1,9 +1,9 @@
 """The import consumer's deliveries, read as they arrive.
 
 nats-py's ``PullSubscription.fetch`` takes each message of a batch with
-``next_msg``, which makes a task, a ``wait_for`` and a uuid per message: at
-fleet rates that costs a receiving node more than handling the event does,
-and every node reads every message of the stream (its own exports too).
+``next_msg``, which makes a task, a ``wait_for`` and a uuid per message, and
+every node reads every message of the stream (its own exports too): fetching
+and acknowledging took about 38 us of CPU per message, this about 14.
 Here one pull request of up to a batch is kept outstanding and its messages
 go, in the order NATS delivers them, into a buffer from the subscription's
 callback; :meth:`Puller.fetch` hands over what is buffered as soon as
