@@ -41,7 +41,7 @@ from nats.aio.msg import Msg
 
 from saltbus.client.aio import AsyncClient
 from saltbus.cluster.direct import DirectFire
-from saltbus.cluster.envelope import Envelope
+from saltbus.cluster.envelope import ORIGIN, Envelope
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.pull import Puller, delivery_number
 from saltbus.cluster.settings import ClusterSettings
@@ -209,17 +209,18 @@ class Importer:
         skipped: list[tuple[Origin, int]] = []
         planned: dict[Origin, int] = {}
         for message in messages:
+            # Own events first, from one header: a node reads its own
+            # exports back, as many as it imports, and needs nothing else of them.
+            if message.headers is not None and message.headers.get(ORIGIN) == self.node:
+                self.own += 1
+                continue
             try:
                 envelope = Envelope.from_headers(message.headers)
             except RemoteProtocolError as exc:
                 log.warning("skipping a message on %s: %s", message.subject, exc)
                 self.rejected += 1
                 continue
-            # Own events and duplicates first: neither needs its body decoded
-            # (a node reads its own exports back, as many as it imports).
-            if envelope.node == self.node:
-                self.own += 1
-                continue
+            # Duplicates before the body is decoded.
             origin = (envelope.node, envelope.epoch)
             delivered = planned.get(origin, self.state.delivered(origin))
             if delivered is not None and envelope.seq <= delivered:
