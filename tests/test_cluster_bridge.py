@@ -1,6 +1,6 @@
 """The bridge in-process (Server and Bridge in one loop, as `saltbus serve`
-runs them): a backlog larger than its local queue, an event NATS refuses,
-and what it needs from the bus."""
+runs them): a backlog larger than its local queue, imports handed straight
+to the daemon's intake, an event NATS refuses, and what it needs from the bus."""
 
 from __future__ import annotations
 
@@ -91,6 +91,42 @@ def test_a_backlog_larger_than_the_local_queue_is_exported_whole_in_order(
             assert [seq for _, seq, _ in got] == fired
             assert [data["n"] for _, _, data in got] == list(range(3000))
             assert "export fell behind the local bus" in caplog.text
+
+    asyncio.run(main())
+
+
+def test_given_the_daemons_intake_imports_go_straight_to_it_with_their_seqs(
+    root: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+):
+    a_config = node_config(root, "a", nats_server.url)
+    b_config = node_config(root, "b", nats_server.url)
+
+    async def through_the_client(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an import went through the client, not the intake")
+
+    async def main() -> None:
+        async with (
+            Server(a_config),
+            Server(b_config) as b_server,
+            Bridge(a_config) as a,
+            Bridge(b_config, intake=b_server.intake) as b,
+        ):
+            monkeypatch.setattr(b.importer.client, "fire", through_the_client)
+            await a.wait_ready(WAIT)
+            await b.wait_ready(WAIT)
+            fired = await asyncio.to_thread(fire, a_config, 1500, "direct/x")
+            await until(lambda: b.importer.imported >= 1500, "b to import 1,500")
+            await asyncio.sleep(0.5)
+            got = imported(b)
+            assert [seq for _, seq, _ in got] == fired
+            assert [data["n"] for _, _, data in got] == list(range(1500))
+            assert all("_stamp" in data for _, _, data in got)
+            # What the intake answered is what the state records: the
+            # last origin seq, as of the local seq it was journaled at.
+            epoch = got[-1][2]["_saltbus_origin"]["epoch"]
+            assert b.importer.state.delivered(("a", epoch)) == fired[-1]
+            assert b.importer.state.as_of == b_server.intake.last_seq
+            assert b.stats()["import"]["imported"] == 1500
 
     asyncio.run(main())
 

@@ -64,7 +64,8 @@ async def start_alongside(config: Config, server: Server) -> Bridge:
     """Start the bridge of ``config`` in the running loop; ``saltbus stats`` shows it."""
     from saltbus.cluster import Bridge  # noqa: PLC0415
 
-    bridge = Bridge(config, _settings(config))
+    # In the daemon's loop: imported events go straight to its intake.
+    bridge = Bridge(config, _settings(config), intake=server.intake)
     await bridge.start()
     server.stats_sources["cluster"] = bridge.stats
     settings = bridge.settings

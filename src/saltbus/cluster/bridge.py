@@ -7,9 +7,11 @@
 
 It is a client of the local bus (it needs saltbus's publisher with its
 journal: the exporter resumes from it and the importer's acknowledged fires
-are journaled) and of NATS. Neither being away stops the other: while NATS
-is unreachable the local bus goes on and the exporter catches up from the
-journal later; while the local bus is away NATS keeps the node's messages.
+are journaled) and of NATS. Run in the daemon's loop (``saltbus serve``), it
+is given the daemon's intake, and imported events go straight to it.
+Neither being away stops the other: while NATS is unreachable the local bus
+goes on and the exporter catches up from the journal later; while the local
+bus is away NATS keeps the node's messages.
 :meth:`stats` is what ``saltbus stats`` shows under ``cluster``.
 """
 
@@ -33,6 +35,7 @@ from saltbus.config import Config
 from saltbus.errors import ConfigError
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
+from saltbus.server.intake import Intake
 
 log = logging.getLogger("saltbus.cluster")
 
@@ -41,7 +44,14 @@ STOP_TIMEOUT: Final = 5.0
 
 
 class Bridge:
-    def __init__(self, config: Config, settings: ClusterSettings | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        settings: ClusterSettings | None = None,
+        *,
+        intake: Intake | None = None,
+    ) -> None:
+        """``intake``: the bus's own, when this runs in the loop of its Server."""
         if config.journal == "none":
             raise ConfigError(
                 "cluster: needs the journal (journal: batch or fsync): the export "
@@ -54,7 +64,7 @@ class Bridge:
         )
         self.link = Link(self.settings)
         self.exporter = Exporter(config, self.settings, self.link, self.journal)
-        self.importer = Importer(config, self.settings, self.link, self.journal)
+        self.importer = Importer(config, self.settings, self.link, self.journal, intake)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: dict[str, Any] = {}
         self._stream: dict[str, Any] = {}

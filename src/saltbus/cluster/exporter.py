@@ -198,7 +198,7 @@ class Exporter:
         return data if self._redactor is None else self._redactor.redact(data)
 
     async def _publish(self, batch: Sequence[Event]) -> None:
-        js = self.link.js
+        publisher = self.link.publisher
         epoch = self.epoch or 0
         sent: list[tuple[Event, asyncio.Future[Any] | None]] = []
         refused: set[int | None] = set()
@@ -209,12 +209,11 @@ class Exporter:
                 continue
             envelope = Envelope(self.settings.node_name, epoch, event.seq or 0, event.tag)
             try:
-                # No wait_stall: a batch is the bound on what is in flight, and
-                # with one nats-py yields at each publish, writing each alone.
-                future = await js.publish_async(
+                # A batch is the bound on what is in flight.
+                future = await publisher.publish(
                     tag_to_subject(event.tag, self.settings.subject_prefix),
                     pack_body(event.tag, self._outgoing(event.data)),
-                    headers=envelope.headers(),
+                    envelope.headers(),
                 )
             except nats.errors.MaxPayloadError:
                 log.error(

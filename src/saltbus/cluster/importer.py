@@ -5,7 +5,9 @@ order. For each message: its own events are skipped (NATS 2.9 cannot filter
 on a header); what the import patterns do not select is skipped; the rest is
 fired on the local bus with ``_saltbus_origin: {node, seq, epoch, stamp}``
 added, and acknowledged to NATS only once the local publisher has journaled
-it: a fetched batch is fired in order, the last fire acknowledged by the
+it. Inside ``saltbus serve`` a fetched batch goes to the daemon's intake in
+one call, each event acknowledged with its local seq (direct.py); as a client
+of a bus elsewhere, it is fired in order, the last fire acknowledged by the
 publisher, and the journal confirms each event (see :meth:`Importer._deliver`).
 
 Exactly once, in order per origin: per origin (node and epoch) the highest
@@ -36,17 +38,19 @@ from typing import Any, Final
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from saltbus.client.aio import AsyncClient
-from saltbus.cluster.envelope import Envelope
+from saltbus.cluster.direct import DirectFire
+from saltbus.cluster.envelope import ORIGIN, Envelope
 from saltbus.cluster.link import Backoff, Link
+from saltbus.cluster.pull import Puller, delivery_number
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
 from saltbus.config import Config
 from saltbus.errors import BusError, LocalProtocolError, RemoteProtocolError, SaltbusError
 from saltbus.event import tag_matcher, utc_stamp
+from saltbus.server.intake import Intake
 from saltbus.wire import check_event_size, pack_body, unpack_body
 
 log = logging.getLogger("saltbus.cluster")
@@ -78,8 +82,15 @@ class _Import:
 
 class Importer:
     def __init__(
-        self, config: Config, settings: ClusterSettings, link: Link, journal: Path
+        self,
+        config: Config,
+        settings: ClusterSettings,
+        link: Link,
+        journal: Path,
+        intake: Intake | None = None,
     ) -> None:
+        """``intake``: the daemon's, when the bridge runs in its event loop
+        (imported events then skip the client and its framing)."""
         self.config = config
         self.settings = settings
         self.link = link
@@ -91,6 +102,7 @@ class Importer:
             journal.with_suffix(".positions") / f"cluster.{settings.stream}.import"
         )
         self.client = AsyncClient(config, reconnect=False)
+        self.direct = None if intake is None else DirectFire(config, intake)
         self.bound = asyncio.Event()
         self.imported = 0
         self.duplicates = 0
@@ -121,7 +133,7 @@ class Importer:
         backoff = Backoff()
         while not self.stopping:
             await self.link.wait_up()
-            subscription: JetStreamContext.PullSubscription | None = None
+            subscription: Puller | None = None
             again = False
             try:
                 subscription, next_delivery = await self.link.bind_consumer(self.filter.subject)
@@ -149,7 +161,7 @@ class Importer:
 
     async def _consume(
         self,
-        subscription: JetStreamContext.PullSubscription,
+        subscription: Puller,
         next_delivery: int,
         backoff: Backoff,
     ) -> None:
@@ -165,7 +177,7 @@ class Importer:
             # the first gap in the consumer's numbers, stop and have it rewound.
             missed = None
             for index, message in enumerate(messages):
-                delivery = message.metadata.sequence.consumer
+                delivery = delivery_number(message)
                 if delivery != next_delivery:
                     missed = f"delivery {next_delivery} went missing (got {delivery})"
                     messages = messages[:index]
@@ -197,17 +209,18 @@ class Importer:
         skipped: list[tuple[Origin, int]] = []
         planned: dict[Origin, int] = {}
         for message in messages:
+            # Own events first, from one header: a node reads its own
+            # exports back, as many as it imports, and needs nothing else of them.
+            if message.headers is not None and message.headers.get(ORIGIN) == self.node:
+                self.own += 1
+                continue
             try:
                 envelope = Envelope.from_headers(message.headers)
             except RemoteProtocolError as exc:
                 log.warning("skipping a message on %s: %s", message.subject, exc)
                 self.rejected += 1
                 continue
-            # Own events and duplicates first: neither needs its body decoded
-            # (a node reads its own exports back, as many as it imports).
-            if envelope.node == self.node:
-                self.own += 1
-                continue
+            # Duplicates before the body is decoded.
             origin = (envelope.node, envelope.epoch)
             delivered = planned.get(origin, self.state.delivered(origin))
             if delivered is not None and envelope.seq <= delivered:
@@ -253,6 +266,9 @@ class Importer:
         so that acknowledgement covers the others, unless the connection was
         replaced in between (a restarted publisher); so for a batch of more
         than one the journal confirms each, and what it lacks is fired again."""
+        if self.direct is not None:
+            await self._deliver_direct(self.direct, batch)
+            return
         backoff = Backoff()
         while batch and not self.stopping:
             acked: int | None = None
@@ -272,6 +288,25 @@ class Importer:
             left = [i for i in batch if (i.origin, i.seq) not in landed]
             self.imported += len(batch) - len(left)
             batch = left
+
+    async def _deliver_direct(self, direct: DirectFire, batch: list[_Import]) -> None:
+        """Hand ``batch`` to the intake until all of it is journaled. The
+        intake takes one call as one journal batch, so a refusal is of all of
+        it: what is fired again never lands behind a later event of its origin."""
+        backoff = Backoff()
+        while batch and not self.stopping:
+            landed = await direct.fire([(item.tag, item.data) for item in batch])
+            left: list[_Import] = []
+            for item, seq in zip(batch, landed.seqs, strict=True):
+                if seq is None:
+                    left.append(item)
+                else:
+                    self.state.record(item.origin, item.seq, seq)
+            self.imported += len(batch) - len(left)
+            batch = left
+            if landed.refused is not None:
+                self._report(f"import: the local journal refused {len(left)}: {landed.refused}")
+                await backoff.sleep()
 
     def _report(self, message: str) -> None:
         if message != self.last_error:

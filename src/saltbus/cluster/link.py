@@ -32,6 +32,8 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from saltbus.cluster.publisher import Publisher
+from saltbus.cluster.pull import Puller
 from saltbus.cluster.settings import ClusterSettings
 
 log = logging.getLogger("saltbus.cluster")
@@ -67,6 +69,7 @@ class Link:
         self.settings = settings
         self.nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._publisher: Publisher | None = None
         self._up = asyncio.Event()
         self._stream_checked = False
         self.last_error: str | None = None
@@ -76,6 +79,12 @@ class Link:
     def js(self) -> JetStreamContext:
         assert self._js is not None, "wait_up() first"
         return self._js
+
+    @property
+    def publisher(self) -> Publisher:
+        """The export's publishes (see publisher.py)."""
+        assert self._publisher is not None, "wait_up() first"
+        return self._publisher
 
     @property
     def connected(self) -> bool:
@@ -111,9 +120,9 @@ class Link:
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 self._report(f"cannot connect to NATS ({', '.join(self.settings.servers)}): {exc}")
                 await backoff.sleep()
-        self._js = self.nc.jetstream(
-            timeout=API_TIMEOUT, publish_async_max_pending=4 * self.settings.max_in_flight
-        )
+        self._js = self.nc.jetstream(timeout=API_TIMEOUT)
+        self._publisher = Publisher(self.nc)
+        await self._publisher.start()
         self.connects += 1
         log.info("connected to NATS at %s", self.server)
         self._up.set()
@@ -201,9 +210,7 @@ class Link:
         """Check the stream again next time (it may have been deleted)."""
         self._stream_checked = False
 
-    async def bind_consumer(
-        self, filter_subject: str
-    ) -> tuple[JetStreamContext.PullSubscription, int]:
+    async def bind_consumer(self, filter_subject: str) -> tuple[Puller, int]:
         """The node's durable pull consumer, created, adjusted or rewound, and
         bound; with the consumer sequence number its next delivery will have.
 
@@ -242,8 +249,10 @@ class Link:
                 config.filter_subject = filter_subject
                 await self.js.add_consumer(stream, config)  # an update: same name
                 log.info("consumer %s now filters %s", name, filter_subject)
-        subscription = await self.js.pull_subscribe_bind(durable=name, stream=stream)
-        return subscription, next_delivery
+        assert self.nc is not None
+        puller = Puller(self.nc, stream, name)
+        await puller.start()
+        return puller, next_delivery
 
     async def _add_first_consumer(self, filter_subject: str) -> None:
         """The node's first consumer, starting as ``import_start`` says."""
