@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     config = config_from_args(args)
     if getattr(args, "refire", None) is not None:
-        from saltbus.cli.react import refire  # noqa: PLC0415
+        from saltbus.cli.react_oneshot import refire  # noqa: PLC0415
 
         print(refire(config, args.refire), file=out or sys.stdout)
         return 0

@@ -6,7 +6,8 @@
 
 See ``saltbus react --help`` for the configuration, and the modules for the
 parts: :mod:`.rules` (loading), :mod:`.templates` (Jinja2 then YAML),
-:mod:`.spec` (reactions in Salt's shape), :mod:`.actions`, :mod:`.engine`.
+:mod:`.spec` (reactions in Salt's shape), :mod:`.actions`, :mod:`.engine` (with
+:mod:`.pool` running the reactions and :mod:`.outbox` firing what they say).
 Needs Jinja2 (the ``reactor`` extra).
 """
 

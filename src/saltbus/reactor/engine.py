@@ -3,25 +3,22 @@
 One asyncio task reads every event of the bus and dispatches it: the tag is
 matched against the ``reactor:`` globs (fnmatch, as Salt), each matching
 file is rendered for the event, and each of its reactions passes its
-``when:``, the loop guard and ``once_within`` before it is queued. The queue
-holds ``reactor_worker_hwm`` reactions; ``reactor_worker_threads`` workers
-run them (blocking work on a thread pool of that size), so a burst costs a
-bounded amount of memory and a full queue is reported, never silent. Every
-outcome is fired as ``saltbus/reactor/<name>/ret``. Rules over several
-events (``reactor_rules:``, :mod:`.multi`) see every event too; one that
-fires is handled as the event ``saltbus/rule/<name>``.
+``when:``, the loop guard and ``once_within`` before it is queued to the
+bounded worker pool (:mod:`.pool`), so a burst costs a bounded amount of
+memory and a full queue is reported, never silent. Every outcome is fired as
+``saltbus/reactor/<name>/ret`` (:mod:`.outbox`). Rules over several events
+(``reactor_rules:``, :mod:`.multi`) see every event too; one that fires is
+handled as the event ``saltbus/rule/<name>``. The reactor also owns its
+lifecycle: the pid file, catch-up from its saved position, leadership, reload.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any, Final
 
 from saltbus.client.aio import AsyncClient, Subscription
@@ -29,21 +26,21 @@ from saltbus.config import Config
 from saltbus.errors import (
     BusClosedError,
     BusError,
-    FrameTooLargeError,
     NoPublisherError,
     SaltbusError,
     SlowConsumerError,
 )
 from saltbus.event import Event
 from saltbus.reactor import reports
-from saltbus.reactor.actions import Actions, Outcome, Trigger
+from saltbus.reactor.actions import Trigger
 from saltbus.reactor.causes import cause_of, origin_node
-from saltbus.reactor.concurrency import Concurrency
-from saltbus.reactor.errors import ActionError, ReactionFileError
+from saltbus.reactor.errors import ReactionFileError
 from saltbus.reactor.gates import Gates
 from saltbus.reactor.leader import Leadership, Origin, origin_of
 from saltbus.reactor.missing_watch import MissedReturns
 from saltbus.reactor.multi.runner import TICK, Fired, RuleRunner
+from saltbus.reactor.outbox import Outbox, about
+from saltbus.reactor.pool import Job, WorkerPool
 from saltbus.reactor.progress import (
     Backlog,
     PidFile,
@@ -54,31 +51,17 @@ from saltbus.reactor.progress import (
     position_store,
 )
 from saltbus.reactor.reports import Stats
-from saltbus.reactor.retry import Attempt, Retries
 from saltbus.reactor.rules import Rules
-from saltbus.reactor.saltside import SaltLinks
-from saltbus.reactor.spec import Reaction
 from saltbus.reactor.templates import ReactionTemplate
 from saltbus.reactor.watchdog import SubscriptionWatchdog
 
 log = logging.getLogger("saltbus.reactor")
 
 DRAIN_TIMEOUT: Final = 30.0
-FIRE_TIMEOUT: Final = 5.0
-OVERFLOW_REPORT_INTERVAL: Final = 1.0
 CONNECT_RETRY: Final = 1.0
 YIELD_EVERY: Final = 64
 
 Loader = Callable[[], tuple[Config, Rules]]
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    reaction: Reaction
-    trigger: Trigger
-    origin: Origin | None = None  # with reactor_scope leader: (node, seq there)
-    attempt: int = 1  # with retry:
-    firing: str | None = None  # a rule's firing, kept until its reactions finish
 
 
 class Reactor:
@@ -102,38 +85,28 @@ class Reactor:
         self.stats = Stats()
         self._loader = loader
         self._leadership = leadership
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(config.reactor_worker_hwm)
-        self._executor = ThreadPoolExecutor(
-            config.reactor_worker_threads, thread_name_prefix="saltbus-reactor"
-        )
-        self._actions = Actions(self._fire_strict, self._executor, SaltLinks(config))
-        self._retries: Retries[Job] = Retries(
-            lambda job: self._queue.put(replace(job, attempt=job.attempt + 1))
-        )
-        self._gates = Gates(self.stats, lambda r, t, o: self._finished(r, t, o, 0.0))
+        # With federation, ret events name the node (as the cluster's settings
+        # default it: the bus's id, else the short host name).
+        node: str | None = None
+        if config.cluster:
+            name = config.cluster.get("node_name") or config.id
+            node = str(name or socket.gethostname().split(".", 1)[0])
+        self._outbox = Outbox(self.stats, node)
+        self._pool = WorkerPool(config, self.stats, self._outbox, self._release)
+        self._gates = Gates(self.stats, lambda r, t, o: self._outbox.finished(r, t, o, 0.0))
         self._multi = RuleRunner(rules.multi)  # reactor_rules: several events at once
-        self._gate = Concurrency(config.reactor_worker_hwm, self._run_gated)
         self._missing: MissedReturns | None = None
         if config.reactor_missing_returns:
-            self._missing = MissedReturns(config, lambda t, d: self._spawn(self._publish(t, d)))
+            self._missing = MissedReturns(config, self._outbox.report)
         self._client: AsyncClient | None = None
         self.watchdog: SubscriptionWatchdog | None = None
         self._progress = Progress(None)
         self._pidfile: PidFile | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
-        self._drops: dict[str, int] = {}
-        self._overflow_timer: asyncio.TimerHandle | None = None
         self._reload_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._stopping = False
         self.caught_up_from: int | None = None
-        # With federation, ret events name the node (as the cluster's settings
-        # default it: the bus's id, else the short host name).
-        self._node: str | None = None
-        if config.cluster:
-            name = config.cluster.get("node_name") or config.id
-            self._node = str(name or socket.gethostname().split(".", 1)[0])
         # What it found to catch up on at start (None: nothing saved, or no journal).
         self.backlog: Backlog | None = None
         # Why the reactor stopped by itself (a task of its own ended): see _supervise.
@@ -163,6 +136,7 @@ class Reactor:
             self._pidfile.release()
             raise
         self._client = client
+        self._outbox.client = client
         self.caught_up_from = since
         if since is not None:
             self.backlog = await self._find_backlog(since, epoch)
@@ -172,10 +146,7 @@ class Reactor:
             await self._missing.start(since)
         self._tasks = [asyncio.create_task(self._ingest(subscription), name="reactor-ingest")]
         self._tasks.append(asyncio.create_task(self._tick_rules(), name="reactor-rules"))
-        self._tasks += [
-            asyncio.create_task(self._worker(), name=f"reactor-worker-{n}")
-            for n in range(config.reactor_worker_threads)
-        ]
+        self._tasks += self._pool.start()
         if config.reactor_watchdog > 0:
             self.watchdog = SubscriptionWatchdog(
                 client, config.reactor_watchdog, config.reactor_name
@@ -240,13 +211,7 @@ class Reactor:
         """Its statistics, and the reactions waiting for a worker now."""
         missing = self._missing.stats() if self._missing is not None else {}
         rules = {"rules": self._multi.counts()} if self._multi else {}
-        return (
-            self.stats.as_dict()
-            | {"queue_depth": self._queue.qsize(), "retries_waiting": len(self._retries)}
-            | self._gate.stats()
-            | missing
-            | rules
-        )
+        return self.stats.as_dict() | self._pool.stats() | missing | rules
 
     def raise_if_failed(self) -> None:
         """Raise BusError naming the cause if the reactor stopped by itself
@@ -275,43 +240,30 @@ class Reactor:
         if not self._tasks:
             return
         self._stopping = True
-        (ingest, ticker), workers = self._tasks[:2], self._tasks[2:]
+        ingest, ticker = self._tasks[:2]
         for task in (ingest, ticker):
             task.cancel()
         await asyncio.gather(ingest, ticker, return_exceptions=True)  # _supervise reported
-        for job, attempt, error in self._retries.close():
-            self._finished(job.reaction, job.trigger, Outcome(False, None, error), 0.0, attempt)
-            self._release(job)
-        try:
-            await asyncio.wait_for(asyncio.gather(self._queue.join(), self._gate.join()), timeout)
-        except TimeoutError:
-            self._gate.cancel()
+        if not await self._pool.drain(timeout):
             log.warning(
                 "%d reactions not finished after %g s; cancelled, %d commands killed (they "
                 "run again after a restart with catch-up)",
                 self._progress.in_flight,
                 timeout,
-                self._actions.commands.kill_all(),
+                self._pool.kill_commands(),
             )
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await self._pool.stop()
         self._tasks = []
-        if self._overflow_timer is not None:
-            self._overflow_timer.cancel()
-        self._report_overflow()
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=FIRE_TIMEOUT)
+        await self._outbox.drain()
         self._progress.save()
         self._multi.close(self._progress.epoch)
         if self._missing is not None:
             await self._missing.close()
         if self._leadership is not None:
             await self._leadership.close()
-        await self._actions.salt.close()
+        await self._pool.close()
         if self._client is not None:
             await self._client.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
         if self._pidfile is not None:
             self._pidfile.release()
         log.info("reactor stopped: %s", self.stats)
@@ -321,14 +273,14 @@ class Reactor:
     async def _ingest(self, subscription: Subscription) -> None:
         since_yield = 0
         while True:
-            await self._gate.room()  # backpressure: locked reactions are never dropped
+            await self._pool.room()  # backpressure: locked reactions are never dropped
             try:
                 event = await subscription.next()
                 if self.watchdog is not None:
                     self.watchdog.saw()
             except SlowConsumerError as exc:
                 log.error("reactor fell behind the bus: %s", exc)
-                self._spawn(self._publish(reports.OVERFLOW_TAG, {"error": str(exc)}))
+                self._outbox.report(reports.OVERFLOW_TAG, {"error": str(exc)})
                 continue
             except BusClosedError:
                 return
@@ -340,13 +292,13 @@ class Reactor:
                     "reactor failed on %s (seq %s); going on",
                     event.tag,
                     event.seq,
-                    extra=_about(event.tag, event.seq),
+                    extra=about(event.tag, event.seq),
                 )
             # next() returns without yielding while events are waiting: let
             # the workers run when they have work (a loop turn costs a poll,
             # so not after every event that queued nothing).
             since_yield += 1
-            if since_yield >= YIELD_EVERY or not self._queue.empty():
+            if since_yield >= YIELD_EVERY or not self._pool.empty():
                 since_yield = 0
                 await asyncio.sleep(0)
 
@@ -418,8 +370,8 @@ class Reactor:
                 reactions = template.render(event.tag, event.data)
             except ReactionFileError as exc:
                 self.stats.render_errors += 1
-                log.error("on %s: %s", event.tag, exc, extra=_about(event.tag, event.seq))
-                self._spawn(self._publish(reports.ERROR_TAG, reports.error_data(trigger, exc)))
+                log.error("on %s: %s", event.tag, exc, extra=about(event.tag, event.seq))
+                self._outbox.report(reports.ERROR_TAG, reports.error_data(trigger, exc))
                 continue
             for reaction in reactions:
                 if reaction.when is not None and not self._gates.when(reaction, trigger):
@@ -429,174 +381,20 @@ class Reactor:
                     continue
                 if reaction.once_within is not None and not self._gates.allowed(reaction, trigger):
                     continue
-                if reaction.lock is not None or reaction.concurrency is not None:
-                    rule = (reaction.path, reaction.name)
-                    job = Job(reaction, trigger, origin)
-                    self._gate.admit(job, rule, reaction.lock, reaction.concurrency)
+                if self._pool.add(Job(reaction, trigger, origin, firing=firing)):
                     queued += 1
                     self.stats.queued += 1
-                    continue
-                try:
-                    self._queue.put_nowait(Job(reaction, trigger, origin, firing=firing))
-                except asyncio.QueueFull:
-                    self._overflowed(reaction)
-                    continue
-                queued += 1
-                self.stats.queued += 1
         if stopped:
-            self._loop_stopped(trigger, stopped)
+            self._outbox.loop_stopped(trigger, stopped, self.max_depth)
         return queued
 
-    def _loop_stopped(self, trigger: Trigger, stopped: list[str]) -> None:
-        self.stats.stopped += len(stopped)
-        if trigger.tag == reports.LOOP_TAG:
-            return
-        log.warning(
-            "loop guard: %s not run for %s (seq %s): the chain is %d reactions deep "
-            "(reactor_max_depth %d)",
-            ", ".join(stopped),
-            trigger.tag,
-            trigger.seq,
-            trigger.cause.depth,
-            self.max_depth,
-            extra=_about(trigger.tag, trigger.seq),
-        )
-        data = reports.loop_data(trigger, stopped, self.max_depth)
-        self._spawn(self._publish(reports.LOOP_TAG, data))
-
-    def _overflowed(self, reaction: Reaction) -> None:
-        self.stats.dropped += 1
-        self._drops[reaction.name] = self._drops.get(reaction.name, 0) + 1
-        if self._overflow_timer is None:
-            self._report_overflow()
-
-    def _report_overflow(self) -> None:
-        """Report the drops so far now, then at most once an interval."""
-        drops, self._drops = self._drops, {}
-        self._overflow_timer = None
-        if not drops:
-            return
-        log.error(
-            "reactor queue full (reactor_worker_hwm %d): dropped %s",
-            self.config.reactor_worker_hwm,
-            ", ".join(f"{n} x {name}" for name, n in drops.items()),
-        )
-        data = reports.overflow_data(
-            drops, self.stats.dropped, self.config.reactor_worker_hwm, self._queue.qsize()
-        )
-        self._spawn(self._publish(reports.OVERFLOW_TAG, data))
-        if self._tasks:
-            loop = asyncio.get_running_loop()
-            self._overflow_timer = loop.call_later(OVERFLOW_REPORT_INTERVAL, self._report_overflow)
-
-    # -- running -------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        while True:
-            job = await self._queue.get()
-            retrying = False
-            try:
-                retrying = await self._execute(job) is not None
-            finally:
-                self._queue.task_done()
-                if not retrying:  # a retry keeps its event in flight
-                    self._release(job)
-
     def _release(self, job: Job) -> None:
+        """A job is done with its event (the pool says so)."""
         self._progress.done(job.trigger.seq)
         if job.firing is not None:
             self._multi.finished(job.firing)
         if self._leadership is not None:
             self._leadership.done(job.origin)
-
-    async def _run_gated(self, job: Job) -> None:
-        # A gated reaction's retries wait inside its gate, holding its lock, so
-        # the next reaction with the same lock cannot overtake them.
-        cancelled = False
-        try:
-            while (wait := await self._execute(job, in_gate=True)) is not None:
-                await asyncio.sleep(wait)
-                job = replace(job, attempt=job.attempt + 1)
-        except asyncio.CancelledError:
-            # Stopped while it waited: left in flight, so the saved position
-            # stays before its event and a restart runs it again.
-            cancelled = True
-            raise
-        finally:
-            if not cancelled:
-                self._release(job)
-
-    async def _execute(self, job: Job, *, in_gate: bool = False) -> float | None:
-        """Run it; the seconds until it runs again (retry:), or None. Out of
-        a gate the retry is scheduled here; in one, the caller waits."""
-        started = time.monotonic()
-        try:
-            outcome = await self._actions.run(job.reaction, job.trigger)
-        except ActionError as exc:
-            outcome = Outcome(False, None, str(exc))
-        except Exception as exc:
-            log.exception("reaction %s failed unexpectedly", job.reaction.name)
-            outcome = Outcome(False, None, f"{type(exc).__name__}: {exc}")
-        attempt = self._retries.after(job, outcome.success, schedule=not in_gate)
-        self._finished(job.reaction, job.trigger, outcome, time.monotonic() - started, attempt)
-        return None if attempt is None else attempt.retrying_in
-
-    def _finished(
-        self,
-        reaction: Reaction,
-        trigger: Trigger,
-        outcome: Outcome,
-        duration: float,
-        attempt: Attempt | None = None,
-    ) -> None:
-        self.stats.finished(reaction, outcome.success, attempt)
-        if outcome.success:
-            log.debug(
-                "%s on %s: ok in %.3f s",
-                reaction.name,
-                trigger.tag,
-                duration,
-                extra=_about(trigger.tag, trigger.seq),
-            )
-        else:
-            log.warning(
-                "reaction %s (%s) on %s failed: %s%s",
-                reaction.name,
-                reaction.where,
-                trigger.tag,
-                outcome.error,
-                f" ({attempt.describe()})" if attempt else "",
-                extra=_about(trigger.tag, trigger.seq),
-            )
-        data = reports.ret_data(reaction, trigger, outcome, duration, self._node, attempt)
-        self._spawn(self._publish(reports.ret_tag(reaction), data))
-
-    # -- firing --------------------------------------------------------------
-
-    async def _fire_strict(self, tag: str, data: Any) -> None:
-        """For event.send: a failure to fire is the action's failure."""
-        assert self._client is not None
-        try:
-            await self._client.fire(tag, data, FIRE_TIMEOUT)
-        except SaltbusError as exc:
-            raise ActionError(f"cannot fire {tag}: {exc}") from None
-
-    async def _publish(self, tag: str, data: dict[str, Any]) -> None:
-        """For the reactor's own reports: a failure is logged."""
-        if self._client is None:
-            return
-        try:
-            await self._client.fire(tag, data, FIRE_TIMEOUT)
-        except FrameTooLargeError as exc:
-            with contextlib.suppress(SaltbusError):
-                await self._client.fire(tag, reports.without_result(data, str(exc)), FIRE_TIMEOUT)
-        except SaltbusError as exc:
-            log.warning("could not fire %s: %s", tag, exc)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- reloading -------------------------------------------------------------
 
@@ -605,7 +403,7 @@ class Reactor:
         if self._loader is None:
             log.warning("this reactor was not given a configuration to reload")
             return
-        self._spawn(self._reload())
+        self._outbox.spawn(self._reload())
 
     async def _reload(self) -> None:
         assert self._loader is not None
@@ -614,7 +412,9 @@ class Reactor:
                 config, rules = await asyncio.to_thread(self._loader)
             except Exception as exc:  # a bad file must never stop a running reactor
                 log.error("reload failed; the running configuration stays: %s", exc)
-                await self._publish(reports.RELOAD_TAG, {"success": False, "error": str(exc)})
+                await self._outbox.publish(
+                    reports.RELOAD_TAG, {"success": False, "error": str(exc)}
+                )
                 return
             for name in (
                 "reactor_worker_threads",
@@ -636,12 +436,7 @@ class Reactor:
                 len(rules.rules),
                 rules.files,
             )
-            await self._publish(
+            await self._outbox.publish(
                 reports.RELOAD_TAG,
                 {"success": True, "globs": len(rules.rules), "files": rules.files},
             )
-
-
-def _about(tag: str, seq: int | None) -> dict[str, object]:
-    """A log record's event (the JSON log lines carry it: saltbus.cli.logs)."""
-    return {"tag": tag, "seq": seq}
