@@ -5,7 +5,8 @@ fails on demand and a fan-out whose one subscriber records what it is sent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -25,6 +26,9 @@ class Sink:
         self.last_seq = last_seq
         self.error: JournalError | None = None
         self.committed: list[int] = []
+        # When set, what is committed is not yet readable (a tail in front of SQLite).
+        self.index_lags = False
+        self.index_waiters: list[tuple[int, Callable[[], None]]] = []
 
     def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
         if self.error is not None:
@@ -45,6 +49,18 @@ class Sink:
             return
         self._commit(records)
         on_committed(records)
+
+    def when_indexed(self, seq: int, callback: Callable[[], None]) -> bool:
+        if not self.index_lags:
+            return True
+        self.index_waiters.append((seq, callback))
+        return False
+
+    def index_all(self) -> None:
+        """The index catches up (as the tail's writer thread reports it)."""
+        waiters, self.index_waiters = self.index_waiters, []
+        for _, callback in waiters:
+            callback()
 
     def _commit(self, records: Sequence[JournalRecord]) -> None:
         assert records[0].seq == self.last_seq + 1, "a gap in the journal"
@@ -133,6 +149,28 @@ def test_a_burst_from_two_connections_is_one_commit_each_acked_with_its_seqs() -
         await intake.drained()
         assert [r.tag for r in delivered.records] == ["a", "b", "b", "c", "c"]
         assert first.acks == [(5, 3)] and second.acks == [(9, 4)]
+
+    run(main)
+
+
+def test_acks_and_returners_wait_for_the_index_and_delivery_does_not() -> None:
+    async def main() -> None:
+        sink = Sink()
+        sink.index_lags = True
+        intake, delivered = make(sink)
+        told: list[int] = []
+        intake.on_commit = told.append
+        source = Source()
+        intake.accept(*bodies("a", 2), acks=[(1, 7)], source=source)
+        await asyncio.sleep(0.01)
+        assert [r.seq for r in delivered.records] == [1, 2]
+        assert source.acks == [] and told == []
+        drained = asyncio.create_task(intake.drained())
+        await asyncio.sleep(0.01)
+        assert not drained.done(), "drained before the acknowledgement was sent"
+        threading.Thread(target=sink.index_all).start()  # the writer thread's report
+        await asyncio.wait_for(drained, 5)
+        assert source.acks == [(7, 2)] and told == [2]
 
     run(main)
 

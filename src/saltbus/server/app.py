@@ -19,6 +19,7 @@ from saltbus.errors import ConfigError
 from saltbus.event import MatchType, tag_matcher
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
+from saltbus.journal.tailed import TailedWriter
 from saltbus.journal.writer import JournalWriter
 from saltbus.returners import ReturnerRunner, redactor_for
 from saltbus.server.access import AccessPolicy
@@ -37,6 +38,8 @@ log = logging.getLogger("saltbus.server")
 # How long shutdown waits for listeners to read what was already published to them.
 DRAIN_TIMEOUT: Final = 2.0
 SHUTDOWN_GRACE: Final = 0.05
+# How long a replay waits for the journal's index to reach what was delivered.
+INDEX_WAIT: Final = 10.0
 # The retention hold the publisher keeps while its returners load their cursors.
 _STARTING: Final = "saltbus:starting"
 
@@ -57,7 +60,7 @@ class Server:
         if config.journal != "none":
             data_dir = config.data_dir or default_data_dir()
             self.journal_path = journal_path(data_dir, config.sock_dir, config.socket_prefix)
-        self._writer: JournalWriter | None = None
+        self._writer: JournalWriter | TailedWriter | None = None
         self.returners: ReturnerRunner | None = None
         # Made by startup(), once the journal says where numbering goes on.
         self._intake: Intake | None = None
@@ -171,16 +174,28 @@ class Server:
             self.pull_address,
         )
 
-    def _open_journal(self, path: Path) -> JournalWriter:
+    def _open_journal(self, path: Path) -> JournalWriter | TailedWriter:
         with Journal.open(path, check=True, sock_dir=self.config.sock_dir) as journal:
             self.epoch = journal.claim_epoch()
-        writer = JournalWriter(
-            path,
-            durability="fsync" if self.config.journal == "fsync" else "batch",
-            max_age=self.config.journal_max_age,
-            max_bytes=self.config.journal_max_bytes,
-            holds=self.retention_holds.positions,
-        )
+        cfg = self.config
+        writer: JournalWriter | TailedWriter
+        if cfg.journal == "fsync":
+            # On disk before the ack: every commit syncs SQLite's WAL, so a
+            # tail in front (never synced) would only add a write.
+            writer = JournalWriter(
+                path,
+                durability="fsync",
+                max_age=cfg.journal_max_age,
+                max_bytes=cfg.journal_max_bytes,
+                holds=self.retention_holds.positions,
+            )
+        else:
+            writer = TailedWriter(
+                path,
+                max_age=cfg.journal_max_age,
+                max_bytes=cfg.journal_max_bytes,
+                holds=self.retention_holds.positions,
+            )
         writer.commit_observer = self.commit_observer
         writer.start()
         self._writer = writer
@@ -330,6 +345,7 @@ class Server:
         assert self.journal_path is not None
         path = self.journal_path
         try:
+            await self._indexed(until)
             first = await asyncio.to_thread(first_available, path)
             gaps = await asyncio.to_thread(gaps_in, path, since, until)
             subscriber.write_direct(
@@ -342,6 +358,31 @@ class Server:
             subscriber.transport.close()
             return
         subscriber.release()
+
+    async def _indexed(self, seq: int) -> None:
+        """Wait until SQLite holds ``seq`` (delivered from the journal's tail
+        a moment ago), so that a replay up to it has nothing missing. While
+        the journal fails it may never: the replay then goes on after
+        :data:`INDEX_WAIT` with what SQLite has, as a replay of a gap does."""
+        writer = self._writer
+        if writer is None:
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def indexed() -> None:
+            loop.call_soon_threadsafe(_resolve, done)
+
+        if writer.when_indexed(seq, indexed):
+            return
+        try:
+            await asyncio.wait_for(done, INDEX_WAIT)
+        except TimeoutError:
+            log.warning(
+                "replay up to seq %d starts before the journal indexed it (%.0f s)",
+                seq,
+                INDEX_WAIT,
+            )
 
     @property
     def connection_count(self) -> int:
@@ -464,6 +505,11 @@ def _failure_stats(intake: Intake) -> dict[str, Any] | None:
         "since": intake.failing_since,
         "held": intake.held,
     }
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _bound_address(sock: socket.socket, configured: Address) -> Address:

@@ -9,8 +9,11 @@ An event is delivered only after it is committed: a listener that saw
 sequence number N can resume after N from the journal even if the publisher
 is killed the next instant, and a restarted publisher never gives N to
 another event. An idle journal commits on this thread at once
-(``commit_inline``); a busy one on its own thread, in groups, the event loop
-handing batches over and getting them back in order. Events that arrive
+(``commit_inline``: by default an append to the journal's tail file, indexed
+in SQLite behind); a busy one on its own thread, in groups, the event loop
+handing batches over and getting them back in order. Acknowledgements and
+the returners' wake-up wait until SQLite holds the batch
+(``when_indexed``), so an acknowledged event is in ``saltbus history``. Events that arrive
 within :data:`COALESCE_SECONDS` of the last flush wait for the next one: one
 commit, one write and one wake-up per listener for a burst, and no delay at
 low rates.
@@ -113,6 +116,8 @@ class Intake:
         self._last_delivered = journal.last_seq
         self.in_flight = 0
         self.in_flight_bytes = 0
+        # Delivered batches whose acknowledgements wait for the journal's index.
+        self._awaiting_index = 0
         self.received = 0
         self.commit_failures = 0
         # Acked fires answered with a Nack, since the start.
@@ -260,14 +265,40 @@ class Intake:
         self.fanout.deliver(records)
         if records:
             self._last_delivered = records[-1].seq
-        if self.on_commit is not None and records:
-            self.on_commit(records[-1].seq)
-        for source, pairs in batch.acks:
-            source.send_acks([(rid, records[index].seq) for index, rid in pairs])
+            self._after_indexed(batch)
         if self._gap is not None:
             self._close_gap()
         elif probe and self.journal_failure is not None:
             self._recovered(len(records))
+
+    def _after_indexed(self, batch: _Batch) -> None:
+        """Acknowledge ``batch`` and wake the returners once the journal's
+        readers see it: an acked fire is then in ``saltbus history``."""
+        seq = batch.records[-1].seq
+        loop = self._loop
+        if loop is None:
+            self._indexed(batch)
+            return
+        def indexed() -> None:
+            loop.call_soon_threadsafe(self._indexed_later, batch)
+
+        if self.journal.when_indexed(seq, indexed):
+            self._indexed(batch)
+        else:
+            self._awaiting_index += 1
+            self._drained.clear()
+
+    def _indexed_later(self, batch: _Batch) -> None:
+        self._awaiting_index -= 1
+        self._indexed(batch)
+        self._settled()
+
+    def _indexed(self, batch: _Batch) -> None:
+        records = batch.records
+        if self.on_commit is not None:
+            self.on_commit(records[-1].seq)
+        for source, pairs in batch.acks:
+            source.send_acks([(rid, records[index].seq) for index, rid in pairs])
 
     def _failed(self, batch: _Batch, error: JournalError) -> None:
         self.commit_failures += 1
@@ -457,7 +488,12 @@ class Intake:
         self._settled()
 
     def _settled(self) -> None:
-        if self.in_flight == 0 and not self._pending and self._flush_handle is None:
+        if (
+            self.in_flight == 0
+            and not self._awaiting_index
+            and not self._pending
+            and self._flush_handle is None
+        ):
             self._drained.set()
 
     @property
