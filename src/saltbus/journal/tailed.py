@@ -47,7 +47,7 @@ from saltbus.journal.writer import START_TIMEOUT, CommittedCallback, FailedCallb
 log = logging.getLogger(__name__)
 
 # Past this, the tail is emptied as soon as SQLite holds all of it.
-RESET_BYTES: Final = 4 * 1024 * 1024
+RESET_BYTES: Final = 256 * 1024
 # How far the index may fall behind the tail before commits go to SQLite first.
 MAX_UNINDEXED_RECORDS: Final = 20_000
 MAX_UNINDEXED_BYTES: Final = 4 * 1024 * 1024
@@ -228,32 +228,74 @@ class TailedWriter:
         on_failed: FailedCallback,
         probe: bool = False,
     ) -> None:
-        """Commit ``records`` to SQLite first (not through the tail); exactly
-        one callback runs, on the writer thread (or at once, on the caller's,
-        when the journal is failing and this is no probe it can try now)."""
+        """Commit ``records`` to SQLite first (not through the tail): at once on
+        this thread when the writer is idle, else on its thread. Exactly one
+        callback runs, on whichever thread committed (or at once, when the
+        journal is failing and this is no probe it can try now)."""
+        ready: list[IndexedCallback] = []
         with self._lock:
             failure = self._failure
-            if failure is not None and (not probe or self._queued):
-                refused = True
+            error: JournalError | None = None
+            if self._queued:
+                # Behind what is queued, so that callbacks keep their order.
+                # A probe may go as one only if no retried records must come
+                # first: otherwise it fails untried, or commits after a probe
+                # ahead of it has taken them.
+                probe = probe and not self._retry
+                self._submit_direct(records, 0, on_committed, on_failed, probe)
+                return
+            if failure is not None and not probe:
+                error = failure
+            elif failure is None and self._tail is not None:
+                try:
+                    committed = self.writer.commit_inline(records)
+                except JournalError as exc:
+                    error = exc
+                    if isinstance(exc, JournalWriteError):
+                        self._failure = exc
+                else:
+                    if not committed:  # busy after all (retention): its thread commits
+                        self._submit_direct(records, 0, on_committed, on_failed, probe)
+                        return
+                    self._last_seq = max(self._last_seq, records[-1].seq)
+                    ready = self._advance(records[-1].seq)
             else:
-                refused = False
-                kept = len(self._retry) if failure is not None else 0
-                batch = [*self._retry[:kept], *records]
-                self._queued += 1
-                self._direct += 1
+                self._submit_direct(records, len(self._retry), on_committed, on_failed, probe)
+                return
+        self._wake(ready)
+        if error is None:
+            on_committed(records)
+        else:
+            on_failed(records, error)
 
-                def committed(_: Sequence[JournalRecord]) -> None:
-                    self._indexed_direct(batch, kept)
-                    on_committed(records)
+    def _submit_direct(
+        self,
+        records: Sequence[JournalRecord],
+        kept: int,
+        on_committed: CommittedCallback,
+        on_failed: FailedCallback,
+        probe: bool,
+    ) -> None:
+        """Queue ``records`` behind the first ``kept`` of the retried ones
+        (under the lock)."""
+        batch = [*self._retry[:kept], *records]
+        self._queued += 1
+        self._direct += 1
 
-                def failed(_: Sequence[JournalRecord], error: JournalError) -> None:
-                    self._direct_failed(error)
-                    on_failed(records, error)
+        # The callbacks run under the lock: one submitted next on the event
+        # loop, seeing nothing queued, must not be called back before them.
+        def committed(_: Sequence[JournalRecord]) -> None:
+            with self._lock:
+                ready = self._indexed_direct(batch, kept)
+                on_committed(records)
+            self._wake(ready)
 
-                self.writer.submit(batch, committed, on_failed=failed, probe=probe)
-        if refused:
-            assert failure is not None
-            on_failed(records, failure)
+        def failed(_: Sequence[JournalRecord], error: JournalError) -> None:
+            with self._lock:
+                self._direct_failed(error)
+                on_failed(records, error)
+
+        self.writer.submit(batch, committed, on_failed=failed, probe=probe)
 
     def when_indexed(self, seq: int, callback: IndexedCallback) -> bool:
         """True when SQLite holds ``seq`` already; else False, and ``callback``
@@ -291,25 +333,24 @@ class TailedWriter:
                 error,
             )
 
-    def _indexed_direct(self, batch: Sequence[JournalRecord], kept: int) -> None:
-        with self._lock:
-            self._queued -= 1
-            self._direct -= 1
-            if kept:
-                self._unindexed -= kept
-                self._unindexed_bytes -= sum(len(record.body) for record in batch[:kept])
-                del self._retry[:kept]
-            self._failure = None
-            self._last_seq = max(self._last_seq, batch[-1].seq)
-            ready = self._advance(batch[-1].seq)
-        self._wake(ready)
+    def _indexed_direct(self, batch: Sequence[JournalRecord], kept: int) -> list[IndexedCallback]:
+        """(Under the lock.) The callbacks now due."""
+        self._queued -= 1
+        self._direct -= 1
+        if kept:
+            self._unindexed -= kept
+            self._unindexed_bytes -= sum(len(record.body) for record in batch[:kept])
+            del self._retry[:kept]
+        self._failure = None
+        self._last_seq = max(self._last_seq, batch[-1].seq)
+        return self._advance(batch[-1].seq)
 
     def _direct_failed(self, error: JournalError) -> None:
-        with self._lock:
-            self._queued -= 1
-            self._direct -= 1
-            if isinstance(error, JournalWriteError) or self._retry:
-                self._failure = _sticky(error)
+        """(Under the lock.)"""
+        self._queued -= 1
+        self._direct -= 1
+        if isinstance(error, JournalWriteError) or self._retry:
+            self._failure = _sticky(error)
 
     def _advance(self, seq: int) -> list[IndexedCallback]:
         """SQLite holds up to ``seq``: the callbacks now due (under the lock)."""

@@ -237,9 +237,12 @@ class Intake:
         self._drained.clear()
         if self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES:
             self.pause("journal")
-        if not probe and self.in_flight == count:
+        if not probe and not batch.acks and self.in_flight == count:
             # Nothing else in flight: an idle journal commits on this thread,
-            # now, with no hand-off to its thread and back (the latency).
+            # now, with no hand-off to its thread and back (the latency). A
+            # batch with acked fires is submitted: it goes to SQLite before it
+            # is delivered, so that a Nack still means "neither journaled nor
+            # delivered" when SQLite fails behind the tail.
             try:
                 inline = self.journal.commit_inline(batch.records)
             except JournalError as exc:
@@ -279,6 +282,7 @@ class Intake:
         if loop is None:
             self._indexed(batch)
             return
+
         def indexed() -> None:
             loop.call_soon_threadsafe(self._indexed_later, batch)
 
