@@ -234,3 +234,70 @@ def test_a_failing_journal_holds_refuses_acks_and_recovers_without_a_gap(
         assert recovered["held"] == 3 and recovered["refused"] == 1
 
     run(main)
+
+
+class GapNoticeFailsOnce(Sink):
+    """A journal that fails while told to, and then once more, on the first
+    gap notice it is given (deliver mode: gaps in its seqs are expected)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notice_failed = False
+        self.stored: list[JournalRecord] = []
+
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+        self._maybe_fail(records)
+        return super().commit_inline(records)
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+        probe: bool = False,
+    ) -> None:
+        try:
+            self._maybe_fail(records)
+        except JournalWriteError as exc:
+            on_failed(records, exc)
+            return
+        super().submit(records, on_committed, on_failed=on_failed, probe=probe)
+
+    def _maybe_fail(self, records: Sequence[JournalRecord]) -> None:
+        if not self.notice_failed and records[0].tag == intake_module.JOURNAL_GAP_TAG:
+            self.notice_failed = True
+            raise JournalWriteError("disk full", "no space left on device")
+
+    def _commit(self, records: Sequence[JournalRecord]) -> None:
+        self.stored += records
+        self.last_seq = records[-1].seq
+
+
+def test_a_gap_notice_lost_in_a_gap_is_sent_again() -> None:
+    async def main() -> None:
+        sink = GapNoticeFailsOnce()
+        delivered = Delivered()
+        fanout = FanOut(Framing.BARE)
+        fanout.deliver = delivered.deliver  # type: ignore[method-assign]
+        intake = Intake(fanout, sink, set(), on_error="deliver", epoch=7)
+        sink.error = JournalWriteError("disk full", "no space left on device")
+        intake.accept(*bodies("a", 2))  # seqs 1, 2: delivered, not journaled
+        await intake.drained()
+        sink.error = None
+        for tag in ("b", "c", "d"):
+            intake.accept(*bodies(tag, 1))
+            await intake.drained()
+            await asyncio.sleep(0.01)
+        await intake.drained()
+        assert [r.seq for r in delivered.records] == list(range(1, len(delivered.records) + 1))
+        stored = {r.seq for r in sink.stored}
+        missing = {r.seq for r in delivered.records} - stored
+        notices = [
+            unpack_body(r.body)[1] for r in sink.stored if r.tag == intake_module.JOURNAL_GAP_TAG
+        ]
+        named = {seq for n in notices for seq in range(n["first"], n["last"] + 1)}
+        assert sink.notice_failed and len(notices) == 2
+        assert 1 in missing and missing == named
+
+    run(main)

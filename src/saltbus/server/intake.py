@@ -47,12 +47,12 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from saltbus.errors import JournalError, JournalWriteError
+from saltbus.errors import JournalError, JournalWriteError, RemoteProtocolError
 from saltbus.event import utc_stamp
 from saltbus.journal.records import JournalRecord
 from saltbus.server.commits import AckTarget, JournalSink, PausableReader
 from saltbus.server.fanout import FanOut
-from saltbus.wire import pack_body
+from saltbus.wire import pack_body, unpack_body
 
 log = logging.getLogger("saltbus.server")
 
@@ -112,6 +112,7 @@ class Intake:
         self._epoch = epoch  # the journal's numbering, named in gap notices
         # journal_on_error: deliver: the seqs delivered unjournaled so far.
         self._gap: tuple[int, int] | None = None
+        self._lost_notices: list[bytes] = []  # gap notices delivered unjournaled
         self.next_seq = journal.last_seq + 1
         self._last_delivered = journal.last_seq
         self.in_flight = 0
@@ -351,6 +352,9 @@ class Intake:
             )
         first = self._gap[0] if self._gap is not None else records[0].seq
         self._gap = (first, records[-1].seq)
+        # A gap notice of ours in this batch is lost with it: it is sent again
+        # when the gap closes, so that no unjournaled range goes unnamed.
+        self._lost_notices += [r.body for r in records if self._our_notice(r)]
         self.fanout.deliver(records)
         self._last_delivered = records[-1].seq
         self._refuse_acked(batch, self._failure_reason())
@@ -375,7 +379,17 @@ class Intake:
             "refused": self._refused_while_failing,
             "_stamp": utc_stamp(self._stamp_has_offset),
         }
-        self.accept([pack_body(JOURNAL_GAP_TAG, notice)], [JOURNAL_GAP_TAG])
+        bodies = [*self._lost_notices, pack_body(JOURNAL_GAP_TAG, notice)]
+        self._lost_notices = []
+        self.accept(bodies, [JOURNAL_GAP_TAG] * len(bodies))
+
+    def _our_notice(self, record: JournalRecord) -> bool:
+        if record.tag != JOURNAL_GAP_TAG:
+            return False
+        try:
+            return bool(unpack_body(record.body)[1].get("epoch") == self._epoch)
+        except (RemoteProtocolError, AttributeError):
+            return False
 
     def _start_failing(self, error: JournalWriteError) -> None:
         self.journal_failure = error
