@@ -115,9 +115,14 @@ class TailedWriter:
         """Index what the tail holds beyond SQLite, start the writer, and
         return the last seq. Raises JournalError (one line) when either file
         cannot be used."""
-        tail, records = TailLog.open(tail_path(self.path))
+        with Journal.open(self.path) as journal:  # made first, with its directories
+            tail, records = TailLog.open(tail_path(self.path))
+            try:
+                self.recovered = self._catch_up(journal, records)
+            except BaseException:
+                tail.close()
+                raise
         try:
-            self.recovered = self._catch_up(records)
             tail.reset()
             last = self.writer.start(timeout)
         except BaseException:
@@ -128,23 +133,20 @@ class TailedWriter:
             self._last_seq = self._indexed = last
         return last
 
-    def _catch_up(self, records: list[JournalRecord]) -> int:
-        if not records:
+    def _catch_up(self, journal: Journal, records: list[JournalRecord]) -> int:
+        last = journal.last_seq()
+        missing = [record for record in records if record.seq > last]
+        if not missing:
             return 0
-        with Journal.open(self.path) as journal:
-            last = journal.last_seq()
-            missing = [record for record in records if record.seq > last]
-            if missing:
-                journal.append(missing)
-        if missing:
-            log.warning(
-                "journal %s: indexed %d events (seqs %d to %d) from its tail, "
-                "written before the publisher stopped",
-                self.path,
-                len(missing),
-                missing[0].seq,
-                missing[-1].seq,
-            )
+        journal.append(missing)
+        log.warning(
+            "journal %s: indexed %d events (seqs %d to %d) from its tail, "
+            "written before the publisher stopped",
+            self.path,
+            len(missing),
+            missing[0].seq,
+            missing[-1].seq,
+        )
         return len(missing)
 
     def retain_now(self) -> None:

@@ -29,7 +29,7 @@ from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.holds import RetentionHolds
 from saltbus.server.intake import Intake
 from saltbus.server.laggards import Laggards
-from saltbus.server.replay import first_available, gaps_in, replay
+from saltbus.server.replay import first_available, gaps_in, replay, wait_indexed
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
 from saltbus.server.state import PullPeer, ServerState, SubscriberPeer
 
@@ -38,8 +38,6 @@ log = logging.getLogger("saltbus.server")
 # How long shutdown waits for listeners to read what was already published to them.
 DRAIN_TIMEOUT: Final = 2.0
 SHUTDOWN_GRACE: Final = 0.05
-# How long a replay waits for the journal's index to reach what was delivered.
-INDEX_WAIT: Final = 10.0
 # The retention hold the publisher keeps while its returners load their cursors.
 _STARTING: Final = "saltbus:starting"
 
@@ -345,7 +343,8 @@ class Server:
         assert self.journal_path is not None
         path = self.journal_path
         try:
-            await self._indexed(until)
+            if self._writer is not None:
+                await wait_indexed(self._writer, until)
             first = await asyncio.to_thread(first_available, path)
             gaps = await asyncio.to_thread(gaps_in, path, since, until)
             subscriber.write_direct(
@@ -358,31 +357,6 @@ class Server:
             subscriber.transport.close()
             return
         subscriber.release()
-
-    async def _indexed(self, seq: int) -> None:
-        """Wait until SQLite holds ``seq`` (delivered from the journal's tail
-        a moment ago), so that a replay up to it has nothing missing. While
-        the journal fails it may never: the replay then goes on after
-        :data:`INDEX_WAIT` with what SQLite has, as a replay of a gap does."""
-        writer = self._writer
-        if writer is None:
-            return
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def indexed() -> None:
-            loop.call_soon_threadsafe(_resolve, done)
-
-        if writer.when_indexed(seq, indexed):
-            return
-        try:
-            await asyncio.wait_for(done, INDEX_WAIT)
-        except TimeoutError:
-            log.warning(
-                "replay up to seq %d starts before the journal indexed it (%.0f s)",
-                seq,
-                INDEX_WAIT,
-            )
 
     @property
     def connection_count(self) -> int:
@@ -505,11 +479,6 @@ def _failure_stats(intake: Intake) -> dict[str, Any] | None:
         "since": intake.failing_since,
         "held": intake.held,
     }
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _bound_address(sock: socket.socket, configured: Address) -> Address:
