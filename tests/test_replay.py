@@ -17,7 +17,7 @@ from saltbus.event import MatchType, tag_matcher
 from saltbus.journal import Journal, JournalRecord
 from saltbus.journal.tailed import TailedWriter
 from saltbus.server.fanout import Subscriber, event_frame
-from saltbus.server.intake import JOURNAL_GAP_TAG
+from saltbus.server.gaps import JOURNAL_GAP_TAG
 from saltbus.server.replay import CHUNK, first_available, gaps_in, replay, wait_indexed
 from saltbus.wire import Frame, FrameDecoder, Framing, pack_body
 from tests.test_fanout import FakeTransport

@@ -6,17 +6,14 @@ the journal says it is committed. Without a journal, :class:`NoJournal`
 "commits" at once, so that path is this one too.
 
 An event is delivered only after it is committed: a listener that saw
-sequence number N can resume after N from the journal even if the publisher
-is killed the next instant, and a restarted publisher never gives N to
-another event. An idle journal commits on this thread at once
-(``commit_inline``: by default an append to the journal's tail file, indexed
-in SQLite behind); a busy one on its own thread, in groups, the event loop
-handing batches over and getting them back in order. Acknowledgements and
-the returners' wake-up wait until SQLite holds the batch
-(``when_indexed``), so an acknowledged event is in ``saltbus history``. Events that arrive
-within :data:`COALESCE_SECONDS` of the last flush wait for the next one: one
-commit, one write and one wake-up per listener for a burst, and no delay at
-low rates.
+sequence number N can resume after N even if the publisher is killed the next
+instant, and a restarted publisher never gives N to another event. An idle
+journal commits on this thread (``commit_inline``: by default one append to
+its tail file, SQLite indexing behind); a busy one on its own thread, in
+groups. Acknowledgements and the returners' wake-up wait until SQLite holds
+the batch (``when_indexed``): an acknowledged event is in ``saltbus
+history``. Events arriving within :data:`COALESCE_SECONDS` of the last flush
+wait for the next one: one commit and one write per listener for a burst.
 
 When the journal cannot commit (disk full, read-only, I/O error), nothing is
 delivered that a resuming reader would later miss. The intake *holds* what
@@ -47,12 +44,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from saltbus.errors import JournalError, JournalWriteError, RemoteProtocolError
+from saltbus.errors import JournalError, JournalWriteError
 from saltbus.event import utc_stamp
 from saltbus.journal.records import JournalRecord
 from saltbus.server.commits import AckTarget, JournalSink, PausableReader
 from saltbus.server.fanout import FanOut
-from saltbus.wire import pack_body, unpack_body
+from saltbus.server.gaps import JOURNAL_GAP_TAG, GapNotices
+from saltbus.wire import pack_body
 
 log = logging.getLogger("saltbus.server")
 
@@ -69,8 +67,6 @@ COALESCE_SECONDS: Final = 0.0005
 PROBE_INTERVAL: Final = 1.0
 JOURNAL_FAILED_TAG: Final = "saltbus/journal/failed"
 JOURNAL_RECOVERED_TAG: Final = "saltbus/journal/recovered"
-# journal_on_error: deliver marks what it delivered unjournaled with this event.
-JOURNAL_GAP_TAG: Final = "saltbus/journal/gap"
 
 # One accept(): bodies, tags, acks (index, request id), and who sent them.
 _Accepted = tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
@@ -109,10 +105,8 @@ class Intake:
         self.on_commit = on_commit
         self._stamp_has_offset = stamp_has_offset
         self._deliver_on_error = on_error == "deliver"
-        self._epoch = epoch  # the journal's numbering, named in gap notices
         # journal_on_error: deliver: the seqs delivered unjournaled so far.
-        self._gap: tuple[int, int] | None = None
-        self._lost_notices: list[bytes] = []  # gap notices delivered unjournaled
+        self._gaps = GapNotices(epoch, stamp_has_offset=stamp_has_offset)
         self.next_seq = journal.last_seq + 1
         self._last_delivered = journal.last_seq
         self.in_flight = 0
@@ -270,7 +264,7 @@ class Intake:
         if records:
             self._last_delivered = records[-1].seq
             self._after_indexed(batch)
-        if self._gap is not None:
+        if self._gaps.span is not None:
             self._close_gap()
         elif probe and self.journal_failure is not None:
             self._recovered(len(records))
@@ -350,19 +344,14 @@ class Intake:
                 error.reason,
                 error,
             )
-        first = self._gap[0] if self._gap is not None else records[0].seq
-        self._gap = (first, records[-1].seq)
-        # A gap notice of ours in this batch is lost with it: it is sent again
-        # when the gap closes, so that no unjournaled range goes unnamed.
-        self._lost_notices += [r.body for r in records if self._our_notice(r)]
+        self._gaps.widen(records)
         self.fanout.deliver(records)
         self._last_delivered = records[-1].seq
         self._refuse_acked(batch, self._failure_reason())
 
     def _close_gap(self) -> None:
-        gap, since = self._gap, self.failing_since
+        gap, since = self._gaps.span, self.failing_since
         assert gap is not None and since is not None
-        self._gap = None
         self.journal_failure = None
         self.failing_since = None
         seconds = time.time() - since
@@ -371,25 +360,8 @@ class Intake:
             seconds,
             *gap,
         )
-        notice = {
-            "first": gap[0],
-            "last": gap[1],
-            "epoch": self._epoch,
-            "seconds": round(seconds, 3),
-            "refused": self._refused_while_failing,
-            "_stamp": utc_stamp(self._stamp_has_offset),
-        }
-        bodies = [*self._lost_notices, pack_body(JOURNAL_GAP_TAG, notice)]
-        self._lost_notices = []
+        bodies = self._gaps.close(seconds, self._refused_while_failing)
         self.accept(bodies, [JOURNAL_GAP_TAG] * len(bodies))
-
-    def _our_notice(self, record: JournalRecord) -> bool:
-        if record.tag != JOURNAL_GAP_TAG:
-            return False
-        try:
-            return bool(unpack_body(record.body)[1].get("epoch") == self._epoch)
-        except (RemoteProtocolError, AttributeError):
-            return False
 
     def _start_failing(self, error: JournalWriteError) -> None:
         self.journal_failure = error

@@ -21,7 +21,7 @@ from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.server.commits import JournalSink
 from saltbus.server.fanout import Subscriber, event_frame
-from saltbus.server.intake import JOURNAL_GAP_TAG
+from saltbus.server.gaps import JOURNAL_GAP_TAG
 from saltbus.wire import unpack_body
 
 log = logging.getLogger("saltbus.server")
