@@ -165,11 +165,14 @@ def test_sqlite_failing_behind_the_tail_holds_commits_and_loses_nothing(tmp_path
             late = Indexed()
             assert not writer.when_indexed(delivered, late)
 
-            # Only a probe tries again, and only once the disk has room.
+            # A batch that is no probe is refused while SQLite fails.
             calls = Callbacks()
             writer.submit(records(delivered + 1, 1), calls.on_committed, on_failed=calls.on_failed)
             assert calls.failed and not calls.committed
+            # The writer tries what SQLite lacks again by itself once the disk has room.
             filler.unlink()
+            assert late.done.wait(WAIT)
+            assert stored(path) == list(range(1, delivered + 1))
             calls = Callbacks()
             writer.submit(
                 records(delivered + 1, 2),
@@ -179,7 +182,6 @@ def test_sqlite_failing_behind_the_tail_holds_commits_and_loses_nothing(tmp_path
             )
             assert calls.called.wait(WAIT)
             assert calls.committed == [[delivered + 1, delivered + 2]], calls.failed
-            assert late.done.wait(WAIT)
             assert writer.commit_inline(records(delivered + 3, 1))
         finally:
             writer.close()

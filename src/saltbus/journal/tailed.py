@@ -51,6 +51,8 @@ RESET_BYTES: Final = 256 * 1024
 # How far the index may fall behind the tail before commits go to SQLite first.
 MAX_UNINDEXED_RECORDS: Final = 20_000
 MAX_UNINDEXED_BYTES: Final = 4 * 1024 * 1024
+# While SQLite fails behind the tail, how often the records it lacks are tried again.
+RETRY_INTERVAL: Final = 1.0
 
 IndexedCallback = Callable[[], None]
 
@@ -87,6 +89,10 @@ class TailedWriter:
         self._direct = 0  # of which submitted to SQLite first (not in the tail)
         self._failure: JournalWriteError | None = None
         self._retry: list[JournalRecord] = []  # in the tail, failed in SQLite
+        # Tries them again when no probe of the publisher's does (it probes
+        # only once a commit told it of the failure, and may have no events).
+        self._retry_timer: threading.Timer | None = None
+        self._closing = False
         self._waiters: list[tuple[int, int, IndexedCallback]] = []
         self._order = itertools.count()
         self.recovered = 0  # records indexed from the tail at start-up
@@ -155,6 +161,11 @@ class TailedWriter:
     def close(self, timeout: float | None = None) -> None:
         """Index everything queued, stop the writer, and empty the tail if
         SQLite holds all of it (else the next start indexes the rest)."""
+        with self._lock:
+            self._closing = True
+            timer, self._retry_timer = self._retry_timer, None
+        if timer is not None:
+            timer.cancel()
         self.writer.close(timeout)
         with self._lock:
             tail, self._tail = self._tail, None
@@ -325,6 +336,7 @@ class TailedWriter:
             self._retry.extend(records)
             first = self._failure is None
             self._failure = _sticky(error)
+            self._arm_retry()
         if first:
             log.error(
                 "journal %s: events %d to %d are in its tail but SQLite did not take them "
@@ -353,6 +365,26 @@ class TailedWriter:
         self._direct -= 1
         if isinstance(error, JournalWriteError) or self._retry:
             self._failure = _sticky(error)
+        if self._retry:
+            self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        """(Under the lock.) Try the kept records again in a while."""
+        if self._retry_timer is None and not self._closing:
+            timer = threading.Timer(RETRY_INTERVAL, self._retry_now)
+            timer.daemon = True
+            self._retry_timer = timer
+            timer.start()
+
+    def _retry_now(self) -> None:
+        with self._lock:
+            self._retry_timer = None
+            if self._closing or not self._retry:
+                return
+            if self._queued:  # a batch ahead says how SQLite is doing first
+                self._arm_retry()
+                return
+            self._submit_direct([], len(self._retry), _ignore, _ignore, probe=True)
 
     def _advance(self, seq: int) -> list[IndexedCallback]:
         """SQLite holds up to ``seq``: the callbacks now due (under the lock)."""
@@ -377,6 +409,10 @@ class TailedWriter:
                 callback()
             except Exception:
                 log.exception("journal index callback failed")
+
+
+def _ignore(*_: object) -> None:
+    """The callback of a retry of our own: its records were delivered already."""
 
 
 def _sticky(error: JournalError) -> JournalWriteError:
