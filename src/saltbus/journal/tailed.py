@@ -20,8 +20,11 @@ tail took are kept to be inserted again (they were delivered: they must not
 be lost), and the failure is reported to the next commit, so the publisher
 holds new events and probes (see :mod:`saltbus.server.intake`). A probe
 inserts the kept records and the probe's own in one transaction; while any
-batch of ours is still queued, a probe fails untried. A tail that cannot be
-written fails the same way. At start-up, records in the tail that SQLite
+batch of ours is still queued, a probe goes behind it as a plain batch. The
+writer also tries the kept records again by itself once a second
+(:data:`RETRY_INTERVAL`), so that they reach SQLite when no event comes to
+probe. A tail that cannot be written fails like SQLite (nothing of the batch
+is left in it). At start-up, records in the tail that SQLite
 lacks (the publisher was killed before they were indexed) are inserted before
 anything is served.
 """
