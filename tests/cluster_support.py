@@ -32,6 +32,7 @@ from saltbus.cluster import ORIGIN_KEY
 from saltbus.errors import SaltbusError
 from saltbus.journal.paths import journal_path
 from saltbus.journal.store import Journal
+from saltbus.journal.tail import decode, tail_path
 from saltbus.wire import unpack_body
 from tests.serve_support import ServeProcess
 from tests.waiting import wait_until
@@ -297,11 +298,18 @@ class Node:
             self._sender = None
 
     def events(self) -> list[tuple[int, str, dict[str, Any]]]:
-        """Everything this bus journaled: (seq, tag, data)."""
+        """Everything this bus journaled: (seq, tag, data). After a kill, the
+        journal's tail may hold events SQLite has not indexed yet (the next
+        start indexes them): they are journaled too."""
         if not self.journal.exists():
             return []
         with Journal.open(self.journal, readonly=True) as journal:
-            return [(r.seq, *unpack_body(r.body)) for r in journal.iter_read()]
+            records = list(journal.iter_read())
+            last = journal.last_seq()
+        tail = tail_path(self.journal)
+        if tail.exists():
+            records += [r for r in decode(tail.read_bytes(), tail).records if r.seq > last]
+        return [(r.seq, *unpack_body(r.body)) for r in records]
 
     def imported(self) -> list[tuple[str, int, str, dict[str, Any]]]:
         """The events delivered here from other nodes, in local order:

@@ -5,7 +5,8 @@ fails on demand and a fan-out whose one subscriber records what it is sent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -25,6 +26,9 @@ class Sink:
         self.last_seq = last_seq
         self.error: JournalError | None = None
         self.committed: list[int] = []
+        # When set, what is committed is not yet readable (a tail in front of SQLite).
+        self.index_lags = False
+        self.index_waiters: list[tuple[int, Callable[[], None]]] = []
 
     def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
         if self.error is not None:
@@ -45,6 +49,18 @@ class Sink:
             return
         self._commit(records)
         on_committed(records)
+
+    def when_indexed(self, seq: int, callback: Callable[[], None]) -> bool:
+        if not self.index_lags:
+            return True
+        self.index_waiters.append((seq, callback))
+        return False
+
+    def index_all(self) -> None:
+        """The index catches up (as the tail's writer thread reports it)."""
+        waiters, self.index_waiters = self.index_waiters, []
+        for _, callback in waiters:
+            callback()
 
     def _commit(self, records: Sequence[JournalRecord]) -> None:
         assert records[0].seq == self.last_seq + 1, "a gap in the journal"
@@ -137,6 +153,28 @@ def test_a_burst_from_two_connections_is_one_commit_each_acked_with_its_seqs() -
     run(main)
 
 
+def test_acks_and_returners_wait_for_the_index_and_delivery_does_not() -> None:
+    async def main() -> None:
+        sink = Sink()
+        sink.index_lags = True
+        intake, delivered = make(sink)
+        told: list[int] = []
+        intake.on_commit = told.append
+        source = Source()
+        intake.accept(*bodies("a", 2), acks=[(1, 7)], source=source)
+        await asyncio.sleep(0.01)
+        assert [r.seq for r in delivered.records] == [1, 2]
+        assert source.acks == [] and told == []
+        drained = asyncio.create_task(intake.drained())
+        await asyncio.sleep(0.01)
+        assert not drained.done(), "drained before the acknowledgement was sent"
+        threading.Thread(target=sink.index_all).start()  # the writer thread's report
+        await asyncio.wait_for(drained, 5)
+        assert source.acks == [(7, 2)] and told == [2]
+
+    run(main)
+
+
 def test_a_batch_the_journal_cannot_store_is_refused_not_delivered() -> None:
     async def main() -> None:
         sink = Sink()
@@ -194,5 +232,72 @@ def test_a_failing_journal_holds_refuses_acks_and_recovers_without_a_gap(
         assert not source.paused
         recovered = unpack_body(delivered.records[-1].body)[1]
         assert recovered["held"] == 3 and recovered["refused"] == 1
+
+    run(main)
+
+
+class GapNoticeFailsOnce(Sink):
+    """A journal that fails while told to, and then once more, on the first
+    gap notice it is given (deliver mode: gaps in its seqs are expected)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notice_failed = False
+        self.stored: list[JournalRecord] = []
+
+    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+        self._maybe_fail(records)
+        return super().commit_inline(records)
+
+    def submit(
+        self,
+        records: Sequence[JournalRecord],
+        on_committed: CommittedCallback,
+        *,
+        on_failed: FailedCallback,
+        probe: bool = False,
+    ) -> None:
+        try:
+            self._maybe_fail(records)
+        except JournalWriteError as exc:
+            on_failed(records, exc)
+            return
+        super().submit(records, on_committed, on_failed=on_failed, probe=probe)
+
+    def _maybe_fail(self, records: Sequence[JournalRecord]) -> None:
+        if not self.notice_failed and records[0].tag == intake_module.JOURNAL_GAP_TAG:
+            self.notice_failed = True
+            raise JournalWriteError("disk full", "no space left on device")
+
+    def _commit(self, records: Sequence[JournalRecord]) -> None:
+        self.stored += records
+        self.last_seq = records[-1].seq
+
+
+def test_a_gap_notice_lost_in_a_gap_is_sent_again() -> None:
+    async def main() -> None:
+        sink = GapNoticeFailsOnce()
+        delivered = Delivered()
+        fanout = FanOut(Framing.BARE)
+        fanout.deliver = delivered.deliver  # type: ignore[method-assign]
+        intake = Intake(fanout, sink, set(), on_error="deliver", epoch=7)
+        sink.error = JournalWriteError("disk full", "no space left on device")
+        intake.accept(*bodies("a", 2))  # seqs 1, 2: delivered, not journaled
+        await intake.drained()
+        sink.error = None
+        for tag in ("b", "c", "d"):
+            intake.accept(*bodies(tag, 1))
+            await intake.drained()
+            await asyncio.sleep(0.01)
+        await intake.drained()
+        assert [r.seq for r in delivered.records] == list(range(1, len(delivered.records) + 1))
+        stored = {r.seq for r in sink.stored}
+        missing = {r.seq for r in delivered.records} - stored
+        notices = [
+            unpack_body(r.body)[1] for r in sink.stored if r.tag == intake_module.JOURNAL_GAP_TAG
+        ]
+        named = {seq for n in notices for seq in range(n["first"], n["last"] + 1)}
+        assert sink.notice_failed and len(notices) == 2
+        assert 1 in missing and missing == named
 
     run(main)

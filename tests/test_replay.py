@@ -15,9 +15,10 @@ import pytest
 
 from saltbus.event import MatchType, tag_matcher
 from saltbus.journal import Journal, JournalRecord
+from saltbus.journal.tailed import TailedWriter
 from saltbus.server.fanout import Subscriber, event_frame
-from saltbus.server.intake import JOURNAL_GAP_TAG
-from saltbus.server.replay import CHUNK, first_available, gaps_in, replay
+from saltbus.server.gaps import JOURNAL_GAP_TAG
+from saltbus.server.replay import CHUNK, first_available, gaps_in, replay, wait_indexed
 from saltbus.wire import Frame, FrameDecoder, Framing, pack_body
 from tests.test_fanout import FakeTransport
 from tests.waiting import WAIT, wait_until_async
@@ -365,3 +366,30 @@ def test_a_gap_notice_of_another_numbering_is_not_a_gap_here(journal: Path) -> N
         ],
     )
     assert gaps_in(journal, 0, 10) == ((4, 5),)
+
+
+def test_wait_indexed_returns_once_sqlite_holds_what_the_tail_took(journal: Path) -> None:
+    async def main() -> None:
+        with TailedWriter(journal) as writer:
+            records = [
+                JournalRecord(seq, 1.0, "app/event", pack_body("app/event", {"n": seq}))
+                for seq in range(1, 201)
+            ]
+            assert writer.commit_inline(records)
+            await wait_indexed(writer, 200)
+            with Journal.open(journal, readonly=True) as store:
+                assert [r.seq for r in store.read(since=0)] == list(range(1, 201))
+
+    asyncio.run(main())
+
+
+def test_wait_indexed_gives_up_after_its_timeout(
+    journal: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        with TailedWriter(journal) as writer:
+            # Seq 5 is never journaled (a gap while the journal failed).
+            await asyncio.wait_for(wait_indexed(writer, 5, timeout=0.05), WAIT)
+
+    asyncio.run(main())
+    assert "replay up to seq 5 starts before the journal indexed it" in caplog.text

@@ -15,6 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from saltbus.config import Config
+from saltbus.journal.paths import journal_path
+from saltbus.journal.records import JournalRecord
+from saltbus.journal.store import Journal
+from saltbus.journal.tail import encode, tail_path
 from tests.serve_support import SALTBUS, clean_env
 
 
@@ -100,3 +105,16 @@ def test_sock_dir_under_an_unwritable_directory(sock_dir: Path, unwritable: Path
     bus = unwritable / "bus"
     line = refusal(serve("--sock-dir", str(bus), "--data-dir", str(sock_dir / "data")))
     assert f"cannot create sock_dir {bus}" in line, line
+
+
+def test_a_journal_tail_damaged_before_its_end(sock_dir: Path) -> None:
+    bus, data = sock_dir / "bus", sock_dir / "data"
+    config = Config.load(env={}, overrides={"sock_dir": bus, "data_dir": data})
+    path = journal_path(data, config.sock_dir, config.socket_prefix)
+    with Journal.open(path):
+        pass
+    frames = bytearray(encode([JournalRecord(n, 0.0, "a", b"a\n\n\x80") for n in (1, 2, 3)]))
+    frames[len(frames) // 2] ^= 0xFF  # inside the second of three frames
+    tail_path(path).write_bytes(bytes(frames))
+    line = refusal(serve("--sock-dir", str(bus), "--data-dir", str(data)))
+    assert f"journal tail {tail_path(path)} is damaged" in line and "mv " in line, line

@@ -23,13 +23,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from saltbus.client import Listener, Sender
 from saltbus.config import Config
 from saltbus.errors import PublisherRunningError
 from saltbus.server import EmbeddedPublisher, Server
 from saltbus.server.app import DRAIN_TIMEOUT
 from saltbus.server.laggards import LAG_REPORT_INTERVAL, LAGGED_TAG
 from saltbus.wire import Frame, FrameDecoder, Framing, encode_frame
-from tests.serve_support import ServeProcess
+from tests.serve_support import ServeProcess, bus_flags
 from tests.server_support import (
     WAIT,
     RawSubscriber,
@@ -571,3 +572,58 @@ def test_server_in_asyncio_with_serve_and_request_exit(bus_config: Config) -> No
     assert [f.tag for f in frames] == ["serve/evt"]
     assert not Path(bus_config.pub_address).exists()  # type: ignore[arg-type]
     assert not Path(bus_config.pull_address).exists()  # type: ignore[arg-type]
+
+
+def test_listeners_resuming_while_events_stream_get_no_gap_and_no_duplicate(
+    serves: Callable[..., ServeProcess], bus_config: Config
+) -> None:
+    # The default journal delivers from its tail before SQLite has indexed an
+    # event: a resume asked for in that moment must still meet the live stream.
+    serves(bus_config, *bus_flags(bus_config))
+    total = 3000
+    end_tag = "test/resume/end"
+    with Listener(bus_config, "test/resume") as live:
+        live.connect(timeout=10)
+
+        def fire() -> None:
+            with Sender(bus_config) as sender:
+                for n in range(total):
+                    sender.fire("test/resume/n", {"n": n}, timeout=5)
+                sender.fire(end_tag, {}, timeout=5, ack=True)
+
+        firing = threading.Thread(target=fire)
+        firing.start()
+        got: dict[int, list[int]] = {}
+        readers = []
+
+        def resume(since: int) -> None:
+            seqs: list[int] = []
+            with Listener(bus_config, "test/resume", since=since, epoch=None) as listener:
+                listener.connect(timeout=10)
+                while (event := listener.receive(timeout=10)) is not None:
+                    assert event.seq is not None
+                    seqs.append(event.seq)
+                    if event.tag == end_tag:
+                        break
+            got[since] = seqs
+
+        seen = 0
+        end_seq = None
+        back = itertools.cycle((0, 1, 2, 40))
+        while end_seq is None:
+            event = live.receive(timeout=10)
+            assert event is not None and event.seq is not None, "the live stream stopped"
+            if event.tag == end_tag:
+                end_seq = event.seq
+            seen += 1
+            if seen % 150 == 0:
+                since = max(0, event.seq - next(back))
+                reader = threading.Thread(target=resume, args=(since,))
+                reader.start()
+                readers.append(reader)
+        firing.join(30)
+        for reader in readers:
+            reader.join(30)
+    assert len(got) == len(readers) >= 16
+    for since, seqs in got.items():
+        assert seqs == list(range(since + 1, end_seq + 1)), f"resumed after {since}"

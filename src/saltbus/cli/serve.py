@@ -59,8 +59,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--journal",
         choices=("none", "batch", "fsync"),
-        help="durability of the journal: batch (default; group commit, survives a crash "
-        "of the process), fsync (on disk before an event is acknowledged), none",
+        help="durability of the journal: batch (default; appended to the journal's tail "
+        "file, indexed in SQLite behind; survives a crash of the process), fsync (on disk "
+        "before an event is delivered or acknowledged), none",
     )
     parser.add_argument(
         "--journal-on-error",

@@ -17,11 +17,13 @@ from typing import Final
 from saltbus.errors import JournalError
 from saltbus.journal.paths import JOURNAL_SUFFIX
 from saltbus.journal.store import Journal
+from saltbus.journal.tail import TAIL_SUFFIX
 
 _NAME: Final = re.compile(r"^(?P<prefix>.+)-[0-9a-f]{12}" + re.escape(JOURNAL_SUFFIX) + "$")
-# What SQLite keeps beside a journal, and what a client keeps beside it
-# (saltbus.client.positions): they go with the journal when it is pruned.
-SIDE_FILES: Final = ("-wal", "-shm")
+# What SQLite and the publisher (the journal's tail) keep beside a journal,
+# and what a client keeps beside it (saltbus.client.positions): they go with
+# the journal when it is pruned.
+SIDE_FILES: Final = ("-wal", "-shm", TAIL_SUFFIX)
 POSITIONS_SUFFIX: Final = ".positions"
 
 
@@ -32,7 +34,7 @@ class JournalFile:
     path: Path
     socket_prefix: str
     sock_dir: Path | None  # None: not recorded (older saltbus) or unreadable
-    size: int  # bytes on disk, its WAL included
+    size: int  # bytes on disk, its WAL and tail included
     first_seq: int | None
     last_seq: int | None
     last_written: float  # Unix time of the last change to the file or its WAL
@@ -77,7 +79,7 @@ def describe(path: Path) -> JournalFile:
     prefix = match.group("prefix") if match else ""
     size = 0
     last_written = 0.0
-    for each in (path, Path(f"{path}-wal")):
+    for each in (path, Path(f"{path}-wal"), Path(f"{path}{TAIL_SUFFIX}")):
         try:
             stat = each.stat()
         except FileNotFoundError:

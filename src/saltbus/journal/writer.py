@@ -250,6 +250,12 @@ class JournalWriter:
         finally:
             self._busy.release()
 
+    def when_indexed(self, seq: int, callback: Callable[[], None]) -> bool:
+        """True: what this writer reports committed is in SQLite already
+        (``callback`` is not kept). The same question asked of
+        :class:`~saltbus.journal.tailed.TailedWriter` may answer later."""
+        return True
+
     def retain_now(self) -> None:
         """Apply retention as soon as what is queued now is committed, rather
         than at the next interval (the consumers holding it have changed)."""

@@ -19,6 +19,7 @@ from saltbus.errors import ConfigError
 from saltbus.event import MatchType, tag_matcher
 from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.store import Journal
+from saltbus.journal.tailed import TailedWriter
 from saltbus.journal.writer import JournalWriter
 from saltbus.returners import ReturnerRunner, redactor_for
 from saltbus.server.access import AccessPolicy
@@ -28,7 +29,7 @@ from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
 from saltbus.server.holds import RetentionHolds
 from saltbus.server.intake import Intake
 from saltbus.server.laggards import Laggards
-from saltbus.server.replay import first_available, gaps_in, replay
+from saltbus.server.replay import first_available, gaps_in, replay, wait_indexed
 from saltbus.server.sockets import BusLock, bind_listener, ensure_sock_dir, remove_socket_file
 from saltbus.server.state import PullPeer, ServerState, SubscriberPeer
 
@@ -57,7 +58,7 @@ class Server:
         if config.journal != "none":
             data_dir = config.data_dir or default_data_dir()
             self.journal_path = journal_path(data_dir, config.sock_dir, config.socket_prefix)
-        self._writer: JournalWriter | None = None
+        self._writer: JournalWriter | TailedWriter | None = None
         self.returners: ReturnerRunner | None = None
         # Made by startup(), once the journal says where numbering goes on.
         self._intake: Intake | None = None
@@ -171,16 +172,28 @@ class Server:
             self.pull_address,
         )
 
-    def _open_journal(self, path: Path) -> JournalWriter:
+    def _open_journal(self, path: Path) -> JournalWriter | TailedWriter:
         with Journal.open(path, check=True, sock_dir=self.config.sock_dir) as journal:
             self.epoch = journal.claim_epoch()
-        writer = JournalWriter(
-            path,
-            durability="fsync" if self.config.journal == "fsync" else "batch",
-            max_age=self.config.journal_max_age,
-            max_bytes=self.config.journal_max_bytes,
-            holds=self.retention_holds.positions,
-        )
+        cfg = self.config
+        writer: JournalWriter | TailedWriter
+        if cfg.journal == "fsync":
+            # On disk before the ack: every commit syncs SQLite's WAL, so a
+            # tail in front (never synced) would only add a write.
+            writer = JournalWriter(
+                path,
+                durability="fsync",
+                max_age=cfg.journal_max_age,
+                max_bytes=cfg.journal_max_bytes,
+                holds=self.retention_holds.positions,
+            )
+        else:
+            writer = TailedWriter(
+                path,
+                max_age=cfg.journal_max_age,
+                max_bytes=cfg.journal_max_bytes,
+                holds=self.retention_holds.positions,
+            )
         writer.commit_observer = self.commit_observer
         writer.start()
         self._writer = writer
@@ -330,6 +343,8 @@ class Server:
         assert self.journal_path is not None
         path = self.journal_path
         try:
+            if self._writer is not None:
+                await wait_indexed(self._writer, until)
             first = await asyncio.to_thread(first_available, path)
             gaps = await asyncio.to_thread(gaps_in, path, since, until)
             subscriber.write_direct(

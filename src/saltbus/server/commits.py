@@ -1,7 +1,13 @@
 """What the intake hands events to and answers: the journal, as a
-:class:`JournalSink` (:class:`~saltbus.journal.writer.JournalWriter`, or
+:class:`JournalSink` (:class:`~saltbus.journal.tailed.TailedWriter` by default,
+:class:`~saltbus.journal.writer.JournalWriter` for ``journal: fsync``, or
 :class:`NoJournal` for ``journal: none``), and the firing connections, as
-:class:`AckTarget`."""
+:class:`AckTarget`.
+
+A sink may take a batch (``commit_inline``: it is durable, deliver it) before
+its store's readers can see it: ``when_indexed`` says when they can, and what
+readers of the store must see (an acknowledgement, the returners' wake-up, a
+replay) waits for it."""
 
 from __future__ import annotations
 
@@ -22,6 +28,11 @@ class JournalSink(Protocol):
     def last_seq(self) -> int: ...
 
     def commit_inline(self, records: Sequence[JournalRecord]) -> bool: ...
+
+    def when_indexed(self, seq: int, callback: Callable[[], None]) -> bool:
+        """Whether readers of the journal's store (SQLite) see ``seq`` already;
+        if not, ``callback`` runs, on any thread, once they do."""
+        ...
 
     def submit(
         self,
@@ -46,6 +57,9 @@ class NoJournal:
     def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
         if records:
             self._last_seq = records[-1].seq
+        return True
+
+    def when_indexed(self, seq: int, callback: Callable[[], None]) -> bool:
         return True
 
     def submit(

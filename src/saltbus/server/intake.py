@@ -6,14 +6,14 @@ the journal says it is committed. Without a journal, :class:`NoJournal`
 "commits" at once, so that path is this one too.
 
 An event is delivered only after it is committed: a listener that saw
-sequence number N can resume after N from the journal even if the publisher
-is killed the next instant, and a restarted publisher never gives N to
-another event. An idle journal commits on this thread at once
-(``commit_inline``); a busy one on its own thread, in groups, the event loop
-handing batches over and getting them back in order. Events that arrive
-within :data:`COALESCE_SECONDS` of the last flush wait for the next one: one
-commit, one write and one wake-up per listener for a burst, and no delay at
-low rates.
+sequence number N can resume after N even if the publisher is killed the next
+instant, and a restarted publisher never gives N to another event. An idle
+journal commits on this thread (``commit_inline``: by default one append to
+its tail file, SQLite indexing behind); a busy one on its own thread, in
+groups. Acknowledgements and the returners' wake-up wait until SQLite holds
+the batch (``when_indexed``): an acknowledged event is in ``saltbus
+history``. Events arriving within :data:`COALESCE_SECONDS` of the last flush
+wait for the next one: one commit and one write per listener for a burst.
 
 When the journal cannot commit (disk full, read-only, I/O error), nothing is
 delivered that a resuming reader would later miss. The intake *holds* what
@@ -49,6 +49,7 @@ from saltbus.event import utc_stamp
 from saltbus.journal.records import JournalRecord
 from saltbus.server.commits import AckTarget, JournalSink, PausableReader
 from saltbus.server.fanout import FanOut
+from saltbus.server.gaps import JOURNAL_GAP_TAG, GapNotices
 from saltbus.wire import pack_body
 
 log = logging.getLogger("saltbus.server")
@@ -66,8 +67,6 @@ COALESCE_SECONDS: Final = 0.0005
 PROBE_INTERVAL: Final = 1.0
 JOURNAL_FAILED_TAG: Final = "saltbus/journal/failed"
 JOURNAL_RECOVERED_TAG: Final = "saltbus/journal/recovered"
-# journal_on_error: deliver marks what it delivered unjournaled with this event.
-JOURNAL_GAP_TAG: Final = "saltbus/journal/gap"
 
 # One accept(): bodies, tags, acks (index, request id), and who sent them.
 _Accepted = tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
@@ -106,13 +105,14 @@ class Intake:
         self.on_commit = on_commit
         self._stamp_has_offset = stamp_has_offset
         self._deliver_on_error = on_error == "deliver"
-        self._epoch = epoch  # the journal's numbering, named in gap notices
         # journal_on_error: deliver: the seqs delivered unjournaled so far.
-        self._gap: tuple[int, int] | None = None
+        self._gaps = GapNotices(epoch, stamp_has_offset=stamp_has_offset)
         self.next_seq = journal.last_seq + 1
         self._last_delivered = journal.last_seq
         self.in_flight = 0
         self.in_flight_bytes = 0
+        # Delivered batches whose acknowledgements wait for the journal's index.
+        self._awaiting_index = 0
         self.received = 0
         self.commit_failures = 0
         # Acked fires answered with a Nack, since the start.
@@ -232,9 +232,12 @@ class Intake:
         self._drained.clear()
         if self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES:
             self.pause("journal")
-        if not probe and self.in_flight == count:
+        if not probe and not batch.acks and self.in_flight == count:
             # Nothing else in flight: an idle journal commits on this thread,
-            # now, with no hand-off to its thread and back (the latency).
+            # now, with no hand-off to its thread and back (the latency). A
+            # batch with acked fires is submitted: it goes to SQLite before it
+            # is delivered, so that a Nack still means "neither journaled nor
+            # delivered" when SQLite fails behind the tail.
             try:
                 inline = self.journal.commit_inline(batch.records)
             except JournalError as exc:
@@ -260,14 +263,41 @@ class Intake:
         self.fanout.deliver(records)
         if records:
             self._last_delivered = records[-1].seq
-        if self.on_commit is not None and records:
-            self.on_commit(records[-1].seq)
-        for source, pairs in batch.acks:
-            source.send_acks([(rid, records[index].seq) for index, rid in pairs])
-        if self._gap is not None:
+            self._after_indexed(batch)
+        if self._gaps.span is not None:
             self._close_gap()
         elif probe and self.journal_failure is not None:
             self._recovered(len(records))
+
+    def _after_indexed(self, batch: _Batch) -> None:
+        """Acknowledge ``batch`` and wake the returners once the journal's
+        readers see it: an acked fire is then in ``saltbus history``."""
+        seq = batch.records[-1].seq
+        loop = self._loop
+        if loop is None:
+            self._indexed(batch)
+            return
+
+        def indexed() -> None:
+            loop.call_soon_threadsafe(self._indexed_later, batch)
+
+        if self.journal.when_indexed(seq, indexed):
+            self._indexed(batch)
+        else:
+            self._awaiting_index += 1
+            self._drained.clear()
+
+    def _indexed_later(self, batch: _Batch) -> None:
+        self._awaiting_index -= 1
+        self._indexed(batch)
+        self._settled()
+
+    def _indexed(self, batch: _Batch) -> None:
+        records = batch.records
+        if self.on_commit is not None:
+            self.on_commit(records[-1].seq)
+        for source, pairs in batch.acks:
+            source.send_acks([(rid, records[index].seq) for index, rid in pairs])
 
     def _failed(self, batch: _Batch, error: JournalError) -> None:
         self.commit_failures += 1
@@ -314,16 +344,14 @@ class Intake:
                 error.reason,
                 error,
             )
-        first = self._gap[0] if self._gap is not None else records[0].seq
-        self._gap = (first, records[-1].seq)
+        self._gaps.widen(records)
         self.fanout.deliver(records)
         self._last_delivered = records[-1].seq
         self._refuse_acked(batch, self._failure_reason())
 
     def _close_gap(self) -> None:
-        gap, since = self._gap, self.failing_since
+        gap, since = self._gaps.span, self.failing_since
         assert gap is not None and since is not None
-        self._gap = None
         self.journal_failure = None
         self.failing_since = None
         seconds = time.time() - since
@@ -332,15 +360,8 @@ class Intake:
             seconds,
             *gap,
         )
-        notice = {
-            "first": gap[0],
-            "last": gap[1],
-            "epoch": self._epoch,
-            "seconds": round(seconds, 3),
-            "refused": self._refused_while_failing,
-            "_stamp": utc_stamp(self._stamp_has_offset),
-        }
-        self.accept([pack_body(JOURNAL_GAP_TAG, notice)], [JOURNAL_GAP_TAG])
+        bodies = self._gaps.close(seconds, self._refused_while_failing)
+        self.accept(bodies, [JOURNAL_GAP_TAG] * len(bodies))
 
     def _start_failing(self, error: JournalWriteError) -> None:
         self.journal_failure = error
@@ -457,7 +478,12 @@ class Intake:
         self._settled()
 
     def _settled(self) -> None:
-        if self.in_flight == 0 and not self._pending and self._flush_handle is None:
+        if (
+            self.in_flight == 0
+            and not self._awaiting_index
+            and not self._pending
+            and self._flush_handle is None
+        ):
             self._drained.set()
 
     @property

@@ -2,7 +2,10 @@
 
 The subscriber holds its live events while the replay is written; the replay
 covers everything after ``since`` up to the last event delivered live before
-the hold began, so the two meet with no gap and no duplicate.
+the hold began, so the two meet with no gap and no duplicate. The default
+journal delivers an event from its tail before SQLite, which the replay
+reads, has it: the replay first waits until SQLite holds what was delivered
+(:func:`wait_indexed`, a few ms).
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from saltbus.errors import RemoteProtocolError
 from saltbus.event import MatchType
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
+from saltbus.server.commits import JournalSink
 from saltbus.server.fanout import Subscriber, event_frame
-from saltbus.server.intake import JOURNAL_GAP_TAG
+from saltbus.server.gaps import JOURNAL_GAP_TAG
 from saltbus.wire import unpack_body
 
 log = logging.getLogger("saltbus.server")
 
 CHUNK: Final = 2_000
+# How long a replay waits for the journal's index to reach what was delivered.
+INDEX_WAIT: Final = 10.0
 
 
 def _read_chunk(
@@ -88,3 +94,28 @@ async def replay(
             subscriber.write_direct(b"".join(frames), len(frames))
             sent += len(frames)
     return sent
+
+
+async def wait_indexed(journal: JournalSink, seq: int, timeout: float = INDEX_WAIT) -> None:
+    """Wait until the journal's readers see ``seq``. While the journal fails
+    they may never: after ``timeout`` the replay goes on with what SQLite
+    has, as a replay across a gap does."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def indexed() -> None:
+        loop.call_soon_threadsafe(_resolve, done)
+
+    if journal.when_indexed(seq, indexed):
+        return
+    try:
+        await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        log.warning(
+            "replay up to seq %d starts before the journal indexed it (%.0f s)", seq, timeout
+        )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
