@@ -207,11 +207,20 @@ class Exporter:
             self.epoch, self.position = epoch, 0
             self.save()
             return True
+        limit = self.settings.max_in_flight
+        records = await feed.read(self.position or 0, limit)
         while not self.stopping:
-            records = await feed.read(self.position or 0, self.settings.max_in_flight)
-            await self._publish([self._from_record(record) for record in records])
+            # The next batch is read while this one waits for its acknowledgements;
+            # it is published only after this one is wholly done (see the module's doc).
+            following = asyncio.create_task(feed.read(records[-1].seq, limit))
+            try:
+                await self._publish([self._from_record(record) for record in records])
+            except BaseException:
+                following.cancel()
+                raise
             backoff.reset()
             self.last_error = None
+            records = await following
         return False
 
     async def _collect(self, subscription: Subscription) -> tuple[list[Event], bool]:
