@@ -1,7 +1,8 @@
 """Local events out to the JetStream stream.
 
-The exporter reads the local bus as a resuming listener and publishes each
-event the export patterns select, one batch at a time: it sends up to
+Out of the daemon, the exporter reads the local bus as a resuming listener
+(inside it, the journal: see below) and publishes each event the export
+patterns select, one batch at a time: it sends up to
 ``max_in_flight`` publishes without waiting, then waits for their
 acknowledgements together. Its position (saved next to the journal) is the
 highest local seq such that every event up to it was either acknowledged by
