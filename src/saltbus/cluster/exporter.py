@@ -23,9 +23,10 @@ duplicate window) or, later, by the importers' check.
 Inside ``saltbus serve`` (given a :class:`~saltbus.cluster.feed.JournalFeed`)
 it reads the committed records straight from the journal instead, from the
 same position: a record is decoded only when it is exported and the redact
-rules must be applied; otherwise its body, exactly as journaled, is the
-message. An imported event is told by its origin key's bytes before any
-decoding (a match in a value is checked by decoding that one).
+rules must be applied (also with redact_journal: what was journaled before
+that was turned on is not redacted); otherwise its body, exactly as
+journaled, is the message. An imported event is told by its origin key's
+bytes before any decoding (a match in a value is checked by decoding that one).
 """
 
 from __future__ import annotations
@@ -110,8 +111,6 @@ class Exporter:
         # The config's redact rules: no value they match leaves the host
         # through the export (with redact_journal the events are redacted already).
         self._redactor = redactor_for(config.redact)
-        # With redact_journal the journaled bodies are redacted by the same rules already.
-        self._body_redactor = None if config.redact_journal else self._redactor
         self.exported = 0
         self.not_exported = 0  # not matching, or imported
         self.dropped = 0  # refused by NATS for good (too large)
@@ -271,15 +270,13 @@ class Exporter:
             data = self._decoded(record)
             if data is None or ORIGIN_KEY in data:
                 return Outgoing(record.seq, record.tag, None)  # imported: never goes back out
-        if self._body_redactor is None:
+        if self._redactor is None:
             return Outgoing(record.seq, record.tag, body)
         if data is None:
             data = self._decoded(record)
             if data is None:
                 return Outgoing(record.seq, record.tag, None)
-        return Outgoing(
-            record.seq, record.tag, pack_body(record.tag, self._body_redactor.redact(data))
-        )
+        return Outgoing(record.seq, record.tag, pack_body(record.tag, self._redactor.redact(data)))
 
     def _decoded(self, record: JournalRecord) -> Any:
         try:
