@@ -64,8 +64,10 @@ async def start_alongside(config: Config, server: Server) -> Bridge:
     """Start the bridge of ``config`` in the running loop; ``saltbus stats`` shows it."""
     from saltbus.cluster import Bridge  # noqa: PLC0415
 
-    # In the daemon's loop: imported events go straight to its intake.
+    # In the daemon's loop: imported events go straight to its intake, and
+    # the export reads its journal, woken after each commit.
     bridge = Bridge(config, _settings(config), intake=server.intake)
+    server.commit_listeners.append(bridge.notify_committed)
     await bridge.start()
     server.stats_sources["cluster"] = bridge.stats
     settings = bridge.settings

@@ -8,7 +8,9 @@
 It is a client of the local bus (it needs saltbus's publisher with its
 journal: the exporter resumes from it and the importer's acknowledged fires
 are journaled) and of NATS. Run in the daemon's loop (``saltbus serve``), it
-is given the daemon's intake, and imported events go straight to it.
+is given the daemon's intake: imported events go straight to it, and the
+export reads the journal in this process, woken by :meth:`notify_committed`
+(which the daemon calls after each commit) instead of listening to the bus.
 Neither being away stops the other: while NATS is unreachable the local bus
 goes on and the exporter catches up from the journal later; while the local
 bus is away NATS keeps the node's messages.
@@ -28,6 +30,7 @@ from typing import Any, Final
 import nats.errors
 
 from saltbus.cluster.exporter import Exporter
+from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.importer import Importer
 from saltbus.cluster.link import Link
 from saltbus.cluster.settings import ClusterSettings
@@ -51,7 +54,8 @@ class Bridge:
         *,
         intake: Intake | None = None,
     ) -> None:
-        """``intake``: the bus's own, when this runs in the loop of its Server."""
+        """``intake``: the bus's own, when this runs in the loop of its Server
+        (then have the Server call :meth:`notify_committed` after each commit)."""
         if config.journal == "none":
             raise ConfigError(
                 "cluster: needs the journal (journal: batch or fsync): the export "
@@ -63,7 +67,8 @@ class Bridge:
             config.data_dir or default_data_dir(), config.sock_dir, config.socket_prefix
         )
         self.link = Link(self.settings)
-        self.exporter = Exporter(config, self.settings, self.link, self.journal)
+        self._feed = None if intake is None else JournalFeed(self.journal)
+        self.exporter = Exporter(config, self.settings, self.link, self.journal, self._feed)
         self.importer = Importer(config, self.settings, self.link, self.journal, intake)
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer: dict[str, Any] = {}
@@ -81,6 +86,11 @@ class Bridge:
         async with asyncio.timeout(timeout):
             while not self.ready:
                 await asyncio.sleep(0.05)
+
+    def notify_committed(self, last_seq: int) -> None:
+        """The local journal committed events up to ``last_seq``: the export reads them."""
+        if self._feed is not None:
+            self._feed.notify(last_seq)
 
     def journal_position(self) -> int | None:
         """The last local seq exported (the journal must keep what follows it)."""
@@ -130,6 +140,8 @@ class Bridge:
         with contextlib.suppress(OSError):
             self.exporter.save()
         await self.importer.close()
+        if self._feed is not None:
+            await self._feed.close()
 
     async def __aenter__(self) -> Bridge:
         await self.start()

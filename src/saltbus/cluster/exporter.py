@@ -1,7 +1,8 @@
 """Local events out to the JetStream stream.
 
-The exporter reads the local bus as a resuming listener and publishes each
-event the export patterns select, one batch at a time: it sends up to
+Out of the daemon, the exporter reads the local bus as a resuming listener
+(inside it, the journal: see below) and publishes each event the export
+patterns select, one batch at a time: it sends up to
 ``max_in_flight`` publishes without waiting, then waits for their
 acknowledgements together. Its position (saved next to the journal) is the
 highest local seq such that every event up to it was either acknowledged by
@@ -18,6 +19,14 @@ is written at once, on one connection that never buffers across reconnects
 are sent again after it, never overtaken by a later batch. A resend of what
 the stream already has is dropped by its ``Nats-Msg-Id`` (within the
 duplicate window) or, later, by the importers' check.
+
+Inside ``saltbus serve`` (given a :class:`~saltbus.cluster.feed.JournalFeed`)
+it reads the committed records straight from the journal instead, from the
+same position: a record is decoded only when it is exported and the redact
+rules must be applied (also with redact_journal: what was journaled before
+that was turned on is not redacted); otherwise its body, exactly as
+journaled, is the message. An imported event is told by its origin key's
+bytes before any decoding (a match in a value is checked by decoding that one).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,16 +45,18 @@ import nats.js.errors
 from saltbus.client.aio import AsyncClient, Subscription
 from saltbus.client.positions import PositionStore
 from saltbus.cluster.envelope import Envelope
+from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY
 from saltbus.cluster.subjects import tag_to_subject
 from saltbus.config import Config
-from saltbus.errors import BusError, SaltbusError, SlowConsumerError
+from saltbus.errors import BusError, RemoteProtocolError, SaltbusError, SlowConsumerError
 from saltbus.event import Event, MatchType, tag_matcher
+from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.returners.redact import redactor_for
-from saltbus.wire import pack_body
+from saltbus.wire import pack_body, unpack_body
 
 log = logging.getLogger("saltbus.cluster")
 
@@ -58,6 +70,18 @@ TOO_LARGE_CODES: Final = frozenset((10054,))
 # batch would cost more than the batch on a slow disk, and a position saved a
 # little late only means events sent again after a crash, which are dropped.
 SAVE_INTERVAL: Final = 0.5
+# How an imported event's body spells its marker (a msgpack map key): a body
+# without these bytes cannot be an imported event.
+ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One local event of a batch: its message, or None when it is not for export."""
+
+    seq: int | None  # None: from a bus that numbers nothing (never exported)
+    tag: str
+    payload: bytes | None
 
 
 class ExportFailedError(SaltbusError):
@@ -66,9 +90,17 @@ class ExportFailedError(SaltbusError):
 
 class Exporter:
     def __init__(
-        self, config: Config, settings: ClusterSettings, link: Link, journal: Path
+        self,
+        config: Config,
+        settings: ClusterSettings,
+        link: Link,
+        journal: Path,
+        feed: JournalFeed | None = None,
     ) -> None:
+        """``feed``: the journal read in the daemon's process; without it the
+        exporter is a resuming listener of the bus."""
         self.config = config
+        self.feed = feed
         self.settings = settings
         self.link = link
         self.journal = journal
@@ -139,6 +171,8 @@ class Exporter:
 
     async def _export(self, backoff: Backoff) -> bool:
         """Export until something fails; True: read again from the position at once."""
+        if self.feed is not None:
+            return await self._export_journal(self.feed, backoff)
         client = AsyncClient(self.config, since=self.position)
         client.session.epoch = self.epoch
         # Every event, also those not for export: a gap in the numbers then
@@ -155,7 +189,7 @@ class Exporter:
             while not self.stopping:
                 batch, again = await self._collect(subscription)
                 if batch:
-                    await self._publish(batch)
+                    await self._publish([self._from_event(event) for event in batch])
                 if again:
                     return True
                 backoff.reset()
@@ -163,6 +197,31 @@ class Exporter:
             return False
         finally:
             await client.close()
+
+    async def _export_journal(self, feed: JournalFeed, backoff: Backoff) -> bool:
+        epoch = await feed.epoch()
+        if self.epoch is None:
+            self.epoch = epoch
+        elif epoch not in (None, self.epoch):
+            log.warning("the local bus numbers events anew (new journal): exporting all of it")
+            self.epoch, self.position = epoch, 0
+            self.save()
+            return True
+        limit = self.settings.max_in_flight
+        records = await feed.read(self.position or 0, limit)
+        while not self.stopping:
+            # The next batch is read while this one waits for its acknowledgements;
+            # it is published only after this one is wholly done (see the module's doc).
+            following = asyncio.create_task(feed.read(records[-1].seq, limit))
+            try:
+                await self._publish([self._from_record(record) for record in records])
+            except BaseException:
+                following.cancel()
+                raise
+            backoff.reset()
+            self.last_error = None
+            records = await following
+        return False
 
     async def _collect(self, subscription: Subscription) -> tuple[list[Event], bool]:
         """The next batch: the first event waited for, then what is queued.
@@ -197,14 +256,47 @@ class Exporter:
     def _outgoing(self, data: Any) -> Any:
         return data if self._redactor is None else self._redactor.redact(data)
 
-    async def _publish(self, batch: Sequence[Event]) -> None:
+    def _from_event(self, event: Event) -> Outgoing:
+        if not self.wanted(event):
+            return Outgoing(event.seq, event.tag, None)
+        return Outgoing(event.seq, event.tag, pack_body(event.tag, self._outgoing(event.data)))
+
+    def _from_record(self, record: JournalRecord) -> Outgoing:
+        if self._matchers and not any(match(record.tag) for match in self._matchers):
+            return Outgoing(record.seq, record.tag, None)
+        body = record.body
+        data: Any = None
+        if ORIGIN_BYTES in body:
+            data = self._decoded(record)
+            if data is None or ORIGIN_KEY in data:
+                return Outgoing(record.seq, record.tag, None)  # imported: never goes back out
+        if self._redactor is None:
+            return Outgoing(record.seq, record.tag, body)
+        if data is None:
+            data = self._decoded(record)
+            if data is None:
+                return Outgoing(record.seq, record.tag, None)
+        return Outgoing(record.seq, record.tag, pack_body(record.tag, self._redactor.redact(data)))
+
+    def _decoded(self, record: JournalRecord) -> Any:
+        try:
+            _, data = unpack_body(record.body)
+        except RemoteProtocolError as exc:
+            # The bus accepted it, so this is not expected; a listener would not get it either.
+            log.warning(
+                "event %d (%s) is undecodable, not exported: %s", record.seq, record.tag, exc
+            )
+            return None
+        return data
+
+    async def _publish(self, batch: Sequence[Outgoing]) -> None:
         publisher = self.link.publisher
         epoch = self.epoch or 0
-        sent: list[tuple[Event, asyncio.Future[Any] | None]] = []
+        sent: list[tuple[Outgoing, asyncio.Future[Any] | None]] = []
         refused: set[int | None] = set()
         failure: BaseException | None = None
         for event in batch:
-            if not self.wanted(event):
+            if event.payload is None:
                 sent.append((event, None))
                 continue
             envelope = Envelope(self.settings.node_name, epoch, event.seq or 0, event.tag)
@@ -212,7 +304,7 @@ class Exporter:
                 # A batch is the bound on what is in flight.
                 future = await publisher.publish(
                     tag_to_subject(event.tag, self.settings.subject_prefix),
-                    pack_body(event.tag, self._outgoing(event.data)),
+                    event.payload,
                     envelope.headers(),
                 )
             except nats.errors.MaxPayloadError:
@@ -236,7 +328,7 @@ class Exporter:
             raise ExportFailedError(f"{type(failure).__name__}: {failure}".rstrip(": "))
 
     async def _settle(
-        self, sent: Sequence[tuple[Event, asyncio.Future[Any] | None]], refused: set[int | None]
+        self, sent: Sequence[tuple[Outgoing, asyncio.Future[Any] | None]], refused: set[int | None]
     ) -> BaseException | None:
         """Wait for the acknowledgements; move the position over the prefix
         of the batch that is done; return what stopped it, if anything."""

@@ -84,6 +84,9 @@ class Server:
         # Consumers in this process that must not miss journaled events
         # (returners; the federation export and the reactor register too).
         self.retention_holds = RetentionHolds()
+        # Told the last committed seq after each commit, on the loop's thread,
+        # by parts run beside the server that read the journal (the federation export).
+        self.commit_listeners: list[Callable[[int], None]] = []
         # Told the seconds each journal commit took (the metrics' histogram);
         # set before startup(). Called on the journal's thread or the loop's.
         self.commit_observer: Callable[[float], None] | None = None
@@ -120,7 +123,7 @@ class Server:
                 self.fanout,
                 journal,
                 self.pull_connections,
-                on_commit=self._notify_returners,
+                on_commit=self._notify_committed,
                 stamp_has_offset=cfg.generation.stamp_has_offset,
                 on_error=cfg.journal_on_error,
                 epoch=self.epoch,
@@ -207,9 +210,11 @@ class Server:
         for worker in runner.workers:
             self.retention_holds.hold(worker.cursor_name, worker.journal_position)
 
-    def _notify_returners(self, last_seq: int) -> None:
+    def _notify_committed(self, last_seq: int) -> None:
         if self.returners is not None:
             self.returners.notify(last_seq)
+        for listener in self.commit_listeners:
+            listener(last_seq)
 
     def _close_returners(self) -> None:
         runner, self.returners = self.returners, None

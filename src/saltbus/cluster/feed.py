@@ -1,0 +1,101 @@
+"""The local bus's committed events, read in the daemon's own process.
+
+Inside ``saltbus serve`` the export has no need of a client of its own bus:
+no framing, no socket, no msgpack decoding of every body. It reads the
+journal by position, as the returners do, and is woken by the server after
+each commit (:meth:`JournalFeed.notify`, registered in
+``Server.commit_listeners``); a poll now and then covers a wake-up missed.
+The journal is also the backlog after an outage, so the live path and the
+catch-up are one path, and the records come in seq order with nothing
+dropped in between (a seq that never committed is simply absent).
+
+Reads run on one thread of their own, so they never block the bus's event
+loop and never overlap on the journal's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, TypeVar
+
+from saltbus.journal.records import JournalRecord
+from saltbus.journal.store import Journal
+
+T = TypeVar("T")
+
+# In case a commit's notify() is missed (or nobody registered it).
+POLL_INTERVAL: Final = 1.0
+
+
+class JournalFeed:
+    """Committed records of the journal at ``path``, after a position, as they commit."""
+
+    def __init__(self, path: Path, poll_interval: float = POLL_INTERVAL) -> None:
+        self.path = path
+        self.poll_interval = poll_interval
+        self.latest = 0  # the last seq a commit was announced up to
+        self._journal: Journal | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="saltbus-export-read")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._wake: asyncio.Event | None = None
+
+    def notify(self, last_seq: int) -> None:
+        """Events up to ``last_seq`` are committed. Cheap; any thread."""
+        self.latest = max(self.latest, last_seq)
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return  # nobody waits yet: the first read looks anyway
+        if threading.get_ident() == self._loop_thread:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
+
+    async def epoch(self) -> int | None:
+        """The journal's numbering of its seqs."""
+        return await self._run(lambda journal: journal.epoch())
+
+    async def read(self, since: int, limit: int) -> list[JournalRecord]:
+        """Up to ``limit`` records after ``since``; waits until there is one."""
+        wake = self._waker()
+        while True:
+            wake.clear()  # a commit during the read below sets it again
+            records = await self._run(lambda journal: journal.read(since=since, limit=limit))
+            if records:
+                return records
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.poll_interval)
+
+    def _waker(self) -> asyncio.Event:
+        if self._wake is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+            self._wake = asyncio.Event()
+        return self._wake
+
+    async def _run(self, action: Callable[[Journal], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._on_thread, action)
+
+    def _on_thread(self, action: Callable[[Journal], T]) -> T:
+        if self._journal is None:
+            self._journal = Journal.open(self.path, readonly=True)
+        return action(self._journal)
+
+    async def close(self) -> None:
+        """Close the journal on the reading thread (after any read still on it)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._close_journal)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def _close_journal(self) -> None:
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()

@@ -1,0 +1,105 @@
+"""The export in the daemon's process (Server and Bridge in one loop, wired
+as `saltbus serve` wires them): it reads the journal, publishes only what its
+patterns select, decodes no body but an imported event's, and never sends
+an imported event back out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import saltbus.cluster.exporter as exporter_module
+from saltbus import Config, Sender
+from saltbus.cluster import ORIGIN_KEY, Bridge
+from saltbus.journal.store import Journal
+from saltbus.server import Server
+from saltbus.wire import unpack_body
+from tests.cluster_support import NatsServer
+
+pytestmark = pytest.mark.timeout(300)
+WAIT = 120.0
+
+
+def node_config(root: Path, name: str, url: str, **cluster: Any) -> Config:
+    return Config.load(
+        env={},
+        overrides={
+            "sock_dir": root / name / "s",
+            "data_dir": root / name / "d",
+            "cluster": {"servers": url, "node_name": name, **cluster},
+        },
+    )
+
+
+def fire(config: Config, tags: list[str]) -> list[int]:
+    with Sender(config) as sender:
+        return [
+            sender.fire(tag, {"n": n}, timeout=10.0, ack=True).seq or 0
+            for n, tag in enumerate(tags)
+        ]
+
+
+def imported(journal: Path) -> list[tuple[str, int]]:
+    with Journal.open(journal, readonly=True) as store:
+        events = [unpack_body(r.body) for r in store.iter_read()]
+    return [(tag, data[ORIGIN_KEY]["seq"]) for tag, data in events if ORIGIN_KEY in data]
+
+
+async def until(predicate: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def test_in_process_export_sends_what_it_selects_in_order_and_decodes_only_imports(
+    root: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+):
+    decoded: list[dict[str, Any]] = []
+
+    def unpack_and_note(body: bytes) -> tuple[str, dict[str, Any]]:
+        tag, data = unpack_body(body)
+        decoded.append(data)
+        return tag, data
+
+    monkeypatch.setattr(exporter_module, "unpack_body", unpack_and_note)
+    a_config = node_config(root, "a", nats_server.url, export=["keep/"], max_in_flight=50)
+    b_config = node_config(root, "b", nats_server.url)
+    tags = [f"keep/{n}" if n % 3 else f"other/{n}" for n in range(600)]
+
+    async def main() -> None:
+        async with (
+            Server(a_config) as a_server,
+            Server(b_config) as b_server,
+            Bridge(a_config, intake=a_server.intake) as a,
+            Bridge(b_config, intake=b_server.intake) as b,
+        ):
+            a_server.commit_listeners.append(a.notify_committed)
+            b_server.commit_listeners.append(b.notify_committed)
+            await a.wait_ready(WAIT)
+            await b.wait_ready(WAIT)
+            seqs = await asyncio.to_thread(fire, a_config, tags)
+            kept = [(t, s) for t, s in zip(tags, seqs, strict=True) if t.startswith("keep/")]
+            await until(lambda: a.exporter.position == seqs[-1], "a to pass its last event")
+            await until(lambda: b.importer.imported >= len(kept), "b to import")
+            await until(
+                lambda: b.exporter.position == b_server.intake.last_seq,
+                "b to pass what it imported",
+            )
+            assert imported(b.journal) == kept  # each once, in order
+            export_a, export_b = a.stats()["export"], b.stats()["export"]
+            assert (export_a["exported"], export_a["not_exported"]) == (
+                len(kept),
+                len(tags) - len(kept),
+            )
+            # b's imports never go back out, and nothing was published for them.
+            assert (export_b["exported"], export_b["not_exported"]) == (0, len(kept))
+            assert a.importer.imported == 0
+            # Only imported events were decoded (to confirm their marker).
+            assert decoded and all(ORIGIN_KEY in data for data in decoded)
+
+    asyncio.run(main())
