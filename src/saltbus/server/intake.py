@@ -239,7 +239,10 @@ class Intake:
             # is delivered, so that a Nack still means "neither journaled nor
             # delivered" when SQLite fails behind the tail.
             try:
-                inline = self.journal.commit_inline(batch.records)
+                # Indexing is handed to the journal's thread after delivery
+                # (by when_indexed): waking that thread first makes it compete
+                # for the GIL with the writes to the subscribers.
+                inline = self.journal.commit_inline(batch.records, defer_index=True)
             except JournalError as exc:
                 self._failed(batch, exc)
                 return
