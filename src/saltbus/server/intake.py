@@ -287,9 +287,11 @@ class Intake:
         self.journal.submit(batch.records, committed, on_failed=failed, probe=probe)
 
     def _committed(self, batch: _Batch, probe: bool) -> None:
-        self._settle(batch)
         records = batch.records
+        # Delivered first: the subscribers' writes are the latency; settling
+        # (flow control, the drained flag) is nothing they wait for.
         self.fanout.deliver(records)
+        self._settle(batch)
         if records:
             self._last_delivered = records[-1].seq
             self._after_indexed(batch)
