@@ -139,6 +139,14 @@ class FrameDecoder:
             # publisher's every read): no msgpack, neither scanner nor unpacker.
             chunks.clear()
             return Frame(body, {})
+        if (
+            not chunks
+            and self._scan_error is None
+            and (unpacker is None or unpacker.tell() == self._scanned)
+        ):
+            # Nothing received is left (after each read's last frame): no
+            # unpacker to build or OutOfData to raise to say so.
+            return None
         if unpacker is None:
             limit = self.max_frame_size
             # Buffers start small and grow to what the stream needs (msgpack's
