@@ -161,30 +161,29 @@ def run_publisher(tmp: Path, n: int, journal: str) -> Callable[[], None]:
     blob = client_frames(n)
 
     async def feed() -> None:
-        server = Server(config)
-        if server.journal_path is not None:
-            server.journal_path.parent.mkdir(parents=True, exist_ok=True)
-            server._open_journal(server.journal_path)
-        outs = []
-        for filtered in (False, True):
-            out = CountingTransport()
-            sub = SubscriberConnection(server)
-            sub.connection_made(out)  # type: ignore[arg-type]
-            if filtered:
-                assert sub.subscriber is not None
-                server.subscribe(sub.subscriber, Subscribe((("bench/", "startswith"),)))  # type: ignore[arg-type]
-            outs.append(out)
-        pull = PullConnection(server)
-        pull.connection_made(CountingTransport())  # type: ignore[arg-type]
-        view = memoryview(blob)
-        for start in range(0, len(view), CHUNK):
-            pull.data_received(bytes(view[start : start + CHUNK]))
-            await asyncio.sleep(0)
-        await server.intake.drained()
-        if server._writer is not None:
-            server._writer.close()
-        if not all(out.written >= len(blob) for out in outs):
-            raise RuntimeError(f"publisher wrote {[o.written for o in outs]} of {len(blob)}")
+        # Started, as `saltbus serve` is (its sockets are bound in tmp and not
+        # used): the connections below are fed directly, with no socket I/O.
+        async with Server(config) as server:
+            state = server._state
+            assert state is not None
+            outs = []
+            for filtered in (False, True):
+                out = CountingTransport()
+                sub = SubscriberConnection(state)
+                sub.connection_made(out)  # type: ignore[arg-type]
+                if filtered:
+                    assert sub.subscriber is not None
+                    server.subscribe(sub.subscriber, Subscribe((("bench/", "startswith"),)))  # type: ignore[arg-type]
+                outs.append(out)
+            pull = PullConnection(state)
+            pull.connection_made(CountingTransport())  # type: ignore[arg-type]
+            view = memoryview(blob)
+            for start in range(0, len(view), CHUNK):
+                pull.data_received(bytes(view[start : start + CHUNK]))
+                await asyncio.sleep(0)
+            await server.intake.drained()
+            if not all(out.written >= len(blob) for out in outs):
+                raise RuntimeError(f"publisher wrote {[o.written for o in outs]} of {len(blob)}")
 
     return lambda: asyncio.run(feed())
 

@@ -30,7 +30,7 @@ class Sink:
         self.index_lags = False
         self.index_waiters: list[tuple[int, Callable[[], None]]] = []
 
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+    def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
         if self.error is not None:
             raise self.error
         self._commit(records)
@@ -245,9 +245,9 @@ class GapNoticeFailsOnce(Sink):
         self.notice_failed = False
         self.stored: list[JournalRecord] = []
 
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+    def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
         self._maybe_fail(records)
-        return super().commit_inline(records)
+        return super().commit_inline(records, defer_index=defer_index)
 
     def submit(
         self,

@@ -77,6 +77,21 @@ def test_a_commit_is_in_the_tail_at_once_and_in_sqlite_behind(tmp_path: Path) ->
     assert tail_path(path).stat().st_size == 0, "closing empties an indexed tail"
 
 
+def test_a_deferred_index_waits_for_the_next_call_and_keeps_the_order(tmp_path: Path) -> None:
+    path = tmp_path / "bus.sqlite3"
+    with TailedWriter(path) as writer:
+        assert writer.commit_inline(records(1, 2), defer_index=True)
+        assert writer.commit_inline(records(3, 2), defer_index=True)
+        assert writer.last_seq == 4, "durable in the tail at once"
+        assert writer.indexed_seq == 0, "not handed to SQLite's thread before the next call"
+        indexed = Indexed()
+        if not writer.when_indexed(4, indexed):
+            assert indexed.done.wait(WAIT)
+        assert stored(path) == [1, 2, 3, 4]
+        assert writer.commit_inline(records(5, 1), defer_index=True)
+    assert stored(path) == [1, 2, 3, 4, 5], "closing hands over what was deferred"
+
+
 def test_submitted_batches_go_to_sqlite_before_their_callback(tmp_path: Path) -> None:
     path = tmp_path / "bus.sqlite3"
     with TailedWriter(path) as writer:

@@ -43,6 +43,7 @@ from saltbus.wire import (
     tag_and_data_size,
     unpack_body,
 )
+from saltbus.wire.frames import plain_frame_body
 
 # -- golden bytes (WIRE.md) ----------------------------------------------------
 
@@ -789,3 +790,45 @@ def test_tag_and_data_size_match_body_tag_and_event_data_size() -> None:
         tag_and_data_size(b"no separator")
     with pytest.raises(RemoteProtocolError):
         tag_and_data_size(b"\xff\n\n\x80")
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+def test_plain_frame_body_reads_what_msgpack_reads(size: int) -> None:
+    body = b"t\n\n" + b"x" * size
+    frame = msgpack.packb({"head": {}, "body": body}, use_bin_type=True)
+    assert plain_frame_body(frame) == body
+    assert plain_frame_body(frame + b"\x80") is None, "more than one frame"
+    assert plain_frame_body(frame[:-1]) is None, "a frame cut short"
+    with_head = msgpack.packb({"head": {"a": 1}, "body": body}, use_bin_type=True)
+    assert plain_frame_body(with_head) is None
+    body_first = msgpack.packb({"body": body, "head": {}}, use_bin_type=True)
+    assert plain_frame_body(body_first) is None
+
+
+@pytest.mark.parametrize("framing", list(Framing))
+def test_frames_one_per_read_mixed_with_split_and_headed_ones(framing: Framing) -> None:
+    plain = [encode_frame(b"a/%d\n\n\x80" % i + b"y" * (i * 300), None, framing) for i in range(4)]
+    headed = encode_frame(b"h\n\n\x80", {"ack": 7}, framing)
+    decoder = FrameDecoder(framing)
+    got: list[Frame] = []
+    for data in (plain[0], plain[1][:5], plain[1][5:], headed, plain[2], plain[3] + plain[0]):
+        decoder.receive_data(data)
+        got += list(decoder)
+    assert [f.body for f in got] == [
+        b"a/0\n\n\x80",
+        b"a/1\n\n\x80" + b"y" * 300,
+        b"h\n\n\x80",
+        b"a/2\n\n\x80" + b"y" * 600,
+        b"a/3\n\n\x80" + b"y" * 900,
+        b"a/0\n\n\x80",
+    ]
+    assert [dict(f.head) for f in got] == [{}, {}, {"ack": 7}, {}, {}, {}]
+    assert decoder.buffered == 0
+
+
+def test_a_plain_frame_over_the_limit_is_refused() -> None:
+    frame = encode_frame(b"t\n\n" + b"x" * 200)
+    decoder = FrameDecoder(Framing.BARE, max_frame_size=100)
+    decoder.receive_data(frame)
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()

@@ -88,7 +88,13 @@ class TailedWriter:
         self._indexed = 0  # the last seq in SQLite
         self._unindexed = 0  # records in the tail not yet in SQLite
         self._unindexed_bytes = 0
-        self._queued = 0  # our batches in the writer's queue
+        self._queued = 0  # our batches in the writer's queue (or about to be)
+        # Appended to the tail (commit_inline with defer_index), not yet handed
+        # to the writer: handed over by the next call (when_indexed, as a rule,
+        # once the batch is delivered),
+        # so that waking the writer's thread, which then competes for the GIL,
+        # comes after the subscribers' writes, not between append and delivery.
+        self._unhanded: list[Sequence[JournalRecord]] = []
         self._direct = 0  # of which submitted to SQLite first (not in the tail)
         self._failure: JournalWriteError | None = None
         self._retry: list[JournalRecord] = []  # in the tail, failed in SQLite
@@ -165,6 +171,7 @@ class TailedWriter:
         """Index everything queued, stop the writer, and empty the tail if
         SQLite holds all of it (else the next start indexes the rest)."""
         with self._lock:
+            self._hand_over()
             self._closing = True
             timer, self._retry_timer = self._retry_timer, None
         if timer is not None:
@@ -198,15 +205,18 @@ class TailedWriter:
 
     # -- committing -------------------------------------------------------------
 
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+    def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
         """Append ``records`` to the tail and queue them for SQLite. True when
         appended (they may be delivered now); False when they are to be
         :meth:`submit`\\ ted (the index is far behind, or SQLite-first batches
         are queued). Raises JournalWriteError while the journal fails, and
-        JournalError for a batch that cannot be stored."""
+        JournalError for a batch that cannot be stored. With ``defer_index``
+        they are handed to SQLite's thread by the next call instead (the
+        publisher's :meth:`when_indexed`, once it has delivered them)."""
         if not records:
             return True
         with self._lock:
+            self._hand_over()
             if self._failure is not None:
                 raise self._failure
             tail = self._tail
@@ -233,8 +243,17 @@ class TailedWriter:
             self._unindexed += len(records)
             self._unindexed_bytes += sum(len(record.body) for record in records)
             self._queued += 1
-            self.writer.submit(records, self._indexed_tail, on_failed=self._tail_index_failed)
+            self._unhanded.append(records)
+            if not defer_index:
+                self._hand_over()
         return True
+
+    def _hand_over(self) -> None:
+        """(Under the lock.) Queue what the tail took for SQLite, in order."""
+        if self._unhanded:
+            batches, self._unhanded = self._unhanded, []
+            for records in batches:
+                self.writer.submit(records, self._indexed_tail, on_failed=self._tail_index_failed)
 
     def submit(
         self,
@@ -250,6 +269,7 @@ class TailedWriter:
         journal is failing and this is no probe it can try now)."""
         ready: list[IndexedCallback] = []
         with self._lock:
+            self._hand_over()
             failure = self._failure
             error: JournalError | None = None
             if self._queued:
@@ -317,6 +337,7 @@ class TailedWriter:
         """True when SQLite holds ``seq`` already; else False, and ``callback``
         runs (on the writer thread) once it does."""
         with self._lock:
+            self._hand_over()
             if seq <= self._indexed:
                 return True
             heapq.heappush(self._waiters, (seq, next(self._order), callback))
@@ -381,6 +402,7 @@ class TailedWriter:
 
     def _retry_now(self) -> None:
         with self._lock:
+            self._hand_over()
             self._retry_timer = None
             if self._closing or not self._retry:
                 return

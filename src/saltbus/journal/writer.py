@@ -220,11 +220,12 @@ class JournalWriter:
                 raise JournalError(f"journal writer for {self.path} is {self._state}, not running")
             self._queue.put(batch)
 
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+    def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
         """Commit ``records`` on the calling thread, now, if the writer is idle
         (nothing queued or committing, no failure) and durability is
         ``"batch"``. True when committed; False when the caller is to
-        :meth:`submit` them instead. Raises JournalError (JournalWriteError
+        :meth:`submit` them instead. (``defer_index`` changes nothing here:
+        SQLite is the index.) Raises JournalError (JournalWriteError
         when the file failed, which sticks as for a batch) when the commit fails.
 
         The caller must not have batches submitted and not yet called back:

@@ -27,7 +27,10 @@ class JournalSink(Protocol):
     @property
     def last_seq(self) -> int: ...
 
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool: ...
+    def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
+        """Journal ``records`` now, if the sink can (True: deliver them). With
+        ``defer_index``, what follows (indexing) may wait for the next call."""
+        ...
 
     def when_indexed(self, seq: int, callback: Callable[[], None]) -> bool:
         """Whether readers of the journal's store (SQLite) see ``seq`` already;
@@ -54,7 +57,7 @@ class NoJournal:
     def last_seq(self) -> int:
         return self._last_seq
 
-    def commit_inline(self, records: Sequence[JournalRecord]) -> bool:
+    def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
         if records:
             self._last_seq = records[-1].seq
         return True

@@ -311,13 +311,18 @@ class FanOut:
         """Offer numbered records to every subscriber."""
         if not records:
             return
+        if len(records) == 1:  # an idle bus's every batch
+            record = records[0]
+            frames = encode_event_frames(((record.seq, record.time, record.body),), self.framing)
+            self.offer(frames, (record.tag,))
+            return
         frames = encode_event_frames(((r.seq, r.time, r.body) for r in records), self.framing)
         self.offer(frames, [r.tag for r in records])
 
     def offer(self, frames: list[bytes], tags: Sequence[str]) -> None:
         """Each frame is encoded once and shared by every subscriber's queue;
         a subscriber that wants the whole batch gets it in one write."""
-        blob: bytes | None = None
+        blob: bytes | None = frames[0] if len(frames) == 1 else None
         for subscriber in list(self.subscribers):
             matcher = subscriber.matcher
             if matcher is None:

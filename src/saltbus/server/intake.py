@@ -166,9 +166,33 @@ class Intake:
         if self.journal_failure is not None and not self._deliver_on_error:
             self._hold(bodies, tags, acks, source, self._held_late)
             return
+        loop = self._loop
+        if (
+            not self._pending
+            and self._flush_handle is None
+            and loop is not None
+            and loop.time() >= self._last_flush + COALESCE_SECONDS
+        ):
+            # Idle (the common case at a low rate): this batch is the flush,
+            # without the pending list's round trip.
+            self._last_flush = loop.time()
+            self._flush_one(bodies, tags, acks, source)
+            return
         self._pending.append((bodies, tags, acks, source))
         self._drained.clear()
         self._schedule_flush()
+
+    def _flush_one(
+        self,
+        bodies: Sequence[bytes],
+        tags: Sequence[str],
+        acks: Sequence[tuple[int, int]],
+        source: AckTarget | None,
+    ) -> None:
+        acked = [(source, list(acks))] if acks and source is not None else []
+        size = len(bodies[0]) if len(bodies) == 1 else sum(map(len, bodies))
+        records = self._number(bodies, tags)
+        self._submit(_Batch(records, [source] * len(bodies), acked, size))
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:
@@ -218,6 +242,8 @@ class Intake:
         seq = self.next_seq
         now = time.time()
         self.next_seq = seq + len(bodies)
+        if len(bodies) == 1:
+            return [JournalRecord(seq, now, tags[0], bodies[0])]
         return [
             JournalRecord(seq + i, now, tag, body)
             for i, (tag, body) in enumerate(zip(tags, bodies, strict=True))
@@ -239,7 +265,10 @@ class Intake:
             # is delivered, so that a Nack still means "neither journaled nor
             # delivered" when SQLite fails behind the tail.
             try:
-                inline = self.journal.commit_inline(batch.records)
+                # Indexing is handed to the journal's thread after delivery
+                # (by when_indexed): waking that thread first makes it compete
+                # for the GIL with the writes to the subscribers.
+                inline = self.journal.commit_inline(batch.records, defer_index=True)
             except JournalError as exc:
                 self._failed(batch, exc)
                 return
@@ -258,9 +287,11 @@ class Intake:
         self.journal.submit(batch.records, committed, on_failed=failed, probe=probe)
 
     def _committed(self, batch: _Batch, probe: bool) -> None:
-        self._settle(batch)
         records = batch.records
+        # Delivered first: the subscribers' writes are the latency; settling
+        # (flow control, the drained flag) is nothing they wait for.
         self.fanout.deliver(records)
+        self._settle(batch)
         if records:
             self._last_delivered = records[-1].seq
             self._after_indexed(batch)

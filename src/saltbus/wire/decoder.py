@@ -10,7 +10,7 @@ import msgpack
 
 from saltbus.errors import RemoteProtocolError
 from saltbus.wire.body import DEFAULT_MAX_EVENT_SIZE
-from saltbus.wire.frames import FRAME_OVERHEAD, LENGTH, Frame, to_frame
+from saltbus.wire.frames import FRAME_OVERHEAD, LENGTH, Frame, plain_frame_body, to_frame
 from saltbus.wire.generations import Framing
 
 _T = TypeVar("_T")
@@ -114,6 +114,8 @@ class FrameDecoder:
             return None
         payload = bytes(buffer[4 : 4 + size])
         del buffer[: 4 + size]
+        if (body := plain_frame_body(payload)) is not None:
+            return Frame(body, {})
         try:
             value = msgpack.unpackb(payload, raw=False)
         except Exception as exc:
@@ -124,6 +126,27 @@ class FrameDecoder:
 
     def _next_bare(self) -> Frame | None:
         unpacker = self._unpacker
+        chunks = self._chunks
+        if (
+            len(chunks) == 1
+            and not self._buffer
+            and self._scan_error is None
+            and (unpacker is None or unpacker.tell() == self._scanned)
+            and len(chunks[0]) <= self.max_frame_size
+            and (body := plain_frame_body(chunks[0])) is not None
+        ):
+            # One whole plain frame and nothing pending before it (an idle
+            # publisher's every read): no msgpack, neither scanner nor unpacker.
+            chunks.clear()
+            return Frame(body, {})
+        if (
+            not chunks
+            and self._scan_error is None
+            and (unpacker is None or unpacker.tell() == self._scanned)
+        ):
+            # Nothing received is left (after each read's last frame): no
+            # unpacker to build or OutOfData to raise to say so.
+            return None
         if unpacker is None:
             limit = self.max_frame_size
             # Buffers start small and grow to what the stream needs (msgpack's

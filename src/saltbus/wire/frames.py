@@ -67,6 +67,36 @@ def encode_frame(
     return frame
 
 
+_PLAIN_START: Final = len(_EMPTY_HEAD_START)
+
+
+def plain_frame_body(data: bytes) -> bytes | None:
+    """The body of ``data`` when ``data`` is exactly one frame with an empty
+    head, keys in the order Salt's clients and saltbus's write them; else None
+    (then msgpack reads it). Read by hand: an idle publisher's pull side takes
+    one such frame per read."""
+    if not data.startswith(_EMPTY_HEAD_START):
+        return None
+    size = len(data)
+    if size < _PLAIN_START + 2:
+        return None
+    kind = data[_PLAIN_START]
+    if kind == 0xC4:
+        start = _PLAIN_START + 2
+        length = data[_PLAIN_START + 1]
+    elif kind == 0xC5 and size >= _PLAIN_START + 3:
+        start = _PLAIN_START + 3
+        length = int.from_bytes(data[_PLAIN_START + 1 : start], "big")
+    elif kind == 0xC6 and size >= _PLAIN_START + 5:
+        start = _PLAIN_START + 5
+        length = int.from_bytes(data[_PLAIN_START + 1 : start], "big")
+    else:
+        return None
+    if start + length != size:
+        return None
+    return data[start:]
+
+
 _SEQ_HEAD_START: Final = _FRAME_START + b"\x82\xa3seq"
 _TIME_KEY: Final = b"\xa4time\xcb"
 _DOUBLE: Final = struct.Struct(">d")
