@@ -1,6 +1,8 @@
 """The node's stream and consumer on a real nats-server: the configured
 retention reaches a stream that exists already, its size and limits are in
-`saltbus stats`, and ``import_start`` picks where a new node's consumer begins."""
+`saltbus stats`, ``import_start`` picks where a new node's consumer begins
+(only a new node's: a lost consumer goes on after what was handled), and a
+full journal with NATS restarted meanwhile loses and duplicates no import."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from nats.js.api import StorageType
 
 from tests.cluster_support import NatsServer, Node, running, wait_imported
+from tests.disk_support import PAD, fill, small_disk
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
@@ -122,3 +125,31 @@ def test_a_node_whose_consumer_is_gone_goes_on_after_what_it_imported(
         time.sleep(1.0)  # time for anything extra to arrive
         assert [s for node, s, _, _ in a.imported() if node == "b"] == fired
         assert a.stats()["cluster"]["import"]["start"] == "new"
+
+
+def test_a_full_journal_and_a_nats_restart_lose_and_duplicate_no_import(
+    root: Path, nats_server: NatsServer
+):
+    # The soak's other faults around the loss: node a's journal disk full
+    # (imports refused, fired again) and NATS gone meanwhile (redeliveries).
+    url = [nats_server.url]
+    a, b = Node(root, "a", url), Node(root, "b", url)
+    with small_disk(a.dir, 4) as disk:
+        (a.dir / "d").symlink_to(disk)
+        with running([a, b]):
+            fired = [b.fire("full/before", {"n": n}) for n in range(3)]
+            wait_imported(a, 3)
+            filler = fill(disk, 64 * 1024)
+            fired += [b.fire("full/during", {"n": n, "pad": PAD}) for n in range(150)]
+            nats_server.stop()
+            nats_server.start()
+            fired += [b.fire("full/during", {"n": n, "pad": PAD}) for n in range(150, 300)]
+            filler.unlink()
+            fired.append(b.fire("full/after", {"n": 0}))
+            wait_until(lambda: _has(a, fired[-1]), "the last event on a", 120)
+            time.sleep(1.0)  # time for anything extra to arrive
+            assert [s for node, s, _, _ in a.imported() if node == "b"] == fired
+            log = (a.dir / "log").read_text(errors="replace")
+            assert "journal cannot commit" in log  # the faults did happen
+            assert "import: the local journal refused" in log
+            assert "reconnected to NATS" in log
