@@ -223,7 +223,9 @@ class FakeLink:
     async def wait_up(self) -> None:
         pass
 
-    async def bind_consumer(self, filter_subject: str) -> tuple[FakeSubscription, int]:
+    async def bind_consumer(
+        self, filter_subject: str, resume_at: int | None = None
+    ) -> tuple[FakeSubscription, int]:
         self.binds += 1
         return self.subscriptions.pop(0)
 

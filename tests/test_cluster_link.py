@@ -1,6 +1,8 @@
 """The node's stream and consumer on a real nats-server: the configured
 retention reaches a stream that exists already, its size and limits are in
-`saltbus stats`, and ``import_start`` picks where a new node's consumer begins."""
+`saltbus stats`, ``import_start`` picks where a new node's consumer begins
+(only a new node's: a lost consumer goes on after what was handled), and a
+full journal with NATS restarted meanwhile loses and duplicates no import."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import nats
 import pytest
 from nats.js.api import StorageType
 
-from tests.cluster_support import NatsServer, Node, running
+from tests.cluster_support import NatsServer, Node, running, wait_imported
+from tests.disk_support import PAD, fill, small_disk
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600)
@@ -90,3 +93,63 @@ def test_import_start_new_all_and_since_choose_a_new_nodes_first_event(
 
 def _has(node: Node, origin_seq: int) -> bool:
     return any(seq == origin_seq for _, seq, _, _ in node.imported())
+
+
+async def _delete_consumer(url: str, name: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream(timeout=5).delete_consumer("SALTBUS", name)
+    finally:
+        await nc.close()
+
+
+def test_a_node_whose_consumer_is_gone_goes_on_after_what_it_imported(
+    root: Path, nats_server: NatsServer
+):
+    # A rewind deletes the consumer and makes it again; when the second step
+    # fails (NATS lost its leader in between, as in the soak), the next bind
+    # finds no consumer. import_start is for a node's first start only: this
+    # node must go on after the last event it handled, not from the stream's end.
+    url = [nats_server.url]
+    a, b = Node(root, "a", url), Node(root, "b", url)
+    with running([a, b]):
+        fired = [b.fire("gone/before", {"n": n}) for n in range(3)]
+        wait_imported(a, 3)
+        a.stop()
+        asyncio.run(_delete_consumer(nats_server.url, "a"))
+        fired += [b.fire("gone/while", {"n": n}) for n in range(5)]
+        wait_until(lambda: b.stats()["cluster"]["export"]["lag"] == 0, "b exported all", 30)
+        a.start()
+        fired.append(b.fire("gone/after", {"n": 0}))
+        wait_until(lambda: _has(a, fired[-1]), "the last event on a", 60)
+        time.sleep(1.0)  # time for anything extra to arrive
+        assert [s for node, s, _, _ in a.imported() if node == "b"] == fired
+        assert a.stats()["cluster"]["import"]["start"] == "new"
+
+
+def test_a_full_journal_and_a_nats_restart_lose_and_duplicate_no_import(
+    root: Path, nats_server: NatsServer
+):
+    # The soak's other faults around the loss: node a's journal disk full
+    # (imports refused, fired again) and NATS gone meanwhile (redeliveries).
+    url = [nats_server.url]
+    a, b = Node(root, "a", url), Node(root, "b", url)
+    with small_disk(a.dir, 4) as disk:
+        (a.dir / "d").symlink_to(disk)
+        with running([a, b]):
+            fired = [b.fire("full/before", {"n": n}) for n in range(3)]
+            wait_imported(a, 3)
+            filler = fill(disk, 64 * 1024)
+            fired += [b.fire("full/during", {"n": n, "pad": PAD}) for n in range(150)]
+            nats_server.stop()
+            nats_server.start()
+            fired += [b.fire("full/during", {"n": n, "pad": PAD}) for n in range(150, 300)]
+            filler.unlink()
+            fired.append(b.fire("full/after", {"n": 0}))
+            wait_until(lambda: _has(a, fired[-1]), "the last event on a", 120)
+            time.sleep(1.0)  # time for anything extra to arrive
+            assert [s for node, s, _, _ in a.imported() if node == "b"] == fired
+            log = (a.dir / "log").read_text(errors="replace")
+            assert "journal cannot commit" in log  # the faults did happen
+            assert "import: the local journal refused" in log
+            assert "reconnected to NATS" in log

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from saltbus.cluster.pull import Puller, delivery_number
+from saltbus.cluster.pull import Puller, delivery_number, stream_number
 from tests.cluster_support import NatsServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,7 +91,7 @@ def test_a_message_after_requests_expired_on_a_quiet_stream_still_comes(
     asyncio.run(main())
 
 
-def test_the_delivery_number_is_read_from_either_form_of_reply_subject():
+def test_the_delivery_and_stream_numbers_are_read_from_either_form_of_reply_subject():
     v1 = Msg(None, subject="s", reply="$JS.ACK.S.c.1.10.7.1700000000000000000.3")  # type: ignore[arg-type]
     with_domain = Msg(
         None,  # type: ignore[arg-type]
@@ -100,3 +100,5 @@ def test_the_delivery_number_is_read_from_either_form_of_reply_subject():
     )
     assert delivery_number(v1) == v1.metadata.sequence.consumer == 7
     assert delivery_number(with_domain) == with_domain.metadata.sequence.consumer == 7
+    assert stream_number(v1) == v1.metadata.sequence.stream == 10
+    assert stream_number(with_domain) == with_domain.metadata.sequence.stream == 10

@@ -27,6 +27,17 @@ def test_marks_survive_a_save_and_only_move_up(tmp_path: Path):
     assert again.as_of == 100
 
 
+def test_the_stream_seq_handled_survives_a_save_and_an_older_file_has_none(tmp_path: Path):
+    state = ImportState(tmp_path / "import")
+    state.stream_seq = 4096
+    state.save()
+    assert ImportState.load(state.path).stream_seq == 4096
+    older = tmp_path / "older"
+    older.write_text('{"local_epoch": 5, "as_of": 9, "origins": {"b": {"7": 3}}}\n')
+    loaded = ImportState.load(older)
+    assert (loaded.stream_seq, loaded.marks) == (0, {("b", 7): 3})
+
+
 def test_only_the_latest_epochs_of_an_origin_are_kept(tmp_path: Path):
     state = ImportState(tmp_path / "import")
     for epoch in range(EPOCHS_KEPT + 2):

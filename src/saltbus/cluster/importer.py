@@ -23,7 +23,9 @@ the next fetch, and a message delivered but never received (left with an
 earlier subscription, or lost with a NATS server) is delivered again before
 any newer one: a gap in the consumer's delivery numbers stops the importer
 before it handles anything after the gap, and link.py rewinds the consumer
-to its acknowledgement floor.
+to its acknowledgement floor. A consumer found missing (a rewind cut short
+between its delete and its add) is made again after the last stream message
+handled here (kept in state.py), never from ``import_start``'s choice.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from saltbus.client.aio import AsyncClient
 from saltbus.cluster.direct import DirectFire
 from saltbus.cluster.envelope import ORIGIN, Envelope
 from saltbus.cluster.link import Backoff, Link
-from saltbus.cluster.pull import Puller, delivery_number
+from saltbus.cluster.pull import Puller, delivery_number, stream_number
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
@@ -136,7 +138,9 @@ class Importer:
             subscription: Puller | None = None
             again = False
             try:
-                subscription, next_delivery = await self.link.bind_consumer(self.filter.subject)
+                subscription, next_delivery = await self.link.bind_consumer(
+                    self.filter.subject, self._resume_at()
+                )
                 self.bound.set()
                 await self._consume(subscription, next_delivery, backoff)
             except _MissedDeliveryError as exc:
@@ -195,6 +199,8 @@ class Importer:
                 self.state.record(origin, seq)
             for message in messages:
                 await _ack(message)
+            if messages:  # in stream order, from the floor on: all before it is handled too
+                self.state.stream_seq = stream_number(messages[-1])
             if time.monotonic() - self._saved_at >= SAVE_INTERVAL:
                 self.state.save()
                 self._saved_at = time.monotonic()
@@ -202,6 +208,14 @@ class Importer:
                 raise _MissedDeliveryError(missed)
             backoff.reset()
             self.last_error = None
+
+    def _resume_at(self) -> int | None:
+        """Where a lost consumer is made again from; None: this node never imported."""
+        if self.state.stream_seq:
+            return self.state.stream_seq + 1
+        if self.state.marks:
+            return 1  # imported by a version that kept no stream seq: the duplicates are dropped
+        return None
 
     def _sort(self, messages: list[Msg]) -> tuple[list[_Import], list[tuple[Origin, int]]]:
         """What of a fetched batch is to be fired here, and what is skipped."""

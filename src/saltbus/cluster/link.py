@@ -210,9 +210,18 @@ class Link:
         """Check the stream again next time (it may have been deleted)."""
         self._stream_checked = False
 
-    async def bind_consumer(self, filter_subject: str) -> tuple[Puller, int]:
+    async def bind_consumer(
+        self, filter_subject: str, resume_at: int | None = None
+    ) -> tuple[Puller, int]:
         """The node's durable pull consumer, created, adjusted or rewound, and
         bound; with the consumer sequence number its next delivery will have.
+
+        ``resume_at``: for a node that imported before, the first stream seq
+        it has not handled. A missing consumer is then made again from there:
+        ``import_start`` chooses only a node's first consumer. (A rewind below
+        deletes the consumer before making it again; when NATS fails between
+        the two, as when its leader is killed, the next bind finds none, and
+        starting from the stream's end would skip what came after the floor.)
 
         Messages delivered to an earlier subscription and never acknowledged
         (a crash, a lost connection, a delivery lost in a failover) would come
@@ -229,7 +238,9 @@ class Link:
         except nats.js.errors.NotFoundError:
             info = None
         next_delivery = 1
-        if info is None:
+        if info is None and resume_at is not None:
+            await self._add_lost_consumer(filter_subject, resume_at)
+        elif info is None:
             await self._add_first_consumer(filter_subject)
         elif info.num_ack_pending:
             start = _rewind_point(info)
@@ -268,6 +279,18 @@ class Link:
             last = (await self.js.stream_info(self.settings.stream)).state.last_seq
             await self._add_consumer(filter_subject, last + 1)
             log.info("created the consumer %s (from stream seq %d)", name, last + 1)
+
+    async def _add_lost_consumer(self, filter_subject: str, resume_at: int) -> None:
+        """The consumer of a node that imported before, made again from ``resume_at``."""
+        last = (await self.js.stream_info(self.settings.stream)).state.last_seq
+        # Beyond the stream's end: the stream was made anew, all of it is new here.
+        start = resume_at if resume_at <= last + 1 else 1
+        await self._add_consumer(filter_subject, start)
+        log.warning(
+            "consumer %s was missing; made again from stream seq %d, after what was imported",
+            self.settings.node_name,
+            start,
+        )
 
     async def _add_consumer(
         self,

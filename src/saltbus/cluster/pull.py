@@ -35,6 +35,8 @@ API_PREFIX: Final = "$JS.API"
 _ACK_TOKENS_V1: Final = 9
 _CONSUMER_SEQ_V1: Final = 6
 _CONSUMER_SEQ_V2: Final = 8
+_STREAM_SEQ_V1: Final = 5
+_STREAM_SEQ_V2: Final = 7
 STATUS: Final = "Status"
 # Messages the inbox may hold: more than one request ever delivers.
 PENDING_LIMIT: Final = 1 << 20
@@ -113,11 +115,26 @@ def delivery_number(message: Msg) -> int:
     """The consumer sequence number of a delivery, from its reply subject:
     what ``message.metadata.sequence.consumer`` says, without building the
     rest of the metadata (a datetime among it) for every message."""
+    number = _reply_token(message, _CONSUMER_SEQ_V1, _CONSUMER_SEQ_V2)
+    if number is None:
+        return message.metadata.sequence.consumer  # raises NotJSMessageError for a stranger
+    return number
+
+
+def stream_number(message: Msg) -> int:
+    """The stream sequence number of a delivery, from its reply subject."""
+    number = _reply_token(message, _STREAM_SEQ_V1, _STREAM_SEQ_V2)
+    if number is None:
+        return message.metadata.sequence.stream  # raises NotJSMessageError for a stranger
+    return number
+
+
+def _reply_token(message: Msg, v1: int, v2: int) -> int | None:
     tokens = (message.reply or "").split(".")
-    index = _CONSUMER_SEQ_V1 if len(tokens) == _ACK_TOKENS_V1 else _CONSUMER_SEQ_V2
+    index = v1 if len(tokens) == _ACK_TOKENS_V1 else v2
     if len(tokens) > index and tokens[0] == "$JS" and tokens[1] == "ACK":
         try:
             return int(tokens[index])
         except ValueError:
             pass
-    return message.metadata.sequence.consumer  # raises NotJSMessageError for a stranger
+    return None

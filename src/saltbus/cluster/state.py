@@ -4,7 +4,9 @@ The importer delivers an event, then acknowledges it to NATS. A crash in
 between makes NATS deliver it again, so exactly-once needs to know, per
 origin node (and that node's numbering, its epoch), the highest origin
 sequence number already delivered here. That is saved in a small file after
-each batch, together with the local sequence number it is true as of; at
+each batch, together with the local sequence number it is true as of and
+the stream seq up to which every message was handled here (where a lost
+consumer is made again from: see link.py); at
 start the local journal is read from there on, because every delivered event
 carries its origin (:data:`ORIGIN_KEY`) and the journal has everything fired,
 also what the file had no time to record. The file is an optimisation, the
@@ -63,6 +65,10 @@ class ImportState:
     marks: dict[Origin, int] = field(default_factory=dict)
     local_epoch: int | None = None
     as_of: int = 0  # the local seq the marks are true as of
+    # Every stream message up to this seq was handled here (fired, skipped or
+    # dropped as a duplicate); 0: none yet, this node never imported. Set, not
+    # raised: after a rewind or with a stream made anew it may go down.
+    stream_seq: int = 0
     _saved: str = ""
 
     def delivered(self, origin: Origin) -> int | None:
@@ -81,6 +87,7 @@ class ImportState:
             saved = json.loads(path.read_text(encoding="utf-8"))
             state.local_epoch = saved.get("local_epoch")
             state.as_of = int(saved.get("as_of", 0))
+            state.stream_seq = int(saved.get("stream_seq", 0))
             for node, epochs in saved.get("origins", {}).items():
                 for epoch, seq in epochs.items():
                     state.marks[(str(node), int(epoch))] = int(seq)
@@ -100,7 +107,12 @@ class ImportState:
         for (node, epoch), seq in self.marks.items():
             origins.setdefault(node, {})[str(epoch)] = seq
         text = json.dumps(
-            {"local_epoch": self.local_epoch, "as_of": self.as_of, "origins": origins}
+            {
+                "local_epoch": self.local_epoch,
+                "as_of": self.as_of,
+                "stream_seq": self.stream_seq,
+                "origins": origins,
+            }
         )
         if text == self._saved:
             return
