@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 from benchmarks.soak.faults import KINDS
+from benchmarks.soak.monitor import RSS_SLACK_KIB, Monitor, Series
 from benchmarks.soak.reconcile import Acked, Check, compare
+from benchmarks.soak.topology import HTTP_SINK_NODE, MYSQL_NODE, SPARED
 
 ROOT = Path(__file__).resolve().parents[1]
 MINUTES = os.environ.get("SALTBUS_SOAK_MINUTES", "3")
@@ -62,7 +64,19 @@ def test_the_soak_injects_every_fault_and_finds_no_violation(tmp_path: Path) -> 
             "reactor",
         ):
             assert f"{kind} {node}" in names
-    assert report["resources"], "no process ran long enough to judge its RSS and FDs"
+    assert {f"mysql {MYSQL_NODE}", f"http ndjson {HTTP_SINK_NODE}"} <= names
+    # The spared node: no process fault on it, one life each, judged over the run.
+    process_faults = {"serve-kill", "react-kill", "http-kill", "listener-kill", "listener-stop"}
+    assert not [
+        f for f in report["fault_list"] if f["kind"] in process_faults and f["target"] == SPARED
+    ]
+    assert any(f["kind"] == "hostile" for f in report["fault_list"])
+    resources = {r["role"]: r for r in report["resources"]}
+    for role in ("serve", "react", "listener"):
+        spared = resources[f"{role}-{SPARED}"]
+        assert spared["judged"] and spared["starts"] == 1, spared
+        assert len(spared["lives"]) == 1 and spared["lives"][0]["problem"] is None, spared
+        assert resources[f"{role}-a"]["restarted"], resources[f"{role}-a"]
 
 
 @pytest.mark.timeout(900)
@@ -97,3 +111,28 @@ def test_the_reconciler_names_missing_duplicated_and_reordered_events() -> None:
     loose = compare(Check("y", "at least once"), acked, got, exactly_once=False, ordered=False)
     assert loose.duplicates == 1
     assert loose.violations == [("a-4", "missing")]
+
+
+def test_the_monitor_judges_each_long_life_and_counts_the_short_ones() -> None:
+    monitor = Monitor(dict)
+    leak = 4 * RSS_SLACK_KIB
+    # serve-a: a short first life, then one of the whole run whose RSS grows.
+    monitor.series[("serve-a", 1)] = Series("serve-a", 1, [(t, 50_000, 20) for t in range(5)])
+    monitor.series[("serve-a", 2)] = Series(
+        "serve-a", 2, [(t, 50_000 + leak * t // 100, 20) for t in range(10, 110)]
+    )
+    # serve-c: one life, level, FDs growing; nats: grows, shown but not judged.
+    monitor.series[("serve-c", 3)] = Series(
+        "serve-c", 3, [(t, 60_000, 20 + t // 2) for t in range(100)]
+    )
+    monitor.series[("nats-n1", 4)] = Series(
+        "nats-n1", 4, [(t, 50_000 + leak * t // 100, 9) for t in range(100)]
+    )
+    roles = {r.name: r for r in monitor.lives(100.0, {"serve-a": 3, "serve-c": 1}, ("serve-",))}
+    serve_a, serve_c, nats = roles["serve-a"], roles["serve-c"], roles["nats-n1"]
+    assert (serve_a.starts, serve_a.short, len(serve_a.judged)) == (3, 1, 1)
+    assert serve_a.judged[0].pid == 2
+    assert serve_a.problems and serve_a.problems[0].startswith("RSS ")
+    assert (serve_c.starts, serve_c.short) == (1, 0)
+    assert serve_c.problems == ["FDs 26 -> 63"]  # medians of t 0..24 and 75..99
+    assert (nats.saltbus, nats.starts, nats.problems) == (False, 1, [])

@@ -19,7 +19,7 @@ from typing import Final
 
 from tests.cluster_support import stream_leader
 
-from benchmarks.soak.topology import DISK_MIB, Topology
+from benchmarks.soak.topology import DISK_MIB, SPARED, Topology
 from saltbus.client.admin import fetch_stats
 from saltbus.config import Config
 from saltbus.errors import SaltbusError
@@ -34,6 +34,7 @@ KINDS: Final = (
     "nats-leader-kill",
     "pg-stop",
     "redis-stop",
+    "mariadb-stop",
     "disk-full",
     "hostile",
 )
@@ -89,18 +90,23 @@ def schedule(seed: int, kinds: tuple[str, ...], targets: dict[str, list[str]]) -
 
 
 def targets_of(topology: Topology) -> dict[str, list[str]]:
+    """Each kind's targets. The process faults spare SPARED's processes (their
+    memory and FDs are judged over the whole run); every other fault, hostile
+    connections included, reaches every node."""
     nodes = [n.name for n in topology.nodes]
+    killed = [n for n in nodes if n != SPARED]
     return {
-        "serve-kill": nodes,
+        "serve-kill": killed,
         "serve-kill-behind": nodes,
-        "react-kill": nodes,
-        "http-kill": [n.name for n in topology.nodes if n.http is not None],
-        "listener-kill": nodes,
-        "listener-stop": nodes,
+        "react-kill": killed,
+        "http-kill": [n.name for n in topology.nodes if n.http is not None and n.name != SPARED],
+        "listener-kill": killed,
+        "listener-stop": killed,
         "nats-kill": [s.name for s in topology.nats],
         "nats-leader-kill": ["leader"],
         "pg-stop": ["postgres"],
         "redis-stop": ["redis"],
+        "mariadb-stop": ["mariadb"],
         "disk-full": [topology.disk_node or "-"],
         "hostile": nodes,
     }
@@ -158,16 +164,16 @@ class Injector:
             servers[name].kill()
             time.sleep(hold)
             servers[name].start()
-        elif kind == "pg-stop":
-            assert self.topology.pg is not None
-            self.topology.pg.stop()
+        elif kind in ("pg-stop", "redis-stop", "mariadb-stop"):
+            server = {
+                "pg-stop": self.topology.pg,
+                "redis-stop": self.topology.redis,
+                "mariadb-stop": self.topology.mariadb,
+            }[kind]
+            assert server is not None
+            server.stop()
             time.sleep(hold)
-            self.topology.pg.start()
-        elif kind == "redis-stop":
-            assert self.topology.redis is not None
-            self.topology.redis.stop()
-            time.sleep(hold)
-            self.topology.redis.start()
+            server.start()
         elif kind == "disk-full":
             assert self.topology.disk is not None
             with FullDisk(self.topology.disk):

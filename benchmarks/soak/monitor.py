@@ -1,14 +1,15 @@
 """RSS and open FDs of every long-lived process, sampled through the run, and
 whether each levelled off: the median of a process's last quarter of samples
-against its first quarter, with a tolerance (a restarted process is a new
-series; a series too short to show a trend is not judged)."""
+against its first quarter, with a tolerance. Each life of a restarted process
+is its own series, judged only if it is long enough to show a trend; the
+processes the faults spare live the whole run."""
 
 from __future__ import annotations
 
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from benchmarks.soak.processes import usage
@@ -59,23 +60,76 @@ class Monitor:
                     series = self.series.setdefault((role, pid), Series(role, pid))
                     series.samples.append((time.monotonic(), *found))
 
-    def judged(self, span: float) -> list[Series]:
-        """The series long enough to judge: at least MIN_SAMPLES and 40 % of ``span``."""
-        return [
-            s
-            for s in self.series.values()
-            if len(s.samples) >= MIN_SAMPLES and s.samples[-1][0] - s.samples[0][0] >= 0.4 * span
-        ]
+    def lives(
+        self, span: float, starts: Mapping[str, int], judged_roles: tuple[str, ...]
+    ) -> list[Role]:
+        """Per role, its lives: each long enough (at least MIN_SAMPLES and 40 %
+        of ``span``) judged, the others counted as too short. ``starts``: how
+        many times each process was started (a life too short to be sampled
+        counts too); a role that is not there counts its sampled lives."""
+        by_role: dict[str, list[Series]] = {}
+        for series in self.series.values():
+            by_role.setdefault(series.role, []).append(series)
+        roles = []
+        for name, lives in sorted(by_role.items()):
+            lives.sort(key=lambda s: s.samples[0][0])
+            role = Role(name, max(starts.get(name, 0), len(lives)), name.startswith(judged_roles))
+            for series in lives:
+                seconds = series.samples[-1][0] - series.samples[0][0]
+                if len(series.samples) >= MIN_SAMPLES and seconds >= 0.4 * span:
+                    role.judged.append(_judge(series, seconds, check=role.saltbus))
+                else:
+                    role.short += 1
+                    role.longest_short = max(role.longest_short, seconds)
+            roles.append(role)
+        return roles
 
-    def trends(self, span: float) -> list[tuple[Series, str | None]]:
-        """Each judged series, with what grew past the tolerance (None: level)."""
-        out: list[tuple[Series, str | None]] = []
-        for series in self.judged(span):
-            (rss0, fd0), (rss1, fd1) = series.quarters()
-            problems = []
-            if rss1 > rss0 * RSS_RATIO + RSS_SLACK_KIB:
-                problems.append(f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB")
-            if fd1 > fd0 + FD_SLACK:
-                problems.append(f"FDs {fd0:.0f} -> {fd1:.0f}")
-            out.append((series, "; ".join(problems) or None))
-        return out
+
+@dataclass
+class Life:
+    """One life of a process judged: first-quarter and last-quarter medians."""
+
+    pid: int
+    seconds: float
+    rss: tuple[float, float]  # MiB
+    fds: tuple[float, float]
+    problem: str | None  # what grew past the tolerance; None: level (or not judged)
+
+    def usage(self) -> str:
+        return (
+            f"RSS {self.rss[0]:.1f} -> {self.rss[1]:.1f} MiB, "
+            f"FDs {self.fds[0]:.0f} -> {self.fds[1]:.0f} over {self.seconds:.0f} s"
+        )
+
+
+@dataclass
+class Role:
+    """A process role (serve-c, nats-n1...) over the run: how many times it was
+    started, its lives long enough to judge, and how many were too short."""
+
+    name: str
+    starts: int
+    saltbus: bool  # judged; the others (NATS, databases, Salt's) are shown only
+    judged: list[Life] = field(default_factory=list)
+    short: int = 0
+    longest_short: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        return [life.problem for life in self.judged if life.problem]
+
+
+def _judge(series: Series, seconds: float, *, check: bool) -> Life:
+    (rss0, fd0), (rss1, fd1) = series.quarters()
+    problems = []
+    if rss1 > rss0 * RSS_RATIO + RSS_SLACK_KIB:
+        problems.append(f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB")
+    if fd1 > fd0 + FD_SLACK:
+        problems.append(f"FDs {fd0:.0f} -> {fd1:.0f}")
+    return Life(
+        series.pid,
+        seconds,
+        (rss0 / 1024, rss1 / 1024),
+        (fd0, fd1),
+        ("; ".join(problems) or None) if check else None,
+    )

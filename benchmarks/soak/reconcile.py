@@ -4,9 +4,10 @@ It reads only what the consumers themselves wrote (each node's journal file,
 each listener's output, each SSE client's record, each returner's store, the
 reaction's side-effect file) and the firing clients' records of their acks;
 never saltbus's statistics or positions. Exactly once where the README
-promises it (journal, federation import, SSE resume, rawfile_json, pgjsonb),
-at least once, duplicates counted, where it promises that (a listener killed
-with -9, the reactor after a crash); per-origin order everywhere.
+promises it (journal, federation import, SSE resume, rawfile_json, pgjsonb,
+redis_stream, mysql), at least once, duplicates counted, where it promises that
+(a listener killed with -9, the reactor after a crash, the http returner's
+NDJSON); per-origin order everywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.soak.faults import Fault
-from benchmarks.soak.topology import REACT_TAG, REDIS_STREAM, Topology
+from benchmarks.soak.topology import (
+    HTTP_SINK_NODE,
+    MYSQL_NODE,
+    REACT_TAG,
+    REDIS_STREAM,
+    Topology,
+)
 from saltbus.cluster import ORIGIN_KEY
 from saltbus.wire import unpack_body
 
@@ -207,6 +214,24 @@ def reconcile(
                     exactly_once=True,
                 )
             )
+            if node.name == MYSQL_NODE:
+                checks.append(
+                    compare(
+                        Check(f"mysql {node.name}", "exactly once"),
+                        everything,
+                        mysql_ids(topology, node.name),
+                        exactly_once=True,
+                    )
+                )
+            if node.name == HTTP_SINK_NODE:
+                checks.append(
+                    compare(
+                        Check(f"http ndjson {node.name}", "at least once"),
+                        everything,
+                        lines_of(topology.sink_received),
+                        exactly_once=False,
+                    )
+                )
         checks.append(
             compare(
                 Check(f"listener {node.name} (--resume)", "at least once"),
@@ -335,6 +360,26 @@ def pg_ids(topology: Topology, master_id: str) -> list[str]:
                 "SELECT data->>'id' FROM salt_events WHERE master_id = %s ORDER BY seq",
                 (master_id,),
             ).fetchall()
+    except Exception as exc:  # the table not there yet, the server down: all missing
+        return [f"!{type(exc).__name__}"]
+    return [str(r[0]) for r in rows]
+
+
+def mysql_ids(topology: Topology, master_id: str) -> list[str]:
+    if topology.mariadb is None:
+        return []
+    try:
+        conn = topology.mariadb.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT JSON_UNQUOTE(JSON_EXTRACT(data, '$.id')) FROM salt_events "
+                    "WHERE master_id = %s ORDER BY seq",
+                    (master_id,),
+                )
+                rows = cur.fetchall()
+        finally:
+            conn.close()
     except Exception as exc:  # the table not there yet, the server down: all missing
         return [f"!{type(exc).__name__}"]
     return [str(r[0]) for r in rows]

@@ -8,6 +8,7 @@ from typing import Any
 
 from benchmarks.soak.reconcile import SHOWN, around
 from benchmarks.soak.run import Outcome
+from benchmarks.soak.topology import SPARED
 
 
 def text(outcome: Outcome) -> str:
@@ -46,10 +47,24 @@ def text(outcome: Outcome) -> str:
             lines.append(f"VIOLATION {check.name}: ... {len(check.violations) - SHOWN} more")
     for died in outcome.died:
         lines.append(f"VIOLATION {died}")
-    lines.append("resources (first vs last quarter):")
-    for role, pid, usage, problem in sorted(outcome.trends):
-        mark = f"  VIOLATION grew: {problem}" if problem else ""
-        lines.append(f"  {role:<14} pid {pid:<8} {usage}{mark}")
+    lines.append(
+        f"resources (median RSS/FDs, first quarter -> last quarter of each life; lives "
+        f"shorter than 40 % of the run not judged; {SPARED}'s processes spared from kills):"
+    )
+    for role in outcome.resources:
+        restarts = role.starts - 1
+        life = "one life" if restarts <= 0 else f"restarted {restarts}x"
+        judged = "" if role.saltbus else " (not judged: not saltbus)"
+        for one in role.judged:
+            mark = f"  VIOLATION grew: {one.problem}" if one.problem else ""
+            lines.append(
+                f"  {role.name:<14} {life:<14} pid {one.pid:<8} {one.usage()}{judged}{mark}"
+            )
+        if role.short:
+            lines.append(
+                f"  {role.name:<14} {life:<14} {role.short} life/lives too short to judge "
+                f"(longest {role.longest_short:.0f} s)"
+            )
     lines.append(f"violations: {outcome.violations}")
     return "\n".join(lines)
 
@@ -65,6 +80,16 @@ def document(outcome: Outcome) -> dict[str, Any]:
         "kinds": list(outcome.kinds),
         "faults": dict(Counter(f.kind for f in outcome.faults)),
         "fault_failures": [f.describe() for f in outcome.faults if f.error],
+        "fault_list": [
+            {
+                "kind": f.kind,
+                "target": f.target,
+                "start": round(f.start, 3),
+                "seconds": round(f.end - f.start, 2),
+                "error": f.error,
+            }
+            for f in outcome.faults
+        ],
         "checks": [
             {
                 "name": c.name,
@@ -79,7 +104,24 @@ def document(outcome: Outcome) -> dict[str, Any]:
         ],
         "died": outcome.died,
         "resources": [
-            {"role": r, "pid": p, "usage": u, "problem": x} for r, p, u, x in outcome.trends
+            {
+                "role": r.name,
+                "judged": r.saltbus,
+                "starts": r.starts,
+                "restarted": r.starts > 1,
+                "lives_too_short": r.short,
+                "lives": [
+                    {
+                        "pid": life.pid,
+                        "seconds": round(life.seconds, 1),
+                        "rss_mib": [round(life.rss[0], 1), round(life.rss[1], 1)],
+                        "fds": [life.fds[0], life.fds[1]],
+                        "problem": life.problem,
+                    }
+                    for life in r.judged
+                ],
+            }
+            for r in outcome.resources
         ],
         "violations": outcome.violations,
     }

@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.soak.consumers import SseClient
 from benchmarks.soak.faults import Fault, Injector, kinds_for, schedule, targets_of
-from benchmarks.soak.monitor import Monitor
+from benchmarks.soak.monitor import Monitor, Role
 from benchmarks.soak.processes import Proc, SoakError
 from benchmarks.soak.reconcile import (
     Acked,
@@ -58,7 +58,7 @@ class Outcome:
     unacked: int = 0
     checks: list[Check] = field(default_factory=list)
     died: list[str] = field(default_factory=list)  # processes that exited by themselves
-    trends: list[tuple[str, int, str, str | None]] = field(default_factory=list)
+    resources: list[Role] = field(default_factory=list)  # RSS/FDs, per process role
     duration: float = 0.0
     kinds: tuple[str, ...] = ()
 
@@ -67,7 +67,7 @@ class Outcome:
         return (
             sum(len(c.violations) for c in self.checks)
             + len(self.died)
-            + sum(1 for t in self.trends if t[3] is not None)
+            + sum(len(r.problems) for r in self.resources)
             + sum(1 for f in self.faults if f.error)
         )
 
@@ -151,12 +151,8 @@ def run(options: Options, log: Any = sys.stderr) -> Outcome:
         outcome.checks = _settle(topology, outcome.acked, records)
         outcome.checks += salt_checks(topology, outcome.acked, outcome.faults)
         monitor.close()
-        outcome.trends = [
-            (s.role, s.pid, _usage(s), problem)
-            if s.role.startswith(JUDGED)
-            else (s.role, s.pid, _usage(s) + " (not judged: not saltbus)", None)
-            for s, problem in monitor.trends(outcome.duration)
-        ]
+        starts = {p.role: p.starts for p in topology.procs()}
+        outcome.resources = monitor.lives(outcome.duration, starts, JUDGED)
         return outcome
     finally:
         monitor.close()
@@ -251,15 +247,12 @@ def _pids(topology: Topology) -> dict[str, int]:
             pids[f"nats-{server.name}"] = server.proc.pid
     if topology.redis is not None and topology.redis.process is not None:
         pids["redis"] = topology.redis.process.pid
+    if topology.mariadb is not None and topology.mariadb.process is not None:
+        pids["mariadb"] = topology.mariadb.process.pid
     if topology.pg is not None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pids["postgres"] = int((topology.pg.data / "postmaster.pid").read_text().split()[0])
     return pids
-
-
-def _usage(series: Any) -> str:
-    (rss0, fd0), (rss1, fd1) = series.quarters()
-    return f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB, FDs {fd0:.0f} -> {fd1:.0f}"
 
 
 def _lines(path: Path) -> list[str]:

@@ -1,6 +1,8 @@
-"""What the soak runs, where: the NATS cluster, PostgreSQL, a small disk for
-one node's journal, and per node `saltbus serve` (federated, returners),
-`saltbus react` and a `saltbus listen --resume`; `saltbus http` on the first.
+"""What the soak runs, where: the NATS cluster, PostgreSQL, Redis, MariaDB, the
+http returner's receiver, a small disk for one node's journal, and per node
+`saltbus serve` (federated, returners), `saltbus react` and a `saltbus listen
+--resume`; `saltbus http` on the first. The last node's processes are spared
+from the process faults, so that their memory and FDs are judged over the run.
 
 Everything lives under one short directory; every port is ephemeral, on
 loopback. :meth:`Topology.close` kills whatever still runs.
@@ -12,6 +14,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +23,18 @@ from typing import Any, Final
 import yaml
 from tests.cluster_support import NatsServer, nats_servers
 from tests.returners_support import Postgres, postgres_server
-from tests.sinks_support import RedisServer, redis_server
+from tests.sinks_support import MariaDB, RedisServer, mariadb_server, redis_server
 
 from benchmarks.soak.processes import ROOT, SALTBUS, Proc, SoakError, soak_env
 from saltbus import Config
 from saltbus.journal.paths import journal_path
 
 NODES: Final = ("a", "b", "c")
+# Its serve, react and listener are never killed or stopped (every other fault
+# still reaches it): one life each over the whole run, judged for leaks.
+SPARED: Final = "c"
+MYSQL_NODE: Final = SPARED  # a MariaDB stopped and started under a serve that lives the hour
+HTTP_SINK_NODE: Final = "b"  # the http returner where kill -9 makes its duplicates
 TAGS: Final = "soak/"
 REACT_TAG: Final = "soak/react/"
 SALT_RATE: Final = 20.0  # Salt's firer, events/s (unacked: Salt has no ack)
@@ -87,6 +95,9 @@ class Topology:
     nats: list[NatsServer] = field(default_factory=list)
     pg: Postgres | None = None
     redis: RedisServer | None = None
+    mariadb: MariaDB | None = None
+    sink: Proc | None = None  # the http returner's receiver
+    sink_port: int | None = None
     disk: Path | None = None
     disk_node: str | None = None
     nodes: list[Node] = field(default_factory=list)
@@ -105,6 +116,10 @@ class Topology:
                 self.nats = self._stack.enter_context(nats_servers(self.root, 3))
                 self.pg = self._stack.enter_context(postgres_server())
                 self.redis = self._stack.enter_context(redis_server())
+                self.mariadb = self._stack.enter_context(mariadb_server())
+                self._sink()
+                assert self.sink is not None
+                self.sink.start()
                 if os.geteuid() == 0:
                     self.disk = self._stack.enter_context(tmpfs(self.root / "disk", DISK_MIB))
                     self.disk_node = NODES[0]
@@ -125,8 +140,31 @@ class Topology:
         self._stack.close()
 
     def procs(self) -> list[Proc]:
-        salt = [p for p in (self.salt_listener, self.salt_firer) if p is not None]
+        salt = [p for p in (self.salt_listener, self.salt_firer, self.sink) if p is not None]
         return [p for node in self.nodes for p in node.procs()] + salt
+
+    @property
+    def sink_received(self) -> Path:
+        """What the http returner's receiver got: one event id a line."""
+        return self.root / "http-received.txt"
+
+    def _sink(self) -> None:
+        port = free_port()
+        self.sink_port = port
+        self.sink = Proc(
+            "sink-http",  # not "http...": the monitor judges saltbus's roles by prefix
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.soak.sink",
+                "--port",
+                str(port),
+                "--out",
+                str(self.sink_received),
+            ],
+            self.root / "sink-http.log",
+            ready_check=lambda: port_open(port),
+        )
 
     @property
     def salt_listened(self) -> Path:
@@ -183,6 +221,7 @@ class Topology:
         rawfile = home / "events.jsonl"
         if self.federated:
             assert self.pg is not None and self.redis is not None
+            assert self.mariadb is not None and self.sink_port is not None
             settings["cluster"] = {
                 "servers": [s.url for s in self.nats],
                 "node_name": name,
@@ -190,7 +229,10 @@ class Topology:
                 "import": [TAGS],
                 "replicas": 3,
             }
-            settings["event_return"] = ["rawfile_json", "pgjsonb", "redis_stream"]
+            returners = ["rawfile_json", "pgjsonb", "redis_stream"]
+            returners += ["mysql"] if name == MYSQL_NODE else []
+            returners += ["http"] if name == HTTP_SINK_NODE else []
+            settings["event_return"] = returners
             settings["event_return_queue"] = 100
             settings["event_return_queue_max_seconds"] = 0.5
             settings["event_return_whitelist"] = [f"{TAGS}*"]
@@ -205,6 +247,15 @@ class Topology:
                     "master_id": name,
                 },
             }
+            if name == MYSQL_NODE:
+                settings["returner_options"]["mysql"] = self.mariadb.options(master_id=name)
+            if name == HTTP_SINK_NODE:
+                settings["returner_options"]["http"] = {
+                    "url": f"http://127.0.0.1:{self.sink_port}/bulk",
+                    "master_id": name,
+                    "timeout": 5,
+                    "dead_letter": str(home / "http-dead-letter.jsonl"),
+                }
         config_file = home / "serve.yaml"
         config_file.write_text(yaml.safe_dump(settings))
         config = Config.load(config_file, env={})
