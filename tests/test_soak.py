@@ -70,7 +70,7 @@ def test_the_soak_injects_every_fault_and_finds_no_violation(tmp_path: Path) -> 
     assert not [
         f for f in report["fault_list"] if f["kind"] in process_faults and f["target"] == SPARED
     ]
-    assert any(f["kind"] == "hostile" for f in report["fault_list"])
+    assert any(f["kind"] == "hostile" and f["target"] == SPARED for f in report["fault_list"])
     resources = {r["role"]: r for r in report["resources"]}
     for role in ("serve", "react", "listener"):
         spared = resources[f"{role}-{SPARED}"]

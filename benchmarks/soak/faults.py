@@ -108,7 +108,9 @@ def targets_of(topology: Topology) -> dict[str, list[str]]:
         "redis-stop": ["redis"],
         "mariadb-stop": ["mariadb"],
         "disk-full": [topology.disk_node or "-"],
-        "hostile": nodes,
+        # The spared node first: even a short run's one burst is on a node whose
+        # processes are judged over the whole run.
+        "hostile": [SPARED, *killed],
     }
 
 

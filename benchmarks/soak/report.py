@@ -58,11 +58,12 @@ def text(outcome: Outcome) -> str:
         for one in role.judged:
             mark = f"  VIOLATION grew: {one.problem}" if one.problem else ""
             lines.append(
-                f"  {role.name:<14} {life:<14} pid {one.pid:<8} {one.usage()}{judged}{mark}"
+                f"  {role.name:<15} {life:<14} pid {one.pid:<8} {one.usage()}{judged}{mark}"
             )
         if role.short:
             lines.append(
-                f"  {role.name:<14} {life:<14} {role.short} life/lives too short to judge "
+                f"  {role.name:<15} {life:<14} {role.short} "
+                f"{'life' if role.short == 1 else 'lives'} too short to judge "
                 f"(longest {role.longest_short:.0f} s)"
             )
     lines.append(f"violations: {outcome.violations}")
