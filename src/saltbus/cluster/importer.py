@@ -25,7 +25,9 @@ any newer one: a gap in the consumer's delivery numbers stops the importer
 before it handles anything after the gap, and link.py rewinds the consumer
 to its acknowledgement floor. A consumer found missing (a rewind cut short
 between its delete and its add) is made again after the last stream message
-handled here (kept in state.py), never from ``import_start``'s choice.
+handled here (kept in state.py), never from ``import_start``'s choice;
+so is one deleted while the node runs (pull.py tells it from NATS's status
+replies).
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from saltbus.client.aio import AsyncClient
 from saltbus.cluster.direct import DirectFire
 from saltbus.cluster.envelope import ORIGIN, Envelope
 from saltbus.cluster.link import Backoff, Link
-from saltbus.cluster.pull import Puller, delivery_number, stream_number
+from saltbus.cluster.pull import ConsumerLostError, Puller, delivery_number, stream_number
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
@@ -147,6 +149,11 @@ class Importer:
                 self.rewinds += 1
                 log.info("%s; delivering again from the last acknowledged", exc)
                 again = True
+            except ConsumerLostError as exc:
+                # Bound again after a pause (a consumer leader may be moving):
+                # a missing consumer is made again after what was handled here.
+                self.failures += 1
+                self._report(f"import: {exc}")
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 self.failures += 1
                 self._report(f"import: {exc!r}")
