@@ -20,6 +20,14 @@ are sent again after it, never overtaken by a later batch. A resend of what
 the stream already has is dropped by its ``Nats-Msg-Id`` (within the
 duplicate window) or, later, by the importers' check.
 
+A batch read with a backlog goes out as few messages: runs of up to
+``export_batch`` events in one message each (envelope.py), cut where a
+subject differs from the run's in more than its last token or the run would
+pass the byte cap; a message per NATS publish and acknowledgement was most
+of the export's cost. A lone event (an idle bus) goes in the one-event form,
+so batching adds no latency. A run is one message, so the stream has all of
+it or none: the order argument above holds for runs as for events.
+
 Inside ``saltbus serve`` (given a :class:`~saltbus.cluster.feed.JournalFeed`)
 it reads the committed records straight from the journal instead, from the
 same position: a record is decoded only when it is exported and the redact

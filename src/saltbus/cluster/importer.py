@@ -10,10 +10,14 @@ one call, each event acknowledged with its local seq (direct.py); as a client
 of a bus elsewhere, it is fired in order, the last fire acknowledged by the
 publisher, and the journal confirms each event (see :meth:`Importer._deliver`).
 
+A message may carry a batch of an origin's events (envelope.py); each is
+handled as if it had come alone, in order.
+
 Exactly once, in order per origin: per origin (node and epoch) the highest
 origin seq delivered here is kept (state.py), and a message at or below it
 is a duplicate (a redelivery after a crash or a lost acknowledgement, a
-resend after the duplicate window) and is dropped. The alternative, one
+resend after the duplicate window, or one cut into other batches, which
+no ``Nats-Msg-Id`` finds) and is dropped. The alternative, one
 message in flight per consumer (``max_ack_pending=1``), would cost a round
 trip to NATS per event and still not catch a resend that JetStream no longer
 recognises. Dropping at-or-below is right only if an origin's events reach
