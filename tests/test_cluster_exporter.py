@@ -1,7 +1,8 @@
 """The export in the daemon's process (Server and Bridge in one loop, wired
 as `saltbus serve` wires them): it reads the journal, publishes only what its
 patterns select, decodes no body but an imported event's, and never sends
-an imported event back out."""
+an imported event back out; a backlog goes out in batches of at most
+``export_batch`` events (with 1, one event per message)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 import saltbus.cluster.exporter as exporter_module
 from saltbus import Config, Sender
 from saltbus.cluster import ORIGIN_KEY, Bridge
+from saltbus.cluster.envelope import BATCH, Envelope, batch_size, unpack_batch
 from saltbus.journal.store import Journal
 from saltbus.server import Server
 from saltbus.wire import unpack_body
@@ -101,5 +104,64 @@ def test_in_process_export_sends_what_it_selects_in_order_and_decodes_only_impor
             assert a.importer.imported == 0
             # Only imported events were decoded (to confirm their marker).
             assert decoded and all(ORIGIN_KEY in data for data in decoded)
+
+    asyncio.run(main())
+
+
+async def stream_messages(url: str) -> list[tuple[dict[str, str], bytes]]:
+    """Every message of the stream, read by a consumer of its own."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=10)
+        last = (await js.stream_info("SALTBUS")).state.last_seq
+        reader = await js.pull_subscribe("saltbus.ev.>", "reader", stream="SALTBUS")
+        got: list[tuple[dict[str, str], bytes]] = []
+        while not got or got[-1][0].get("_seq") != str(last):
+            for message in await reader.fetch(100, timeout=10):
+                headers = dict(message.headers or {})
+                headers["_seq"] = str(message.metadata.sequence.stream)
+                got.append((headers, message.data))
+                await message.ack()
+        return got
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("export_batch", [1, 50])
+def test_a_backlog_goes_out_in_batches_of_export_batch_or_one_per_message(
+    root: Path, nats_server: NatsServer, export_batch: int
+):
+    a_config = node_config(root, "a", nats_server.url, export_batch=export_batch)
+    tags = [f"backlog/{n % 3}" for n in range(300)]
+
+    async def main() -> None:
+        async with Server(a_config) as a_server:
+            async with Bridge(a_config, intake=a_server.intake) as a:
+                a_server.commit_listeners.append(a.notify_committed)
+                await a.wait_ready(WAIT)  # the export's position is kept from here
+            a_server.commit_listeners.clear()
+            seqs = await asyncio.to_thread(fire, a_config, tags)  # a backlog: NATS unlinked
+            async with Bridge(a_config, intake=a_server.intake) as a:
+                a_server.commit_listeners.append(a.notify_committed)
+                await until(lambda: a.exporter.position == seqs[-1], "a to export its backlog")
+                assert a.stats()["export"]["exported"] == len(tags)
+        messages = await stream_messages(nats_server.url)
+        events: list[tuple[int, str]] = []
+        for headers, payload in messages:
+            envelope = Envelope.from_headers(headers)
+            count = batch_size(headers)
+            if count is None:
+                events.append((envelope.seq, unpack_body(payload)[0]))
+            else:
+                assert count <= export_batch
+                events += [
+                    (s, unpack_body(b)[0]) for s, b in unpack_batch(envelope, count, payload)
+                ]
+        assert events == list(zip(seqs, tags, strict=True))  # each once, in order
+        if export_batch == 1:
+            assert len(messages) == len(tags)
+            assert all(BATCH not in headers for headers, _ in messages)
+        else:
+            assert len(messages) < len(tags) // 10
 
     asyncio.run(main())

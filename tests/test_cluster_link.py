@@ -1,7 +1,8 @@
 """The node's stream and consumer on a real nats-server: the configured
 retention reaches a stream that exists already, its size and limits are in
 `saltbus stats`, ``import_start`` picks where a new node's consumer begins
-(only a new node's: a lost consumer goes on after what was handled), and a
+(only a new node's: a lost consumer goes on after what was handled, also one
+deleted while the node runs), and a
 full journal with NATS restarted meanwhile loses and duplicates no import."""
 
 from __future__ import annotations
@@ -125,6 +126,29 @@ def test_a_node_whose_consumer_is_gone_goes_on_after_what_it_imported(
         time.sleep(1.0)  # time for anything extra to arrive
         assert [s for node, s, _, _ in a.imported() if node == "b"] == fired
         assert a.stats()["cluster"]["import"]["start"] == "new"
+
+
+def test_a_consumer_deleted_under_a_running_node_is_made_again_after_what_it_imported(
+    root: Path, nats_server: NatsServer
+):
+    # NATS answers the outstanding pull request with 409 Consumer Deleted and
+    # any later one with 503: the importer must bind again, not wait forever.
+    url = [nats_server.url]
+    a, b = Node(root, "a", url), Node(root, "b", url)
+    with running([a, b]):
+        fired = [b.fire("deleted/before", {"n": n}) for n in range(3)]
+        wait_imported(a, 3)
+        for round_ in range(2):  # the second time, on the consumer made again
+            asyncio.run(_delete_consumer(nats_server.url, "a"))
+            fired += [b.fire("deleted/after", {"n": n, "round": round_}) for n in range(20)]
+
+            def arrived(last: int = fired[-1]) -> bool:
+                return _has(a, last)
+
+            wait_until(arrived, "the last event on a", 60)
+        time.sleep(1.0)  # time for anything extra to arrive
+        assert [s for node, s, _, _ in a.imported() if node == "b"] == fired
+        assert "the consumer is gone" in a.log()
 
 
 def test_a_full_journal_and_a_nats_restart_lose_and_duplicate_no_import(

@@ -10,6 +10,7 @@ from saltbus.cluster.subjects import (
     MAX_SUBJECT,
     SubjectFilter,
     TagPattern,
+    batch_subject,
     escape_token,
     subject_filter,
     subject_to_tag,
@@ -167,3 +168,29 @@ def test_an_exact_filter_selects_exactly_what_the_pattern_matches(pattern_tag: s
 def test_pattern_text_names_its_match_type_and_round_trips(text: str, pattern: TagPattern):
     assert TagPattern.parse(text) == pattern
     assert TagPattern.parse(str(pattern)) == pattern
+
+
+def test_a_batch_subject_is_selected_by_exactly_the_filters_that_select_its_events():
+    def selects(filter_subject: str, subject: str) -> bool:
+        head = filter_subject.removesuffix(".>").split(".")
+        tokens = subject.split(".")
+        return len(tokens) > len(head) and tokens[: len(head)] == head
+
+    events = ["salt/job/1/ret/m1", "salt/job/1/ret/m2"]
+    subjects = [tag_to_subject(tag) for tag in events]
+    batch = batch_subject(subjects[0])
+    assert batch == "saltbus.ev.salt.job.1.ret.%+"
+    assert batch_subject(subjects[1]) == batch
+    with pytest.raises(RemoteProtocolError):
+        subject_to_tag(batch)  # no tag is ever taken for a batch's subject
+    for pattern in [
+        "",
+        "salt/",
+        "salt/job/1/",
+        "salt/job/1/ret/",
+        "salt/job/1/ret/m1",
+        "salt/job/2/",
+    ]:
+        filter_subject = subject_filter([TagPattern(pattern)]).subject
+        assert selects(filter_subject, batch) == any(selects(filter_subject, s) for s in subjects)
+    assert batch_subject(tag_to_subject("lone")) == "saltbus.ev.%+"

@@ -20,6 +20,14 @@ are sent again after it, never overtaken by a later batch. A resend of what
 the stream already has is dropped by its ``Nats-Msg-Id`` (within the
 duplicate window) or, later, by the importers' check.
 
+A batch read with a backlog goes out as few messages: runs of up to
+``export_batch`` events in one message each (envelope.py), cut where a
+subject differs from the run's in more than its last token or the run would
+pass the byte cap; a message per NATS publish and acknowledgement was most
+of the export's cost. A lone event (an idle bus) goes in the one-event form,
+so batching adds no latency. A run is one message, so the stream has all of
+it or none: the order argument above holds for runs as for events.
+
 Inside ``saltbus serve`` (given a :class:`~saltbus.cluster.feed.JournalFeed`)
 it reads the committed records straight from the journal instead, from the
 same position: a record is decoded only when it is exported and the redact
@@ -44,12 +52,12 @@ import nats.js.errors
 
 from saltbus.client.aio import AsyncClient, Subscription
 from saltbus.client.positions import PositionStore
-from saltbus.cluster.envelope import Envelope
+from saltbus.cluster.envelope import ENTRY_OVERHEAD, Batch, Envelope
 from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY
-from saltbus.cluster.subjects import tag_to_subject
+from saltbus.cluster.subjects import batch_subject, tag_to_subject
 from saltbus.config import Config
 from saltbus.errors import BusError, RemoteProtocolError, SaltbusError, SlowConsumerError
 from saltbus.event import Event, MatchType, tag_matcher
@@ -73,6 +81,12 @@ SAVE_INTERVAL: Final = 0.5
 # How an imported event's body spells its marker (a msgpack map key): a body
 # without these bytes cannot be an imported event.
 ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
+# Records read from the journal at once, at most, when events go in batches.
+MAX_READ: Final = 4096
+# A batch's bytes at most: well under NATS's default max_payload (1 MiB), and
+# under the server's and the stream's limits with room for the headers.
+BATCH_BYTES: Final = 256 * 1024
+HEADER_ROOM: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,8 @@ class Exporter:
         self.stopping = False  # see Importer.stopping
         self._overflowed = False
         self._last_read: int | None = None
+        # Events up to this seq are sent one per message (a batch of them was too large).
+        self._unbatched_through = 0
 
     async def start(self) -> None:
         """Load the position; a first run starts at the journal's end."""
@@ -208,6 +224,8 @@ class Exporter:
             self.save()
             return True
         limit = self.settings.max_in_flight
+        if self.settings.export_batch > 1:
+            limit = max(limit, min(limit * self.settings.export_batch, MAX_READ))
         records = await feed.read(self.position or 0, limit)
         while not self.stopping:
             # The next batch is read while this one waits for its acknowledgements;
@@ -290,42 +308,86 @@ class Exporter:
         return data
 
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
-        publisher = self.link.publisher
-        epoch = self.epoch or 0
-        sent: list[tuple[Outgoing, asyncio.Future[Any] | None]] = []
+        """Publish ``batch`` (in order, one message per run of events; see
+        :meth:`_runs`), wait for the acknowledgements, move the position."""
+        sent: dict[int, asyncio.Future[Any]] = {}  # index in batch -> its message's
         refused: set[int | None] = set()
         failure: BaseException | None = None
-        for event in batch:
-            if event.payload is None:
-                sent.append((event, None))
-                continue
-            envelope = Envelope(self.settings.node_name, epoch, event.seq or 0, event.tag)
+        stop_at = len(batch)
+        for run in self._runs(batch):
+            events = [batch[index] for index in run]
             try:
                 # A batch is the bound on what is in flight.
-                future = await publisher.publish(
-                    tag_to_subject(event.tag, self.settings.subject_prefix),
-                    event.payload,
-                    envelope.headers(),
-                )
-            except nats.errors.MaxPayloadError:
+                future = await self._send(events)
+            except nats.errors.MaxPayloadError as exc:
+                if len(events) > 1:  # limits lowered since the runs were cut: one by one
+                    self._unbatched_through = events[-1].seq or 0
+                    failure, stop_at = exc, run[0]
+                    break
                 log.error(
-                    "event %d (%s) is over NATS's max_payload: not exported", event.seq, event.tag
+                    "event %d (%s) is over NATS's max_payload: not exported",
+                    events[0].seq,
+                    events[0].tag,
                 )
                 self.dropped += 1
-                refused.add(event.seq)
-                sent.append((event, None))
+                refused.add(events[0].seq)
                 continue
             except (nats.errors.Error, OSError) as exc:
-                failure = exc
+                failure, stop_at = exc, run[0]
                 break
-            sent.append((event, future))
-        self.in_flight = sum(1 for _, f in sent if f is not None)
+            sent.update((index, future) for index in run)
+        outcome = [(batch[index], sent.get(index)) for index in range(stop_at)]
+        self.in_flight = len({id(future) for future in sent.values()})
         try:
-            failure = await self._settle(sent, refused) or failure
+            failure = await self._settle(outcome, refused) or failure
         finally:
             self.in_flight = 0
         if failure is not None:
             raise ExportFailedError(f"{type(failure).__name__}: {failure}".rstrip(": "))
+
+    def _runs(self, batch: Sequence[Outgoing]) -> list[list[int]]:
+        """The exported events of ``batch`` (by index) cut into messages: each
+        a run of up to ``export_batch`` events, in order, whose subjects differ
+        in their last token at most (one subject selects them all: see
+        subjects.batch_subject), under the byte cap. Events not exported
+        between them do not cut a run; a run never spans another's events."""
+        limit = self.settings.export_batch
+        cap = min(BATCH_BYTES, self.link.max_message - HEADER_ROOM)
+        runs: list[list[int]] = []
+        run: list[int] = []
+        parent, size = "", 0
+        for index, event in enumerate(batch):
+            if event.payload is None:
+                continue
+            subject = tag_to_subject(event.tag, self.settings.subject_prefix)
+            here = subject.rpartition(".")[0]
+            length = len(event.payload) + ENTRY_OVERHEAD
+            alone = event.seq is None or event.seq <= self._unbatched_through
+            if run and (alone or len(run) >= limit or here != parent or size + length > cap):
+                runs.append(run)
+                run = []
+            run.append(index)
+            parent, size = here, (length if len(run) == 1 else size + length)
+            if alone:
+                runs.append(run)
+                run = []
+        if run:
+            runs.append(run)
+        return runs
+
+    async def _send(self, events: Sequence[Outgoing]) -> asyncio.Future[Any]:
+        """One message: a lone event in the first form, more as a batch (envelope.py)."""
+        node, epoch = self.settings.node_name, self.epoch or 0
+        subject = tag_to_subject(events[0].tag, self.settings.subject_prefix)
+        if len(events) == 1:
+            event = events[0]
+            assert event.payload is not None
+            headers = Envelope(node, epoch, event.seq or 0, event.tag).headers()
+            return await self.link.publisher.publish(subject, event.payload, headers)
+        message = Batch(node, epoch, [(e.seq or 0, e.payload or b"") for e in events])
+        return await self.link.publisher.publish(
+            batch_subject(subject), message.body(), message.headers()
+        )
 
     async def _settle(
         self, sent: Sequence[tuple[Outgoing, asyncio.Future[Any] | None]], refused: set[int | None]
@@ -342,10 +404,23 @@ class Exporter:
                     answered.exception()  # retrieved: those after a failure are not looked at
         position = self.position
         failure: BaseException | None = None
+        sizes: dict[int, int] = {}
+        for _, pending in sent:
+            if pending is not None:
+                sizes[id(pending)] = sizes.get(id(pending), 0) + 1
         for event, future in sent:
             if future is not None:
                 error = _outcome(future)
-                if isinstance(error, nats.js.errors.APIError) and error.err_code in TOO_LARGE_CODES:
+                too_large = (
+                    isinstance(error, nats.js.errors.APIError) and error.err_code in TOO_LARGE_CODES
+                )
+                if too_large and sizes[id(future)] > 1:
+                    # A batch over a limit lowered meanwhile: its events go one by one.
+                    last = max(e.seq or 0 for e, f in sent if f is future)
+                    self._unbatched_through = max(self._unbatched_through, last)
+                    failure = error
+                    break
+                if too_large:
                     log.error(
                         "event %d (%s) refused by the stream: %s", event.seq, event.tag, error
                     )

@@ -10,10 +10,14 @@ one call, each event acknowledged with its local seq (direct.py); as a client
 of a bus elsewhere, it is fired in order, the last fire acknowledged by the
 publisher, and the journal confirms each event (see :meth:`Importer._deliver`).
 
+A message may carry a batch of an origin's events (envelope.py); each is
+handled as if it had come alone, in order.
+
 Exactly once, in order per origin: per origin (node and epoch) the highest
 origin seq delivered here is kept (state.py), and a message at or below it
 is a duplicate (a redelivery after a crash or a lost acknowledgement, a
-resend after the duplicate window) and is dropped. The alternative, one
+resend after the duplicate window, or one cut into other batches, which
+no ``Nats-Msg-Id`` finds) and is dropped. The alternative, one
 message in flight per consumer (``max_ack_pending=1``), would cost a round
 trip to NATS per event and still not catch a resend that JetStream no longer
 recognises. Dropping at-or-below is right only if an origin's events reach
@@ -25,7 +29,9 @@ any newer one: a gap in the consumer's delivery numbers stops the importer
 before it handles anything after the gap, and link.py rewinds the consumer
 to its acknowledgement floor. A consumer found missing (a rewind cut short
 between its delete and its add) is made again after the last stream message
-handled here (kept in state.py), never from ``import_start``'s choice.
+handled here (kept in state.py), never from ``import_start``'s choice;
+so is one deleted while the node runs (pull.py tells it from NATS's status
+replies).
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ from nats.aio.msg import Msg
 
 from saltbus.client.aio import AsyncClient
 from saltbus.cluster.direct import DirectFire
-from saltbus.cluster.envelope import ORIGIN, Envelope
+from saltbus.cluster.envelope import BATCH, ORIGIN, Envelope, batch_size, unpack_batch
 from saltbus.cluster.link import Backoff, Link
-from saltbus.cluster.pull import Puller, delivery_number, stream_number
+from saltbus.cluster.pull import ConsumerLostError, Puller, delivery_number, stream_number
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
 from saltbus.cluster.subjects import subject_filter
@@ -61,6 +67,8 @@ log = logging.getLogger("saltbus.cluster")
 # (see _deliver): a large batch spreads both (link.MAX_ACK_PENDING bounds it).
 FETCH_BATCH: Final = 1000
 FETCH_WAIT: Final = 1.0
+# Events handed to one delivery at most (a fetched batch of batches is cut).
+DELIVER_EVENTS: Final = 4096
 FIRE_TIMEOUT: Final = 10.0
 # The state is saved at most this often (and at stop): the journal has what
 # a crash keeps the file from recording, so saving late only lengthens the scan.
@@ -147,6 +155,11 @@ class Importer:
                 self.rewinds += 1
                 log.info("%s; delivering again from the last acknowledged", exc)
                 again = True
+            except ConsumerLostError as exc:
+                # Bound again after a pause (a consumer leader may be moving):
+                # a missing consumer is made again after what was handled here.
+                self.failures += 1
+                self._report(f"import: {exc}")
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 self.failures += 1
                 self._report(f"import: {exc!r}")
@@ -191,16 +204,17 @@ class Importer:
             # fetch, whatever happens to NATS meanwhile: one skipped here and
             # delivered again later would come after newer ones and be taken
             # for a duplicate.
-            batch, skipped = self._sort(messages)
-            await self._deliver(batch)
-            if self.stopping:
-                return  # unacknowledged ones come again (link.py rewinds)
-            for origin, seq in skipped:  # only now: a mark covers all before it
-                self.state.record(origin, seq)
-            for message in messages:
-                await _ack(message)
-            if messages:  # in stream order, from the floor on: all before it is handled too
-                self.state.stream_seq = stream_number(messages[-1])
+            for part in _parts(messages):
+                batch, skipped = self._sort(part)
+                await self._deliver(batch)
+                if self.stopping:
+                    return  # unacknowledged ones come again (link.py rewinds)
+                for origin, seq in skipped:  # only now: a mark covers all before it
+                    self.state.record(origin, seq)
+                for message in part:
+                    await _ack(message)
+                # In stream order, from the floor on: all before it is handled too.
+                self.state.stream_seq = stream_number(part[-1])
             if time.monotonic() - self._saved_at >= SAVE_INTERVAL:
                 self.state.save()
                 self._saved_at = time.monotonic()
@@ -226,39 +240,47 @@ class Importer:
             # Own events first, from one header: a node reads its own
             # exports back, as many as it imports, and needs nothing else of them.
             if message.headers is not None and message.headers.get(ORIGIN) == self.node:
-                self.own += 1
+                self.own += _events_in(message)
                 continue
             try:
                 envelope = Envelope.from_headers(message.headers)
+                count = batch_size(message.headers)
+                events = (
+                    [(envelope.seq, message.data)]
+                    if count is None
+                    else unpack_batch(envelope, count, message.data)
+                )
             except RemoteProtocolError as exc:
                 log.warning("skipping a message on %s: %s", message.subject, exc)
                 self.rejected += 1
                 continue
-            # Duplicates before the body is decoded.
             origin = (envelope.node, envelope.epoch)
-            delivered = planned.get(origin, self.state.delivered(origin))
-            if delivered is not None and envelope.seq <= delivered:
-                self.duplicates += 1
-                continue
-            try:
-                tag, data = unpack_body(message.data)
-            except RemoteProtocolError as exc:
-                log.warning("skipping a message on %s: %s", message.subject, exc)
-                self.rejected += 1
-                continue
-            if self._matchers and not any(match(tag) for match in self._matchers):
-                self.filtered += 1
-                skipped.append((origin, envelope.seq))
-                continue
-            data[ORIGIN_KEY] = origin_marker(
-                envelope.node, envelope.epoch, envelope.seq, data.pop("_stamp", None)
-            )
-            planned[origin] = envelope.seq
-            if self._fits(tag, data, len(message.data)):
-                batch.append(_Import(origin, envelope.seq, tag, data))
-            else:
-                self.rejected += 1
-                skipped.append((origin, envelope.seq))
+            for seq, body in events:
+                # Duplicates before the body is decoded: also the part of a
+                # resent backlog that was cut into batches differently.
+                delivered = planned.get(origin, self.state.delivered(origin))
+                if delivered is not None and seq <= delivered:
+                    self.duplicates += 1
+                    continue
+                try:
+                    tag, data = unpack_body(body)
+                except RemoteProtocolError as exc:
+                    log.warning("skipping an event on %s: %s", message.subject, exc)
+                    self.rejected += 1
+                    continue
+                if self._matchers and not any(match(tag) for match in self._matchers):
+                    self.filtered += 1
+                    skipped.append((origin, seq))
+                    continue
+                data[ORIGIN_KEY] = origin_marker(
+                    envelope.node, envelope.epoch, seq, data.pop("_stamp", None)
+                )
+                planned[origin] = seq
+                if self._fits(tag, data, len(body)):
+                    batch.append(_Import(origin, seq, tag, data))
+                else:
+                    self.rejected += 1
+                    skipped.append((origin, seq))
         return batch, skipped
 
     def _fits(self, tag: str, data: dict[str, Any], received: int) -> bool:
@@ -326,6 +348,35 @@ class Importer:
         if message != self.last_error:
             log.warning("%s; retrying", message)
         self.last_error = message
+
+
+def _parts(messages: list[Msg]) -> list[list[Msg]]:
+    """``messages`` in runs of about DELIVER_EVENTS events (batches count as
+    what they carry), so one delivery's memory and journal batch stay bounded."""
+    parts: list[list[Msg]] = []
+    part: list[Msg] = []
+    events = 0
+    for message in messages:
+        count = _events_in(message)
+        if part and events + count > DELIVER_EVENTS:
+            parts.append(part)
+            part, events = [], 0
+        part.append(message)
+        events += count
+    if part:
+        parts.append(part)
+    return parts
+
+
+def _events_in(message: Msg) -> int:
+    """How many events a message says it carries (without checking it)."""
+    headers = message.headers
+    if headers is None or BATCH not in headers:
+        return 1
+    try:
+        return max(int(headers[BATCH]), 1)
+    except ValueError:
+        return 1  # rejected when sorted
 
 
 async def _ack(message: Msg) -> None:

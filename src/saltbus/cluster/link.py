@@ -74,6 +74,8 @@ class Link:
         self._stream_checked = False
         self.last_error: str | None = None
         self.connects = 0
+        # The stream's own limit on a message's size (None: none), for the export's batches.
+        self.max_msg_size: int | None = None
 
     @property
     def js(self) -> JetStreamContext:
@@ -85,6 +87,15 @@ class Link:
         """The export's publishes (see publisher.py)."""
         assert self._publisher is not None, "wait_up() first"
         return self._publisher
+
+    @property
+    def max_message(self) -> int:
+        """The largest message NATS takes now: the server's max_payload, or
+        the stream's max_msg_size when that is smaller."""
+        payload = self.nc.max_payload if self.nc is not None else 0
+        if self.max_msg_size is not None and 0 < self.max_msg_size < payload:
+            return self.max_msg_size
+        return payload
 
     @property
     def connected(self) -> bool:
@@ -160,6 +171,8 @@ class Link:
             log.info("created the JetStream stream %s", settings.stream)
         else:
             config = info.config
+            size = config.max_msg_size
+            self.max_msg_size = size if size is not None and size > 0 else None
             await self._apply_limits(config)
             if config.num_replicas not in (None, settings.replicas):
                 log.warning(

@@ -14,6 +14,17 @@ Order is the importer's business (importer.py): everything lands in one
 inbox in delivery order, and what arrives for a request after a fetch gave
 up waiting is handed over by the next fetch, never dropped, so the consumer
 sequence numbers the importer checks for gaps stay as NATS sent them.
+
+A status reply that says the consumer is gone (nats-server 2.9: ``409
+Consumer Deleted`` to the outstanding request, ``409 Consumer is push
+based``, ``400 Bad Request``; then ``503`` no responders to any new request,
+there being no consumer to answer it) ends the puller: once what was
+delivered before it is handed over, :meth:`Puller.fetch` raises
+:class:`ConsumerLostError` and the importer binds again (link.py makes a
+missing consumer again after the last stream seq it handled). nats-py's own
+fetch takes any 409 for a timeout and retries, which never ends here.
+The request's own ends (``408``; ``404`` No Messages; ``409 Exceeded ...``,
+a limit on waiting requests) and heartbeats (``100``) are not.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from saltbus.errors import SaltbusError
+
 API_PREFIX: Final = "$JS.API"
 # A JetStream delivery's reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.
 # <stream seq>.<consumer seq>.<time>.<pending>; servers with domains add
@@ -38,8 +51,17 @@ _CONSUMER_SEQ_V2: Final = 8
 _STREAM_SEQ_V1: Final = 5
 _STREAM_SEQ_V2: Final = 7
 STATUS: Final = "Status"
+DESCRIPTION: Final = "Description"
+# Status replies that end one request, not the consumer.
+REQUEST_ENDED: Final = frozenset(("408", "404"))
+HEARTBEAT: Final = "100"
+CONFLICT: Final = "409"
 # Messages the inbox may hold: more than one request ever delivers.
 PENDING_LIMIT: Final = 1 << 20
+
+
+class ConsumerLostError(SaltbusError):
+    """NATS said the consumer is gone (deleted, replaced, not answering)."""
 
 
 class Puller:
@@ -55,6 +77,7 @@ class Puller:
         # Messages the outstanding request may still deliver (0: none outstanding).
         self._owed = 0
         self._ends_at = 0.0
+        self._lost: str | None = None  # why the consumer is gone
 
     async def start(self) -> None:
         self._subscription = await self._nc.subscribe(
@@ -64,11 +87,20 @@ class Puller:
     async def _on_message(self, message: Msg) -> None:
         headers = message.headers
         if not message.data and headers is not None and STATUS in headers:
-            # 408: the request expired; it is made again at once. Others (409:
-            # the server ended it; 100: a heartbeat) are not answered with a
-            # new request before this one's time is up: no busy loop.
-            if headers[STATUS] == "408":
+            status = headers[STATUS]
+            description = headers.get(DESCRIPTION, "")
+            if status == HEARTBEAT:
+                return
+            if status in REQUEST_ENDED:
+                # Expired: made again at once.
                 self._owed = 0
+                self._arrived.set()
+            elif status == CONFLICT and description.startswith("Exceeded"):
+                # Over a limit on waiting requests: not asked again before
+                # this one's time is up, no busy loop.
+                pass
+            else:
+                self._lost = f"{status} {description}".strip()
                 self._arrived.set()
             return
         self._owed -= 1
@@ -77,12 +109,16 @@ class Puller:
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
         """Up to ``batch`` messages, as soon as there is one; raises
-        :class:`TimeoutError` when none came within ``timeout`` seconds."""
+        :class:`TimeoutError` when none came within ``timeout`` seconds, and
+        :class:`ConsumerLostError` when the consumer is gone and nothing
+        delivered before is left."""
         deadline = time.monotonic() + timeout
         # Asked before what is buffered is handed over: NATS sends the next
         # messages while the importer handles these.
         await self._ask(batch, timeout)
         while not self._buffer:
+            if self._lost is not None:
+                raise ConsumerLostError(f"the consumer is gone (NATS said {self._lost})")
             now = time.monotonic()
             if now >= deadline:
                 raise TimeoutError(f"no message in {timeout} s")

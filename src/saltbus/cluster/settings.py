@@ -10,6 +10,7 @@
       max_age: 7d                # the stream's retention by age (seconds, or 30m, 12h, 7d)
       max_bytes: 1073741824      # and by size (-1: none); applied to an existing stream too
       import_start: new          # a node's first start: new | all | since TIME (ISO or 2h)
+      export_batch: 256          # events per NATS message at most (1: one each)
       credentials: /etc/saltbus/nats.creds
       tls: {ca_file: ..., cert_file: ..., key_file: ..., hostname: ...}
       user: ..., password: ..., token: ..., nkeys_seed: ...
@@ -63,6 +64,7 @@ DEFAULT_MAX_AGE: Final = 7 * 24 * 3600.0
 # As the local journal's default: the stream keeps what a node away for a
 # while needs, and never fills the NATS servers' disks.
 DEFAULT_MAX_BYTES: Final = 1024**3
+DEFAULT_EXPORT_BATCH: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,9 @@ class ClusterSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     import_start: ImportStart = field(default_factory=ImportStart)
     max_in_flight: int = 512
+    # Events per NATS message at most, when there is a backlog (1: one each,
+    # the form a reader of the stream that knows nothing of saltbus expects).
+    export_batch: int = DEFAULT_EXPORT_BATCH
     ack_timeout: float = 5.0
     credentials: Path | None = None
     tls: Mapping[str, Any] = field(default_factory=dict)
@@ -163,6 +168,7 @@ class ClusterSettings:
             max_bytes=_max_bytes(section.get("max_bytes")),
             import_start=ImportStart.parse(section.get("import_start") or "new"),
             max_in_flight=_number(section, "max_in_flight", 512, int, 1, 100_000),
+            export_batch=_number(section, "export_batch", DEFAULT_EXPORT_BATCH, int, 1, 65_536),
             ack_timeout=_number(section, "ack_timeout", 5.0, float, 0.1),
             credentials=Path(section["credentials"]) if section.get("credentials") else None,
             tls=_mapping(section.get("tls"), "tls"),

@@ -30,6 +30,9 @@ DEFAULT_PREFIX: Final = "saltbus.ev"
 MAX_SUBJECT: Final = 2048
 EMPTY_TOKEN: Final = "%"
 TRUNCATED_TOKEN: Final = "%~"
+# The last token of a batch's subject (envelope.py): escape_token never makes
+# it, so no tag maps to it.
+BATCH_TOKEN: Final = "%+"
 _SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _ESCAPE: Final = tuple(chr(b) if b in _SAFE else f"%{b:02X}" for b in range(256))
 _ESCAPED: Final = re.compile(r"%([0-9A-F]{2})")
@@ -94,6 +97,13 @@ def tag_to_subject(tag: str, prefix: str = DEFAULT_PREFIX) -> str:
     if len(subject) <= MAX_SUBJECT:
         return subject
     return _truncated(prefix, tag_tokens(tag))
+
+
+def batch_subject(subject: str) -> str:
+    """Where a batch of events on ``subject`` (or on subjects that differ from
+    it in the last token only) goes: a filter ``P.>`` selects it exactly
+    when it selects those events."""
+    return f"{subject.rpartition('.')[0]}.{BATCH_TOKEN}"
 
 
 def _truncated(prefix: str, tokens: Sequence[str]) -> str:

@@ -298,6 +298,7 @@ CLUSTER_KEYS: Final = frozenset(
         "max_bytes",
         "import_start",
         "max_in_flight",
+        "export_batch",
         "ack_timeout",
         "credentials",
         "tls",
