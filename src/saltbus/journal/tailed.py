@@ -253,7 +253,11 @@ class TailedWriter:
         if self._unhanded:
             batches, self._unhanded = self._unhanded, []
             for records in batches:
-                self.writer.submit(records, self._indexed_tail, on_failed=self._tail_index_failed)
+                # Lazy: durable in the tail already, they wait a moment for
+                # company, and SQLite indexes a group per transaction.
+                self.writer.submit(
+                    records, self._indexed_tail, on_failed=self._tail_index_failed, lazy=True
+                )
 
     def submit(
         self,
