@@ -79,7 +79,7 @@ START_TIMEOUT: Final = 30.0
 # share its transaction. At a low rate each event was a transaction of its own,
 # and a wake-up of this thread competing for the GIL with the publisher's
 # writes: grouped, both are paid once per group.
-DEFAULT_LINGER: Final = 0.005
+DEFAULT_LINGER: Final = 0.01
 
 
 @dataclass(frozen=True, slots=True)
