@@ -241,7 +241,7 @@ class TailedWriter:
                 raise error from exc
             self._last_seq = records[-1].seq
             self._unindexed += len(records)
-            self._unindexed_bytes += sum(len(record.body) for record in records)
+            self._unindexed_bytes += _body_bytes(records)
             self._queued += 1
             self._unhanded.append(records)
             if not defer_index:
@@ -353,7 +353,7 @@ class TailedWriter:
         with self._lock:
             self._queued -= 1
             self._unindexed -= len(records)
-            self._unindexed_bytes -= sum(len(record.body) for record in records)
+            self._unindexed_bytes -= _body_bytes(records)
             ready = self._advance(records[-1].seq)
         self._wake(ready)
 
@@ -438,6 +438,12 @@ class TailedWriter:
                 callback()
             except Exception:
                 log.exception("journal index callback failed")
+
+
+def _body_bytes(records: Sequence[JournalRecord]) -> int:
+    if len(records) == 1:
+        return len(records[0].body)
+    return sum(len(record.body) for record in records)
 
 
 def _ignore(*_: object) -> None:
