@@ -82,7 +82,9 @@ START_TIMEOUT: Final = 30.0
 DEFAULT_LINGER: Final = 0.01
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, and one of these is made per event at a low rate.
+@dataclass(slots=True)
 class _Batch:
     records: Sequence[JournalRecord]
     on_committed: CommittedCallback
