@@ -175,6 +175,41 @@ def test_acks_and_returners_wait_for_the_index_and_delivery_does_not() -> None:
     run(main)
 
 
+def test_index_reports_settle_batches_in_order_with_one_wake_up() -> None:
+    async def main() -> None:
+        sink = Sink()
+        sink.index_lags = True
+        intake, delivered = make(sink)
+        told: list[int] = []
+        intake.on_commit = told.append
+        source = Source()
+        for n in range(3):
+            intake.accept(*bodies("a", 1, n), acks=[(0, n)], source=source)
+            await asyncio.sleep(0.01)  # past the coalescing window: a batch each
+        # Readable at once, but acknowledged after the batches before it.
+        sink.index_lags = False
+        intake.accept(*bodies("b", 1), acks=[(0, 9)], source=source)
+        await asyncio.sleep(0.01)
+        assert [r.seq for r in delivered.records] == [1, 2, 3, 4]
+        assert told == [] and source.acks == []
+        loop = asyncio.get_running_loop()
+        posted: list[object] = []
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counting(callback: Callable[..., object], *args: object) -> asyncio.Handle:
+            posted.append(callback)
+            return call_soon_threadsafe(callback, *args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        sink.index_all()  # one report per batch, as a group's commit makes them
+        await asyncio.wait_for(intake.drained(), 5)
+        assert len(posted) == 1, "the loop is woken once for the group"
+        assert told == [1, 2, 3, 4]
+        assert source.acks == [(0, 1), (1, 2), (2, 3), (9, 4)]
+
+    run(main)
+
+
 def test_a_batch_the_journal_cannot_store_is_refused_not_delivered() -> None:
     async def main() -> None:
         sink = Sink()

@@ -76,6 +76,26 @@ def test_an_idle_writer_commits_inline_and_a_busy_one_leaves_it_to_its_thread(
         assert not writer.commit_inline(records(8, 8)), "fsync commits stay off the caller"
 
 
+def test_lazy_batches_wait_for_company_until_one_that_is_not_lazy_comes(
+    tmp_path: Path,
+) -> None:
+    outcomes = Outcomes()
+    path = tmp_path / "bus.sqlite3"
+    # A linger far beyond the wait below: only the plain batch can end it.
+    with JournalWriter(path, durability="batch", linger=3600.0) as writer:
+        before = writer.transactions
+        for first in (1, 3, 5):
+            writer.submit(
+                records(first, first + 1), outcomes.committed, on_failed=outcomes.failed, lazy=True
+            )
+        writer.submit(records(7, 7), outcomes.committed, on_failed=outcomes.failed)
+        outcomes.wait_for(4)
+        assert writer.transactions == before + 1, "the four batches share one transaction"
+        assert [batch[0].seq for _, batch in outcomes.order] == [1, 3, 5, 7]
+    with Journal.open(path, readonly=True) as journal:
+        assert seqs(journal.read()) == list(range(1, 8))
+
+
 def test_checkpoints_copy_the_wal_into_the_database_off_the_commit_path(tmp_path: Path) -> None:
     path = tmp_path / "bus.sqlite3"
     with JournalWriter(path, durability="batch") as writer:

@@ -34,6 +34,7 @@ from saltbus.wire import (
     body_tag,
     check_event_size,
     detect_framing,
+    encode_event_frame,
     encode_event_frames,
     encode_frame,
     event_data_size,
@@ -774,6 +775,7 @@ def test_event_frames_are_encode_frame_byte_for_byte(
 ) -> None:
     expected = [encode_frame(b, {"seq": s, "time": t}, framing) for s, t, b in events]
     assert encode_event_frames(events, framing) == expected
+    assert [encode_event_frame(s, t, b, framing) for s, t, b in events] == expected
 
 
 def test_event_frames_share_a_batch_time() -> None:

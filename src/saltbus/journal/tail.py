@@ -68,6 +68,14 @@ def encode(records: Sequence[JournalRecord]) -> bytes:
     """The frames of ``records``, in order. Raises JournalError for a record
     the journal could not store either (a tag that is not valid Unicode, a seq
     outside 64 bits), so that the tail never holds what SQLite would refuse."""
+    if len(records) == 1:  # an idle publisher's every batch
+        record = records[0]
+        try:
+            tag = record.tag.encode()
+            payload = _FIXED.pack(record.seq, record.time, len(tag)) + tag + record.body
+        except (UnicodeError, struct.error, TypeError) as exc:
+            raise JournalError(f"cannot journal the event with seq {record.seq}: {exc}") from exc
+        return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
     frames = []
     for record in records:
         try:
@@ -179,12 +187,13 @@ class TailLog:
         if not records:
             return
         data = encode(records)
-        written = 0
+        size = len(data)
         try:
             # One write() unless the disk fills in the middle: then the next
             # one raises, saying why.
-            while written < len(data):
-                written += os.write(self._fd, data[written:] if written else data)
+            written = os.write(self._fd, data)
+            while written < size:
+                written += os.write(self._fd, data[written:])
         except OSError:
             self._cut_back()
             raise

@@ -241,7 +241,7 @@ class TailedWriter:
                 raise error from exc
             self._last_seq = records[-1].seq
             self._unindexed += len(records)
-            self._unindexed_bytes += sum(len(record.body) for record in records)
+            self._unindexed_bytes += _body_bytes(records)
             self._queued += 1
             self._unhanded.append(records)
             if not defer_index:
@@ -253,7 +253,11 @@ class TailedWriter:
         if self._unhanded:
             batches, self._unhanded = self._unhanded, []
             for records in batches:
-                self.writer.submit(records, self._indexed_tail, on_failed=self._tail_index_failed)
+                # Lazy: durable in the tail already, they wait a moment for
+                # company, and SQLite indexes a group per transaction.
+                self.writer.submit(
+                    records, self._indexed_tail, on_failed=self._tail_index_failed, lazy=True
+                )
 
     def submit(
         self,
@@ -349,7 +353,7 @@ class TailedWriter:
         with self._lock:
             self._queued -= 1
             self._unindexed -= len(records)
-            self._unindexed_bytes -= sum(len(record.body) for record in records)
+            self._unindexed_bytes -= _body_bytes(records)
             ready = self._advance(records[-1].seq)
         self._wake(ready)
 
@@ -434,6 +438,12 @@ class TailedWriter:
                 callback()
             except Exception:
                 log.exception("journal index callback failed")
+
+
+def _body_bytes(records: Sequence[JournalRecord]) -> int:
+    if len(records) == 1:
+        return len(records[0].body)
+    return sum(len(record.body) for record in records)
 
 
 def _ignore(*_: object) -> None:

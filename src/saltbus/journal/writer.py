@@ -75,14 +75,22 @@ RETENTION_STEP_ROWS: Final = 20_000
 # The size limit deleting events a consumer has not taken is logged at most this often.
 LOSS_WARNING_INTERVAL: Final = 60.0
 START_TIMEOUT: Final = 30.0
+# How long a lazy batch (one durable elsewhere: the tail's) waits for others to
+# share its transaction. At a low rate each event was a transaction of its own,
+# and a wake-up of this thread competing for the GIL with the publisher's
+# writes: grouped, both are paid once per group.
+DEFAULT_LINGER: Final = 0.01
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, and one of these is made per event at a low rate.
+@dataclass(slots=True)
 class _Batch:
     records: Sequence[JournalRecord]
     on_committed: CommittedCallback
     on_failed: FailedCallback
     probe: bool = False
+    lazy: bool = False
 
 
 # What close() puts on the queue: everything before it is committed first.
@@ -115,6 +123,7 @@ class JournalWriter:
         retention_interval: float = 60.0,
         max_group_records: int = DEFAULT_MAX_GROUP_RECORDS,
         holds: HoldsCallback | None = None,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         if not retention_interval > 0:
             raise JournalError(f"retention_interval must be positive, not {retention_interval}")
@@ -129,6 +138,10 @@ class JournalWriter:
         self._holds = holds
         self._loss_warned_at = -math.inf
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._linger = linger
+        # Set by whatever must not wait for a lazy batch's company: a batch
+        # that is not lazy, retention's wake-up, close.
+        self._urgent = threading.Event()
         self._retention_due = threading.Event()
         # Guards the state against submit() racing close(): nothing can be
         # queued after the close marker, so nothing is left without a callback.
@@ -204,6 +217,7 @@ class JournalWriter:
         *,
         on_failed: FailedCallback,
         probe: bool = False,
+        lazy: bool = False,
     ) -> None:
         """Queue ``records`` (seqs strictly increasing, above every seq
         submitted before) to be committed. Exactly one callback will be called
@@ -212,13 +226,19 @@ class JournalWriter:
         ``on_failed(records, error)`` if they could not be. Never blocks on
         the disk. Raises JournalError if the writer is not running.
 
+        A ``lazy`` batch that finds the writer idle waits up to the writer's
+        ``linger`` for more batches to commit with (until one that is not
+        lazy comes): for records kept durable elsewhere meanwhile.
+
         After a :class:`JournalWriteError`, batches fail untried until one
         with ``probe`` commits (see the module's docstring)."""
-        batch = _Batch(records, on_committed, on_failed, probe)
+        batch = _Batch(records, on_committed, on_failed, probe, lazy)
         with self._lock:
             if self._state != "running":
                 raise JournalError(f"journal writer for {self.path} is {self._state}, not running")
             self._queue.put(batch)
+        if not lazy:
+            self._urgent.set()
 
     def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
         """Commit ``records`` on the calling thread, now, if the writer is idle
@@ -264,6 +284,7 @@ class JournalWriter:
             if self._state == "running":
                 self._retention_due.set()
                 self._queue.put(_WAKE)
+        self._urgent.set()
 
     def close(self, timeout: float | None = None) -> None:
         """Commit everything submitted so far, run its callbacks, close the
@@ -273,6 +294,7 @@ class JournalWriter:
             if self._state == "running":
                 self._queue.put(_CLOSE)
             self._state = "closed"
+        self._urgent.set()
         if self._thread is None or self._thread is threading.current_thread():
             return
         self._thread.join(timeout)
@@ -343,6 +365,11 @@ class JournalWriter:
                 first = self._queue.get(timeout=None if wait is None else max(wait, 0.0))
             except queue.Empty:
                 continue
+            if isinstance(first, _Batch) and first.lazy and self._linger > 0:
+                # Woken once for the group, not per batch: later lazy batches
+                # wait in the queue, unseen until the linger ends.
+                self._urgent.wait(self._linger)
+                self._urgent.clear()
             group, closing = self._take_group(first)
             if group:
                 with self._busy:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from saltbus.control import Lagged, encode_control
 from saltbus.event import TagMatcher
 from saltbus.journal.records import JournalRecord
-from saltbus.wire import Framing, encode_event_frames, encode_frame
+from saltbus.wire import Framing, encode_event_frame, encode_event_frames, encode_frame
 
 log = logging.getLogger("saltbus.server")
 
@@ -313,8 +313,8 @@ class FanOut:
             return
         if len(records) == 1:  # an idle bus's every batch
             record = records[0]
-            frames = encode_event_frames(((record.seq, record.time, record.body),), self.framing)
-            self.offer(frames, (record.tag,))
+            frame = encode_event_frame(record.seq, record.time, record.body, self.framing)
+            self.offer([frame], (record.tag,))
             return
         frames = encode_event_frames(((r.seq, r.time, r.body) for r in records), self.framing)
         self.offer(frames, [r.tag for r in records])

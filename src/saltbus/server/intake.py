@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -80,6 +81,7 @@ class _Batch:
     sources: list[AckTarget | None]  # per record
     acks: list[tuple[AckTarget, list[tuple[int, int]]]]  # (index in records, request id)
     size: int
+    indexed: bool = False  # set on any thread once the journal's readers see it
 
 
 class Intake:
@@ -111,8 +113,10 @@ class Intake:
         self._last_delivered = journal.last_seq
         self.in_flight = 0
         self.in_flight_bytes = 0
-        # Delivered batches whose acknowledgements wait for the journal's index.
-        self._awaiting_index = 0
+        # Delivered batches whose acknowledgements wait for the journal's index,
+        # in order, and whether the loop is woken already to settle them.
+        self._awaiting_index: deque[_Batch] = deque()
+        self._index_wake_due = False
         self.received = 0
         self.commit_failures = 0
         # Acked fires answered with a Nack, since the start.
@@ -302,7 +306,8 @@ class Intake:
 
     def _after_indexed(self, batch: _Batch) -> None:
         """Acknowledge ``batch`` and wake the returners once the journal's
-        readers see it: an acked fire is then in ``saltbus history``."""
+        readers see it (an acked fire is then in ``saltbus history``), after
+        the batches delivered before it."""
         seq = batch.records[-1].seq
         loop = self._loop
         if loop is None:
@@ -310,18 +315,31 @@ class Intake:
             return
 
         def indexed() -> None:
-            loop.call_soon_threadsafe(self._indexed_later, batch)
+            # On the journal's thread. The journal indexes a group of batches
+            # at a time: the loop is woken once for the group, not per batch.
+            batch.indexed = True
+            if not self._index_wake_due:
+                self._index_wake_due = True
+                loop.call_soon_threadsafe(self._indexed_later)
 
+        self._awaiting_index.append(batch)
         if self.journal.when_indexed(seq, indexed):
-            self._indexed(batch)
+            batch.indexed = True
+            self._settle_indexed()
         else:
-            self._awaiting_index += 1
             self._drained.clear()
 
-    def _indexed_later(self, batch: _Batch) -> None:
-        self._awaiting_index -= 1
-        self._indexed(batch)
+    def _indexed_later(self) -> None:
+        # Cleared before the flags are read: a batch flagged after this
+        # posts a wake-up of its own.
+        self._index_wake_due = False
+        self._settle_indexed()
         self._settled()
+
+    def _settle_indexed(self) -> None:
+        awaiting = self._awaiting_index
+        while awaiting and awaiting[0].indexed:
+            self._indexed(awaiting.popleft())
 
     def _indexed(self, batch: _Batch) -> None:
         records = batch.records

@@ -20,7 +20,13 @@ from saltbus.wire.body import (
     unpack_body,
 )
 from saltbus.wire.decoder import FrameDecoder, detect_framing
-from saltbus.wire.frames import FRAME_OVERHEAD, Frame, encode_event_frames, encode_frame
+from saltbus.wire.frames import (
+    FRAME_OVERHEAD,
+    Frame,
+    encode_event_frame,
+    encode_event_frames,
+    encode_frame,
+)
 from saltbus.wire.generations import (
     DEFAULT_GENERATION,
     GENERATIONS,
@@ -43,6 +49,7 @@ __all__ = [
     "check_event_size",
     "data_packer",
     "detect_framing",
+    "encode_event_frame",
     "encode_event_frames",
     "encode_frame",
     "event_data_size",

@@ -120,6 +120,28 @@ def _pack_uint(value: int) -> bytes:
     return _UINT64.pack(0xCF, value)
 
 
+def encode_event_frame(
+    seq: int, when: float, body: bytes, framing: Framing = Framing.BARE
+) -> bytes:
+    """``encode_frame(body, {"seq": seq, "time": when}, framing)``, byte for
+    byte: one event (an idle publisher's every delivery), without the batch
+    loop of :func:`encode_event_frames`."""
+    if type(seq) is not int or type(when) is not float or not 0 <= seq <= UINT64_MAX:
+        return encode_frame(body, {"seq": seq, "time": when}, framing)  # as msgpack does
+    frame = b"".join(
+        (
+            _SEQ_HEAD_START,
+            _pack_uint(seq),
+            _TIME_KEY,
+            _DOUBLE.pack(when),
+            _BODY_KEY,
+            _bin_header(len(body)),
+            body,
+        )
+    )
+    return LENGTH.pack(len(frame)) + frame if framing is Framing.LENGTH_PREFIXED else frame
+
+
 def encode_event_frames(
     events: Iterable[tuple[int, float, bytes]], framing: Framing = Framing.BARE
 ) -> list[bytes]:
