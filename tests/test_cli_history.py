@@ -111,5 +111,9 @@ def test_history_prints_the_tail_before_its_damage_and_says_where(bus: Config) -
     result = history(bus)
     assert printed_seqs(result.stdout) == list(range(1, 9))
     assert result.returncode == 1
-    assert f"journal tail {tail_path(path)} is damaged at byte {len(good)}" in result.stderr
+    line = result.stderr.strip()
+    assert line.startswith(
+        f"saltbus: error: journal {tail_path(path)} is damaged at byte {len(good)}"
+    )
+    assert f"saltbus journal recover --sock-dir {bus.sock_dir}" in line
     assert "Traceback" not in result.stderr

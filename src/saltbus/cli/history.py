@@ -203,7 +203,8 @@ def _run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
         )
     damage = tail.damage if tail is not None else None
     if damage is not None:
-        print(f"saltbus: error: {damage}", file=sys.stderr, flush=True)
+        fix = recover_command(args, config)
+        print(f"saltbus: error: {damage.with_fix(fix)}", file=sys.stderr, flush=True)
     if args.follow and (args.limit is None or printed < args.limit):
         _follow(args, config, max(snapshot, args.since or 0), epoch, printed, out)
     return 1 if lost or damage is not None else 0

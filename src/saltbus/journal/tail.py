@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Final
 
 from saltbus.errors import JournalError
+from saltbus.journal.damage import RECOVER_COMMAND, JournalDamagedError
 from saltbus.journal.records import JournalRecord
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,19 @@ _FIXED: Final = struct.Struct("<qdI")  # seq, time, tag length
 MAX_PAYLOAD: Final = 1 << 30
 
 
-class TailDamagedError(JournalError):
+class TailDamagedError(JournalDamagedError):
     """The tail file holds a frame that does not check out, with data after it."""
 
-    def __init__(self, path: Path, offset: int, after_seq: int | None) -> None:
+    def __init__(
+        self, path: Path, offset: int, after_seq: int | None, fix: str = RECOVER_COMMAND
+    ) -> None:
         where = "at its start" if after_seq is None else f"after seq {after_seq}"
         super().__init__(
-            f"journal tail {path} is damaged at byte {offset} ({where}); move it aside "
-            f"(mv {path} {path}.damaged) to start without the events it holds past that point"
+            path,
+            f"is damaged at byte {offset} ({where}): the events it holds past that point "
+            "cannot be read",
+            fix,
         )
-        self.path = path
         self.offset = offset
         self.after_seq = after_seq
 
