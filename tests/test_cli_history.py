@@ -52,6 +52,8 @@ def test_history_after_sigkill_has_every_delivered_event(bus: Config) -> None:
         try:
             sender = Sender(bus)
             try:
+                # Answered once SQLite has it: in history whatever comes after.
+                acked = sender.fire("acked/one", {}, timeout=WAIT, ack=True).seq
                 # The listener is subscribed once it gets a probe.
                 for _attempt in range(60):
                     sender.fire("burst/probe", {}, timeout=WAIT)
@@ -86,6 +88,7 @@ def test_history_after_sigkill_has_every_delivered_event(bus: Config) -> None:
     result = history(bus, "--tag", "burst/", "--since", str(received[0] - 1))
     assert result.returncode == 0, result.stderr
     assert printed_seqs(result.stdout) == received
+    assert printed_seqs(history(bus, "--tag", "acked/").stdout) == [acked]
 
 
 def test_history_merges_the_tail_past_sqlite_and_filters_it(bus: Config) -> None:
