@@ -112,3 +112,60 @@ def truncate(path: Path, size: int) -> None:
 def seqs(path: Path) -> list[int]:
     with Journal.open(path, readonly=True) as journal:
         return [r.seq for r in journal.iter_read()]
+
+
+def add_reactor_state(path: Path, groups: int = 2000) -> dict[str, int]:
+    """The reactor's state tables in the journal at ``path``, made by the
+    reactor's own stores, with rows: ``groups`` rule groups (enough for
+    several pages), their seq, a firing and an open job. Returns the rows per table."""
+    from saltbus.reactor.missing_store import OpenJobStore  # noqa: PLC0415
+    from saltbus.reactor.multi.store import RuleStateStore  # noqa: PLC0415
+
+    RuleStateStore(path, "r1").close()
+    OpenJobStore(path, "r1").close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO reactor_rule_groups VALUES ('r1', 'count', ?, 'fp', ?)",
+            [(f"minion{n:05d}", f'{{"n": {n}, "pad": "{"s" * 100}"}}') for n in range(groups)],
+        )
+        conn.execute("INSERT INTO reactor_rule_meta VALUES ('r1', 42, 7, 1000.0)")
+        conn.execute("INSERT INTO reactor_rule_firings VALUES ('r1', 'f1', 'tag', '{}')")
+        conn.execute("INSERT INTO reactor_open_jobs VALUES ('r1', 'j1', '{}')")
+        conn.execute("INSERT INTO reactor_open_jobs_seq VALUES ('r1', 7, 42)")
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return {
+        "reactor_rule_groups": groups,
+        "reactor_rule_meta": 1,
+        "reactor_rule_firings": 1,
+        "reactor_open_jobs": 1,
+        "reactor_open_jobs_seq": 1,
+    }
+
+
+def table_leaves(path: Path, table: str) -> list[int]:
+    """The leaf pages of ``table`` (SQLite's dbstat)."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+            (table,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [int(row[0]) for row in rows]
+
+
+def table_rows(path: Path, table: str) -> int | None:
+    """How many rows ``table`` has (None: no such table)."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()

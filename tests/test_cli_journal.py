@@ -25,17 +25,22 @@ from saltbus.cli.journal import recover_command
 from saltbus.config import Config
 from saltbus.journal import Journal
 from saltbus.journal.checkpoint import CHECKPOINT_INTERVAL
+from saltbus.journal.state_tables import KNOWN_SETS
+from saltbus.journal.tail import encode, tail_path
 from tests.journal_support import (
     CURSOR,
     PAGE,
     TABLE_LEAF,
+    add_reactor_state,
     build_journal,
+    event,
     events_on_pages,
     events_root,
     middle_leaves,
     overwrite_pages,
     page_types,
     seqs,
+    table_leaves,
     truncate,
 )
 from tests.serve_support import SALTBUS, ServeProcess, bus_flags, clean_env
@@ -201,6 +206,65 @@ def test_recover_leaves_a_healthy_journal_alone(bus: Config) -> None:
     result = run("journal", "recover", *bus_flags(bus))
     assert result.returncode == 0 and "nothing to recover" in result.stdout
     assert not list(path.parent.glob("*.damaged-*"))
+
+
+def test_check_reports_the_tail_and_the_reactor_state(bus: Config) -> None:
+    path = journal_file(bus)
+    build_journal(path, 500, bus.sock_dir)
+    add_reactor_state(path, groups=5)
+    # A killed publisher's tail: 51 events SQLite has, 20 it lacks, a torn frame.
+    torn = encode([event(521)])[:-5]
+    tail_path(path).write_bytes(encode([event(seq) for seq in range(450, 521)]) + torn)
+    result = run("journal", "check", *bus_flags(bus))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"journal {path} is healthy (520 events, last seq 520)"
+    assert lines[1].startswith(
+        f"tail {tail_path(path)}: 71 events (seqs 450 to 520), 20 of them not in SQLite yet"
+    ), lines
+    assert f"a last frame cut short by a kill ({len(torn)} bytes)" in lines[1]
+    assert lines[2].startswith("reactor state tables: the rules' windows and counters")
+    assert "reactor_rule_groups, reactor_rule_meta: 6 rows" in lines[2]
+    report = json.loads(run("journal", "check", *bus_flags(bus), "--json").stdout)
+    assert report["healthy"] is True and report["readable_events"] == 520
+    assert report["tail"]["unindexed"] == 20 and report["tail"]["torn_bytes"] == len(torn)
+    assert [s["set"] for s in report["state_tables"]] == [label for label, _ in KNOWN_SETS]
+    # A torn frame is what a kill leaves, not damage: nothing to recover.
+    assert "nothing to recover" in run("journal", "recover", *bus_flags(bus)).stdout
+
+
+def test_a_damaged_tail_is_checked_recovered_and_served_after(
+    bus: Config, serves: Callable[..., ServeProcess]
+) -> None:
+    path = journal_file(bus)
+    build_journal(path, 500, bus.sock_dir)
+    add_reactor_state(path, groups=2000)
+    overwrite_pages(path, table_leaves(path, "reactor_rule_groups")[1:2])
+    good = encode([event(seq) for seq in range(490, 531)])
+    tail_path(path).write_bytes(good + b"\xee" * 64 + encode([event(540)]))
+    served = run("serve", *bus_flags(bus))
+    assert served.returncode != 0 and "saltbus journal recover" in one_line(served.stderr)
+    check = run("journal", "check", *bus_flags(bus))
+    assert check.returncode == 1
+    assert f"has a tail ({tail_path(path)}) damaged at byte {len(good)} (after seq 530)" in (
+        check.stdout
+    )
+    assert "has the rules' windows and counters that cannot be kept" in check.stdout
+    result = run("journal", "recover", *bus_flags(bus))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kept 530 events (30 from its tail), lost an unknown number" in result.stdout
+    assert (
+        "reactor state: kept the rules' unfinished firings (reactor_rule_firings: 1 rows); "
+        "the reactor's open jobs (reactor_open_jobs, reactor_open_jobs_seq: 2 rows); "
+        "could not keep the rules' windows and counters (reactor_rule_groups: cannot be read"
+    ) in result.stdout
+    assert "new epoch" in result.stdout
+    assert seqs(path) == list(range(1, 531))
+    assert run("journal", "check", *bus_flags(bus)).returncode == 0
+    daemon = serves(bus, *bus_flags(bus))
+    assert run("fire", "--sock-dir", str(bus.sock_dir), "--ack", "after/recovery").returncode == 0
+    daemon.stop()
+    assert seqs(path)[-1] == 531
 
 
 def test_check_of_a_missing_journal_is_one_line(bus: Config) -> None:

@@ -15,7 +15,9 @@ from saltbus.journal.records import JournalRecord
 from saltbus.server import intake as intake_module
 from saltbus.server.commits import CommittedCallback, FailedCallback, NoJournal
 from saltbus.server.fanout import FanOut
-from saltbus.server.intake import JOURNAL_FAILED_TAG, JOURNAL_RECOVERED_TAG, Intake
+from saltbus.server.gaps import JOURNAL_GAP_TAG
+from saltbus.server.holding import JOURNAL_FAILED_TAG, JOURNAL_RECOVERED_TAG
+from saltbus.server.intake import Intake
 from saltbus.wire import Framing, pack_body, unpack_body
 
 
@@ -300,7 +302,7 @@ class GapNoticeFailsOnce(Sink):
         super().submit(records, on_committed, on_failed=on_failed, probe=probe)
 
     def _maybe_fail(self, records: Sequence[JournalRecord]) -> None:
-        if not self.notice_failed and records[0].tag == intake_module.JOURNAL_GAP_TAG:
+        if not self.notice_failed and records[0].tag == JOURNAL_GAP_TAG:
             self.notice_failed = True
             raise JournalWriteError("disk full", "no space left on device")
 
@@ -328,9 +330,7 @@ def test_a_gap_notice_lost_in_a_gap_is_sent_again() -> None:
         assert [r.seq for r in delivered.records] == list(range(1, len(delivered.records) + 1))
         stored = {r.seq for r in sink.stored}
         missing = {r.seq for r in delivered.records} - stored
-        notices = [
-            unpack_body(r.body)[1] for r in sink.stored if r.tag == intake_module.JOURNAL_GAP_TAG
-        ]
+        notices = [unpack_body(r.body)[1] for r in sink.stored if r.tag == JOURNAL_GAP_TAG]
         named = {seq for n in notices for seq in range(n["first"], n["last"] + 1)}
         assert sink.notice_failed and len(notices) == 2
         assert 1 in missing and missing == named

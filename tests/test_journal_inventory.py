@@ -7,7 +7,8 @@ from pathlib import Path
 
 from saltbus.journal.inventory import describe, journal_files, side_paths
 from saltbus.journal.paths import journal_path
-from tests.journal_support import build_journal, truncate
+from saltbus.journal.tail import encode, tail_path
+from tests.journal_support import build_journal, event, truncate
 
 
 def test_only_journal_names_are_listed(tmp_path: Path) -> None:
@@ -33,6 +34,16 @@ def test_describe_reads_the_bus_seqs_and_size(tmp_path: Path) -> None:
     Path(f"{path}-wal").write_bytes(b"")
     assert describe(path).last_written == 1_000_000.0
     assert side_paths(path)[-1] == path.with_suffix(".positions")
+
+
+def test_the_last_seq_counts_what_only_the_tail_holds(tmp_path: Path) -> None:
+    path = journal_path(tmp_path, tmp_path / "bus", "master_event")
+    build_journal(path, 12)
+    # A killed publisher's tail: 11-12 are in SQLite, 13-15 not yet.
+    tail_path(path).write_bytes(encode([event(seq) for seq in range(11, 16)]))
+    described = describe(path)
+    assert (described.first_seq, described.last_seq) == (1, 15)
+    assert described.size >= path.stat().st_size + tail_path(path).stat().st_size
 
 
 def test_a_damaged_journal_is_described_with_its_problem(tmp_path: Path) -> None:

@@ -14,9 +14,12 @@ from saltbus.journal.salvage import (
     raw_reader,
     read_around,
 )
+from saltbus.journal.tail import encode, tail_path
 from tests.journal_support import (
     PAGE,
+    add_reactor_state,
     build_journal,
+    event,
     events_on_pages,
     middle_leaves,
     overwrite_pages,
@@ -86,3 +89,32 @@ def test_inspect_reads_meta_and_cursors_of_a_healthy_journal(path: Path) -> None
     assert (salvage.last_seq, salvage.count) == (30, 30)
     assert salvage.epoch is not None and salvage.sock_dir == str(path.parent.resolve())
     assert salvage.cursors is not None and salvage.cursors["reader"][0] == 10
+
+
+def test_inspect_reads_the_tail_and_the_reactor_state(tmp_path: Path) -> None:
+    path = tmp_path / "bus.sqlite3"
+    build_journal(path, 40)
+    add_reactor_state(path, groups=4)
+    tail_path(path).write_bytes(encode([event(seq) for seq in range(39, 45)]))
+    salvage = inspect(path)
+    assert salvage.healthy, salvage.problems
+    assert [r.seq for r in salvage.unindexed()] == [41, 42, 43, 44]
+    assert salvage.states is not None
+    assert [(s.label, s.rows, s.problem) for s in salvage.states] == [
+        ("the rules' windows and counters", 5, None),
+        ("the rules' unfinished firings", 1, None),
+        ("the reactor's open jobs", 2, None),
+    ]
+
+
+def test_inspect_names_a_damaged_tail_as_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / "bus.sqlite3"
+    build_journal(path, 40)
+    good = encode([event(41)])
+    tail_path(path).write_bytes(good + b"\xee" * 20 + encode([event(50)]))
+    salvage = inspect(path)
+    assert salvage.problems == [
+        f"has a tail ({tail_path(path)}) damaged at byte {len(good)} (after seq 41): "
+        "the events it holds past that point cannot be read"
+    ]
+    assert [r.seq for r in salvage.unindexed()] == [41]

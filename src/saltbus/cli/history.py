@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -29,7 +30,9 @@ HELP = "print events from a bus's journal (and, with --follow, live ones after t
 DESCRIPTION = """\
 Print journaled events of the bus serving --sock-dir, oldest first, in the
 formats of `saltbus listen` (--json adds "seq"). The journal is read from the
-data directory, whether the publisher runs or not. With --follow, history
+data directory, whether the publisher runs or not, with its tail: the events
+a publisher killed with -9 delivered before SQLite indexed them are printed
+too (read only; the next `saltbus serve` indexes them). With --follow, history
 then goes on with live events, with no gap and no duplicate at the seam.
 
 A damaged journal's readable events are printed all the same; then one line
@@ -137,6 +140,7 @@ def _run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     from saltbus.cli.journal import recover_command  # noqa: PLC0415
     from saltbus.journal.salvage import LostRanges, read_around  # noqa: PLC0415
     from saltbus.journal.store import Journal  # noqa: PLC0415
+    from saltbus.journal.tailview import read_tail  # noqa: PLC0415
 
     path = journal_file(config)
     if not path.exists():
@@ -155,11 +159,16 @@ def _run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
     # Seq ranges a damaged journal could not give: the events around them are
     # printed all the same, and the ranges are reported at the end.
     lost = LostRanges()
+    # Read before SQLite's last seq (see saltbus.journal.tailview): the events
+    # a killed publisher delivered but SQLite has not indexed yet.
+    tail = read_tail(path)
     with Journal.open(path, readonly=True) as journal:
         epoch = journal.epoch()
+        indexed = journal.last_seq()
+        unindexed = tail.after(indexed) if tail is not None else []
         # The seam with live events: everything up to this snapshot comes from
         # the journal, everything after it from the publisher.
-        snapshot = journal.last_seq()
+        snapshot = unindexed[-1].seq if unindexed else indexed
         end = snapshot if until_seq is None else min(until_seq, snapshot)
         every_event = not args.tag and after_time is None and before_time is None
         first = _first_seq(journal) if every_event else None
@@ -177,8 +186,9 @@ def _run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
 
         start = args.since or 0
         expected = None if first is None else max(first, start + 1)
-        records = read_around(read, start, end, lost, first=expected)
-        for record in itertools.islice(records, args.limit):
+        records = read_around(read, start, min(end, indexed), lost, first=expected)
+        extra = _tail_records(unindexed, args, match_type, max(start, indexed), end)
+        for record in itertools.islice(itertools.chain(records, extra), args.limit):
             event = _event(record)
             if event is not None:
                 _print(event, args, out)
@@ -191,9 +201,39 @@ def _run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
             file=sys.stderr,
             flush=True,
         )
+    damage = tail.damage if tail is not None else None
+    if damage is not None:
+        fix = recover_command(args, config)
+        print(f"saltbus: error: {damage.with_fix(fix)}", file=sys.stderr, flush=True)
     if args.follow and (args.limit is None or printed < args.limit):
         _follow(args, config, max(snapshot, args.since or 0), epoch, printed, out)
-    return 1 if lost else 0
+    return 1 if lost or damage is not None else 0
+
+
+def _tail_records(
+    records: list[JournalRecord],
+    args: argparse.Namespace,
+    match_type: MatchType,
+    since: int,
+    until: int,
+) -> Iterator[JournalRecord]:
+    """The tail's records SQLite lacks that the query asks for, filtered as
+    :meth:`Journal.read` filters."""
+    from saltbus.event import tag_matcher  # noqa: PLC0415
+
+    matches = tag_matcher(args.tag, match_type) if args.tag else None
+    after_time = parse_time(args.after) if args.after else None
+    _seq, before_time = _until(args.until)
+    for record in records:
+        if not since < record.seq <= until:
+            continue
+        if matches is not None and not matches(record.tag):
+            continue
+        if after_time is not None and record.time < after_time:
+            continue
+        if before_time is not None and record.time >= before_time:
+            continue
+        yield record
 
 
 def _first_seq(journal: Journal) -> int | None:

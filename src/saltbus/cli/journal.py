@@ -27,6 +27,7 @@ from saltbus.journal.paths import default_data_dir
 if TYPE_CHECKING:
     from saltbus.journal.inventory import JournalFile
     from saltbus.journal.salvage import Salvage
+    from saltbus.journal.state_tables import StateSet
 
 HELP = "check, recover, list and prune journal files"
 DESCRIPTION = """\
@@ -56,9 +57,12 @@ def add_parser(commands: Any) -> None:
         "check a bus's journal for damage (exit 0 healthy, 1 damaged)",
         """\
 Check the journal of the bus serving --sock-dir: its header, SQLite's
-quick_check of every page, its meta and cursors, and a read of every event.
-Prints one line per problem (or one line saying it is healthy) and exits 0
-when healthy, 1 when damaged. Safe while the publisher runs: it only reads.
+quick_check of every page, its meta and cursors, a read of every event, its
+tail (<journal>.tail: the events not yet indexed into SQLite, and a last frame
+cut short by a kill) and the reactor's state tables kept in the same file.
+Prints one line per problem (or one line saying it is healthy), then what the
+tail and the state tables hold, and exits 0 when healthy, 1 when damaged.
+Safe while the publisher runs: it only reads.
 """,
     )
     check.add_argument("--json", action="store_true", help="one JSON object instead of lines")
@@ -68,11 +72,14 @@ when healthy, 1 when damaged. Safe while the publisher runs: it only reads.
         "salvage a damaged journal's readable events into a fresh journal",
         """\
 Rebuild the journal of the bus in --sock-dir from what is still readable:
-every event outside the damaged pages, the readers' cursors and the epoch
-(the publisher's numbering, kept when the old file still says its last seq;
-otherwise a new one, so that readers know old seqs mean nothing now). The
-damaged file is kept aside as <name>.damaged-<UTC time>. Prints how many
-events were kept and lost, and the seq ranges lost.
+every event outside the damaged pages and those its tail holds (up to a
+damaged frame), the readers' cursors, the reactor's state tables that read
+whole (the rules' windows, unfinished firings, open jobs; a set that does not
+is left out, and its reactor starts it afresh) and the epoch (the publisher's
+numbering, kept when the old file still says its last seq; otherwise a new
+one, so that readers know old seqs mean nothing now). The damaged file and
+its tail are kept aside as <name>.damaged-<UTC time>[.tail]. Prints how many
+events were kept and lost, the seq ranges lost, and the state kept.
 
 Refused while a publisher serves the bus: stop `saltbus serve` first. A
 healthy journal is left alone unless --force.
@@ -179,33 +186,63 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     fix = recover_command(args, config)
     if args.json:
         print(to_json(_check_report(salvage, readable, fix)), file=out)
-    elif salvage.healthy:
-        print(
-            f"journal {path} is healthy ({readable} events, last seq {salvage.last_seq})", file=out
-        )
+        return 0 if salvage.healthy else 1
+    unindexed = salvage.unindexed()
+    if salvage.healthy:
+        last = unindexed[-1].seq if unindexed else salvage.last_seq
+        print(f"journal {path} is healthy ({readable} events, last seq {last})", file=out)
     else:
         for problem in salvage.problems:
             print(f"journal {path} {problem}", file=out)
+    for line in _tail_lines(salvage) + _state_lines(salvage):
+        print(line, file=out)
+    if not salvage.healthy:
         print(f"`{fix}` keeps what is readable and starts a fresh journal", file=out)
     return 0 if salvage.healthy else 1
 
 
+def _tail_lines(salvage: Salvage) -> list[str]:
+    tail = salvage.tail
+    if tail is None:
+        return []
+    if not tail.records:
+        held = "no events"
+    else:
+        unindexed = len(salvage.unindexed())
+        held = (
+            f"{len(tail.records)} events (seqs {tail.first_seq} to {tail.last_seq}), "
+            f"{unindexed} of them not in SQLite yet"
+        )
+        if unindexed:
+            held += " (the next `saltbus serve` indexes them; history shows them now)"
+    if tail.torn:
+        held += f"; a last frame cut short by a kill ({tail.torn} bytes), dropped at the next start"
+    return [f"tail {tail.path}: {held}"]
+
+
+def _state_lines(salvage: Salvage) -> list[str]:
+    readable = [state.describe() for state in salvage.states or () if state.problem is None]
+    return ["reactor state tables: " + "; ".join(readable)] if readable else []
+
+
 def _examine(path: Path) -> tuple[Salvage, int]:
-    """The check: what is wrong with ``path``, and how many events are readable."""
+    """The check: what is wrong with ``path``, and how many events are readable
+    (the tail's that SQLite lacks included)."""
     from saltbus.journal.salvage import connect_readonly, events, inspect  # noqa: PLC0415
 
     salvage = inspect(path)
     if not salvage.readable:
-        return salvage, 0
+        return salvage, len(salvage.unindexed())
     conn = connect_readonly(path)
     try:
         readable = sum(1 for _ in events(conn, salvage))
     finally:
         conn.close()
-    return salvage, readable
+    return salvage, readable + len(salvage.unindexed())
 
 
 def _check_report(salvage: Salvage, readable: int, fix: str) -> dict[str, object]:
+    tail = salvage.tail
     return {
         "path": str(salvage.path),
         "healthy": salvage.healthy,
@@ -214,6 +251,26 @@ def _check_report(salvage: Salvage, readable: int, fix: str) -> dict[str, object
         "readable_events": readable,
         "last_seq": salvage.last_seq,
         "epoch": salvage.epoch,
+        "tail": None
+        if tail is None
+        else {
+            "path": str(tail.path),
+            "events": len(tail.records),
+            "first_seq": tail.first_seq,
+            "last_seq": tail.last_seq,
+            "unindexed": len(salvage.unindexed()),
+            "torn_bytes": tail.torn,
+            "damaged_at": None if tail.damage is None else tail.damage.offset,
+        },
+        "state_tables": [
+            {
+                "set": state.label,
+                "tables": [table.name for table in state.tables],
+                "rows": state.rows,
+                "problem": state.problem,
+            }
+            for state in salvage.states or ()
+        ],
         "fix": None if salvage.healthy else fix,
     }
 
@@ -254,11 +311,15 @@ def run_recover(args: argparse.Namespace, out: TextIO | None = None) -> int:
     lost = "an unknown number" if done.lost is None else str(done.lost)
     ranges = done.salvage.lost.describe()
     print(
-        f"recovered journal {path}: kept {done.kept} events, lost {lost}"
+        f"recovered journal {path}: kept {done.kept} events"
+        + (f" ({done.from_tail} from its tail)" if done.from_tail else "")
+        + f", lost {lost}"
         + (f" (seqs {ranges})" if ranges else "")
         + f"; {done.cursors_kept} cursor(s) kept",
         file=out,
     )
+    if done.states_kept or done.states_lost:
+        print(_states_line(done.states_kept, done.states_lost), file=out)
     if done.epoch_kept:
         print("epoch kept: the seqs go on as before, readers' positions stay valid", file=out)
     else:
@@ -268,6 +329,18 @@ def run_recover(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
     print(f"the damaged file is kept as {done.aside}", file=out)
     return 0
+
+
+def _states_line(kept: list[StateSet], lost: list[StateSet]) -> str:
+    line = "reactor state: " + (
+        "kept " + "; ".join(state.describe() for state in kept) if kept else "none kept"
+    )
+    if lost:
+        line += "; could not keep " + "; ".join(
+            f"{state.label} ({state.problem})" for state in lost
+        )
+        line += ": its reactors start it afresh"
+    return line
 
 
 # -- list -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from saltbus.errors import JournalError
 from saltbus.journal.paths import JOURNAL_SUFFIX
 from saltbus.journal.store import Journal
 from saltbus.journal.tail import TAIL_SUFFIX
+from saltbus.journal.tailview import read_tail
 
 _NAME: Final = re.compile(r"^(?P<prefix>.+)-[0-9a-f]{12}" + re.escape(JOURNAL_SUFFIX) + "$")
 # What SQLite and the publisher (the journal's tail) keep beside a journal,
@@ -91,10 +92,17 @@ def describe(path: Path) -> JournalFile:
     sock_dir = first = last = None
     problem = None
     try:
+        # Read before SQLite's last seq (see .tailview): a killed publisher's
+        # events SQLite has not indexed yet count as written.
+        tail = read_tail(path)
         with Journal.open(path, readonly=True) as journal:
             sock_dir = journal.sock_dir()
             last = journal.last_seq()
             first = journal.first_seq()
+        unindexed = tail.after(last) if tail is not None else []
+        if unindexed:
+            last = unindexed[-1].seq
+            first = unindexed[0].seq if first is None else first
     except JournalError as exc:
         problem = str(exc)
     return JournalFile(path, prefix, sock_dir, size, first, last, last_written, problem)

@@ -6,11 +6,18 @@ damaged one renamed aside (``<name>.damaged-<UTC stamp>``, its WAL with it)
 and the new one renamed into its place. The caller holds the bus's lock, so
 no publisher opens either file meanwhile.
 
+The journal's tail (the events a killed publisher delivered before SQLite
+indexed them) is read too: its records SQLite lacks, past its last seq or in
+the ranges lost to damage, go to the new journal, and the tail goes aside
+with the damaged file (``<aside>.tail``). So do the reactor's state tables
+that read whole (:mod:`.state_tables`); a set that does not is left out.
+
 The publisher's numbering (the epoch) is kept when the old file still says
-both its epoch and its last seq: the new journal then goes on with the same
-seqs, and a reader's position means what it meant. When either is lost, a
-seq already handed out could be handed out again, so the new journal gets a
-new epoch and readers holding an old seq learn that it means nothing here.
+both its epoch and its last seq, and its tail is not damaged: the new journal
+then goes on with the same seqs, and a reader's position means what it meant.
+When any of these is lost, a seq already handed out could be handed out
+again, so the new journal gets a new epoch and readers holding an old seq
+learn that it means nothing here.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from saltbus.errors import JournalError
 from saltbus.journal.pages import scan
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.salvage import (
@@ -33,7 +41,9 @@ from saltbus.journal.salvage import (
     inspect,
     is_sound,
 )
+from saltbus.journal.state_tables import StateSet, copy_sets
 from saltbus.journal.store import Journal
+from saltbus.journal.tail import TAIL_SUFFIX
 
 # Events written to the new journal per transaction.
 BATCH: Final = 5000
@@ -50,11 +60,16 @@ class Recovery:
     kept: int  # events written to the new journal
     epoch_kept: bool  # the new journal has the old epoch (same numbering)
     cursors_kept: int  # readers' cursors carried over
+    from_tail: int  # of the events kept, those found only in the tail
+    states_kept: list[StateSet]  # the reactor's state tables carried over
+    states_lost: list[StateSet]  # ... and those that could not be
 
     @property
     def lost(self) -> int | None:
-        """Events lost, by the old file's running count (None when unreadable)."""
-        if self.salvage.count is None:
+        """Events lost, by the old file's running count (None when unreadable,
+        or when the tail is damaged: how many it held past that is unknown)."""
+        tail = self.salvage.tail
+        if self.salvage.count is None or (tail is not None and tail.damage is not None):
             return None
         return max(0, self.salvage.count - self.kept)
 
@@ -70,21 +85,20 @@ def recover(path: Path, stamp: str) -> Recovery:
     fresh = path.with_name(f".{path.name}.recovering-{stamp}")
     _remove(fresh)
     try:
-        salvage, kept, cursors, epoch_kept = _write_fresh(path, fresh)
-        aside = damaged_name(path, stamp)
-        os.rename(path, aside)
-        for suffix in _SIDE_FILES:
+        done = _write_fresh(path, fresh, damaged_name(path, stamp))
+        os.rename(path, done.aside)
+        for suffix in (*_SIDE_FILES, TAIL_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
-                os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+                os.rename(f"{path}{suffix}", f"{done.aside}{suffix}")
         os.rename(fresh, path)
     except BaseException:
         _remove(fresh)
         raise
-    return Recovery(path, aside, salvage, kept, epoch_kept, cursors)
+    return done
 
 
-def _write_fresh(path: Path, fresh: Path) -> tuple[Salvage, int, int, bool]:
-    kept = cursors = 0
+def _write_fresh(path: Path, fresh: Path, aside: Path) -> Recovery:
+    kept = cursors = from_tail = 0
     conn = None
     try:
         conn = connect_readonly(path) if path.stat().st_size else None
@@ -108,13 +122,19 @@ def _write_fresh(path: Path, fresh: Path) -> tuple[Salvage, int, int, bool]:
             if (not salvage.readable or salvage.unreachable) and path.stat().st_size:
                 kept += _whole_file(path, journal)
             journal.recount()
+            from_tail = _from_tail(journal, salvage)
+            kept += from_tail
             for name, (seq, _updated) in (salvage.cursors or {}).items():
                 journal.set_cursor(name, seq)
                 cursors += 1
-            epoch_kept = salvage.epoch is not None and salvage.last_seq is not None
+            # Past a damaged frame of the tail, seqs were handed out (delivered)
+            # that no file says any more: they could be handed out again.
+            tail_sound = salvage.tail is None or salvage.tail.damage is None
+            epoch_kept = salvage.epoch is not None and salvage.last_seq is not None and tail_sound
+            tail_last = salvage.tail.last_seq if salvage.tail is not None else None
             journal.restore_meta(
                 epoch=salvage.epoch if epoch_kept else None,
-                last_seq=salvage.last_seq or 0,
+                last_seq=max(salvage.last_seq or 0, tail_last or 0),
                 sock_dir=salvage.sock_dir,
             )
             if not epoch_kept:
@@ -122,7 +142,43 @@ def _write_fresh(path: Path, fresh: Path) -> tuple[Salvage, int, int, bool]:
     finally:
         if conn is not None:
             conn.close()
-    return salvage, kept, cursors, epoch_kept
+    states = salvage.states or []
+    kept_states = [state for state in states if state.problem is None]
+    _copy_states(fresh, kept_states)
+    lost_states = [state for state in states if state.problem is not None]
+    return Recovery(
+        path, aside, salvage, kept, epoch_kept, cursors, from_tail, kept_states, lost_states
+    )
+
+
+def _from_tail(journal: Journal, salvage: Salvage) -> int:
+    """Store the tail's records the new journal lacks: past the old file's
+    last seq (never indexed) or in a range lost to damage; ``salvage.lost``
+    then keeps only the seqs still missing. Returns how many were stored."""
+    if salvage.tail is None:
+        return 0
+    last = max(salvage.last_seq or 0, journal.last_seq())
+    wanted = [r for r in salvage.tail.records if r.seq > last or salvage.lost.covers(r.seq)]
+    stored = journal.insert_missing(wanted)
+    journal.recount()
+    if salvage.lost:
+        salvage.lost = salvage.lost.without([record.seq for record in wanted])
+        if not salvage.lost:
+            salvage.problems = [p for p in salvage.problems if not p.startswith(EVENTS_LOST)]
+    return stored
+
+
+def _copy_states(fresh: Path, states: list[StateSet]) -> None:
+    if not states:
+        return
+    try:
+        conn = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            copy_sets(states, conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot copy the reactor's state into {fresh}: {exc}") from None
 
 
 def _from_pages(path: Path, journal: Journal, salvage: Salvage) -> int:

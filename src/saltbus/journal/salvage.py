@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from saltbus.errors import ProtocolError
+from saltbus.errors import JournalError, ProtocolError
 from saltbus.journal.damage import (
     JournalDamagedError,
     describe_findings,
@@ -29,6 +29,8 @@ from saltbus.journal.damage import (
 )
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, read_past_truncation
+from saltbus.journal.state_tables import StateSet, read_sets
+from saltbus.journal.tailview import TailView, read_tail
 from saltbus.wire import body_tag
 
 # Rows per query while salvaging: large enough to read a healthy journal fast,
@@ -219,10 +221,21 @@ class Salvage:
     sock_dir: str | None = None
     cursors: dict[str, tuple[int, float]] | None = None  # None: unreadable
     lost: LostRanges = field(default_factory=LostRanges)
+    findings: list[str] = field(default_factory=list)  # quick_check's, when not "ok"
+    # The other tables in the file (the reactor's state); None: not readable.
+    states: list[StateSet] | None = None
+    tail: TailView | None = None  # None: the journal has no tail file
 
     @property
     def healthy(self) -> bool:
         return not self.problems
+
+    def unindexed(self) -> list[JournalRecord]:
+        """The tail's records past SQLite's last seq (a killed publisher's
+        last events, indexed at its next start)."""
+        if self.tail is None:
+            return []
+        return self.tail.after(self.last_seq or 0)
 
 
 def inspect(path: Path, conn: sqlite3.Connection | None = None) -> Salvage:
@@ -233,6 +246,8 @@ def inspect(path: Path, conn: sqlite3.Connection | None = None) -> Salvage:
     when given; one is opened and closed otherwise.
     """
     salvage = Salvage(path)
+    # Read before SQLite's last seq, as every reader of the tail does.
+    _read_tail(salvage)
     problem = unusable(path)
     if problem is not None:
         salvage.problems.append(problem)
@@ -254,6 +269,21 @@ def inspect(path: Path, conn: sqlite3.Connection | None = None) -> Salvage:
     return salvage
 
 
+def _read_tail(salvage: Salvage) -> None:
+    try:
+        salvage.tail = read_tail(salvage.path)
+    except JournalError as exc:
+        salvage.problems.append(f"has a tail that cannot be read ({exc})")
+        return
+    damage = salvage.tail.damage if salvage.tail is not None else None
+    if damage is not None:
+        after = "at its start" if damage.after_seq is None else f"after seq {damage.after_seq}"
+        salvage.problems.append(
+            f"has a tail ({damage.path}) damaged at byte {damage.offset} ({after}): "
+            "the events it holds past that point cannot be read"
+        )
+
+
 def _inspect(conn: sqlite3.Connection, salvage: Salvage) -> None:
     version_rows = _try(conn, "PRAGMA user_version")
     if version_rows is None:
@@ -272,10 +302,17 @@ def _inspect(conn: sqlite3.Connection, salvage: Salvage) -> None:
     else:
         _report_findings(salvage, findings)
     _read_meta(conn, salvage)
+    salvage.states = read_sets(conn, salvage.findings)
+    if salvage.states is None:
+        salvage.problems.append("has a schema whose other tables (the reactor's) cannot be read")
+    for state in salvage.states or ():
+        if state.problem is not None:
+            salvage.problems.append(f"has {state.label} that cannot be kept ({state.problem})")
 
 
 def _report_findings(salvage: Salvage, findings: list[tuple[object, ...]]) -> None:
     if [row[0] for row in findings] != ["ok"]:
+        salvage.findings = [str(row[0]) for row in findings]
         salvage.problems.append(
             "has damaged pages (SQLite's quick_check: "
             f"{describe_findings([str(row[0]) for row in findings])})"

@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Final
 
 from saltbus.errors import JournalError
+from saltbus.journal.damage import RECOVER_COMMAND, JournalDamagedError
 from saltbus.journal.records import JournalRecord
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,21 @@ _FIXED: Final = struct.Struct("<qdI")  # seq, time, tag length
 MAX_PAYLOAD: Final = 1 << 30
 
 
-class TailDamagedError(JournalError):
+class TailDamagedError(JournalDamagedError):
     """The tail file holds a frame that does not check out, with data after it."""
 
-    def __init__(self, path: Path, offset: int, after_seq: int | None) -> None:
+    def __init__(
+        self, path: Path, offset: int, after_seq: int | None, fix: str = RECOVER_COMMAND
+    ) -> None:
         where = "at its start" if after_seq is None else f"after seq {after_seq}"
         super().__init__(
-            f"journal tail {path} is damaged at byte {offset} ({where}); move it aside "
-            f"(mv {path} {path}.damaged) to start without the events it holds past that point"
+            path,
+            f"is damaged at byte {offset} ({where}): the events it holds past that point "
+            "cannot be read",
+            fix,
         )
-        self.path = path
         self.offset = offset
+        self.after_seq = after_seq
 
 
 def tail_path(journal: Path) -> Path:
@@ -91,16 +96,28 @@ def encode(records: Sequence[JournalRecord]) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """What a tail's bytes hold: the records of its whole frames, and where
-    they end (``end``, less than the size when the last frame is torn)."""
+    they end (``end``, less than the size when the last frame is torn or the
+    file is damaged there). ``damage`` says where a frame that does not check
+    out has data after it (only from :func:`scan`; :func:`decode` raises)."""
 
     records: list[JournalRecord]
     end: int
+    damage: TailDamagedError | None = None
 
 
 def decode(data: bytes, path: Path) -> Decoded:
     """The records in ``data``. A frame that does not check out is a torn
     write when nothing but it (or zeros) follows; anything else raises
     :class:`TailDamagedError`."""
+    decoded = scan(data, path)
+    if decoded.damage is not None:
+        raise decoded.damage
+    return decoded
+
+
+def scan(data: bytes, path: Path) -> Decoded:
+    """As :func:`decode`, but damage stops the scan instead of raising: the
+    records before it are returned, for readers that take what is readable."""
     records: list[JournalRecord] = []
     offset = 0
     size = len(data)
@@ -114,22 +131,22 @@ def decode(data: bytes, path: Path) -> Decoded:
         if not _FIXED.size <= length <= MAX_PAYLOAD:
             if _only_zeros(data, offset):
                 break  # space the file system gave the file and no write reached
-            raise TailDamagedError(path, offset, last)
+            return Decoded(records, offset, TailDamagedError(path, offset, last))
         if end > size:
             break  # a frame cut short by a kill in the middle of its write
         payload = data[start:end]
         if zlib.crc32(payload) != crc:
             if end == size or _only_zeros(data, end):
                 break  # the last frame, not all of it written
-            raise TailDamagedError(path, offset, last)
+            return Decoded(records, offset, TailDamagedError(path, offset, last))
         seq, when, tag_length = _FIXED.unpack_from(payload)
         tag_end = _FIXED.size + tag_length
         if tag_end > length or (last is not None and seq <= last):
-            raise TailDamagedError(path, offset, last)
+            return Decoded(records, offset, TailDamagedError(path, offset, last))
         try:
             tag = payload[_FIXED.size : tag_end].decode()
-        except UnicodeDecodeError as exc:
-            raise TailDamagedError(path, offset, last) from exc
+        except UnicodeDecodeError:
+            return Decoded(records, offset, TailDamagedError(path, offset, last))
         records.append(JournalRecord(seq, when, tag, payload[tag_end:]))
         offset = end
     return Decoded(records, offset)
@@ -160,7 +177,7 @@ class TailLog:
         except OSError as exc:
             raise JournalError(f"cannot open the journal tail {path}: {exc.strerror}") from exc
         try:
-            data = _read_all(fd)
+            data = read_all(fd)
             decoded = decode(data, path)
             if decoded.end < len(data):
                 log.warning(
@@ -230,7 +247,8 @@ class TailLog:
             log.error("journal tail %s: cannot cut back a failed write: %s", self.path, exc)
 
 
-def _read_all(fd: int) -> bytes:
+def read_all(fd: int) -> bytes:
+    """Every byte of the file open at ``fd``, read from its start."""
     chunks: list[bytes] = []
     position = 0
     while True:

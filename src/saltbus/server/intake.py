@@ -43,15 +43,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from saltbus.errors import JournalError, JournalWriteError
-from saltbus.event import utc_stamp
 from saltbus.journal.records import JournalRecord
 from saltbus.server.commits import AckTarget, JournalSink, PausableReader
 from saltbus.server.fanout import FanOut
-from saltbus.server.gaps import JOURNAL_GAP_TAG, GapNotices
-from saltbus.wire import pack_body
+from saltbus.server.gaps import GapNotices
+from saltbus.server.holding import JournalFailures
 
 log = logging.getLogger("saltbus.server")
 
@@ -66,8 +65,6 @@ IN_FLIGHT_LOW_BYTES: Final = 1024 * 1024
 COALESCE_SECONDS: Final = 0.0005
 # While the journal cannot commit, how often the held events are tried again.
 PROBE_INTERVAL: Final = 1.0
-JOURNAL_FAILED_TAG: Final = "saltbus/journal/failed"
-JOURNAL_RECOVERED_TAG: Final = "saltbus/journal/recovered"
 
 # One accept(): bodies, tags, acks (index, request id), and who sent them.
 _Accepted = tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
@@ -84,7 +81,7 @@ class _Batch:
     indexed: bool = False  # set on any thread once the journal's readers see it
 
 
-class Intake:
+class Intake(JournalFailures):
     def __init__(
         self,
         fanout: FanOut,
@@ -379,94 +376,7 @@ class Intake:
             self.next_seq = self.journal.last_seq + 1
         self._schedule_probe()
 
-    # -- while the journal cannot commit ----------------------------------------
-
-    def _deliver_unjournaled(self, batch: _Batch, error: JournalWriteError) -> None:
-        records = batch.records
-        if self.journal_failure is None:
-            self.journal_failure = error
-            self.failing_since = time.time()
-            self._refused_while_failing = 0
-            log.error(
-                "journal cannot commit (%s): %s; delivering events without it "
-                "(journal_on_error: deliver): resuming readers will be told of the gap",
-                error.reason,
-                error,
-            )
-        self._gaps.widen(records)
-        self.fanout.deliver(records)
-        self._last_delivered = records[-1].seq
-        self._refuse_acked(batch, self._failure_reason())
-
-    def _close_gap(self) -> None:
-        gap, since = self._gaps.span, self.failing_since
-        assert gap is not None and since is not None
-        self.journal_failure = None
-        self.failing_since = None
-        seconds = time.time() - since
-        log.warning(
-            "journal commits again after %.1f s: events %d to %d were delivered but not journaled",
-            seconds,
-            *gap,
-        )
-        bodies = self._gaps.close(seconds, self._refused_while_failing)
-        self.accept(bodies, [JOURNAL_GAP_TAG] * len(bodies))
-
-    def _start_failing(self, error: JournalWriteError) -> None:
-        self.journal_failure = error
-        self.failing_since = time.time()
-        self._refused_while_failing = 0
-        log.error(
-            "journal cannot commit (%s): %s; holding events until it can (acked fires "
-            "are refused, firing connections wait)",
-            error.reason,
-            error,
-        )
-        notice = {
-            "reason": error.reason,
-            "error": str(error),
-            "last_seq": self.journal.last_seq,
-            "since": self.failing_since,
-            "_stamp": utc_stamp(self._stamp_has_offset),
-        }
-        self._held.append((pack_body(JOURNAL_FAILED_TAG, notice), JOURNAL_FAILED_TAG))
-
-    def _failure_reason(self) -> str:
-        assert self.journal_failure is not None
-        return f"journal cannot commit: {self.journal_failure.reason}"
-
-    def _hold(
-        self,
-        bodies: Sequence[bytes],
-        tags: Sequence[str],
-        acks: Sequence[tuple[int, int]],
-        source: AckTarget | None,
-        into: list[tuple[bytes, str]],
-    ) -> None:
-        if acks and source is not None:
-            self._refuse(source, [rid for _, rid in acks], self._failure_reason())
-        acked = {index for index, _ in acks}
-        for index, (body, tag) in enumerate(zip(bodies, tags, strict=True)):
-            if index not in acked:
-                self._keep(body, tag, source, into)
-
-    def _keep(
-        self, body: bytes, tag: str, source: AckTarget | None, into: list[tuple[bytes, str]]
-    ) -> None:
-        into.append((body, tag))
-        if source is not None and source not in self._held_sources:
-            self._held_sources.add(source)
-            source.pause_reading()
-
-    def _refuse_acked(self, batch: _Batch, why: str) -> None:
-        """Nack every event of ``batch`` that asked for an acknowledgement."""
-        for source, pairs in batch.acks:
-            self._refuse(source, [rid for _, rid in pairs], why)
-
-    def _refuse(self, source: AckTarget, request_ids: list[int], why: str) -> None:
-        self.refused += len(request_ids)
-        self._refused_while_failing += len(request_ids)
-        source.send_nacks(request_ids, why)
+    # -- while the journal cannot commit (the rest in .holding) ------------------
 
     def _schedule_probe(self) -> None:
         if self._probe is None and self.in_flight == 0 and self._loop is not None:
@@ -484,38 +394,6 @@ class Intake:
         records = self._number(bodies, [tag for _, tag in held])
         batch = _Batch(records, [None] * len(records), [], sum(map(len, bodies)))
         self._submit(batch, probe=True)
-
-    def _recovered(self, committed: int) -> None:
-        error, since = self.journal_failure, self.failing_since
-        assert error is not None and since is not None
-        self.journal_failure = None
-        self.failing_since = None
-        seconds = time.time() - since
-        log.warning(
-            "journal commits again after %.1f s (%s): %d held events journaled and delivered, "
-            "%d acked fires refused",
-            seconds,
-            error.reason,
-            committed,
-            self._refused_while_failing,
-        )
-        sources, self._held_sources = self._held_sources, set()
-        if not self.paused:
-            for source in sources:
-                source.resume_reading()
-        notice: dict[str, Any] = {
-            "reason": error.reason,
-            "seconds": round(seconds, 3),
-            "held": committed - 1,  # the failed notice is one of them
-            "refused": self._refused_while_failing,
-            "_stamp": utc_stamp(self._stamp_has_offset),
-        }
-        self.accept([pack_body(JOURNAL_RECOVERED_TAG, notice)], [JOURNAL_RECOVERED_TAG])
-
-    @property
-    def held(self) -> int:
-        """Events waiting for the journal to commit again."""
-        return len(self._held) + len(self._held_late)
 
     # -- flow control and shutdown ------------------------------------------------
 
