@@ -57,10 +57,15 @@ from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY
-from saltbus.cluster.subjects import MAX_SUBJECT, batch_subject, tag_to_subject
+from saltbus.cluster.subjects import (
+    MAX_SUBJECT,
+    batch_subject,
+    patterns_matcher,
+    tag_to_subject,
+)
 from saltbus.config import Config
 from saltbus.errors import BusError, RemoteProtocolError, SaltbusError, SlowConsumerError
-from saltbus.event import Event, MatchType, tag_matcher
+from saltbus.event import Event, MatchType
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.returners.redact import redactor_for
@@ -121,7 +126,7 @@ class Exporter:
         self.store = PositionStore(journal, f"cluster.{settings.stream}.export")
         self.epoch: int | None = None
         self.position: int | None = None
-        self._matchers = [tag_matcher(p.pattern, p.match_type) for p in settings.export]
+        self._selects = patterns_matcher(settings.export)  # None: every tag
         # The config's redact rules: no value they match leaves the host
         # through the export (with redact_journal the events are redacted already).
         self._redactor = redactor_for(config.redact)
@@ -269,7 +274,7 @@ class Exporter:
     def wanted(self, event: Event) -> bool:
         if event.seq is None or ORIGIN_KEY in event.data:
             return False  # an imported event never goes back out
-        return not self._matchers or any(match(event.tag) for match in self._matchers)
+        return self._selects is None or self._selects(event.tag)
 
     def _outgoing(self, data: Any) -> Any:
         return data if self._redactor is None else self._redactor.redact(data)
@@ -280,7 +285,7 @@ class Exporter:
         return Outgoing(event.seq, event.tag, pack_body(event.tag, self._outgoing(event.data)))
 
     def _from_record(self, record: JournalRecord) -> Outgoing:
-        if self._matchers and not any(match(record.tag) for match in self._matchers):
+        if self._selects is not None and not self._selects(record.tag):
             return Outgoing(record.seq, record.tag, None)
         body = record.body
         data: Any = None
