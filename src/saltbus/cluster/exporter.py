@@ -244,6 +244,11 @@ class Exporter:
             backoff.reset()
             self.last_error = None
             records = await following
+            if len(records) < limit:
+                # That read may have been made long before the acknowledgements
+                # came (a burst, a slow NATS): what committed since goes out in
+                # this batch too, not one round trip later.
+                records += await feed.read_announced(records[-1].seq, limit - len(records))
         return False
 
     async def _collect(self, subscription: Subscription) -> tuple[list[Event], bool]:
