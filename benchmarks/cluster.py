@@ -2,8 +2,8 @@
 
     python -m benchmarks.cluster [--short] [--json]
 
-Starts a nats-server with JetStream and two `saltbus serve --cluster` nodes
-(``a`` and ``b``, separate processes, as on two hosts, journal at its
+Starts a nats-server with JetStream and three `saltbus serve --cluster` nodes
+(``a``, ``b`` and ``c``, separate processes, as on three hosts, journal at its
 default) in a temporary directory on loopback; then, in rounds, alternately:
 
 - (a) the reference, nats-py alone with its ordinary API: one process awaits
@@ -17,8 +17,17 @@ Each event is ~500 bytes with a unique id; each round checks that every
 event arrived exactly once. Events/s is counted from the first publish/fire
 to the last delivery; "after last" is the last delivery's delay after the
 last publish/fire (how late a burst lands). Then the latency end to end at
-a steady 1,000 events/s (p50, p99, max). Everything it starts is stopped at
-the end, also on Ctrl-C.
+a steady 1,000 events/s (p50, p99, max).
+
+Then the burst, a Salt job on 10,000 minions, in rounds, alternately:
+(a) the reference publishes 10,000 events as above and two pull consumers
+(two processes) read them; (b) a Sender fires the job's 10,000 returns
+(``salt/job/<jid>/ret/m<n>``, one jid, the last fire acknowledged) on bus
+``a``, a Listener on each of ``b`` and ``c`` receives them. The time from
+the last publish's acknowledgement (the last fire) to the last delivery on
+both is the row; the target (issue 16) is (b) no later than (a). Node ``c``
+imports only the job's returns, so it is idle in the rounds above.
+Everything it starts is stopped at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -56,6 +65,10 @@ PAD = "x" * 440  # with the id, stamp and tag: an event of ~500 bytes
 WINDOW = 1000  # the reference's concurrent publishes, and its fetch batch
 SETTLE = 0.5  # after the last expected event, how long to look for a duplicate
 LATENCY_RATE = 1000.0
+BURST = 10_000
+JOB_PREFIX = "salt/job/"
+JID = "20261204054700123456"
+JOB_PAD = "r" * 406  # with the id, stamp and the longer tag: ~500 bytes, as (a)'s
 
 
 def _wait(predicate: Any, what: str, timeout: float = WAIT) -> None:
@@ -102,13 +115,15 @@ def _nats(root: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _node(root: Path, name: str, url: str) -> Iterator[Config]:
+def _node(root: Path, name: str, url: str, prefixes: tuple[str, ...]) -> Iterator[Config]:
     sock_dir, data_dir = root / name / "s", root / name / "d"
     config = Config.load(env={}, overrides={"sock_dir": sock_dir, "data_dir": data_dir})
     argv = [
         str(SALTBUS), "serve", "--sock-dir", str(sock_dir), "--data-dir", str(data_dir),
-        "--cluster", url, "--node-name", name, "--import", "bench/", "--export", "bench/",
+        "--cluster", url, "--node-name", name,
     ]  # fmt: skip
+    for prefix in prefixes:
+        argv += ["--import", prefix, "--export", prefix]
     (root / name).mkdir()
     with _process(argv, root / f"{name}.log"):
 
@@ -129,13 +144,22 @@ def _payload(i: int) -> bytes:
     return pack_body("bench/event", {"i": i, "pad": PAD, "_stamp": "2026-01-01T00:00:00.000000"})
 
 
-async def _reference_read(url: str, stream: str, count: int) -> dict[str, Any]:
+def _job_return(i: int) -> tuple[str, dict[str, Any]]:
+    return f"{JOB_PREFIX}{JID}/ret/m{i}", {"i": i, "t": 0, "pad": JOB_PAD}
+
+
+def _job_return_bytes() -> int:
+    tag, data = _job_return(BURST - 1)
+    return len(pack_body(tag, {**data, "_stamp": "2026-01-01T00:00:00.000000"}))
+
+
+async def _reference_read(url: str, stream: str, count: int, durable: str) -> dict[str, Any]:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream(timeout=10)
         await js.add_stream(name=stream, subjects=[f"{stream}.>"], storage=StorageType.FILE)
-        config = ConsumerConfig(durable_name="reader", ack_policy=AckPolicy.ALL)
-        subscription = await js.pull_subscribe(f"{stream}.>", "reader", config=config)
+        config = ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.ALL)
+        subscription = await js.pull_subscribe(f"{stream}.>", durable, config=config)
         print("ready", flush=True)
         seen: set[int] = set()
         received, last = 0, 0
@@ -166,31 +190,40 @@ async def _reference_publish(url: str, stream: str, count: int) -> dict[str, Any
         await nc.close()
 
 
-def _reference(url: str, count: int, round_: int) -> dict[str, Any]:
-    """One round of (a): a reader process on a new stream, then a publisher process."""
-    stream = f"REF{round_}"
+def _reference(url: str, count: int, stream: str, readers: int = 1) -> dict[str, Any]:
+    """One round of (a): ``readers`` reader processes (a durable consumer each)
+    on a new stream, then a publisher process; the last delivery is the
+    latest of the readers'."""
     this = [sys.executable, "-m", "benchmarks.cluster"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    reader = subprocess.Popen(
-        [*this, "--reference", "read", url, stream, str(count)],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    started: list[subprocess.Popen[str]] = []
     try:
-        assert reader.stdout is not None
-        if reader.stdout.readline().strip() != "ready":
-            raise SystemExit("benchmark: the reference reader did not start")
+        for n in range(readers):
+            reader = subprocess.Popen(
+                [*this, "--reference", f"read:reader{n}", url, stream, str(count)],
+                stdout=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+            started.append(reader)
+            assert reader.stdout is not None
+            if reader.stdout.readline().strip() != "ready":
+                raise SystemExit("benchmark: the reference reader did not start")
         publisher = subprocess.run(
             [*this, "--reference", "publish", url, stream, str(count)],
             capture_output=True, text=True, env=env, timeout=WAIT * 5, check=True,
         )  # fmt: skip
-        out, _ = reader.communicate(timeout=WAIT * 5)
+        reads = [json.loads(reader.communicate(timeout=WAIT * 5)[0]) for reader in started]
     finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait(WAIT)
-    result = {**json.loads(publisher.stdout), **json.loads(out)}
-    if result["received"] != count or result["unique"] != count:
-        raise SystemExit(f"benchmark: the reference delivered {result} of {count}")
+        for reader in started:
+            if reader.poll() is None:
+                reader.kill()
+                reader.wait(WAIT)
+    for read in reads:
+        if read["received"] != count or read["unique"] != count:
+            raise SystemExit(f"benchmark: the reference delivered {read} of {count}")
+    result = {
+        **json.loads(publisher.stdout),
+        "last_delivery": max(read["last_delivery"] for read in reads),
+    }
     return _rates(result, count)
 
 
@@ -198,11 +231,15 @@ def _reference(url: str, count: int, round_: int) -> dict[str, Any]:
 
 
 def _receive(
-    config: Config, count: int, out: list[tuple[int, int, int]], ready: threading.Event
+    config: Config,
+    count: int,
+    out: list[tuple[int, int, int]],
+    ready: threading.Event,
+    prefix: str = "bench/",
 ) -> None:
     """Collect (receive ns, fire ns, id) of ``count`` events on ``config``'s bus, and any
     that arrive within SETTLE after them (duplicates)."""
-    with Listener(config, "bench/") as listener:
+    with Listener(config, prefix) as listener:
         listener.connect(10.0)
         ready.set()
         deadline = time.monotonic() + WAIT * 5
@@ -247,6 +284,37 @@ def _saltbus(a: Config, b: Config, count: int, rate: float | None = None) -> dic
     return result
 
 
+def _burst(a: Config, listeners: list[Config]) -> dict[str, Any]:
+    """One round of (b)'s burst: a job's BURST returns fired on ``a``, each
+    received once, in order, on every one of ``listeners``' buses."""
+    received: list[list[tuple[int, int, int]]] = [[] for _ in listeners]
+    threads: list[threading.Thread] = []
+    for config, out in zip(listeners, received, strict=True):
+        ready = threading.Event()
+        args = (config, BURST, out, ready, JOB_PREFIX)
+        thread = threading.Thread(target=_receive, args=args, daemon=True)
+        thread.start()
+        ready.wait(WAIT)
+        threads.append(thread)
+    with Sender(a) as sender:
+        first = time.time_ns()
+        for i in range(BURST):
+            tag, data = _job_return(i)
+            # The last acknowledged: the publisher has taken every one.
+            sender.fire(tag, data, timeout=10.0, ack=i == BURST - 1)
+        last = time.time_ns()
+    for thread in threads:
+        thread.join(WAIT * 5)
+    for out in received:
+        if [i for _, _, i in out] != list(range(BURST)):
+            raise SystemExit(
+                f"benchmark: the burst arrived as {len(out)} events "
+                f"({len({i for _, _, i in out})} distinct), not {BURST} once each in order"
+            )
+    delivered = max(r for out in received for r, _, _ in out)
+    return _rates({"first_fire": first, "last_fire": last, "last_delivery": delivered}, BURST)
+
+
 def _rates(result: dict[str, Any], count: int) -> dict[str, Any]:
     return {
         "events_per_second": count / ((result["last_delivery"] - result["first_fire"]) / 1e9),
@@ -265,17 +333,29 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def measure(short: bool) -> dict[str, Any]:
     count, rounds, samples = (2_000, 2, 500) if short else (20_000, 5, 5_000)
+    burst_rounds = 2 if short else 5
     load_before = os.getloadavg()
     reference: list[dict[str, Any]] = []
     saltbus: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="sbcl-") as tmp:
+    reference_burst: list[dict[str, Any]] = []
+    saltbus_burst: list[dict[str, Any]] = []
+    both = ("bench/", JOB_PREFIX)
+    with tempfile.TemporaryDirectory(prefix="sbcl-") as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
-        with _nats(root) as url, _node(root, "a", url) as a, _node(root, "b", url) as b:
-            _saltbus(a, b, 200)  # warm up: consumer, stream, connections
-            for round_ in range(rounds):
-                reference.append(_reference(url, count, round_))
-                saltbus.append(_rates(_saltbus(a, b, count), count))
-            latencies = _saltbus(a, b, samples, LATENCY_RATE)["latencies_ms"]
+        url = stack.enter_context(_nats(root))
+        a = stack.enter_context(_node(root, "a", url, both))
+        b = stack.enter_context(_node(root, "b", url, both))
+        c = stack.enter_context(_node(root, "c", url, (JOB_PREFIX,)))
+        _saltbus(a, b, 200)  # warm up: consumer, stream, connections
+        for round_ in range(rounds):
+            reference.append(_reference(url, count, f"REF{round_}"))
+            saltbus.append(_rates(_saltbus(a, b, count), count))
+        latencies = _saltbus(a, b, samples, LATENCY_RATE)["latencies_ms"]
+        for round_ in range(burst_rounds):
+            reference_burst.append(_reference(url, BURST, f"BURST{round_}", readers=2))
+            saltbus_burst.append(_burst(a, [b, c]))
+    burst_reference = _spread([r["after_last_s"] for r in reference_burst])
+    burst_saltbus = _spread([s["after_last_s"] for s in saltbus_burst])
     ratios = [
         s["events_per_second"] / r["events_per_second"]
         for s, r in zip(saltbus, reference, strict=True)
@@ -294,6 +374,12 @@ def measure(short: bool) -> dict[str, Any]:
         "latency_ms_p50": statistics.median(latencies),
         "latency_ms_p99": _percentile(latencies, 0.99),
         "latency_ms_max": max(latencies),
+        "burst_events": BURST,
+        "burst_rounds": burst_rounds,
+        "burst_event_bytes": _job_return_bytes(),
+        "burst_reference_after_last_s": burst_reference,
+        "burst_saltbus_after_last_s": burst_saltbus,
+        "burst_target_met": burst_saltbus["median"] <= burst_reference["median"],
         "exactly_once": True,  # each round raised otherwise
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
@@ -324,6 +410,12 @@ def table(results: dict[str, Any]) -> str:
             f"(b) latency at {results['latency_rate_per_second']:g}/s "
             f"({results['latency_samples']} events): p50 {results['latency_ms_p50']:.2f} ms, "
             f"p99 {results['latency_ms_p99']:.2f} ms, max {results['latency_ms_max']:.2f} ms",
+            f"burst: {results['burst_rounds']} rounds of {results['burst_events']} events of "
+            f"~{results['burst_event_bytes']} bytes on one bus, delivered on two",
+            row("(a) last delivery on both after last", "burst_reference_after_last_s", "s", 3),
+            row("(b) job returns on b and c after last", "burst_saltbus_after_last_s", "s", 3),
+            "burst target, (b) no later than (a) (medians): "
+            + ("met" if results["burst_target_met"] else "not met"),
             "every event delivered exactly once in every round",
         ]
     )
@@ -339,8 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reference:
         role, url, stream, count = args.reference
-        run = _reference_read if role == "read" else _reference_publish
-        print(json.dumps(asyncio.run(run(url, stream, int(count)))), flush=True)
+        if role.startswith("read:"):
+            read = _reference_read(url, stream, int(count), role.partition(":")[2])
+            print(json.dumps(asyncio.run(read)), flush=True)
+        else:
+            print(json.dumps(asyncio.run(_reference_publish(url, stream, int(count)))), flush=True)
         return 0
     results = measure(args.short)
     print(table(results))

@@ -18,6 +18,7 @@ import saltbus.cluster.exporter as exporter_module
 from saltbus import Config, Sender
 from saltbus.cluster import ORIGIN_KEY, Bridge
 from saltbus.cluster.envelope import BATCH, Envelope, batch_size, unpack_batch
+from saltbus.cluster.subjects import batch_subject, tag_to_subject
 from saltbus.journal.store import Journal
 from saltbus.server import Server
 from saltbus.wire import unpack_body
@@ -163,5 +164,65 @@ def test_a_backlog_goes_out_in_batches_of_export_batch_or_one_per_message(
             assert all(BATCH not in headers for headers, _ in messages)
         else:
             assert len(messages) < len(tags) // 10
+
+    asyncio.run(main())
+
+
+async def stream_subjects(url: str) -> list[tuple[str, dict[str, str], bytes]]:
+    """Every message of the stream with its subject, read by a consumer of its own."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream(timeout=10)
+        last = (await js.stream_info("SALTBUS")).state.last_seq
+        reader = await js.pull_subscribe("saltbus.ev.>", "subjects", stream="SALTBUS")
+        got: list[tuple[str, dict[str, str], bytes]] = []
+        seq = 0
+        while seq != last:
+            for message in await reader.fetch(100, timeout=10):
+                got.append((message.subject, dict(message.headers or {}), message.data))
+                seq = message.metadata.sequence.stream
+                await message.ack()
+        return got
+    finally:
+        await nc.close()
+
+
+def test_a_batch_holds_only_events_whose_subjects_differ_in_the_last_token(
+    root: Path, nats_server: NatsServer
+):
+    # Parents that differ only in escaping, depth or a leading "/", and tags
+    # long enough for their subject to be cut: none of them may share a batch
+    # with the others unless their subjects say so.
+    long_tag = "long/" + "\u00e9" * 400 + "/x"
+    parents = ["x", "/y", "a/b/c", "a/b/d", "a/c/d", "a.b/c", "a%2Eb/c", long_tag, "long/z"]
+    tags = [tag for tag in parents for _ in range(4)] * 3
+    a_config = node_config(root, "a", nats_server.url)
+
+    async def main() -> None:
+        async with Server(a_config) as a_server:
+            async with Bridge(a_config, intake=a_server.intake) as a:
+                a_server.commit_listeners.append(a.notify_committed)
+                await a.wait_ready(WAIT)
+            a_server.commit_listeners.clear()
+            seqs = await asyncio.to_thread(fire, a_config, tags)  # a backlog: NATS unlinked
+            async with Bridge(a_config, intake=a_server.intake) as a:
+                a_server.commit_listeners.append(a.notify_committed)
+                await until(lambda: a.exporter.position == seqs[-1], "a to export its backlog")
+        events: list[tuple[int, str]] = []
+        batches = 0
+        for subject, headers, payload in await stream_subjects(nats_server.url):
+            envelope = Envelope.from_headers(headers)
+            count = batch_size(headers)
+            if count is None:
+                events.append((envelope.seq, unpack_body(payload)[0]))
+                continue
+            batches += 1
+            assert subject == batch_subject(subject)
+            for seq, body in unpack_batch(envelope, count, payload):
+                tag = unpack_body(body)[0]
+                assert batch_subject(tag_to_subject(tag)) == subject, (tag, subject)
+                events.append((seq, tag))
+        assert events == list(zip(seqs, tags, strict=True))  # each once, in order
+        assert batches > 0
 
     asyncio.run(main())

@@ -77,3 +77,29 @@ def test_a_notify_from_another_thread_wakes_a_read(bus_config: Config):
                 await feed.close()
 
     asyncio.run(main())
+
+
+def test_read_announced_returns_what_commits_announced_without_waiting(bus_config: Config):
+    async def main() -> None:
+        async with Server(bus_config) as server:
+            assert server.journal_path is not None
+            feed = JournalFeed(server.journal_path, poll_interval=NO_POLL)
+            unannounced = JournalFeed(server.journal_path, poll_interval=NO_POLL)
+            server.commit_listeners.append(feed.notify)
+            try:
+                start = server.intake.last_seq
+                assert await asyncio.wait_for(feed.read_announced(start, 10), WAIT) == []
+                seqs = await asyncio.to_thread(fire, bus_config, ["feed/1", "feed/2", "feed/3"])
+                # An acknowledged fire is announced before it is acknowledged.
+                records = await asyncio.wait_for(feed.read_announced(start, 10), WAIT)
+                assert [r.seq for r in records] == seqs
+                limited = await asyncio.wait_for(feed.read_announced(start, 2), WAIT)
+                assert [r.seq for r in limited] == seqs[:2]
+                assert await asyncio.wait_for(feed.read_announced(seqs[-1], 10), WAIT) == []
+                # Committed, but never announced to this one: it does not look.
+                assert await asyncio.wait_for(unannounced.read_announced(start, 10), WAIT) == []
+            finally:
+                await feed.close()
+                await unannounced.close()
+
+    asyncio.run(main())

@@ -12,6 +12,7 @@ from saltbus.cluster.subjects import (
     TagPattern,
     batch_subject,
     escape_token,
+    patterns_matcher,
     subject_filter,
     subject_to_tag,
     tag_to_subject,
@@ -194,3 +195,22 @@ def test_a_batch_subject_is_selected_by_exactly_the_filters_that_select_its_even
         filter_subject = subject_filter([TagPattern(pattern)]).subject
         assert selects(filter_subject, batch) == any(selects(filter_subject, s) for s in subjects)
     assert batch_subject(tag_to_subject("lone")) == "saltbus.ev.%+"
+
+
+def test_patterns_matcher_agrees_with_matching_each_pattern():
+    assert patterns_matcher([]) is None  # every tag
+    assert patterns_matcher([TagPattern("salt/"), TagPattern("")]) is None
+    tags = ["salt/job/1/ret/m", "salt/auth", "app/x", "xsalt/", "a/b.end", "", "s"]
+    for texts in (
+        ["salt/job/"],
+        ["salt/job/", "app/"],
+        ["endswith:.end", "salt/auth"],
+        ["regex:a/b", "fnmatch:*ret*", "find:uth", "app/"],
+        ["startswith:s", "endswith:s"],
+    ):
+        patterns = [TagPattern.parse(text) for text in texts]
+        selects = patterns_matcher(patterns)
+        assert selects is not None
+        for tag in tags:
+            expected = any(tag_matcher(p.pattern, p.match_type)(tag) for p in patterns)
+            assert selects(tag) is expected, (texts, tag)

@@ -57,10 +57,15 @@ from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY
-from saltbus.cluster.subjects import batch_subject, tag_to_subject
+from saltbus.cluster.subjects import (
+    MAX_SUBJECT,
+    batch_subject,
+    patterns_matcher,
+    tag_to_subject,
+)
 from saltbus.config import Config
 from saltbus.errors import BusError, RemoteProtocolError, SaltbusError, SlowConsumerError
-from saltbus.event import Event, MatchType, tag_matcher
+from saltbus.event import Event, MatchType
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.returners.redact import redactor_for
@@ -121,7 +126,7 @@ class Exporter:
         self.store = PositionStore(journal, f"cluster.{settings.stream}.export")
         self.epoch: int | None = None
         self.position: int | None = None
-        self._matchers = [tag_matcher(p.pattern, p.match_type) for p in settings.export]
+        self._selects = patterns_matcher(settings.export)  # None: every tag
         # The config's redact rules: no value they match leaves the host
         # through the export (with redact_journal the events are redacted already).
         self._redactor = redactor_for(config.redact)
@@ -239,6 +244,11 @@ class Exporter:
             backoff.reset()
             self.last_error = None
             records = await following
+            if len(records) < limit:
+                # That read may have been made long before the acknowledgements
+                # came (a burst, a slow NATS): what committed since goes out in
+                # this batch too, not one round trip later.
+                records += await feed.read_announced(records[-1].seq, limit - len(records))
         return False
 
     async def _collect(self, subscription: Subscription) -> tuple[list[Event], bool]:
@@ -269,7 +279,7 @@ class Exporter:
     def wanted(self, event: Event) -> bool:
         if event.seq is None or ORIGIN_KEY in event.data:
             return False  # an imported event never goes back out
-        return not self._matchers or any(match(event.tag) for match in self._matchers)
+        return self._selects is None or self._selects(event.tag)
 
     def _outgoing(self, data: Any) -> Any:
         return data if self._redactor is None else self._redactor.redact(data)
@@ -280,7 +290,7 @@ class Exporter:
         return Outgoing(event.seq, event.tag, pack_body(event.tag, self._outgoing(event.data)))
 
     def _from_record(self, record: JournalRecord) -> Outgoing:
-        if self._matchers and not any(match(record.tag) for match in self._matchers):
+        if self._selects is not None and not self._selects(record.tag):
             return Outgoing(record.seq, record.tag, None)
         body = record.body
         data: Any = None
@@ -353,14 +363,25 @@ class Exporter:
         between them do not cut a run; a run never spans another's events."""
         limit = self.settings.export_batch
         cap = min(BATCH_BYTES, self.link.max_message - HEADER_ROOM)
+        prefix = self.settings.subject_prefix
+        # Below this length a tag's subject is never cut (an escaped character
+        # takes 12 characters at most).
+        uncut = (MAX_SUBJECT - len(prefix) - 1) // 12
         runs: list[list[int]] = []
         run: list[int] = []
         parent, size = "", 0
+        here, here_from = "", None
         for index, event in enumerate(batch):
             if event.payload is None:
                 continue
-            subject = tag_to_subject(event.tag, self.settings.subject_prefix)
-            here = subject.rpartition(".")[0]
+            tag = event.tag
+            # Tags equal up to their last "/" have subjects equal but for the
+            # last token (tokens are the segments, escaped one to one): the
+            # subject is made again only where that part changes.
+            upto_last = tag[: tag.rfind("/") + 1]
+            if upto_last != here_from or len(tag) > uncut:
+                here = tag_to_subject(tag, prefix).rpartition(".")[0]
+                here_from = upto_last if len(tag) <= uncut else None
             length = len(event.payload) + ENTRY_OVERHEAD
             alone = event.seq is None or event.seq <= self._unbatched_through
             if run and (alone or len(run) >= limit or here != parent or size + length > cap):
@@ -408,12 +429,19 @@ class Exporter:
         for _, pending in sent:
             if pending is not None:
                 sizes[id(pending)] = sizes.get(id(pending), 0) + 1
+        # The events of a run share their message's future: its outcome is read once.
+        outcome_of: asyncio.Future[Any] | None = None
+        error: BaseException | None = None
+        too_large = duplicate = False
         for event, future in sent:
             if future is not None:
-                error = _outcome(future)
-                too_large = (
-                    isinstance(error, nats.js.errors.APIError) and error.err_code in TOO_LARGE_CODES
-                )
+                if future is not outcome_of:
+                    outcome_of, error = future, _outcome(future)
+                    too_large = (
+                        isinstance(error, nats.js.errors.APIError)
+                        and error.err_code in TOO_LARGE_CODES
+                    )
+                    duplicate = error is None and future.result().duplicate
                 if too_large and sizes[id(future)] > 1:
                     # A batch over a limit lowered meanwhile: its events go one by one.
                     last = max(e.seq or 0 for e, f in sent if f is future)
@@ -428,7 +456,7 @@ class Exporter:
                 elif error is not None:
                     failure = error
                     break
-                elif future.result().duplicate:
+                elif duplicate:
                     self.resent += 1  # the stream had it already: its ack was lost
                 else:
                     self.exported += 1

@@ -71,6 +71,13 @@ class JournalFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.poll_interval)
 
+    async def read_announced(self, since: int, limit: int) -> list[JournalRecord]:
+        """Up to ``limit`` records after ``since`` without waiting: none unless
+        a commit was announced after ``since`` (:attr:`latest`)."""
+        if self.latest <= since:
+            return []
+        return await self._run(lambda journal: journal.read(since=since, limit=limit))
+
     def _waker(self) -> asyncio.Event:
         if self._wake is None:
             self._loop = asyncio.get_running_loop()

@@ -54,10 +54,10 @@ from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.pull import ConsumerLostError, Puller, delivery_number, stream_number
 from saltbus.cluster.settings import ClusterSettings
 from saltbus.cluster.state import ORIGIN_KEY, ImportState, Origin, origin_marker
-from saltbus.cluster.subjects import subject_filter
+from saltbus.cluster.subjects import patterns_matcher, subject_filter
 from saltbus.config import Config
 from saltbus.errors import BusError, LocalProtocolError, RemoteProtocolError, SaltbusError
-from saltbus.event import tag_matcher, utc_stamp
+from saltbus.event import utc_stamp
 from saltbus.server.intake import Intake
 from saltbus.wire import check_event_size, pack_body, unpack_body
 
@@ -107,7 +107,7 @@ class Importer:
         self.journal = journal
         self.node = settings.node_name
         self.filter = subject_filter(settings.import_, settings.subject_prefix)
-        self._matchers = [tag_matcher(p.pattern, p.match_type) for p in settings.import_]
+        self._selects = patterns_matcher(settings.import_)  # None: every tag
         self.state = ImportState.load(
             journal.with_suffix(".positions") / f"cluster.{settings.stream}.import"
         )
@@ -268,7 +268,7 @@ class Importer:
                     log.warning("skipping an event on %s: %s", message.subject, exc)
                     self.rejected += 1
                     continue
-                if self._matchers and not any(match(tag) for match in self._matchers):
+                if self._selects is not None and not self._selects(tag):
                     self.filtered += 1
                     skipped.append((origin, seq))
                     continue

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from saltbus.errors import RemoteProtocolError
-from saltbus.event import MatchType
+from saltbus.event import MatchType, TagMatcher, tag_matcher
 
 DEFAULT_PREFIX: Final = "saltbus.ev"
 # Well under nats-server's 4 KiB control line, which holds the subject and a reply subject.
@@ -161,6 +161,24 @@ class TagPattern:
             special = _FNMATCH_SPECIAL.search(self.pattern)
             return self.pattern if special is None else self.pattern[: special.start()]
         return None
+
+
+def patterns_matcher(patterns: Sequence[TagPattern]) -> TagMatcher | None:
+    """One predicate for "a tag matches any of ``patterns``"; None when every
+    tag does (no patterns, or an empty one). It runs for every event exported
+    and imported: the startswith patterns (Salt's default) are one
+    ``str.startswith`` with a tuple, not a call per pattern."""
+    if not patterns or any(not p.pattern for p in patterns):
+        return None
+    prefixes = tuple(p.pattern for p in patterns if p.match_type == MatchType.STARTSWITH)
+    others = [
+        tag_matcher(p.pattern, p.match_type)
+        for p in patterns
+        if p.match_type != MatchType.STARTSWITH
+    ]
+    if not others:
+        return lambda tag: tag.startswith(prefixes)
+    return lambda tag: tag.startswith(prefixes) or any(match(tag) for match in others)
 
 
 @dataclass(frozen=True, slots=True)
