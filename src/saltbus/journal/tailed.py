@@ -45,7 +45,13 @@ from saltbus.journal.failures import as_journal_error
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.journal.tail import TailLog, tail_path
-from saltbus.journal.writer import START_TIMEOUT, CommittedCallback, FailedCallback, JournalWriter
+from saltbus.journal.writer import (
+    DEFAULT_LINGER,
+    START_TIMEOUT,
+    CommittedCallback,
+    FailedCallback,
+    JournalWriter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +80,16 @@ class TailedWriter:
         max_bytes: int | None = None,
         holds: Callable[[], Mapping[str, int]] | None = None,
         reset_bytes: int = RESET_BYTES,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         self.path = path
         self.writer = JournalWriter(
-            path, durability="batch", max_age=max_age, max_bytes=max_bytes, holds=holds
+            path,
+            durability="batch",
+            max_age=max_age,
+            max_bytes=max_bytes,
+            holds=holds,
+            linger=linger,
         )
         self._reset_bytes = reset_bytes
         # Guards everything below: the event loop appends, the writer thread
