@@ -152,6 +152,7 @@ class Importer:
                     self.filter.subject, self._resume_at()
                 )
                 self.bound.set()
+                backoff.reset()  # a failure after a bind is retried soon again
                 await self._consume(subscription, next_delivery, backoff)
             except _MissedDeliveryError as exc:
                 self.rewinds += 1
