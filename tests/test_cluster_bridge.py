@@ -178,6 +178,7 @@ def test_the_bus_keeps_working_while_nats_was_never_there(root: Path):
             await asyncio.sleep(2.5)  # one stats refresh
             stats = server.stats()["cluster"]
             assert stats["state"] == "connecting" and stats["connected"] is None
+            assert stats["waiting_for"] == "a connection to NATS"
             assert stats["export"]["lag"] == 5
             assert "cannot connect to NATS" in (stats["last_error"] or "")
             started = time.monotonic()

@@ -150,6 +150,19 @@ def test_stats_lines():
     assert "exported 5, lag 0 (position 9)" in lines[1]
     assert "imported 3" in lines[2] and "consumer pending 2" in lines[2]
     assert lines[3] == "  last error: export: no responders"
+    waiting = cli_cluster.describe(
+        {
+            "node": "web1",
+            "state": "connecting",
+            "connected": "nats://10.0.0.1:4222",
+            "stream": "SALTBUS",
+            "waiting_for": "NATS to answer consumer info SALTBUS web1 (asked 2.0 s ago)",
+        }
+    )
+    assert waiting[0] == (
+        "cluster: node web1 connecting nats://10.0.0.1:4222 stream SALTBUS, "
+        "waiting for NATS to answer consumer info SALTBUS web1 (asked 2.0 s ago)"
+    )
 
 
 def test_retention_and_import_start_are_read_and_checked(tmp_path: Path):

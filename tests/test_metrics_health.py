@@ -84,6 +84,8 @@ def test_the_federation_link_counts_when_configured() -> None:
     result = readiness(stats(cluster=down))
     assert result.failed == ["federation"]
     assert "no servers available" in result.summary()
+    waiting = {**down, "waiting_for": "NATS to answer consumer info SALTBUS a"}
+    assert "waiting for NATS to answer consumer info" in readiness(stats(cluster=waiting)).summary()
 
 
 def test_unreachable_is_critical_or_unknown() -> None:

@@ -94,9 +94,10 @@ def describe(stats: dict[str, Any]) -> list[str]:
     """``saltbus stats`` lines for a bridge's statistics."""
     export, imported = stats.get("export", {}), stats.get("import", {})
     consumer = imported.get("consumer") or {}
+    waiting = f", waiting for {stats['waiting_for']}" if stats.get("waiting_for") else ""
     lines = [
         f"cluster: node {stats.get('node')} {stats.get('state')} "
-        f"{stats.get('connected') or '(not connected)'} stream {stats.get('stream')}",
+        f"{stats.get('connected') or '(not connected)'} stream {stats.get('stream')}{waiting}",
         f"  export {', '.join(export.get('patterns', []))}: exported {export.get('exported')}, "
         f"lag {export.get('lag')} (position {export.get('position')}), "
         f"in flight {export.get('in_flight')}, failures {export.get('failures')}",

@@ -174,6 +174,22 @@ class Bridge:
                     self._stream = {}
             await asyncio.sleep(STATS_INTERVAL)
 
+    def waiting_for(self) -> str | None:
+        """What the node waits for before it is linked; None once it is."""
+        if self.ready:
+            return None
+        if not self.link.connected:
+            return "a connection to NATS"
+        now = time.monotonic()
+        asking = self.link.asking
+        if asking is not None:
+            what, since = asking
+            return f"NATS to answer {what} (asked {now - since:.1f} s ago)"
+        retry = self.importer.retry.until
+        if retry is not None:
+            return f"the next try to bind the consumer (in {max(retry - now, 0.0):.1f} s)"
+        return "the consumer to be bound"
+
     def stats(self) -> dict[str, Any]:
         exporter, importer = self.exporter, self.importer
         position = exporter.position
@@ -186,6 +202,7 @@ class Bridge:
             "servers": list(self.settings.servers),
             "connected": self.link.server,
             "state": "linked" if self.ready else "connecting",
+            "waiting_for": self.waiting_for(),
             "stream_state": dict(self._stream),
             "export": {
                 "patterns": _patterns(self.settings.export),

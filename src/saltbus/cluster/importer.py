@@ -114,6 +114,8 @@ class Importer:
         self.client = AsyncClient(config, reconnect=False)
         self.direct = None if intake is None else DirectFire(config, intake)
         self.bound = asyncio.Event()
+        # Between two tries to bind the consumer (its ``until``: stats).
+        self.retry = Backoff()
         self.imported = 0
         self.duplicates = 0
         self.own = 0
@@ -140,7 +142,7 @@ class Importer:
         await self.client.close()
 
     async def run(self) -> None:
-        backoff = Backoff()
+        backoff = self.retry
         while not self.stopping:
             await self.link.wait_up()
             subscription: Puller | None = None
@@ -150,6 +152,7 @@ class Importer:
                     self.filter.subject, self._resume_at()
                 )
                 self.bound.set()
+                backoff.reset()  # a failure after a bind is retried soon again
                 await self._consume(subscription, next_delivery, backoff)
             except _MissedDeliveryError as exc:
                 self.rewinds += 1

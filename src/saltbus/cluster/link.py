@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import nats
 import nats.errors
@@ -30,6 +32,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 
 from saltbus.cluster.publisher import Publisher
@@ -37,6 +40,8 @@ from saltbus.cluster.pull import Puller
 from saltbus.cluster.settings import ClusterSettings
 
 log = logging.getLogger("saltbus.cluster")
+
+T = TypeVar("T")
 
 RETRY_MIN: Final = 0.5
 RETRY_MAX: Final = 5.0
@@ -53,12 +58,17 @@ ACK_WAIT: Final = 60.0
 class Backoff:
     def __init__(self, low: float = RETRY_MIN, high: float = RETRY_MAX) -> None:
         self.low, self.high, self.delay = low, high, low
+        self.until: float | None = None  # while sleeping: when it ends (monotonic)
 
     def reset(self) -> None:
         self.delay = self.low
 
     async def sleep(self) -> None:
-        await asyncio.sleep(self.delay)
+        self.until = time.monotonic() + self.delay
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.until = None
         self.delay = min(self.delay * 2, self.high)
 
 
@@ -74,6 +84,8 @@ class Link:
         self._stream_checked = False
         self.last_error: str | None = None
         self.connects = 0
+        # The JetStream requests NATS has not answered yet, and since when (stats).
+        self._asking: dict[object, tuple[str, float]] = {}
         # The stream's own limit on a message's size (None: none), for the export's batches.
         self.max_msg_size: int | None = None
 
@@ -153,21 +165,20 @@ class Link:
             return
         settings = self.settings
         try:
-            info = await self.js.stream_info(settings.stream)
+            info = await self._stream_info()
         except nats.js.errors.NotFoundError:
-            await self.js.add_stream(
-                StreamConfig(
-                    name=settings.stream,
-                    subjects=[f"{settings.subject_prefix}.>"],
-                    retention=RetentionPolicy.LIMITS,
-                    storage=StorageType.FILE,
-                    discard=DiscardPolicy.OLD,
-                    num_replicas=settings.replicas,
-                    duplicate_window=settings.duplicate_window,
-                    max_age=settings.max_age,
-                    max_bytes=settings.max_bytes,
-                )
+            stream = StreamConfig(
+                name=settings.stream,
+                subjects=[f"{settings.subject_prefix}.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                num_replicas=settings.replicas,
+                duplicate_window=settings.duplicate_window,
+                max_age=settings.max_age,
+                max_bytes=settings.max_bytes,
             )
+            await self._ask(f"stream create {settings.stream}", self.js.add_stream(stream))
             log.info("created the JetStream stream %s", settings.stream)
         else:
             config = info.config
@@ -193,7 +204,7 @@ class Link:
         old = f"max_age {age:g} s, max_bytes {config.max_bytes or -1}"
         config.max_age, config.max_bytes = settings.max_age, settings.max_bytes
         try:
-            await self.js.update_stream(config)
+            await self._ask(f"stream update {settings.stream}", self.js.update_stream(config))
         except nats.js.errors.APIError as exc:
             log.warning(
                 "stream %s keeps %s: NATS refused the change: %s", settings.stream, old, exc
@@ -247,7 +258,9 @@ class Link:
         await self.ensure_stream()
         stream, name = self.settings.stream, self.settings.node_name
         try:
-            info: ConsumerInfo | None = await self.js.consumer_info(stream, name)
+            info: ConsumerInfo | None = await self._ask(
+                f"consumer info {stream} {name}", self.js.consumer_info(stream, name)
+            )
         except nats.js.errors.NotFoundError:
             info = None
         next_delivery = 1
@@ -257,7 +270,9 @@ class Link:
             await self._add_first_consumer(filter_subject)
         elif info.num_ack_pending:
             start = _rewind_point(info)
-            await self.js.delete_consumer(stream, name)
+            await self._ask(
+                f"consumer delete {stream} {name}", self.js.delete_consumer(stream, name)
+            )
             await self._add_consumer(filter_subject, start, info.config)
             log.info(
                 "consumer %s had %d unacknowledged; delivering again from %s",
@@ -271,7 +286,10 @@ class Link:
             if info.config.filter_subject != filter_subject:
                 config = info.config
                 config.filter_subject = filter_subject
-                await self.js.add_consumer(stream, config)  # an update: same name
+                # An update: same name.
+                await self._ask(
+                    f"consumer update {stream} {name}", self.js.add_consumer(stream, config)
+                )
                 log.info("consumer %s now filters %s", name, filter_subject)
         assert self.nc is not None
         puller = Puller(self.nc, stream, name)
@@ -289,13 +307,13 @@ class Link:
             await self._add_consumer(filter_subject, None, since=moment)
             log.info("created the consumer %s (from %s)", name, moment)
         else:
-            last = (await self.js.stream_info(self.settings.stream)).state.last_seq
+            last = (await self._stream_info()).state.last_seq
             await self._add_consumer(filter_subject, last + 1)
             log.info("created the consumer %s (from stream seq %d)", name, last + 1)
 
     async def _add_lost_consumer(self, filter_subject: str, resume_at: int) -> None:
         """The consumer of a node that imported before, made again from ``resume_at``."""
-        last = (await self.js.stream_info(self.settings.stream)).state.last_seq
+        last = (await self._stream_info()).state.last_seq
         # Beyond the stream's end: the stream was made anew, all of it is new here.
         start = resume_at if resume_at <= last + 1 else 1
         await self._add_consumer(filter_subject, start)
@@ -336,7 +354,28 @@ class Link:
             max_ack_pending=MAX_ACK_PENDING if old is None else old.max_ack_pending,
             filter_subject=filter_subject,
         )
-        await self.js.add_consumer(self.settings.stream, config)
+        stream = self.settings.stream
+        await self._ask(f"consumer create {stream} {name}", self.js.add_consumer(stream, config))
+
+    async def _ask(self, what: str, request: Awaitable[T]) -> T:
+        """``request``'s answer; until it comes, ``saltbus stats`` says the
+        link waits for ``what``."""
+        token = object()
+        self._asking[token] = (what, time.monotonic())
+        try:
+            return await request
+        finally:
+            del self._asking[token]
+
+    @property
+    def asking(self) -> tuple[str, float] | None:
+        """The oldest JetStream request not answered yet, and when it was made."""
+        return min(self._asking.values(), key=lambda asked: asked[1], default=None)
+
+    async def _stream_info(self) -> StreamInfo:
+        stream = self.settings.stream
+        info: StreamInfo = await self._ask(f"stream info {stream}", self.js.stream_info(stream))
+        return info
 
     async def consumer_info(self) -> ConsumerInfo:
         info: ConsumerInfo = await self.js.consumer_info(

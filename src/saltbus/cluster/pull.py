@@ -24,7 +24,10 @@ delivered before it is handed over, :meth:`Puller.fetch` raises
 missing consumer again after the last stream seq it handled). nats-py's own
 fetch takes any 409 for a timeout and retries, which never ends here.
 The request's own ends (``408``; ``404`` No Messages; ``409 Exceeded ...``,
-a limit on waiting requests) and heartbeats (``100``) are not.
+a limit on waiting requests; ``409 Leadership Change``, which a consumer
+made again by a rewind gets as its leader settles after NATS restarts: taken
+for a loss, it unlinked the node for a retry's wait each time) and
+heartbeats (``100``) are not.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ DESCRIPTION: Final = "Description"
 REQUEST_ENDED: Final = frozenset(("408", "404"))
 HEARTBEAT: Final = "100"
 CONFLICT: Final = "409"
+# A 409 whose request ended because the consumer's leader changed (not a lost consumer).
+LEADERSHIP_CHANGE: Final = "Leadership Change"
 # Messages the inbox may hold: more than one request ever delivers.
 PENDING_LIMIT: Final = 1 << 20
 
@@ -91,8 +96,12 @@ class Puller:
             description = headers.get(DESCRIPTION, "")
             if status == HEARTBEAT:
                 return
-            if status in REQUEST_ENDED:
-                # Expired: made again at once.
+            if status in REQUEST_ENDED or (
+                status == CONFLICT and description.startswith(LEADERSHIP_CHANGE)
+            ):
+                # Expired, or the consumer's leader moved (the consumer lives
+                # on: what the old leader delivered and never arrived is a
+                # gap the importer rewinds over): made again at once.
                 self._owed = 0
                 self._arrived.set()
             elif status == CONFLICT and description.startswith("Exceeded"):

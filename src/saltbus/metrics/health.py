@@ -134,4 +134,6 @@ def _federation(cluster: Mapping[str, Any]) -> Check:
     if cluster.get("state") == "linked":
         return Check("federation", Status.OK, f"linked to {cluster.get('connected')}")
     error = cluster.get("last_error") or "no server reached yet"
-    return Check("federation", Status.CRITICAL, f"not linked: {error}")
+    waiting = cluster.get("waiting_for")
+    detail = f"{error}; waiting for {waiting}" if waiting else error
+    return Check("federation", Status.CRITICAL, f"not linked: {detail}")
