@@ -13,8 +13,10 @@ entry id is ``<seq>-0``; ``auto``: Redis's time-based ids); ``socket_timeout``
 
 Exactly once with ``ids: seq``: Redis refuses an id not above a stream's
 last, so an event of a retried batch that was already added is refused and
-counted as a duplicate, never added twice. Streams shared by several buses
-need ``{master_id}`` in the template. With ``ids: auto``, at least once.
+counted as a duplicate, never added twice. That holds because a batch is one
+``MULTI``/``EXEC``, added whole or not at all: a stream then holds every event
+up to its last id, and an id below it was added. Streams shared by several
+buses need ``{master_id}`` in the template. With ``ids: auto``, at least once.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ _NOT_ABOVE: Final = "equal or smaller"
 
 
 class RedisStreamReturner:
-    """XADD per event, pipelined per batch; connects lazily, again after errors."""
+    """XADD per event, one MULTI/EXEC per batch; connects lazily, again after errors."""
 
     OPTIONS: Final = OPTIONS
 
@@ -102,7 +104,11 @@ class RedisStreamReturner:
             return
         client = self._connect()
         try:
-            pipe = client.pipeline(transaction=False)
+            # A transaction, not a plain pipeline: Redis may refuse a plain
+            # pipeline's first XADDs (LOADING, at the end of a restart) and add
+            # the later ones, and the retry would then find the refused events
+            # below the stream's top and count them as duplicates (issue 20).
+            pipe = client.pipeline(transaction=True)
             for event in events:
                 seq = event.get("seq")
                 entry_id = f"{seq}-0" if self.ids == "seq" and isinstance(seq, int) else "*"
