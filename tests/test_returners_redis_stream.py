@@ -6,6 +6,7 @@ loading its AOF added whole, MAXLEN ~ trimming, and 10,000 events through a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -77,7 +78,40 @@ def test_events_in_order_and_a_retried_batch_once(server: RedisServer, client: r
         "time": "1700000000.5",
         "master_id": "m1",
     }
-    assert ret.duplicates == 1
+    assert ret.stats() == {"duplicates": 1, "lost": 0}
+
+
+def test_a_refused_event_not_in_the_stream_is_counted_lost(
+    server: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+):
+    # Another writer on the stream (or a journal started again): 1-0 is some
+    # other event, 2-0 is not there, and the top is above both.
+    client.xadd("saltbus:events", {"tag": "other", "data": "{}"}, id="1-0")
+    client.xadd("saltbus:events", {"tag": "other", "data": "{}"}, id="100-0")
+    ret = RedisStreamReturner({"port": server.port, "master_id": "m1"})
+    try:
+        with caplog.at_level(logging.ERROR, "saltbus.returners"):
+            ret.event_return([event(1), event(2)])
+            ret.event_return([event(101)])
+    finally:
+        ret.close()
+    assert ret.stats() == {"duplicates": 0, "lost": 2}
+    assert "2 events (ids 1-0..2-0) refused" in caplog.text
+    assert [e["id"] for e in entries(client)] == ["1-0", "100-0", "101-0"]
+
+
+def test_a_refused_event_trimmed_since_is_a_duplicate(server: RedisServer, client: redis.Redis):
+    ret = RedisStreamReturner({"port": server.port, "maxlen": 1000})
+    try:
+        ret.event_return([event(s) for s in range(1, 11)])
+        client.xtrim(
+            "saltbus:events", minid="5-0", approximate=False
+        )  # trimmed before the retry came
+        ret.event_return([event(s) for s in range(1, 13)])
+    finally:
+        ret.close()
+    assert ret.stats() == {"duplicates": 10, "lost": 0}
+    assert [e["id"] for e in entries(client)] == [f"{s}-0" for s in range(5, 13)]
 
 
 def test_a_batch_sent_while_a_restarted_redis_loads_is_added_whole(tmp_path: Path):
