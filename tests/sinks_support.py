@@ -106,7 +106,9 @@ def gaps(seqs: list[int]) -> str:
 class RedisServer(Daemon):
     """redis-server with an append-only file fsynced always: a restart keeps every entry."""
 
-    def start(self) -> None:
+    def start(self, *options: str, ready: bool = True) -> None:
+        """Start with the append-only settings and ``options``; with ``ready``,
+        wait until it answers PING (after loading its data)."""
         import redis  # noqa: PLC0415
 
         self.command = [
@@ -123,8 +125,11 @@ class RedisServer(Daemon):
             "yes",
             "--appendfsync",
             "always",
+            *options,
         ]
         super().start()
+        if not ready:
+            return
         client = redis.Redis(port=self.port, socket_timeout=2)
         try:
             wait_for(client.ping, self, "redis-server")

@@ -13,17 +13,23 @@ entry id is ``<seq>-0``; ``auto``: Redis's time-based ids); ``socket_timeout``
 
 Exactly once with ``ids: seq``: Redis refuses an id not above a stream's
 last, so an event of a retried batch that was already added is refused and
-counted as a duplicate, never added twice. Streams shared by several buses
-need ``{master_id}`` in the template. With ``ids: auto``, at least once.
+counted as a duplicate, never added twice. That holds because a batch is one
+``MULTI``/``EXEC``, added whole or not at all: a stream then holds every event
+up to its last id, and an id below it was added. Refused events are read
+back all the same: one the stream does not hold is logged and counted
+``lost``. Streams shared by several buses need ``{master_id}`` in the
+template. With ``ids: auto``, at least once.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Mapping
 from typing import Any, Final
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from saltbus.errors import ConfigError
 from saltbus.returners.jsonsafe import to_json
@@ -53,9 +59,22 @@ OPTIONS: Final = (
 # What Redis answers to an XADD whose id is not above the stream's last.
 _NOT_ABOVE: Final = "equal or smaller"
 
+log = logging.getLogger("saltbus.returners")
+# An entry's fields as XADD takes them (all str here, as XRANGE gives them back decoded).
+Fields = dict[FieldT, EncodableT]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
 
 class RedisStreamReturner:
-    """XADD per event, pipelined per batch; connects lazily, again after errors."""
+    """XADD per event, one MULTI/EXEC per batch; connects lazily, again after errors."""
 
     OPTIONS: Final = OPTIONS
 
@@ -95,40 +114,97 @@ class RedisStreamReturner:
                 ssl=bool(options.get("ssl", False)),
             )
         self.duplicates = 0
+        self.lost = 0  # refused by Redis and not in the stream either
         self._client: redis.Redis | None = None
 
     def event_return(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
         client = self._connect()
+        entries = [self._entry(event) for event in events]
         try:
-            pipe = client.pipeline(transaction=False)
-            for event in events:
-                seq = event.get("seq")
-                entry_id = f"{seq}-0" if self.ids == "seq" and isinstance(seq, int) else "*"
+            # A transaction, not a plain pipeline: Redis may refuse a plain
+            # pipeline's first XADDs (LOADING, at the end of a restart) and add
+            # the later ones, and the retry would then find the refused events
+            # below the stream's top and count them as duplicates (issue 20).
+            pipe = client.pipeline(transaction=True)
+            for stream, entry_id, fields in entries:
                 pipe.xadd(
-                    self.stream_for(str(event["tag"])),
-                    {
-                        "tag": str(event["tag"]),
-                        "data": to_json(event["data"]),
-                        "seq": "" if seq is None else str(seq),
-                        "time": "" if event.get("time") is None else repr(event["time"]),
-                        "master_id": self.master_id,
-                    },
+                    stream,
+                    fields,
                     id=entry_id,
                     maxlen=self.maxlen or None,
                     approximate=True,
                 )
             results = pipe.execute(raise_on_error=False)
+            refused: list[tuple[str, str, Fields]] = []
+            for entry, result in zip(entries, results, strict=True):
+                if isinstance(result, redis.ResponseError):
+                    if _NOT_ABOVE not in str(result) or entry[1] == "*":
+                        raise result
+                    refused.append(entry)
+            if refused:
+                self._check_refused(client, refused)
         except redis.RedisError:
             self._disconnect()
             raise
-        for result in results:
-            if isinstance(result, redis.ResponseError):
-                if _NOT_ABOVE in str(result):
+
+    def _entry(self, event: Mapping[str, Any]) -> tuple[str, str, Fields]:
+        """The stream, entry id and fields of ``event``."""
+        seq = event.get("seq")
+        entry_id = f"{seq}-0" if self.ids == "seq" and isinstance(seq, int) else "*"
+        tag = str(event["tag"])
+        fields: Fields = {
+            "tag": tag,
+            "data": to_json(event["data"]),
+            "seq": "" if seq is None else str(seq),
+            "time": "" if event.get("time") is None else repr(event["time"]),
+            "master_id": self.master_id,
+        }
+        return self.stream_for(tag), entry_id, fields
+
+    def _check_refused(self, client: redis.Redis, refused: list[tuple[str, str, Fields]]) -> None:
+        """Events Redis refused as not above their stream's last id: a
+        duplicate when the stream has that entry, the same event; else lost,
+        since Redis will never take that id again (another writer on the
+        stream, or a journal started again below the stream's seqs)."""
+        by_stream: dict[str, list[tuple[str, Fields]]] = {}
+        for stream, entry_id, fields in refused:
+            by_stream.setdefault(stream, []).append((entry_id, fields))
+        for stream, wanted in by_stream.items():
+            ids = [entry_id for entry_id, _ in wanted]
+            first = min(ids, key=_id_key)
+            last = max(ids, key=_id_key)
+            found: Any = client.xrange(stream, first, last)
+            present = {
+                _text(entry_id): {_text(k): _text(v) for k, v in entry.items()}
+                for entry_id, entry in found
+            }
+            oldest: str | None = None
+            lost: list[str] = []
+            for entry_id, fields in wanted:
+                if present.get(entry_id) == fields:
                     self.duplicates += 1  # added by an earlier attempt of this batch
                     continue
-                raise result
+                if self.maxlen and entry_id not in present:
+                    if oldest is None:
+                        head: Any = client.xrange(stream, count=1)
+                        oldest = _text(head[0][0]) if head else last
+                    if _id_key(entry_id) < _id_key(oldest):
+                        self.duplicates += 1  # trimmed since: it was there
+                        continue
+                lost.append(entry_id)
+            if lost:
+                self.lost += len(lost)
+                log.error(
+                    "redis_stream: %d events (ids %s..%s) refused as not above the last id "
+                    "of stream %r, which does not hold them: lost (does another writer add "
+                    "to that stream, or was the journal started again?)",
+                    len(lost),
+                    lost[0],
+                    lost[-1],
+                    stream,
+                )
 
     def stream_for(self, tag: str) -> str:
         return self.stream.format(tag=tag, prefix=tag.partition("/")[0], master_id=self.master_id)
@@ -137,7 +213,7 @@ class RedisStreamReturner:
         self._disconnect()
 
     def stats(self) -> dict[str, Any]:
-        return {"duplicates": self.duplicates}
+        return {"duplicates": self.duplicates, "lost": self.lost}
 
     def _connect(self) -> redis.Redis:
         if self._client is None:
