@@ -30,6 +30,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -40,6 +41,9 @@ SYNC_TAG = "bench/sync"
 EVT_PREFIX = "bench/evt/"
 SYNC_INTERVAL = 0.02
 SIZES = {"small": 200, "1k": 1024}
+# msgpack's "sent" key (a fixstr) and float64 marker, and the float's bytes.
+_SENT_KEY = b"\xa4sent\xcb"
+_SENT = struct.Struct(">d")
 
 
 def make_data(n: int, sent: float, size: str) -> dict[str, Any]:
@@ -142,6 +146,7 @@ class RawLib:
         self._sock: socket.socket | None = None
         self._sub: socket.socket | None = None
         self._unpacker: Any = None
+        self._timeout = -1.0
         self._ready: list[tuple[str, dict[str, Any]]] = []
         self.decode = False  # the latency listener needs each event's `sent`
 
@@ -149,6 +154,17 @@ class RawLib:
         data = dict(data, _stamp=_stamp())
         body = tag.encode() + b"\n\n" + self._msgpack.packb(data, use_bin_type=True)
         return self._msgpack.packb({"head": {}, "body": body}, use_bin_type=True)  # type: ignore[no-any-return]
+
+    def timed_frame(self, tag: str, data: dict[str, Any]) -> tuple[bytearray, int]:
+        """``frame(tag, data)`` as a bytearray, and where its ``sent`` value's
+        8 bytes are (big-endian float64, after msgpack's 0xcb marker)."""
+        frame = bytearray(self.frame(tag, data))
+        return frame, frame.index(_SENT_KEY) + len(_SENT_KEY)
+
+    def send_frame(self, frame: bytearray) -> None:
+        if self._sock is None:
+            self._sock = self._connect(PULL)
+        self._sock.sendall(frame)
 
     def _connect(self, name: str) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,6 +184,7 @@ class RawLib:
 
     def subscribe(self) -> None:
         self._sub = self._connect(PUB)
+        self._timeout = -1.0
         self._unpacker = self._msgpack.Unpacker(raw=False)
 
     def receive(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
@@ -177,12 +194,25 @@ class RawLib:
             for frame in self._unpacker:
                 body = frame["body"]
                 cut = body.index(b"\n\n")
-                data = self._msgpack.unpackb(body[cut + 2 :]) if self.decode else {}
+                data: dict[str, Any] = {}
+                at = body.find(_SENT_KEY, cut) if self.decode else -1
+                if at >= 0:  # the `sent` of a timed event, read where it is
+                    data["sent"] = _SENT.unpack_from(body, at + len(_SENT_KEY))[0]
                 return body[:cut].decode(), data
-            readable, _, _ = select.select([self._sub], [], [], timeout)
-            if not readable:
-                return None
-            data = self._sub.recv(1 << 20)
+            # One blocking recv() bounded by the kernel (SO_RCVTIMEO), not a
+            # select() and a recv(): one system call per wake-up.
+            if timeout != self._timeout:
+                self._timeout = timeout
+                seconds = int(timeout)
+                self._sub.setsockopt(
+                    socket.SOL_SOCKET,
+                    socket.SO_RCVTIMEO,
+                    struct.pack("ll", seconds, int((timeout - seconds) * 1e6)),
+                )
+            try:
+                data = self._sub.recv(1 << 20)
+            except BlockingIOError:
+                return None  # nothing within the timeout
             if not data:
                 return None
             self._unpacker.feed(data)
@@ -218,6 +248,22 @@ def role_fire(args: argparse.Namespace) -> int:
         frames = [lib.frame(f"{EVT_PREFIX}{n}", make_data(n, 0.0, size)) for n in range(count)]
         t_start = time.monotonic()
         lib.send(b"".join(frames))
+    elif args.rate > 0 and args.lib == "raw":
+        # Encoded before the clock starts, as above; each frame's `sent` is
+        # written into its encoded bytes at fire time (a msgpack float64 has a
+        # fixed size), so that the clients add nothing but one send() to the
+        # publisher's latency.
+        frames = [
+            lib.timed_frame(f"{EVT_PREFIX}{n}", make_data(n, 0.0, size)) for n in range(count)
+        ]
+        t_start = time.monotonic()
+        for n, (frame, at) in enumerate(frames):
+            due = t_start + n / args.rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            _SENT.pack_into(frame, at, time.monotonic())
+            lib.send_frame(frame)
     elif args.rate > 0:
         t_start = time.monotonic()
         for n in range(count):

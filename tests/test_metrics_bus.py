@@ -70,6 +70,10 @@ def test_the_statistics_of_a_real_publisher(bus_config: Config) -> None:
         (("reason", "malformed"),): 1,
     }
     assert samples(families["saltbus_journal_bytes"])[()] > 0
+    # The default busy poll (100 µs) opened after those events: some CPU, well
+    # under the time the test took.
+    assert 0 < samples(families["saltbus_busy_poll_seconds"])[()] < 1.0
+    assert families["saltbus_busy_poll_seconds"].type == "counter"
 
 
 def test_returners_federation_and_reactor_are_labelled_by_name_only() -> None:

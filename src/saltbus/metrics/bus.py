@@ -132,6 +132,12 @@ def _bus(stats: Mapping[str, Any]) -> Iterator[Metric]:
         "saltbus_pull_connections", "Firing connections open now", stats.get("pull_connections", 0)
     )
     yield _gauge("saltbus_uptime_seconds", "Seconds since the publisher started", stats["uptime"])
+    yield _counter(
+        "saltbus_busy_poll_seconds",
+        "Seconds the publisher's loop spent polling after activity instead of sleeping "
+        "(busy_poll_us)",
+        stats.get("busy_poll_seconds", 0.0),
+    )
 
 
 def _journal(stats: Mapping[str, Any]) -> Iterator[Metric]:

@@ -23,6 +23,7 @@ from saltbus.journal.tailed import TailedWriter
 from saltbus.journal.writer import DEFAULT_LINGER, JournalWriter
 from saltbus.returners import ReturnerRunner, redactor_for
 from saltbus.server.access import AccessPolicy
+from saltbus.server.busypoll import BusyPoll
 from saltbus.server.commits import JournalSink, NoJournal
 from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
@@ -71,6 +72,7 @@ class Server:
         self._exit: asyncio.Event | None = None
         self._replays: set[asyncio.Task[None]] = set()
         self._laggards: Laggards | None = None
+        self._busy_poll: BusyPoll | None = None
         self._state: ServerState | None = None
         self._started = time.monotonic()
         self.pub_address: Address = config.pub_address
@@ -119,6 +121,8 @@ class Server:
                 if cfg.event_return:
                     await asyncio.to_thread(self._start_returners, self.journal_path)
                 self.retention_holds.release(_STARTING)
+            busy = BusyPoll(loop, cfg.busy_poll_us / 1e6) if cfg.busy_poll_us else None
+            self._busy_poll = busy
             self._intake = Intake(
                 self.fanout,
                 journal,
@@ -128,6 +132,7 @@ class Server:
                 on_error=cfg.journal_on_error,
                 epoch=self.epoch,
                 redact_body=_body_redactor(cfg),
+                on_activity=busy.poke if busy is not None else None,
             )
             self._laggards = laggards = Laggards(cfg, self._intake)
             self._state = state = ServerState(
@@ -280,6 +285,8 @@ class Server:
             except TimeoutError:
                 log.error("journal did not finish committing within %s s", DRAIN_TIMEOUT)
             intake.close()
+        if self._busy_poll is not None:
+            self._busy_poll.close()
         for task in list(self._replays):
             task.cancel()
         await self._drain_subscribers()
@@ -411,6 +418,8 @@ class Server:
             "lagged": lagged,
             "uptime": round(uptime, 3),
             "events_per_second": round(self.intake.received / uptime, 1) if uptime else 0.0,
+            # The CPU the busy poll cost (busy_poll_us), since the start.
+            "busy_poll_seconds": round(self._busy_poll.spent, 6) if self._busy_poll else 0.0,
             "journal": str(self.journal_path) if self.journal_path else None,
             "journal_in_flight": self.intake.in_flight,
             "journal_failures": self.intake.commit_failures,

@@ -1,0 +1,155 @@
+"""The busy poll (saltbus.server.busypoll) on a real event loop, and in a
+served bus: the loop stays awake for the window after activity, reads what
+arrives meanwhile at once, ends by itself, and spends at most its share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from saltbus import Config, Listener, Sender
+from saltbus.errors import ConfigError
+from saltbus.server.app import Server
+from saltbus.server.busypoll import BusyPoll
+
+
+def test_a_poke_keeps_the_loop_turning_for_the_window_then_it_sleeps() -> None:
+    async def main() -> tuple[int, float, bool]:
+        busy = BusyPoll(asyncio.get_running_loop(), 0.005)
+        started = time.perf_counter()
+        busy.poke()
+        assert busy.polling
+        while busy.polling:
+            await asyncio.sleep(0.001)
+        open_for = time.perf_counter() - started
+        await asyncio.sleep(0.02)
+        return busy.windows, open_for, busy.polling
+
+    windows, open_for, polling_after = asyncio.run(main())
+    assert windows == 1
+    assert 0.005 <= open_for < 0.5  # ends by itself, not before the window
+    assert not polling_after
+
+
+def test_pokes_while_open_extend_one_window() -> None:
+    async def main() -> tuple[int, float]:
+        busy = BusyPoll(asyncio.get_running_loop(), 0.004)
+        for _ in range(5):
+            last_poke = time.perf_counter()
+            busy.poke()
+            await asyncio.sleep(0.002)
+        while busy.polling:
+            await asyncio.sleep(0.0005)
+        return busy.windows, time.perf_counter() - last_poke
+
+    windows, open_after_last = asyncio.run(main())
+    assert windows == 1
+    assert open_after_last >= 0.004
+
+
+def test_a_timer_due_inside_the_window_runs_on_time() -> None:
+    # The loop polls between turns: a callback due now is not held back
+    # until the window ends.
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        busy = BusyPoll(loop, 0.2)
+        busy.poke()
+        fired = loop.create_future()
+        start = loop.time()
+        loop.call_later(0.01, lambda: fired.set_result(loop.time() - start))
+        late: float = await fired
+        busy.close()
+        return late
+
+    assert asyncio.run(main()) < 0.1
+
+
+def test_polling_spends_at_most_its_share() -> None:
+    async def main() -> tuple[float, float]:
+        busy = BusyPoll(asyncio.get_running_loop(), 0.05, share=0.1)
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.5:
+            busy.poke()  # a steady rate that would keep it polling all the time
+            await asyncio.sleep(0.01)
+        while busy.polling:
+            await asyncio.sleep(0.001)
+        return busy.spent, time.perf_counter() - started
+
+    spent, elapsed = asyncio.run(main())
+    # The budget starts full (share * 1 s) and refills at the share.
+    assert spent <= 0.1 * 1.0 + 0.1 * elapsed + 0.02
+    assert spent > 0
+
+
+def test_a_window_of_zero_and_a_closed_poll_never_open() -> None:
+    async def main() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        off = BusyPoll(loop, 0.0)
+        off.poke()
+        closed = BusyPoll(loop, 0.01)
+        closed.close()
+        closed.poke()
+        return off.polling, closed.polling
+
+    assert asyncio.run(main()) == (False, False)
+
+
+def test_a_negative_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="window"):
+        BusyPoll(asyncio.new_event_loop(), -1.0)
+
+
+@pytest.mark.parametrize("value", [-1, 10_001])
+def test_busy_poll_us_out_of_range_is_one_line(tmp_path: Path, value: int) -> None:
+    with pytest.raises(ConfigError, match=r"busy_poll_us must be 0 \(off\) to 10000"):
+        Config.load(env={}, overrides={"sock_dir": tmp_path, "busy_poll_us": value})
+
+
+def test_busy_poll_us_from_the_environment(tmp_path: Path) -> None:
+    config = Config.load(env={"SALTBUS_BUSY_POLL_US": "0"}, overrides={"sock_dir": tmp_path})
+    assert config.busy_poll_us == 0
+    assert Config.load(env={}, overrides={"sock_dir": tmp_path}).busy_poll_us == 100
+
+
+@pytest.mark.parametrize("busy_poll_us", [0, 100, 5000])
+def test_a_served_bus_delivers_the_same_with_any_window(tmp_path: Path, busy_poll_us: int) -> None:
+    # Events fired while the window is open and after it closed all arrive,
+    # in order, and the served loop is not left polling once the bus is idle.
+    config = Config.load(
+        env={},
+        overrides={
+            "sock_dir": tmp_path / "s",
+            "data_dir": tmp_path / "d",
+            "busy_poll_us": busy_poll_us,
+        },
+    )
+
+    async def main() -> tuple[list[int], bool | None]:
+        async with Server(config) as server:
+            loop = asyncio.get_running_loop()
+
+            def exchange() -> list[int]:
+                got: list[int] = []
+                with Listener(config, tag="t/") as listener, Sender(config) as sender:
+                    listener.connect(timeout=10.0)
+                    for n in range(20):
+                        sender.fire("t/x", {"n": n})
+                        if n % 5 == 4:
+                            time.sleep(0.02)  # past the window
+                    while len(got) < 20:
+                        event = listener.receive(10.0)
+                        assert event is not None, f"only {got} arrived"
+                        got.append(event.data["n"])
+                return got
+
+            got = await loop.run_in_executor(None, exchange)
+            await asyncio.sleep(0.05)
+            busy = server._busy_poll
+            return got, None if busy is None else busy.polling
+
+    got, polling = asyncio.run(main())
+    assert got == list(range(20))
+    assert polling is (None if busy_poll_us == 0 else False)
