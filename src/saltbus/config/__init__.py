@@ -94,10 +94,10 @@ class Config:
     # one that takes nothing for this long is stuck and is disconnected.
     # (Salt 3008's publish_drain_timeout, which a Salt config file sets too.)
     subscriber_stall_timeout: float = 5.0
-    # After events arrive or are delivered, the publisher's loop keeps polling
-    # this many microseconds before it sleeps (0: off): a listener on an idle
-    # machine gets each event sooner, for CPU while the bus is busy. See
-    # saltbus.server.busypoll.
+    # After writing events to listeners, the publisher's loop keeps polling
+    # this many microseconds before it sleeps (0: off): on a machine whose idle
+    # CPUs halt, listeners get each event sooner, for some CPU while the bus is
+    # busy. See saltbus.server.busypoll.
     busy_poll_us: int = 100
     # The journal: none, batch (group commit; survives a crash of the process)
     # or fsync (on disk before an event is acknowledged). One SQLite file per

@@ -132,7 +132,7 @@ class Server:
                 on_error=cfg.journal_on_error,
                 epoch=self.epoch,
                 redact_body=_body_redactor(cfg),
-                on_activity=busy.poke if busy is not None else None,
+                on_delivered=busy.poke if busy is not None else None,
             )
             self._laggards = laggards = Laggards(cfg, self._intake)
             self._state = state = ServerState(

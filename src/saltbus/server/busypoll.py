@@ -1,24 +1,27 @@
 """Busy polling: the event loop keeps polling, instead of sleeping, for a moment
-after each event.
+after it wrote events to listeners.
 
 On a machine whose idle CPUs halt (virtual machines above all), a publisher
 that goes to sleep right after writing an event to a listener makes the
 listener's wake-up slow. On the 2-vCPU machine the benchmarks run on, with
-the journal at its default, the median latency from a firing client to a
-listening one was about 125 µs with the publisher sleeping at once and about
-80 µs with it polling for 100 µs after each event (``benchmarks/NOTES.md``,
-"Busy polling"). The kernel's own remedy, guest halt polling, is off there
-(``haltpoll.guest_halt_poll_ns=0``). This makes the same trade in the one
-process whose latency it is: CPU for a moment after activity, none while the
-bus is idle. Linux's ``net.core.busy_poll`` and Go's spinning scheduler
-threads make it for the same reason.
+the journal at its default and the same raw clients, the median latency from
+a firing client to a listening one was 150-160 µs with the publisher
+sleeping at once and 80-90 µs with it polling for 100 µs after each delivery
+(``benchmarks/NOTES.md``, "Busy polling"). The kernel's own remedy, guest
+halt polling, is off there (``haltpoll.guest_halt_poll_ns=0``). This makes
+the same trade in the one process whose latency it is: CPU for a moment
+after a delivery, none while the bus is idle. Linux's ``net.core.busy_poll``
+and Go's spinning scheduler threads make it for the same reason.
 
 While the window is open a callback reschedules itself with ``call_soon``, so
 the loop polls its sockets without a timeout at every turn: an event arriving
 meanwhile is read at once, not after the window. Each turn yields the CPU
 (``sched_yield``) first: a listener the kernel queued on this CPU runs at
-once instead of waiting for the window to close. The time spent polling is
-bounded to :data:`MAX_SHARE` of one CPU: at a steady rate that would keep the
+once instead of waiting for the window to close; and a yield that gave the
+CPU away ends the window, since then the CPU is wanted by others (in a burst
+through three federated buses on two CPUs, polling that did not stop made the
+burst land later). The time spent polling is bounded to :data:`MAX_SHARE` of
+one CPU, :data:`BUDGET_BURST` at a time: at a steady rate that would keep the
 loop polling all the time, windows open only while the budget lasts.
 ``busy_poll_us: 0`` turns it off.
 """
@@ -30,32 +33,46 @@ import os
 import time
 from typing import Final
 
-# At most this share of one CPU goes to polling, averaged over BUDGET_SPAN.
+# At most this share of one CPU goes to polling, and at most BUDGET_BURST
+# seconds of it at once.
 MAX_SHARE: Final = 0.15
-BUDGET_SPAN: Final = 1.0
+BUDGET_BURST: Final = 0.02
+# A yield that takes longer than this gave the CPU to another task: the CPU is
+# wanted, and polling would only take from what this process waits for.
+CONTENDED_YIELD: Final = 20e-6
 
 
 class BusyPoll:
     """Keeps ``loop`` polling for ``window`` seconds after the last :meth:`poke`."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, window: float, *, share: float = MAX_SHARE
+        self,
+        loop: asyncio.AbstractEventLoop,
+        window: float,
+        *,
+        share: float = MAX_SHARE,
+        burst: float = BUDGET_BURST,
+        contended_yield: float = CONTENDED_YIELD,
     ) -> None:
         if window < 0 or not 0 <= share <= 1:
             raise ValueError(f"a busy-poll window of {window} s and a share of {share}")
         self._loop = loop
         self._window = window
         self._share = share
+        self._burst = burst
+        self._contended_yield = contended_yield
         self._until = 0.0
         self._polling = False
         self._started = 0.0
         self._closed = False
         # The budget: seconds of polling left, refilled at `share` per second.
-        self._budget = share * BUDGET_SPAN
+        self._budget = burst
         self._refilled = time.perf_counter()
         # Seconds spent polling and windows opened since the start (statistics).
         self.spent = 0.0
         self.windows = 0
+        # Windows closed early because a yield gave the CPU away.
+        self.contended = 0
 
     @property
     def polling(self) -> bool:
@@ -70,8 +87,7 @@ class BusyPoll:
         self._until = now + self._window
         if self._polling:
             return
-        cap = self._share * BUDGET_SPAN
-        self._budget = min(cap, self._budget + (now - self._refilled) * self._share)
+        self._budget = min(self._burst, self._budget + (now - self._refilled) * self._share)
         self._refilled = now
         if self._budget <= 0:
             return  # spent: the loop sleeps as usual until the budget refills
@@ -91,8 +107,10 @@ class BusyPoll:
             # A listener the kernel queued on this CPU runs now, not after the
             # window: polling must never be what it waits for.
             os.sched_yield()
-            self._loop.call_soon(self._turn)
-            return
+            if time.perf_counter() - now < self._contended_yield:
+                self._loop.call_soon(self._turn)
+                return
+            self.contended += 1
         used = now - self._started
         self._budget -= used
         self.spent += used

@@ -93,12 +93,12 @@ class Intake(JournalFailures):
         on_error: str = "block",
         epoch: int | None = None,
         redact_body: Callable[[bytes], bytes] | None = None,
-        on_activity: Callable[[], None] | None = None,
+        on_delivered: Callable[[], None] | None = None,
     ) -> None:
         self.fanout = fanout
-        # Called when events arrive and when they are delivered (the busy poll,
-        # which keeps the loop awake a moment after each).
-        self.on_activity = on_activity
+        # Called after events were written to subscribers (the busy poll, which
+        # keeps the loop awake a moment after).
+        self.on_delivered = on_delivered
         # redact_journal: applied first, so neither the journal nor any
         # subscriber ever holds a redacted value.
         self.redact_body = redact_body
@@ -166,8 +166,6 @@ class Intake(JournalFailures):
         self.received += len(bodies)
         if not bodies:
             return
-        if self.on_activity is not None:
-            self.on_activity()
         if self.redact_body is not None:
             bodies = [self.redact_body(body) for body in bodies]
         if self.journal_failure is not None and not self._deliver_on_error:
@@ -298,8 +296,8 @@ class Intake(JournalFailures):
         # Delivered first: the subscribers' writes are the latency; settling
         # (flow control, the drained flag) is nothing they wait for.
         self.fanout.deliver(records)
-        if self.on_activity is not None:
-            self.on_activity()
+        if self.on_delivered is not None and self.fanout.subscribers:
+            self.on_delivered()
         self._settle(batch)
         if records:
             self._last_delivered = records[-1].seq
