@@ -188,7 +188,8 @@ class RawLib:
         self._unpacker = self._msgpack.Unpacker(raw=False)
 
     def receive(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
-        """Only the tag: the data is not decoded (``{}``) unless ``decode``."""
+        """The tag, and an empty data dict: with ``decode``, ``{"sent": ...}``
+        for a timed event, its `sent` read where it is, not the whole data."""
         assert self._sub is not None
         while True:
             for frame in self._unpacker:
