@@ -275,7 +275,7 @@ def _saltbus(a: Config, b: Config, count: int, rate: float | None = None) -> dic
         raise SystemExit(
             f"benchmark: {len(ids)} events ({len(set(ids))} distinct) arrived of {count}"
         )
-    result = {
+    result: dict[str, Any] = {
         "first_fire": first,
         "last_fire": last,
         "last_delivery": max(r for r, _, _ in received),
@@ -286,25 +286,35 @@ def _saltbus(a: Config, b: Config, count: int, rate: float | None = None) -> dic
 
 def _burst(a: Config, listeners: list[Config]) -> dict[str, Any]:
     """One round of (b)'s burst: a job's BURST returns fired on ``a``, each
-    received once, in order, on every one of ``listeners``' buses."""
-    received: list[list[tuple[int, int, int]]] = [[] for _ in listeners]
-    threads: list[threading.Thread] = []
-    for config, out in zip(listeners, received, strict=True):
-        ready = threading.Event()
-        args = (config, BURST, out, ready, JOB_PREFIX)
-        thread = threading.Thread(target=_receive, args=args, daemon=True)
-        thread.start()
-        ready.wait(WAIT)
-        threads.append(thread)
-    with Sender(a) as sender:
-        first = time.time_ns()
-        for i in range(BURST):
-            tag, data = _job_return(i)
-            # The last acknowledged: the publisher has taken every one.
-            sender.fire(tag, data, timeout=10.0, ack=i == BURST - 1)
-        last = time.time_ns()
-    for thread in threads:
-        thread.join(WAIT * 5)
+    received once, in order, on every one of ``listeners``' buses. Each
+    listener is a process of its own, as the reference's readers are (threads
+    of this process would share its GIL with the firing Sender)."""
+    this = [sys.executable, "-m", "benchmarks.cluster"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    started: list[subprocess.Popen[str]] = []
+    try:
+        for config in listeners:
+            process = subprocess.Popen(
+                [*this, "--listen", str(config.sock_dir), str(BURST), JOB_PREFIX],
+                stdout=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+            started.append(process)
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise SystemExit("benchmark: a burst listener did not start")
+        with Sender(a) as sender:
+            first = time.time_ns()
+            for i in range(BURST):
+                tag, data = _job_return(i)
+                # The last acknowledged: the publisher has taken every one.
+                sender.fire(tag, data, timeout=10.0, ack=i == BURST - 1)
+            last = time.time_ns()
+        received = [json.loads(p.communicate(timeout=WAIT * 5)[0]) for p in started]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(WAIT)
     for out in received:
         if [i for _, _, i in out] != list(range(BURST)):
             raise SystemExit(
@@ -313,6 +323,21 @@ def _burst(a: Config, listeners: list[Config]) -> dict[str, Any]:
             )
     delivered = max(r for out in received for r, _, _ in out)
     return _rates({"first_fire": first, "last_fire": last, "last_delivery": delivered}, BURST)
+
+
+def _listen(sock_dir: str, count: int, prefix: str) -> list[tuple[int, int, int]]:
+    """The ``--listen`` role: ``_receive`` in a process of its own; prints
+    ``ready`` once subscribed."""
+    config = Config.load(env={}, overrides={"sock_dir": sock_dir})
+    out: list[tuple[int, int, int]] = []
+    ready = threading.Event()
+    thread = threading.Thread(target=_receive, args=(config, count, out, ready, prefix))
+    thread.start()
+    if not ready.wait(WAIT):
+        raise SystemExit("benchmark: the listener did not subscribe")
+    print("ready", flush=True)
+    thread.join()
+    return out
 
 
 def _rates(result: dict[str, Any], count: int) -> dict[str, Any]:
@@ -428,7 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference", nargs=4, metavar=("ROLE", "URL", "STREAM", "COUNT"), help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--listen", nargs=3, metavar=("SOCK_DIR", "COUNT", "PREFIX"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
+    if args.listen:
+        sock_dir, count, prefix = args.listen
+        print(json.dumps(_listen(sock_dir, int(count), prefix)), flush=True)
+        return 0
     if args.reference:
         role, url, stream, count = args.reference
         if role.startswith("read:"):

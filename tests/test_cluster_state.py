@@ -9,10 +9,18 @@ import pytest
 
 from saltbus import Config, Sender
 from saltbus.cluster.envelope import Envelope
-from saltbus.cluster.state import EPOCHS_KEPT, ImportState, origin_marker, read_marker
+from saltbus.cluster.state import (
+    EPOCHS_KEPT,
+    ORIGIN_KEY,
+    ImportState,
+    marked_first,
+    origin_marker,
+    read_marker,
+)
 from saltbus.errors import RemoteProtocolError
 from saltbus.journal.paths import journal_path
 from saltbus.server import EmbeddedPublisher
+from saltbus.wire import pack_body
 
 
 def test_marks_survive_a_save_and_only_move_up(tmp_path: Path):
@@ -82,6 +90,32 @@ def test_markers():
     assert read_marker({"_saltbus_origin": marker}) == (("web1", 9), 12)
     assert read_marker({"_saltbus_origin": "web1"}) is None
     assert read_marker({"n": 1}) is None
+
+
+@pytest.mark.parametrize("keys", [1, 15, 16, 70_000])  # fixmap, map16, map32
+def test_an_imported_body_is_known_by_its_marker_first(keys: int):
+    marker = origin_marker("web1", 3, 7)
+    data = {ORIGIN_KEY: marker, **{f"k{n}": n for n in range(keys - 1)}}
+    assert marked_first(pack_body("salt/job/1/ret/m1", data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"x": 1, ORIGIN_KEY: origin_marker("web1", 3, 7)},  # decoded to tell
+        {"note": ORIGIN_KEY},
+        {ORIGIN_KEY[:-1]: 1},
+        {},
+    ],
+)
+def test_a_body_without_the_marker_first_is_not_known_imported(data: dict[str, object]):
+    assert not marked_first(pack_body("a/b", data))
+
+
+def test_a_body_that_is_not_an_event_is_not_known_imported():
+    assert not marked_first(b"no separator")
+    assert not marked_first(b"tag\n\n")
+    assert not marked_first(b"tag\n\n\x92\xaf_saltbus_origin")  # an array, not a map
 
 
 @pytest.mark.parametrize("tag", ["salt/auth", "a b/c\nd", "ünï/日本/%25", "x:y"])

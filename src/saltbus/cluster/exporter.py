@@ -56,7 +56,7 @@ from saltbus.cluster.envelope import ENTRY_OVERHEAD, Batch, Envelope
 from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
-from saltbus.cluster.state import ORIGIN_KEY
+from saltbus.cluster.state import ORIGIN_KEY, marked_first
 from saltbus.cluster.subjects import (
     MAX_SUBJECT,
     batch_subject,
@@ -295,6 +295,8 @@ class Exporter:
         body = record.body
         data: Any = None
         if ORIGIN_BYTES in body:
+            if marked_first(body):
+                return Outgoing(record.seq, record.tag, None)  # imported: never goes back out
             data = self._decoded(record)
             if data is None or ORIGIN_KEY in data:
                 return Outgoing(record.seq, record.tag, None)  # imported: never goes back out

@@ -275,9 +275,11 @@ class Importer:
                     self.filtered += 1
                     skipped.append((origin, seq))
                     continue
-                data[ORIGIN_KEY] = origin_marker(
-                    envelope.node, envelope.epoch, seq, data.pop("_stamp", None)
-                )
+                # The marker first: the exporter knows an imported event by it
+                # without decoding the data (state.marked_first).
+                marker = origin_marker(envelope.node, envelope.epoch, seq, data.pop("_stamp", None))
+                data.pop(ORIGIN_KEY, None)  # the marker replaces any the data had
+                data = {ORIGIN_KEY: marker, **data}
                 planned[origin] = seq
                 if self._fits(tag, data, len(body)):
                     batch.append(_Import(origin, seq, tag, data))

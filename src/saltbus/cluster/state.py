@@ -31,6 +31,10 @@ log = logging.getLogger("saltbus.cluster")
 
 ORIGIN_KEY: Final = "_saltbus_origin"
 _ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
+# The marker's key as msgpack writes it (a fixstr of 15 bytes): the importer
+# puts it first in the data map, where marked_first() finds it undecoded.
+_ORIGIN_KEY_PACKED: Final = bytes((0xA0 | len(_ORIGIN_BYTES),)) + _ORIGIN_BYTES
+_MAP_HEADER_SIZE: Final = {0xDE: 3, 0xDF: 5}  # map16, map32; a fixmap is 1
 # Epochs kept per origin: an origin's older numberings stop mattering once its
 # new one has been seen for a while; a few are kept for events still in flight.
 EPOCHS_KEPT: Final = 4
@@ -44,6 +48,25 @@ def origin_marker(node: str, epoch: int, seq: int, stamp: Any = None) -> dict[st
     if stamp is not None:
         marker["stamp"] = stamp
     return marker
+
+
+def marked_first(body: bytes) -> bool:
+    """Whether ``body``'s data map starts with the origin marker's key: an
+    event this version's importer fired, known without decoding its data
+    (about 5 µs an event on an importing node, which reads every event it
+    imported back from its journal to keep it from going out again)."""
+    start = body.find(b"\n\n")
+    if start < 0 or len(body) < start + 3:
+        return False
+    start += 2
+    kind = body[start]
+    if 0x80 <= kind <= 0x8F:
+        start += 1
+    elif kind in _MAP_HEADER_SIZE:
+        start += _MAP_HEADER_SIZE[kind]
+    else:
+        return False
+    return body.startswith(_ORIGIN_KEY_PACKED, start)
 
 
 def read_marker(data: Mapping[str, Any]) -> tuple[Origin, int] | None:
