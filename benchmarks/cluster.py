@@ -190,33 +190,52 @@ async def _reference_publish(url: str, stream: str, count: int) -> dict[str, Any
         await nc.close()
 
 
+_THIS = (sys.executable, "-m", "benchmarks.cluster")
+
+
+def _role_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+@contextlib.contextmanager
+def _ready_roles(roles: list[list[str]], what: str) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start this module once per ``roles`` entry (its arguments), each in a
+    process of its own, and wait for each to print ``ready``; kill any still
+    running on the way out."""
+    started: list[subprocess.Popen[str]] = []
+    try:
+        for role in roles:
+            process = subprocess.Popen(
+                [*_THIS, *role], stdout=subprocess.PIPE, text=True, env=_role_env()
+            )
+            started.append(process)
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != "ready":
+                raise SystemExit(f"benchmark: {what} did not start")
+        yield started
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(WAIT)
+
+
+def _outputs(started: list[subprocess.Popen[str]]) -> list[Any]:
+    """The JSON each started role prints when it ends."""
+    return [json.loads(process.communicate(timeout=WAIT * 5)[0]) for process in started]
+
+
 def _reference(url: str, count: int, stream: str, readers: int = 1) -> dict[str, Any]:
     """One round of (a): ``readers`` reader processes (a durable consumer each)
     on a new stream, then a publisher process; the last delivery is the
     latest of the readers'."""
-    this = [sys.executable, "-m", "benchmarks.cluster"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    started: list[subprocess.Popen[str]] = []
-    try:
-        for n in range(readers):
-            reader = subprocess.Popen(
-                [*this, "--reference", f"read:reader{n}", url, stream, str(count)],
-                stdout=subprocess.PIPE, text=True, env=env,
-            )  # fmt: skip
-            started.append(reader)
-            assert reader.stdout is not None
-            if reader.stdout.readline().strip() != "ready":
-                raise SystemExit("benchmark: the reference reader did not start")
+    roles = [["--reference", f"read:reader{n}", url, stream, str(count)] for n in range(readers)]
+    with _ready_roles(roles, "the reference reader") as started:
         publisher = subprocess.run(
-            [*this, "--reference", "publish", url, stream, str(count)],
-            capture_output=True, text=True, env=env, timeout=WAIT * 5, check=True,
+            [*_THIS, "--reference", "publish", url, stream, str(count)],
+            capture_output=True, text=True, env=_role_env(), timeout=WAIT * 5, check=True,
         )  # fmt: skip
-        reads = [json.loads(reader.communicate(timeout=WAIT * 5)[0]) for reader in started]
-    finally:
-        for reader in started:
-            if reader.poll() is None:
-                reader.kill()
-                reader.wait(WAIT)
+        reads = _outputs(started)
     for read in reads:
         if read["received"] != count or read["unique"] != count:
             raise SystemExit(f"benchmark: the reference delivered {read} of {count}")
@@ -289,19 +308,8 @@ def _burst(a: Config, listeners: list[Config]) -> dict[str, Any]:
     received once, in order, on every one of ``listeners``' buses. Each
     listener is a process of its own, as the reference's readers are (threads
     of this process would share its GIL with the firing Sender)."""
-    this = [sys.executable, "-m", "benchmarks.cluster"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    started: list[subprocess.Popen[str]] = []
-    try:
-        for config in listeners:
-            process = subprocess.Popen(
-                [*this, "--listen", str(config.sock_dir), str(BURST), JOB_PREFIX],
-                stdout=subprocess.PIPE, text=True, env=env,
-            )  # fmt: skip
-            started.append(process)
-            assert process.stdout is not None
-            if process.stdout.readline().strip() != "ready":
-                raise SystemExit("benchmark: a burst listener did not start")
+    roles = [["--listen", str(config.sock_dir), str(BURST), JOB_PREFIX] for config in listeners]
+    with _ready_roles(roles, "a burst listener") as started:
         with Sender(a) as sender:
             first = time.time_ns()
             for i in range(BURST):
@@ -309,12 +317,7 @@ def _burst(a: Config, listeners: list[Config]) -> dict[str, Any]:
                 # The last acknowledged: the publisher has taken every one.
                 sender.fire(tag, data, timeout=10.0, ack=i == BURST - 1)
             last = time.time_ns()
-        received = [json.loads(p.communicate(timeout=WAIT * 5)[0]) for p in started]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait(WAIT)
+        received = _outputs(started)
     for out in received:
         if [i for _, _, i in out] != list(range(BURST)):
             raise SystemExit(

@@ -5,6 +5,8 @@ arrives meanwhile at once, ends by itself, and spends at most its share."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,6 +129,24 @@ def test_a_negative_window_is_refused() -> None:
 def test_busy_poll_us_out_of_range_is_one_line(tmp_path: Path, value: int) -> None:
     with pytest.raises(ConfigError, match=r"busy_poll_us must be 0 \(off\) to 10000"):
         Config.load(env={}, overrides={"sock_dir": tmp_path, "busy_poll_us": value})
+
+
+@pytest.mark.parametrize("value", ["-1", "20000", "ten"])
+def test_serve_refuses_a_bad_busy_poll_in_one_line(tmp_path: Path, value: str) -> None:
+    serve = [sys.executable, "-m", "saltbus.cli.main", "serve"]
+    result = subprocess.run(
+        [*serve, "--sock-dir", str(tmp_path / "s"), "--busy-poll-us", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    # One line saying what is wrong (after argparse's usage for a non-number).
+    lines = result.stderr.splitlines()
+    assert "busy" in lines[-1] and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 or lines[0].startswith("usage:"), result.stderr
+    assert not (tmp_path / "s").exists()  # refused before anything was made
 
 
 def test_busy_poll_us_from_the_environment(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ the loop polls its sockets without a timeout at every turn: an event arriving
 meanwhile is read at once, not after the window. Each turn yields the CPU
 (``sched_yield``) first: a listener the kernel queued on this CPU runs at
 once instead of waiting for the window to close; and a yield that gave the
-CPU away ends the window, since then the CPU is wanted by others (in a burst
-through three federated buses on two CPUs, polling that did not stop made the
-burst land later). The time spent polling is bounded to :data:`MAX_SHARE` of
+CPU away ends the window, since then the CPU is wanted by others, and polling
+would only take from what this process waits for. Nothing polls after an
+event is only taken in (a bus with no listeners has no one to wake). The
+time spent polling is bounded to :data:`MAX_SHARE` of
 one CPU, :data:`BUDGET_BURST` at a time: at a steady rate that would keep the
 loop polling all the time, windows open only while the budget lasts.
 ``busy_poll_us: 0`` turns it off.
