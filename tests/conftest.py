@@ -106,3 +106,10 @@ def nats_server(root: Path) -> Iterator[NatsServer]:
     """One real nats-server with JetStream, in ``root``, stopped after the test."""
     with nats_servers(root, 1) as (server,):
         yield server
+
+
+@pytest.fixture
+def nats_cluster(root: Path) -> Iterator[list[NatsServer]]:
+    """Three real nats-servers forming one JetStream cluster, in ``root``."""
+    with nats_servers(root, 3) as servers:
+        yield servers

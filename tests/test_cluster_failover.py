@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ import pytest
 from tests.cluster_support import (
     NatsServer,
     Node,
-    nats_servers,
     running,
     stream_leader,
     wait_imported,
@@ -24,12 +22,6 @@ from tests.cluster_support import (
 pytestmark = pytest.mark.timeout(900)
 
 PER_NODE = 1000
-
-
-@pytest.fixture
-def nats_cluster(root: Path) -> Iterator[list[NatsServer]]:
-    with nats_servers(root, 3) as servers:
-        yield servers
 
 
 def test_killing_the_stream_leader_loses_and_duplicates_nothing(

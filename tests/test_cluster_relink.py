@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from saltbus.errors import SaltbusError
-from tests.cluster_support import NatsServer, Node, nats_servers, running, stream_leader
+from tests.cluster_support import NatsServer, Node, running, stream_leader
 from tests.test_cluster_catchup import assert_in_order_once
 from tests.waiting import wait_until
 
@@ -25,12 +24,6 @@ pytestmark = pytest.mark.timeout(600)
 # (a JetStream request times out after 5 s, a retry waits 5 s at most) with
 # room for a loaded machine; the soak gave up after 60 s.
 RELINK_BOUND = 30.0
-
-
-@pytest.fixture
-def nats_cluster(root: Path) -> Iterator[list[NatsServer]]:
-    with nats_servers(root, 3) as servers:
-        yield servers
 
 
 def _state(node: Node) -> tuple[str, str | None]:

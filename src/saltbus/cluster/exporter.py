@@ -56,7 +56,7 @@ from saltbus.cluster.envelope import ENTRY_OVERHEAD, Batch, Envelope
 from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
-from saltbus.cluster.state import ORIGIN_KEY, marked_first
+from saltbus.cluster.state import ORIGIN_BYTES, ORIGIN_KEY, marked_first
 from saltbus.cluster.subjects import (
     MAX_SUBJECT,
     batch_subject,
@@ -83,9 +83,6 @@ TOO_LARGE_CODES: Final = frozenset((10054,))
 # batch would cost more than the batch on a slow disk, and a position saved a
 # little late only means events sent again after a crash, which are dropped.
 SAVE_INTERVAL: Final = 0.5
-# How an imported event's body spells its marker (a msgpack map key): a body
-# without these bytes cannot be an imported event.
-ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
 # Records read from the journal at once, at most, when events go in batches.
 MAX_READ: Final = 4096
 # A batch's bytes at most: well under NATS's default max_payload (1 MiB), and

@@ -30,10 +30,12 @@ from saltbus.wire import unpack_body
 log = logging.getLogger("saltbus.cluster")
 
 ORIGIN_KEY: Final = "_saltbus_origin"
-_ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
+# How an imported event's body spells its marker (a msgpack map key): a body
+# without these bytes cannot be an imported event.
+ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
 # The marker's key as msgpack writes it (a fixstr of 15 bytes): the importer
 # puts it first in the data map, where marked_first() finds it undecoded.
-_ORIGIN_KEY_PACKED: Final = bytes((0xA0 | len(_ORIGIN_BYTES),)) + _ORIGIN_BYTES
+_ORIGIN_KEY_PACKED: Final = bytes((0xA0 | len(ORIGIN_BYTES),)) + ORIGIN_BYTES
 _MAP_HEADER_SIZE: Final = {0xDE: 3, 0xDF: 5}  # map16, map32; a fixmap is 1
 # Epochs kept per origin: an origin's older numberings stop mattering once its
 # new one has been seen for a while; a few are kept for events still in flight.
@@ -168,7 +170,7 @@ class ImportState:
                 self.local_epoch = epoch
                 for record in journal.iter_read(since=since):
                     self.as_of = max(self.as_of, record.seq)
-                    if _ORIGIN_BYTES not in record.body:
+                    if ORIGIN_BYTES not in record.body:
                         continue  # most events: no msgpack work
                     origin = _marker_of(record.body)
                     if origin is not None:
