@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 
 from saltbus import Config, Sender
 from saltbus.cluster.feed import JournalFeed
+from saltbus.journal.records import JournalRecord
+from saltbus.journal.store import Journal
 from saltbus.server import Server
+from saltbus.wire import pack_body
 
 pytestmark = pytest.mark.timeout(120)
 # Far longer than the test waits: only a commit's notify() can end a read in time.
@@ -31,7 +35,7 @@ def test_a_read_waits_for_a_commit_and_returns_what_follows_the_position(bus_con
         async with Server(bus_config) as server:
             assert server.journal_path is not None
             feed = JournalFeed(server.journal_path, poll_interval=NO_POLL)
-            server.commit_listeners.append(feed.notify)
+            server.commit_listeners.append(feed.committed)
             try:
                 start = server.intake.last_seq
                 waiting = asyncio.create_task(feed.read(start, 2))
@@ -85,7 +89,7 @@ def test_read_announced_returns_what_commits_announced_without_waiting(bus_confi
             assert server.journal_path is not None
             feed = JournalFeed(server.journal_path, poll_interval=NO_POLL)
             unannounced = JournalFeed(server.journal_path, poll_interval=NO_POLL)
-            server.commit_listeners.append(feed.notify)
+            server.commit_listeners.append(feed.committed)
             try:
                 start = server.intake.last_seq
                 assert await asyncio.wait_for(feed.read_announced(start, 10), WAIT) == []
@@ -101,5 +105,94 @@ def test_read_announced_returns_what_commits_announced_without_waiting(bus_confi
             finally:
                 await feed.close()
                 await unannounced.close()
+
+    asyncio.run(main())
+
+
+def write_journal(path: Path, seqs: list[int]) -> list[JournalRecord]:
+    records = [
+        JournalRecord(seq, 1.0 + seq, f"feed/{seq}", pack_body(f"feed/{seq}", {})) for seq in seqs
+    ]
+    with Journal.open(path) as journal:
+        journal.append(records)
+    return records
+
+
+def test_a_read_that_starts_where_the_kept_records_do_is_answered_from_memory(tmp_path: Path):
+    async def main() -> None:
+        records = write_journal(tmp_path / "j.sqlite3", [1, 2, 3, 4, 5])
+        feed = JournalFeed(tmp_path / "j.sqlite3", poll_interval=NO_POLL)
+        try:
+            feed.committed(records[:3])
+            feed.committed(records[3:])
+            assert await feed.read(0, 2) == records[:2]
+            assert await feed.read(2, 10) == records[2:]
+            assert (feed.from_memory, feed.from_journal) == (5, 0)
+            assert feed.latest == 5
+        finally:
+            await feed.close()
+
+    asyncio.run(main())
+
+
+def test_what_memory_lacks_is_read_from_the_journal(tmp_path: Path):
+    """Behind the window, across a gap in the kept seqs, and after a read
+    went back: each answer is exactly the journal's."""
+
+    async def main() -> None:
+        records = write_journal(tmp_path / "j.sqlite3", list(range(1, 11)))
+        feed = JournalFeed(tmp_path / "j.sqlite3", poll_interval=NO_POLL, kept_records=4)
+        try:
+            # Seq 7 was committed but never reported; only 4 records are kept.
+            feed.committed(records[:6])
+            feed.committed(records[7:])
+            assert feed.kept == 4  # 6, 8, 9, 10
+            assert [r.seq for r in await feed.read(0, 3)] == [1, 2, 3]  # behind the window
+            assert feed.from_memory == 0
+            assert [r.seq for r in await feed.read(6, 10)] == [7, 8, 9, 10]  # at the gap
+            assert [r.seq for r in await feed.read(7, 10)] == [8, 9, 10]  # right after it
+            assert feed.from_memory == 3
+            # A read that goes back (a batch sent again) finds the journal's records.
+            assert [r.seq for r in await feed.read(4, 2)] == [5, 6]
+            assert (feed.from_memory, feed.from_journal) == (3, 9)
+        finally:
+            await feed.close()
+
+    asyncio.run(main())
+
+
+def test_the_kept_window_is_bounded_by_bytes_too(tmp_path: Path):
+    async def main() -> None:
+        records = write_journal(tmp_path / "j.sqlite3", [1, 2, 3])
+        size = len(records[0].body)
+        feed = JournalFeed(tmp_path / "j.sqlite3", poll_interval=NO_POLL, kept_bytes=2 * size)
+        try:
+            feed.committed(records)
+            assert feed.kept == 2
+            assert [r.seq for r in await feed.read(0, 10)] == [1, 2, 3]  # from the journal
+            assert [r.seq for r in await feed.read(1, 10)] == [2, 3]  # kept
+            assert feed.from_memory == 2
+        finally:
+            await feed.close()
+
+    asyncio.run(main())
+
+
+def test_a_commit_reported_from_another_thread_only_wakes_the_read(tmp_path: Path):
+    async def main() -> None:
+        records = write_journal(tmp_path / "j.sqlite3", [1, 2])
+        feed = JournalFeed(tmp_path / "j.sqlite3", poll_interval=NO_POLL)
+        try:
+            waiting = asyncio.create_task(feed.read(2, 10))  # binds the feed to this loop
+            await asyncio.sleep(0.05)
+            more = write_journal(tmp_path / "j.sqlite3", [3])
+            reporter = threading.Thread(target=feed.committed, args=(more,))
+            reporter.start()
+            reporter.join()
+            assert await asyncio.wait_for(waiting, WAIT) == more
+            assert feed.kept == 0 and feed.from_journal == 1
+            assert records  # written before the feed read
+        finally:
+            await feed.close()
 
     asyncio.run(main())

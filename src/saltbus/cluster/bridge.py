@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +37,7 @@ from saltbus.cluster.settings import ClusterSettings
 from saltbus.config import Config
 from saltbus.errors import ConfigError
 from saltbus.journal.paths import default_data_dir, journal_path
+from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.server.intake import Intake
 
@@ -87,10 +88,11 @@ class Bridge:
             while not self.ready:
                 await asyncio.sleep(0.05)
 
-    def notify_committed(self, last_seq: int) -> None:
-        """The local journal committed events up to ``last_seq``: the export reads them."""
+    def notify_committed(self, records: Sequence[JournalRecord]) -> None:
+        """The local journal committed ``records``: the export reads them
+        (from memory while it keeps up; see feed.py)."""
         if self._feed is not None:
-            self._feed.notify(last_seq)
+            self._feed.committed(records)
 
     def journal_position(self) -> int | None:
         """The last local seq exported (the journal must keep what follows it)."""

@@ -8,7 +8,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -18,6 +18,7 @@ from saltbus.control import Subscribe, Subscribed, encode_control
 from saltbus.errors import ConfigError
 from saltbus.event import MatchType, tag_matcher
 from saltbus.journal.paths import default_data_dir, journal_path
+from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.journal.tailed import TailedWriter
 from saltbus.journal.writer import DEFAULT_LINGER, JournalWriter
@@ -86,9 +87,10 @@ class Server:
         # Consumers in this process that must not miss journaled events
         # (returners; the federation export and the reactor register too).
         self.retention_holds = RetentionHolds()
-        # Told the last committed seq after each commit, on the loop's thread,
-        # by parts run beside the server that read the journal (the federation export).
-        self.commit_listeners: list[Callable[[int], None]] = []
+        # Told each commit's records (in seq order, once the journal's readers
+        # see them) on the loop's thread, by parts run beside the server that
+        # read the journal (the federation export).
+        self.commit_listeners: list[Callable[[Sequence[JournalRecord]], None]] = []
         # Told the seconds each journal commit took (the metrics' histogram);
         # set before startup(). Called on the journal's thread or the loop's.
         self.commit_observer: Callable[[float], None] | None = None
@@ -219,11 +221,11 @@ class Server:
         for worker in runner.workers:
             self.retention_holds.hold(worker.cursor_name, worker.journal_position)
 
-    def _notify_committed(self, last_seq: int) -> None:
+    def _notify_committed(self, records: Sequence[JournalRecord]) -> None:
         if self.returners is not None:
-            self.returners.notify(last_seq)
+            self.returners.notify(records[-1].seq)
         for listener in self.commit_listeners:
-            listener(last_seq)
+            listener(records)
 
     def _close_returners(self) -> None:
         runner, self.returners = self.returners, None

@@ -88,7 +88,7 @@ class Intake(JournalFailures):
         journal: JournalSink,
         readers: Collection[PausableReader],
         *,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[Sequence[JournalRecord]], None] | None = None,
         stamp_has_offset: bool = False,
         on_error: str = "block",
         epoch: int | None = None,
@@ -104,7 +104,8 @@ class Intake(JournalFailures):
         self.redact_body = redact_body
         self.journal = journal
         self.readers = readers
-        # Told the last committed seq after each commit (the returner runner).
+        # Told each commit's records once the journal's readers see them, in
+        # seq order (the returner runner, the federation export).
         self.on_commit = on_commit
         self._stamp_has_offset = stamp_has_offset
         self._deliver_on_error = on_error == "deliver"
@@ -347,7 +348,7 @@ class Intake(JournalFailures):
     def _indexed(self, batch: _Batch) -> None:
         records = batch.records
         if self.on_commit is not None:
-            self.on_commit(records[-1].seq)
+            self.on_commit(records)
         for source, pairs in batch.acks:
             source.send_acks([(rid, records[index].seq) for index, rid in pairs])
 
