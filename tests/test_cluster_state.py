@@ -14,6 +14,7 @@ from saltbus.cluster.state import (
     ORIGIN_KEY,
     ImportState,
     marked_first,
+    may_carry_marker,
     origin_marker,
     read_marker,
 )
@@ -134,3 +135,24 @@ def test_headers_round_trip(tag: str):
 def test_messages_saltbus_did_not_publish_are_refused(headers: dict[str, str] | None):
     with pytest.raises(RemoteProtocolError):
         Envelope.from_headers(headers)
+
+
+@pytest.mark.parametrize(
+    ("data", "carries"),
+    [
+        ({ORIGIN_KEY: origin_marker("web1", 3, 7), "x": 1}, True),
+        ({"x": "r" * 400, ORIGIN_KEY: 1}, True),  # anywhere, not only first
+        ({"note": ORIGIN_KEY}, True),  # in a value: decoding tells (the exporter does)
+        ({"x": "\u00af" * 20 + ORIGIN_KEY}, True),  # past many header bytes that start no key
+        ({"pad": "r" * 400, "origin": "_saltbus"}, False),
+        ({"x": "\u00af" * 20}, False),  # the header byte alone (in UTF-8 text)
+        ({ORIGIN_KEY[:-1]: 1}, False),
+        ({}, False),
+    ],
+)
+def test_a_body_may_carry_the_marker_only_with_its_packed_key(
+    data: dict[str, object], carries: bool
+):
+    body = pack_body("salt/job/1/ret/m1", data)
+    assert may_carry_marker(body) is carries
+    assert may_carry_marker(body) is (b"\xaf" + ORIGIN_KEY.encode() in body)

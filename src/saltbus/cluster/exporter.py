@@ -56,7 +56,7 @@ from saltbus.cluster.envelope import ENTRY_OVERHEAD, Batch, Envelope
 from saltbus.cluster.feed import JournalFeed
 from saltbus.cluster.link import Backoff, Link
 from saltbus.cluster.settings import ClusterSettings
-from saltbus.cluster.state import ORIGIN_BYTES, ORIGIN_KEY, marked_first
+from saltbus.cluster.state import ORIGIN_KEY, marked_first, may_carry_marker
 from saltbus.cluster.subjects import (
     MAX_SUBJECT,
     batch_subject,
@@ -291,9 +291,9 @@ class Exporter:
             return Outgoing(record.seq, record.tag, None)
         body = record.body
         data: Any = None
-        if ORIGIN_BYTES in body:
-            if marked_first(body):
-                return Outgoing(record.seq, record.tag, None)  # imported: never goes back out
+        if marked_first(body):
+            return Outgoing(record.seq, record.tag, None)  # imported: never goes back out
+        if may_carry_marker(body):
             data = self._decoded(record)
             if data is None or ORIGIN_KEY in data:
                 return Outgoing(record.seq, record.tag, None)  # imported: never goes back out

@@ -30,13 +30,18 @@ from saltbus.wire import unpack_body
 log = logging.getLogger("saltbus.cluster")
 
 ORIGIN_KEY: Final = "_saltbus_origin"
-# How an imported event's body spells its marker (a msgpack map key): a body
-# without these bytes cannot be an imported event.
 ORIGIN_BYTES: Final = ORIGIN_KEY.encode()
-# The marker's key as msgpack writes it (a fixstr of 15 bytes): the importer
-# puts it first in the data map, where marked_first() finds it undecoded.
+# The marker's key as msgpack writes it (a fixstr of 15 bytes; packers use the
+# shortest form): a body without these bytes cannot be an imported event. The
+# importer puts it first in the data map, where marked_first() finds it undecoded.
 _ORIGIN_KEY_PACKED: Final = bytes((0xA0 | len(ORIGIN_BYTES),)) + ORIGIN_BYTES
 _MAP_HEADER_SIZE: Final = {0xDE: 3, 0xDF: 5}  # map16, map32; a fixmap is 1
+# The packed key's first byte (a 15-byte str's header) is rare in a body, and
+# memchr finds it fast; a search for the whole key steps a byte at a time
+# through text made of the key's letters (1.3 µs in a 500-byte job return).
+_KEY_HEADER: Final = _ORIGIN_KEY_PACKED[0]
+# Past this many header bytes that start no key, the rest is searched whole.
+_HEADER_HITS: Final = 8
 # Epochs kept per origin: an origin's older numberings stop mattering once its
 # new one has been seen for a while; a few are kept for events still in flight.
 EPOCHS_KEPT: Final = 4
@@ -69,6 +74,21 @@ def marked_first(body: bytes) -> bool:
     else:
         return False
     return body.startswith(_ORIGIN_KEY_PACKED, start)
+
+
+def may_carry_marker(body: bytes) -> bool:
+    """Whether ``body`` holds the marker's key, packed as msgpack packs it (a
+    fixstr), anywhere: a body without it is no imported event."""
+    at = body.find(_KEY_HEADER)
+    hits = 0
+    while at >= 0:
+        if body.startswith(_ORIGIN_KEY_PACKED, at):
+            return True
+        hits += 1
+        if hits == _HEADER_HITS:
+            return body.find(_ORIGIN_KEY_PACKED, at + 1) >= 0
+        at = body.find(_KEY_HEADER, at + 1)
+    return False
 
 
 def read_marker(data: Mapping[str, Any]) -> tuple[Origin, int] | None:
@@ -170,7 +190,7 @@ class ImportState:
                 self.local_epoch = epoch
                 for record in journal.iter_read(since=since):
                     self.as_of = max(self.as_of, record.seq)
-                    if ORIGIN_BYTES not in record.body:
+                    if not may_carry_marker(record.body):
                         continue  # most events: no msgpack work
                     origin = _marker_of(record.body)
                     if origin is not None:
