@@ -196,3 +196,30 @@ def test_a_commit_reported_from_another_thread_only_wakes_the_read(tmp_path: Pat
             await feed.close()
 
     asyncio.run(main())
+
+
+def test_a_commit_not_yet_announced_is_left_to_its_announcement(tmp_path: Path):
+    """SQLite shows a commit before the loop is told of it: within the poll
+    interval a read waits for the announcement and takes it from memory; a
+    commit never announced is found by the next look at the journal."""
+
+    async def main() -> None:
+        path = tmp_path / "j.sqlite3"
+        first = write_journal(path, [1])
+        feed = JournalFeed(path, poll_interval=0.5)
+        try:
+            assert await feed.read(0, 10) == first  # the first read looks
+            second = write_journal(path, [2])
+            waiting = asyncio.create_task(feed.read(1, 10))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()  # not announced, and looked at just now
+            feed.committed(second)
+            assert await asyncio.wait_for(waiting, WAIT) == second
+            assert (feed.from_memory, feed.from_journal) == (1, 1)
+            third = write_journal(path, [3])  # never announced
+            assert await asyncio.wait_for(feed.read(2, 10), WAIT) == third
+            assert feed.from_journal == 2
+        finally:
+            await feed.close()
+
+    asyncio.run(main())

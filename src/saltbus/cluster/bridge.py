@@ -216,6 +216,9 @@ class Bridge:
                 "lag": lag,
                 "in_flight": exporter.in_flight,
                 "failures": exporter.failures,
+                # Records the export read from the commits kept in memory, and from SQLite.
+                "read_from_memory": 0 if self._feed is None else self._feed.from_memory,
+                "read_from_journal": 0 if self._feed is None else self._feed.from_journal,
             },
             "import": {
                 "patterns": _patterns(self.settings.import_),

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +68,7 @@ class JournalFeed:
         self._kept_size = 0
         self.from_memory = 0  # records a read took from the kept window
         self.from_journal = 0  # records a read took from SQLite
+        self._looked_at = -math.inf  # when the journal was last read
         self._journal: Journal | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="saltbus-export-read")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,11 +109,19 @@ class JournalFeed:
         return await self._run(lambda journal: journal.epoch())
 
     async def read(self, since: int, limit: int) -> list[JournalRecord]:
-        """Up to ``limit`` records after ``since``; waits until there is one."""
+        """Up to ``limit`` records after ``since``; waits until there is one.
+
+        The journal is read when a commit past ``since`` was announced that
+        memory cannot answer, or when it was not read for a poll interval
+        (the first read, a commit nobody announced); otherwise the read waits
+        for the next announcement. SQLite shows a commit a moment before the
+        loop is told of it: a read then would take from SQLite what memory
+        is about to hold."""
         wake = self._waker()
         while True:
             wake.clear()  # a commit during the read below sets it again
-            records = await self._read(since, limit)
+            look = time.monotonic() - self._looked_at >= self.poll_interval
+            records = await self._read(since, limit, look)
             if records:
                 return records
             with contextlib.suppress(TimeoutError):
@@ -123,11 +134,16 @@ class JournalFeed:
             return []
         return await self._read(since, limit)
 
-    async def _read(self, since: int, limit: int) -> list[JournalRecord]:
+    async def _read(self, since: int, limit: int, look: bool = False) -> list[JournalRecord]:
+        """From memory if it can; else from the journal if ``look`` or a
+        commit past ``since`` was announced; else nothing."""
         kept = self._remembered(since, limit)
         if kept:
             self.from_memory += len(kept)
             return kept
+        if not look and self.latest <= since:
+            return []
+        self._looked_at = time.monotonic()
         records = await self._run(lambda journal: journal.read(since=since, limit=limit))
         self.from_journal += len(records)
         return records
