@@ -40,9 +40,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -82,8 +81,7 @@ class _MissedDeliveryError(SaltbusError):
     """A message the consumer delivered never arrived."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Import:
+class _Import(NamedTuple):  # a tuple: one per imported event, made fast
     origin: Origin
     seq: int
     tag: str
@@ -239,6 +237,9 @@ class Importer:
         batch: list[_Import] = []
         skipped: list[tuple[Origin, int]] = []
         planned: dict[Origin, int] = {}
+        # A body this much under the limit fits with the marker and a new
+        # _stamp, without being encoded once more to know (see _fits).
+        room = self.config.max_event_size - MARKER_ROOM
         for message in messages:
             # Own events first, from one header: a node reads its own
             # exports back, as many as it imports, and needs nothing else of them.
@@ -258,10 +259,10 @@ class Importer:
                 self.rejected += 1
                 continue
             origin = (envelope.node, envelope.epoch)
+            delivered = planned.get(origin, self.state.delivered(origin))
             for seq, body in events:
                 # Duplicates before the body is decoded: also the part of a
                 # resent backlog that was cut into batches differently.
-                delivered = planned.get(origin, self.state.delivered(origin))
                 if delivered is not None and seq <= delivered:
                     self.duplicates += 1
                     continue
@@ -280,19 +281,17 @@ class Importer:
                 marker = origin_marker(envelope.node, envelope.epoch, seq, data.pop("_stamp", None))
                 data.pop(ORIGIN_KEY, None)  # the marker replaces any the data had
                 data = {ORIGIN_KEY: marker, **data}
-                planned[origin] = seq
-                if self._fits(tag, data, len(body)):
+                planned[origin] = delivered = seq
+                if len(body) <= room or self._fits(tag, data):
                     batch.append(_Import(origin, seq, tag, data))
                 else:
                     self.rejected += 1
                     skipped.append((origin, seq))
         return batch, skipped
 
-    def _fits(self, tag: str, data: dict[str, Any], received: int) -> bool:
+    def _fits(self, tag: str, data: dict[str, Any]) -> bool:
         # Checked before firing: the fire adds only its _stamp, and a batch
         # must end with a fire that is sent (its acknowledgement covers the batch).
-        if received + MARKER_ROOM <= self.config.max_event_size:
-            return True  # well under: no need to encode it once more to know
         try:
             body = pack_body(tag, {**data, "_stamp": utc_stamp(True)})
             check_event_size(body, self.config.max_event_size)

@@ -309,8 +309,8 @@ class FanOut:
 
     def deliver(self, records: Sequence[JournalRecord]) -> None:
         """Offer numbered records to every subscriber."""
-        if not records:
-            return
+        if not records or not self.subscribers:
+            return  # nobody to encode frames for (an exporting node's bus, often)
         if len(records) == 1:  # an idle bus's every batch
             record = records[0]
             frame = encode_event_frame(record.seq, record.time, record.body, self.framing)
