@@ -287,12 +287,12 @@ class Exporter:
         return Outgoing(event.seq, event.tag, pack_body(event.tag, self._outgoing(event.data)))
 
     def _from_record(self, record: JournalRecord) -> Outgoing:
-        if self._selects is not None and not self._selects(record.tag):
-            return Outgoing(record.seq, record.tag, None)
         body = record.body
-        data: Any = None
         if marked_first(body):
             return Outgoing(record.seq, record.tag, None)  # imported: never goes back out
+        if self._selects is not None and not self._selects(record.tag):
+            return Outgoing(record.seq, record.tag, None)
+        data: Any = None
         if may_carry_marker(body):
             data = self._decoded(record)
             if data is None or ORIGIN_KEY in data:
@@ -319,6 +319,14 @@ class Exporter:
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         """Publish ``batch`` (in order, one message per run of events; see
         :meth:`_runs`), wait for the acknowledgements, move the position."""
+        if batch and batch[-1].seq is not None and all(e.payload is None for e in batch):
+            # Nothing for export (an importing node reads back every import):
+            # what _settle would do for it, without walking it event by event.
+            self.not_exported += len(batch)
+            self.position = batch[-1].seq
+            self.save(force=False)
+            self.batches += 1
+            return
         sent: dict[int, asyncio.Future[Any]] = {}  # index in batch -> its message's
         refused: set[int | None] = set()
         failure: BaseException | None = None
