@@ -15,7 +15,7 @@ import pytest
 from saltbus import Config, Listener, Sender
 from saltbus.errors import ConfigError
 from saltbus.server.app import Server
-from saltbus.server.busypoll import BUDGET_BURST, BusyPoll
+from saltbus.server.busypoll import BUDGET_BURST, BusyPoll, RunnableTasks
 
 # The window tests must not depend on the machine's load: the budget and a
 # yield that gave the CPU away (each of which ends a window) are tested on
@@ -105,6 +105,42 @@ def test_a_yield_that_gives_the_cpu_away_ends_the_window() -> None:
     contended, open_for = asyncio.run(main())
     assert contended == 1
     assert open_for < 0.5
+
+
+def test_no_window_opens_while_more_tasks_are_runnable_than_cpus() -> None:
+    async def main() -> tuple[bool, int, bool, bool]:
+        loop = asyncio.get_running_loop()
+        counts = [3]
+        busy = BusyPoll(loop, 1.0, **UNBOUNDED, runnable=lambda: counts[0], cpus=2)
+        busy.poke()  # this task and two more: both CPUs are wanted
+        crowded = busy.polling
+        counts[0] = 2  # this task and one more (a listener it woke): polls
+        busy.poke()
+        opened = busy.polling
+        busy.close()
+        unknown = BusyPoll(loop, 0.01, **UNBOUNDED, runnable=lambda: None, cpus=1)
+        unknown.poke()  # nothing known of the machine: as without the check
+        return crowded, busy.crowded, opened, unknown.polling
+
+    assert asyncio.run(main()) == (False, 1, True, True)
+
+
+def test_runnable_tasks_reads_the_kernels_count(tmp_path: Path) -> None:
+    probe = RunnableTasks()
+    try:
+        count = probe()
+        assert count is not None and 1 <= count <= 100_000  # this test is running
+    finally:
+        probe.close()
+    assert probe() is None  # closed
+    fake = tmp_path / "loadavg"
+    fake.write_text("0.50 0.40 0.30 7/301 4242\n")
+    read = RunnableTasks(str(fake))
+    assert read() == 7
+    fake.write_text("garbage\n")
+    assert read() is None  # each call reads the file anew
+    read.close()
+    assert RunnableTasks(str(tmp_path / "missing"))() is None
 
 
 def test_a_window_of_zero_and_a_closed_poll_never_open() -> None:

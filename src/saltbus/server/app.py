@@ -24,7 +24,7 @@ from saltbus.journal.tailed import TailedWriter
 from saltbus.journal.writer import DEFAULT_LINGER, JournalWriter
 from saltbus.returners import ReturnerRunner, redactor_for
 from saltbus.server.access import AccessPolicy
-from saltbus.server.busypoll import BusyPoll
+from saltbus.server.busypoll import BusyPoll, RunnableTasks
 from saltbus.server.commits import JournalSink, NoJournal
 from saltbus.server.connections import PullConnection, SubscriberConnection
 from saltbus.server.fanout import FanOut, Subscriber, SubscriberStats
@@ -74,6 +74,7 @@ class Server:
         self._replays: set[asyncio.Task[None]] = set()
         self._laggards: Laggards | None = None
         self._busy_poll: BusyPoll | None = None
+        self._runnable: RunnableTasks | None = None
         self._state: ServerState | None = None
         self._started = time.monotonic()
         self.pub_address: Address = config.pub_address
@@ -123,7 +124,10 @@ class Server:
                 if cfg.event_return:
                     await asyncio.to_thread(self._start_returners, self.journal_path)
                 self.retention_holds.release(_STARTING)
-            busy = BusyPoll(loop, cfg.busy_poll_us / 1e6) if cfg.busy_poll_us else None
+            busy = None
+            if cfg.busy_poll_us:
+                self._runnable = RunnableTasks()
+                busy = BusyPoll(loop, cfg.busy_poll_us / 1e6, runnable=self._runnable)
             self._busy_poll = busy
             self._intake = Intake(
                 self.fanout,
@@ -289,6 +293,9 @@ class Server:
             intake.close()
         if self._busy_poll is not None:
             self._busy_poll.close()
+        if self._runnable is not None:
+            self._runnable.close()
+            self._runnable = None
         for task in list(self._replays):
             task.cancel()
         await self._drain_subscribers()
