@@ -1,6 +1,6 @@
 """Cross-host events through NATS: saltbus against nats-py alone, same NATS server.
 
-    python -m benchmarks.cluster [--short] [--json]
+    python -m benchmarks.cluster [--short] [--json] [--burst-only] [--burst-rounds N]
 
 Starts a nats-server with JetStream and three `saltbus serve --cluster` nodes
 (``a``, ``b`` and ``c``, separate processes, as on three hosts, journal at its
@@ -359,9 +359,16 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def measure(short: bool) -> dict[str, Any]:
+def measure(
+    short: bool, *, burst_only: bool = False, burst_rounds: int | None = None
+) -> dict[str, Any]:
+    """``burst_only``: the burst rows alone (for comparing two versions of
+    the code, which needs more rounds than the full run's 5)."""
     count, rounds, samples = (2_000, 2, 500) if short else (20_000, 5, 5_000)
-    burst_rounds = 2 if short else 5
+    if burst_only:
+        rounds = 0
+    if burst_rounds is None:
+        burst_rounds = 2 if short else 5
     load_before = os.getloadavg()
     reference: list[dict[str, Any]] = []
     saltbus: list[dict[str, Any]] = []
@@ -378,7 +385,7 @@ def measure(short: bool) -> dict[str, Any]:
         for round_ in range(rounds):
             reference.append(_reference(url, count, f"REF{round_}"))
             saltbus.append(_rates(_saltbus(a, b, count), count))
-        latencies = _saltbus(a, b, samples, LATENCY_RATE)["latencies_ms"]
+        latencies = [] if burst_only else _saltbus(a, b, samples, LATENCY_RATE)["latencies_ms"]
         for round_ in range(burst_rounds):
             reference_burst.append(_reference(url, BURST, f"BURST{round_}", readers=2))
             saltbus_burst.append(_burst(a, [b, c]))
@@ -388,7 +395,24 @@ def measure(short: bool) -> dict[str, Any]:
         s["events_per_second"] / r["events_per_second"]
         for s, r in zip(saltbus, reference, strict=True)
     ]
+    results = {
+        "burst_events": BURST,
+        "burst_rounds": burst_rounds,
+        "burst_event_bytes": _job_return_bytes(),
+        "burst_reference_after_last_s": burst_reference,
+        "burst_saltbus_after_last_s": burst_saltbus,
+        "burst_saltbus_events_per_second": _spread([s["events_per_second"] for s in saltbus_burst]),
+        "burst_target_met": burst_saltbus["median"] <= burst_reference["median"],
+        "exactly_once": True,  # each round raised otherwise
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "load": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if burst_only:
+        return results
     return {
+        **results,
         "events": count,
         "rounds": rounds,
         "event_bytes": len(_payload(0)),
@@ -402,17 +426,6 @@ def measure(short: bool) -> dict[str, Any]:
         "latency_ms_p50": statistics.median(latencies),
         "latency_ms_p99": _percentile(latencies, 0.99),
         "latency_ms_max": max(latencies),
-        "burst_events": BURST,
-        "burst_rounds": burst_rounds,
-        "burst_event_bytes": _job_return_bytes(),
-        "burst_reference_after_last_s": burst_reference,
-        "burst_saltbus_after_last_s": burst_saltbus,
-        "burst_target_met": burst_saltbus["median"] <= burst_reference["median"],
-        "exactly_once": True,  # each round raised otherwise
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}",
-        "load": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
@@ -424,12 +437,31 @@ def table(results: dict[str, Any]) -> str:
             f"{s['max']:>10.{digits}f}  {unit}"
         )
 
+    heading = f"{'':<38} {'median':>10} {'min':>10} {'max':>10}"
+    burst = [
+        f"burst: {results['burst_rounds']} rounds of {results['burst_events']} events of "
+        f"~{results['burst_event_bytes']} bytes on one bus, delivered on two",
+        row("(a) last delivery on both after last", "burst_reference_after_last_s", "s", 3),
+        row("(b) job returns on b and c after last", "burst_saltbus_after_last_s", "s", 3),
+        row(
+            "(b) burst, first fire to last delivery",
+            "burst_saltbus_events_per_second",
+            "events/s",
+            0,
+        ),
+        "burst target, (b) no later than (a) (medians): "
+        + ("met" if results["burst_target_met"] else "not met"),
+        "every event delivered exactly once in every round",
+    ]
+    load = results["load"]
+    where = f"{results['date']}; {results['machine']}; load {load[0]} -> {load[1]}"
+    if "events" not in results:  # --burst-only
+        return "\n".join([f"cluster, the burst only; {where}", heading, *burst])
     return "\n".join(
         [
             f"cluster: {results['rounds']} rounds of {results['events']} events of "
-            f"{results['event_bytes']} bytes, one NATS server; {results['date']}; "
-            f"{results['machine']}; load {results['load'][0]} -> {results['load'][1]}",
-            f"{'':<38} {'median':>10} {'min':>10} {'max':>10}",
+            f"{results['event_bytes']} bytes, one NATS server; {where}",
+            heading,
             row("(a) nats-py alone", "reference_events_per_second", "events/s", 0),
             row("(b) saltbus bus -> NATS -> bus", "saltbus_events_per_second", "events/s", 0),
             row("ratio (b)/(a)", "ratio", "", 2),
@@ -438,21 +470,36 @@ def table(results: dict[str, Any]) -> str:
             f"(b) latency at {results['latency_rate_per_second']:g}/s "
             f"({results['latency_samples']} events): p50 {results['latency_ms_p50']:.2f} ms, "
             f"p99 {results['latency_ms_p99']:.2f} ms, max {results['latency_ms_max']:.2f} ms",
-            f"burst: {results['burst_rounds']} rounds of {results['burst_events']} events of "
-            f"~{results['burst_event_bytes']} bytes on one bus, delivered on two",
-            row("(a) last delivery on both after last", "burst_reference_after_last_s", "s", 3),
-            row("(b) job returns on b and c after last", "burst_saltbus_after_last_s", "s", 3),
-            "burst target, (b) no later than (a) (medians): "
-            + ("met" if results["burst_target_met"] else "not met"),
-            "every event delivered exactly once in every round",
+            *burst,
         ]
     )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of rounds, 1 or more, not {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
     parser.add_argument("--short", action="store_true", help="a quick run (2 rounds of 2,000)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument(
+        "--burst-only",
+        action="store_true",
+        help="only the burst rows (comparing two versions of the code needs more rounds)",
+    )
+    parser.add_argument(
+        "--burst-rounds",
+        type=_positive,
+        metavar="N",
+        help="burst rounds (default 5; 2 with --short)",
+    )
     parser.add_argument(
         "--reference", nargs=4, metavar=("ROLE", "URL", "STREAM", "COUNT"), help=argparse.SUPPRESS
     )
@@ -472,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(json.dumps(asyncio.run(_reference_publish(url, stream, int(count)))), flush=True)
         return 0
-    results = measure(args.short)
+    results = measure(args.short, burst_only=args.burst_only, burst_rounds=args.burst_rounds)
     print(table(results))
     if args.json:
         print(json.dumps(results, indent=2))

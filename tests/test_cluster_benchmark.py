@@ -38,3 +38,31 @@ def test_the_short_cluster_benchmark_runs_and_delivers_each_event_once() -> None
         assert 0 < spread["min"] <= spread["median"] <= spread["max"], key
     assert 0 < results["latency_ms_p50"] <= results["latency_ms_p99"] <= results["latency_ms_max"]
     print(table)
+
+
+def test_the_burst_alone_runs_the_rounds_asked_for() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", "--burst-only", "--burst-rounds", "1"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "burst: 1 rounds of 10000 events" in proc.stdout
+    assert "(b) burst, first fire to last delivery" in proc.stdout
+    assert "(a) nats-py alone" not in proc.stdout  # nor the latency: the burst alone
+
+
+def test_a_bad_round_count_is_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", "--burst-rounds", "0"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("1 or more, not '0'")
