@@ -16,15 +16,19 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_the_short_cluster_benchmark_runs_and_delivers_each_event_once() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cluster", "--short", "--json"],
+def run_benchmark(*args: str, timeout: float = 500) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", *args],
         check=False,
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=500,
+        timeout=timeout,
     )
+
+
+def test_the_short_cluster_benchmark_runs_and_delivers_each_event_once() -> None:
+    proc = run_benchmark("--short", "--json")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     table, _, document = proc.stdout.partition("\n{")
     for line in ("(a) nats-py alone", "(b) saltbus bus -> NATS -> bus", "ratio (b)/(a)"):
@@ -41,14 +45,7 @@ def test_the_short_cluster_benchmark_runs_and_delivers_each_event_once() -> None
 
 
 def test_the_burst_alone_runs_the_rounds_asked_for() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cluster", "--burst-only", "--burst-rounds", "1"],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=500,
-    )
+    proc = run_benchmark("--burst-only", "--burst-rounds", "1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "burst: 1 rounds of 10000 events" in proc.stdout
     assert "(b) burst, first fire to last delivery" in proc.stdout
@@ -56,13 +53,6 @@ def test_the_burst_alone_runs_the_rounds_asked_for() -> None:
 
 
 def test_a_bad_round_count_is_one_line() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cluster", "--burst-rounds", "0"],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_benchmark("--burst-rounds", "0", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("1 or more, not '0'")
