@@ -54,6 +54,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType
 
 from saltbus import Config, Listener, Sender
+from saltbus.cli.common import positive_int
 from saltbus.client.admin import fetch_stats
 from saltbus.errors import SaltbusError
 from saltbus.wire import pack_body
@@ -475,16 +476,6 @@ def table(results: dict[str, Any]) -> str:
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of rounds, 1 or more, not {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
     parser.add_argument("--short", action="store_true", help="a quick run (2 rounds of 2,000)")
@@ -496,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--burst-rounds",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="burst rounds (default 5; 2 with --short)",
     )

@@ -55,4 +55,4 @@ def test_the_burst_alone_runs_the_rounds_asked_for() -> None:
 def test_a_bad_round_count_is_one_line() -> None:
     proc = run_benchmark("--burst-rounds", "0", timeout=60)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].endswith("1 or more, not '0'")
+    assert proc.stderr.strip().splitlines()[-1].endswith("must be 1 or more, not 0")
