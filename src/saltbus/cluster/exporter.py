@@ -319,14 +319,6 @@ class Exporter:
     async def _publish(self, batch: Sequence[Outgoing]) -> None:
         """Publish ``batch`` (in order, one message per run of events; see
         :meth:`_runs`), wait for the acknowledgements, move the position."""
-        if batch and batch[-1].seq is not None and all(e.payload is None for e in batch):
-            # Nothing for export (an importing node reads back every import):
-            # what _settle would do for it, without walking it event by event.
-            self.not_exported += len(batch)
-            self.position = batch[-1].seq
-            self.save(force=False)
-            self.batches += 1
-            return
         sent: dict[int, asyncio.Future[Any]] = {}  # index in batch -> its message's
         refused: set[int | None] = set()
         failure: BaseException | None = None
