@@ -90,14 +90,16 @@ class JournalFeed:
         """A commit's ``records`` (in seq order, readable in the journal):
         keep them for the next read, and wake it. On the event loop's thread;
         from another, only :meth:`notify` is done."""
-        if records and (self._loop_thread in (None, threading.get_ident())):
-            kept = self._kept
-            kept.extend(records)
+        if not records:
+            return
+        if self._loop_thread in (None, threading.get_ident()):
+            self._kept.extend(records)
             self._kept_size += sum(len(record.body) for record in records)
-            while kept and (len(kept) > self.kept_records or self._kept_size > self.kept_bytes):
-                self._kept_size -= len(kept.popleft().body)
-        if records:
-            self.notify(records[-1].seq)
+            while self._kept and (
+                len(self._kept) > self.kept_records or self._kept_size > self.kept_bytes
+            ):
+                self._drop_oldest()
+        self.notify(records[-1].seq)
 
     @property
     def kept(self) -> int:
@@ -153,7 +155,7 @@ class JournalFeed:
         to the first gap in their seqs (the journal may hold what a gap lacks)."""
         kept = self._kept
         while kept and kept[0].seq <= since:  # read already: the export moves forward
-            self._kept_size -= len(kept.popleft().body)
+            self._drop_oldest()
         if not kept or kept[0].seq != since + 1:
             return []
         run: list[JournalRecord] = []
@@ -164,6 +166,9 @@ class JournalFeed:
             run.append(record)
             expected += 1
         return run
+
+    def _drop_oldest(self) -> None:
+        self._kept_size -= len(self._kept.popleft().body)
 
     def _waker(self) -> asyncio.Event:
         if self._wake is None:
