@@ -31,11 +31,13 @@ class Sink:
         # When set, what is committed is not yet readable (a tail in front of SQLite).
         self.index_lags = False
         self.index_waiters: list[tuple[int, Callable[[], None]]] = []
+        self.inline: list[int] = []  # the last seq of each batch committed inline (tail first)
 
     def commit_inline(self, records: Sequence[JournalRecord], *, defer_index: bool = False) -> bool:
         if self.error is not None:
             raise self.error
         self._commit(records)
+        self.inline.append(records[-1].seq)
         return True
 
     def submit(
@@ -173,6 +175,53 @@ def test_acks_and_returners_wait_for_the_index_and_delivery_does_not() -> None:
         threading.Thread(target=sink.index_all).start()  # the writer thread's report
         await asyncio.wait_for(drained, 5)
         assert source.acks == [(7, 2)] and told == [2]
+
+    run(main)
+
+
+def test_acks_at_commit_are_answered_before_the_index_and_go_through_the_tail() -> None:
+    async def main() -> None:
+        sink = Sink()
+        sink.index_lags = True
+        intake, delivered = make(sink)
+        told: list[int] = []
+        intake.on_commit = lambda records: told.append(records[-1].seq)
+        importer, client = Source(), Source()
+        intake.accept(
+            *bodies("i", 3), acks=[(0, 0), (1, 1), (2, 2)], source=importer, acks_at_commit=True
+        )
+        await asyncio.sleep(0.01)
+        assert [r.seq for r in delivered.records] == [1, 2, 3]
+        assert importer.acks == [(0, 1), (1, 2), (2, 3)], "answered before SQLite has them"
+        assert sink.inline == [3], "committed tail first, as an unacked batch"
+        assert told == [], "the export and the returners still wait for the index"
+        # Flushed with an ordinary acked fire, every ack of the flush waits.
+        intake.accept(*bodies("u", 1))  # flushed at once: the two below are one flush
+        intake.accept(*bodies("c", 1), acks=[(0, 5)], source=client)
+        intake.accept(*bodies("i", 1), acks=[(0, 3)], source=importer, acks_at_commit=True)
+        await asyncio.sleep(0.01)
+        assert [r.seq for r in delivered.records] == [1, 2, 3, 4, 5, 6]
+        assert importer.acks == [(0, 1), (1, 2), (2, 3)] and client.acks == []
+        assert sink.inline == [3, 4]
+        sink.index_all()
+        await asyncio.wait_for(intake.drained(), 5)
+        assert importer.acks[-1] == (3, 6) and client.acks == [(5, 5)]
+        assert told == [3, 4, 6]
+
+    run(main)
+
+
+def test_acks_at_commit_are_refused_and_not_delivered_when_the_tail_fails() -> None:
+    async def main() -> None:
+        sink = Sink()
+        intake, delivered = make(sink)
+        importer = Source()
+        sink.error = JournalWriteError("disk full", "no space left on device")
+        intake.accept(*bodies("i", 2), acks=[(0, 0), (1, 1)], source=importer, acks_at_commit=True)
+        await asyncio.sleep(0.01)
+        assert delivered.records == [] and importer.acks == []
+        assert [rid for rid, _ in importer.nacks] == [0, 1]
+        intake.close()
 
     run(main)
 

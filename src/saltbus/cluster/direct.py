@@ -8,6 +8,12 @@ bridge runs in the daemon's own event loop, a batch goes to the
 acknowledgement asked for every event: the intake answers each with its
 local seq once journaled, or refuses it (its journal cannot commit), so the
 importer knows exactly what landed without reading the journal back.
+The answer comes once the batch is in the journal's tail, not once SQLite
+indexes it (``acks_at_commit``): the events are then delivered as a local
+client's unacked fires are, and the importer acknowledges them to NATS and
+fetches the next ones while SQLite indexes these behind. A crash before the
+index has them loses nothing: the next start indexes the tail first, and
+the importer learns what it imported from the journal only after that.
 
 The intake numbers, journals and delivers the batch as it does a
 connection's: in order, after what was accepted before it, redacted if the
@@ -90,6 +96,12 @@ class DirectFire:
             bodies.append(pack_body(tag, data, self._packer))
         answers = _Answers(len(bodies))
         # The request id of each event is its index in the batch.
-        self.intake.accept(bodies, tags, [(index, index) for index in range(len(bodies))], answers)
+        self.intake.accept(
+            bodies,
+            tags,
+            [(index, index) for index in range(len(bodies))],
+            answers,
+            acks_at_commit=True,
+        )
         await answers.done.wait()
         return Landed(answers.seqs, answers.refused)

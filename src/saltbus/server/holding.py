@@ -59,6 +59,8 @@ class _Intake(Protocol):
         tags: Sequence[str],
         acks: Sequence[tuple[int, int]] = (),
         source: AckTarget | None = None,
+        *,
+        acks_at_commit: bool = False,
     ) -> None: ...
 
     def _failure_reason(self) -> str: ...

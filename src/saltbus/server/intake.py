@@ -66,8 +66,9 @@ COALESCE_SECONDS: Final = 0.0005
 # While the journal cannot commit, how often the held events are tried again.
 PROBE_INTERVAL: Final = 1.0
 
-# One accept(): bodies, tags, acks (index, request id), and who sent them.
-_Accepted = tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
+# One accept(): bodies, tags, acks (index, request id), who sent them, and
+# whether its acks are answered at commit (see accept()).
+_Accepted = tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None, bool]
 
 
 @dataclass(slots=True)
@@ -78,6 +79,8 @@ class _Batch:
     sources: list[AckTarget | None]  # per record
     acks: list[tuple[AckTarget, list[tuple[int, int]]]]  # (index in records, request id)
     size: int
+    # Acks answered once committed (in the journal's tail), not once indexed.
+    acks_at_commit: bool = False
     indexed: bool = False  # set on any thread once the journal's readers see it
 
 
@@ -131,9 +134,7 @@ class Intake(JournalFailures):
         self._drained = asyncio.Event()
         self._drained.set()
         # Accepted since the last flush.
-        self._pending: list[
-            tuple[Sequence[bytes], Sequence[str], Sequence[tuple[int, int]], AckTarget | None]
-        ] = []
+        self._pending: list[_Accepted] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._last_flush = float("-inf")
         # Set while the journal cannot commit (see the module's docstring).
@@ -159,9 +160,21 @@ class Intake(JournalFailures):
         tags: Sequence[str],
         acks: Sequence[tuple[int, int]] = (),
         source: AckTarget | None = None,
+        *,
+        acks_at_commit: bool = False,
     ) -> None:
         """Take a batch from one connection. ``acks`` pairs an index in the
-        batch with the client's request id."""
+        batch with the client's request id.
+
+        An ack is answered once SQLite holds its event (it is then in
+        ``saltbus history``), so an acked batch goes to SQLite before it is
+        delivered: a Nack must mean "neither journaled nor delivered", and
+        SQLite may fail behind the tail. With ``acks_at_commit`` the acks are
+        answered once the batch is committed, in the tail as a rule, and the
+        batch is delivered as unacked ones are: for a caller that needs the
+        events kept, not visible in history (the federation's importer,
+        whose NATS acknowledgement waits for this answer). What the tail took
+        and SQLite then refuses is kept and indexed later, never lost."""
         if len(tags) != len(bodies):
             raise ValueError("as many tags as bodies are needed")
         self.received += len(bodies)
@@ -182,9 +195,9 @@ class Intake(JournalFailures):
             # Idle (the common case at a low rate): this batch is the flush,
             # without the pending list's round trip.
             self._last_flush = loop.time()
-            self._flush_one(bodies, tags, acks, source)
+            self._flush_one(bodies, tags, acks, source, acks_at_commit)
             return
-        self._pending.append((bodies, tags, acks, source))
+        self._pending.append((bodies, tags, acks, source, acks_at_commit))
         self._drained.clear()
         self._schedule_flush()
 
@@ -194,11 +207,12 @@ class Intake(JournalFailures):
         tags: Sequence[str],
         acks: Sequence[tuple[int, int]],
         source: AckTarget | None,
+        acks_at_commit: bool,
     ) -> None:
         acked = [(source, list(acks))] if acks and source is not None else []
         size = len(bodies[0]) if len(bodies) == 1 else sum(map(len, bodies))
         records = self._number(bodies, tags)
-        self._submit(_Batch(records, [source] * len(bodies), acked, size))
+        self._submit(_Batch(records, [source] * len(bodies), acked, size, acks_at_commit))
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is not None:
@@ -225,7 +239,7 @@ class Intake(JournalFailures):
             return
         if self.journal_failure is not None and not self._deliver_on_error:
             # The journal failed while these waited: they wait behind what it holds.
-            for bodies, tags, acks, source in pending:
+            for bodies, tags, acks, source, _ in pending:
                 self._hold(bodies, tags, acks, source, self._held_late)
             self._settled()
             return
@@ -233,15 +247,18 @@ class Intake(JournalFailures):
         all_tags: list[str] = []
         sources: list[AckTarget | None] = []
         acked: list[tuple[AckTarget, list[tuple[int, int]]]] = []
-        for bodies, tags, acks, source in pending:
+        # One batch of ordinary acks among them makes every ack wait for the index.
+        at_commit = True
+        for bodies, tags, acks, source, acks_at_commit in pending:
             offset = len(all_bodies)
             all_bodies += bodies
             all_tags += tags
             sources += [source] * len(bodies)
             if acks and source is not None:
                 acked.append((source, [(offset + index, rid) for index, rid in acks]))
+                at_commit = at_commit and acks_at_commit
         records = self._number(all_bodies, all_tags)
-        self._submit(_Batch(records, sources, acked, sum(map(len, all_bodies))))
+        self._submit(_Batch(records, sources, acked, sum(map(len, all_bodies)), at_commit))
 
     def _number(self, bodies: Sequence[bytes], tags: Sequence[str]) -> list[JournalRecord]:
         """Give each body the next sequence number and the receive time."""
@@ -264,12 +281,12 @@ class Intake(JournalFailures):
         self._drained.clear()
         if self.in_flight > IN_FLIGHT_HIGH or self.in_flight_bytes > IN_FLIGHT_HIGH_BYTES:
             self.pause("journal")
-        if not probe and not batch.acks and self.in_flight == count:
+        if not probe and (batch.acks_at_commit or not batch.acks) and self.in_flight == count:
             # Nothing else in flight: an idle journal commits on this thread,
             # now, with no hand-off to its thread and back (the latency). A
             # batch with acked fires is submitted: it goes to SQLite before it
             # is delivered, so that a Nack still means "neither journaled nor
-            # delivered" when SQLite fails behind the tail.
+            # delivered" when SQLite fails behind the tail (see accept()).
             try:
                 # Indexing is handed to the journal's thread after delivery
                 # (by when_indexed): waking that thread first makes it compete
@@ -299,6 +316,10 @@ class Intake(JournalFailures):
         self.fanout.deliver(records)
         if self.on_delivered is not None and self.fanout.subscribers:
             self.on_delivered()
+        if batch.acks_at_commit:
+            acks, batch.acks = batch.acks, []
+            for source, pairs in acks:
+                source.send_acks([(rid, records[index].seq) for index, rid in pairs])
         self._settle(batch)
         if records:
             self._last_delivered = records[-1].seq
