@@ -83,8 +83,8 @@ def test_in_process_export_sends_what_it_selects_in_order_and_decodes_nothing(
             Bridge(a_config, intake=a_server.intake) as a,
             Bridge(b_config, intake=b_server.intake) as b,
         ):
-            a_server.commit_listeners.append(a.notify_committed)
-            b_server.commit_listeners.append(b.notify_committed)
+            a.attach(a_server)
+            b.attach(b_server)
             await a.wait_ready(WAIT)
             await b.wait_ready(WAIT)
             seqs = await asyncio.to_thread(fire, a_config, tags)
@@ -139,12 +139,12 @@ def test_a_backlog_goes_out_in_batches_of_export_batch_or_one_per_message(
     async def main() -> None:
         async with Server(a_config) as a_server:
             async with Bridge(a_config, intake=a_server.intake) as a:
-                a_server.commit_listeners.append(a.notify_committed)
+                a.attach(a_server)
                 await a.wait_ready(WAIT)  # the export's position is kept from here
             a_server.commit_listeners.clear()
             seqs = await asyncio.to_thread(fire, a_config, tags)  # a backlog: NATS unlinked
             async with Bridge(a_config, intake=a_server.intake) as a:
-                a_server.commit_listeners.append(a.notify_committed)
+                a.attach(a_server)
                 await until(lambda: a.exporter.position == seqs[-1], "a to export its backlog")
                 assert a.stats()["export"]["exported"] == len(tags)
         messages = await stream_messages(nats_server.url)
@@ -202,12 +202,12 @@ def test_a_batch_holds_only_events_whose_subjects_differ_in_the_last_token(
     async def main() -> None:
         async with Server(a_config) as a_server:
             async with Bridge(a_config, intake=a_server.intake) as a:
-                a_server.commit_listeners.append(a.notify_committed)
+                a.attach(a_server)
                 await a.wait_ready(WAIT)
             a_server.commit_listeners.clear()
             seqs = await asyncio.to_thread(fire, a_config, tags)  # a backlog: NATS unlinked
             async with Bridge(a_config, intake=a_server.intake) as a:
-                a_server.commit_listeners.append(a.notify_committed)
+                a.attach(a_server)
                 await until(lambda: a.exporter.position == seqs[-1], "a to export its backlog")
         events: list[tuple[int, str]] = []
         batches = 0

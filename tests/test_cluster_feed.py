@@ -1,5 +1,7 @@
 """The journal read in the daemon's process: a read waits for a commit and
-returns what follows the position, woken by the server's commit listeners."""
+returns what follows the position, woken by the server's commit and index
+listeners: memory holds what was journaled, SQLite is read up to what the
+index was reported to show."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from saltbus.server import Server
 from saltbus.wire import pack_body
 
 pytestmark = pytest.mark.timeout(120)
-# Far longer than the test waits: only a commit's notify() can end a read in time.
+# Far longer than the test waits: only a commit's report can end a read in time.
 NO_POLL = 600.0
 WAIT = 30.0
 
@@ -36,6 +38,7 @@ def test_a_read_waits_for_a_commit_and_returns_what_follows_the_position(bus_con
             assert server.journal_path is not None
             feed = JournalFeed(server.journal_path, poll_interval=NO_POLL)
             server.commit_listeners.append(feed.committed)
+            server.index_listeners.append(feed.indexed)
             try:
                 start = server.intake.last_seq
                 waiting = asyncio.create_task(feed.read(start, 2))
@@ -60,7 +63,7 @@ def test_a_read_waits_for_a_commit_and_returns_what_follows_the_position(bus_con
     asyncio.run(main())
 
 
-def test_a_notify_from_another_thread_wakes_a_read(bus_config: Config):
+def test_an_index_report_from_another_thread_wakes_a_read(bus_config: Config):
     async def main() -> None:
         async with Server(bus_config) as server:
             assert server.journal_path is not None
@@ -72,7 +75,7 @@ def test_a_notify_from_another_thread_wakes_a_read(bus_config: Config):
                 await asyncio.sleep(0.2)
                 seqs = await asyncio.to_thread(fire, bus_config, ["feed/x"])
                 assert not waiting.done()
-                notifier = threading.Thread(target=feed.notify, args=(seqs[-1],))
+                notifier = threading.Thread(target=feed.indexed, args=(seqs[-1],))
                 notifier.start()
                 notifier.join()
                 records = await asyncio.wait_for(waiting, WAIT)
@@ -83,7 +86,7 @@ def test_a_notify_from_another_thread_wakes_a_read(bus_config: Config):
     asyncio.run(main())
 
 
-def test_read_announced_returns_what_commits_announced_without_waiting(bus_config: Config):
+def test_read_announced_returns_what_commits_reported_without_waiting(bus_config: Config):
     async def main() -> None:
         async with Server(bus_config) as server:
             assert server.journal_path is not None
@@ -94,13 +97,13 @@ def test_read_announced_returns_what_commits_announced_without_waiting(bus_confi
                 start = server.intake.last_seq
                 assert await asyncio.wait_for(feed.read_announced(start, 10), WAIT) == []
                 seqs = await asyncio.to_thread(fire, bus_config, ["feed/1", "feed/2", "feed/3"])
-                # An acknowledged fire is announced before it is acknowledged.
+                # An acknowledged fire is reported before it is acknowledged.
                 records = await asyncio.wait_for(feed.read_announced(start, 10), WAIT)
                 assert [r.seq for r in records] == seqs
                 limited = await asyncio.wait_for(feed.read_announced(start, 2), WAIT)
                 assert [r.seq for r in limited] == seqs[:2]
                 assert await asyncio.wait_for(feed.read_announced(seqs[-1], 10), WAIT) == []
-                # Committed, but never announced to this one: it does not look.
+                # Committed, but never reported to this one: it does not look.
                 assert await asyncio.wait_for(unannounced.read_announced(start, 10), WAIT) == []
             finally:
                 await feed.close()
@@ -128,7 +131,7 @@ def test_a_read_that_starts_where_the_kept_records_do_is_answered_from_memory(tm
             assert await feed.read(0, 2) == records[:2]
             assert await feed.read(2, 10) == records[2:]
             assert (feed.from_memory, feed.from_journal) == (5, 0)
-            assert feed.latest == 5
+            assert feed.latest == 0, "a journaled commit says nothing of SQLite"
         finally:
             await feed.close()
 
@@ -146,6 +149,7 @@ def test_what_memory_lacks_is_read_from_the_journal(tmp_path: Path):
             # Seq 7 was committed but never reported; only 4 records are kept.
             feed.committed(records[:6])
             feed.committed(records[7:])
+            feed.indexed(10)
             assert feed.kept == 4  # 6, 8, 9, 10
             assert [r.seq for r in await feed.read(0, 3)] == [1, 2, 3]  # behind the window
             assert feed.from_memory == 0
@@ -168,6 +172,7 @@ def test_the_kept_window_is_bounded_by_bytes_too(tmp_path: Path):
         feed = JournalFeed(tmp_path / "j.sqlite3", poll_interval=NO_POLL, kept_bytes=2 * size)
         try:
             feed.committed(records)
+            feed.indexed(3)
             assert feed.kept == 2
             assert [r.seq for r in await feed.read(0, 10)] == [1, 2, 3]  # from the journal
             assert [r.seq for r in await feed.read(1, 10)] == [2, 3]  # kept
@@ -178,7 +183,7 @@ def test_the_kept_window_is_bounded_by_bytes_too(tmp_path: Path):
     asyncio.run(main())
 
 
-def test_a_commit_reported_from_another_thread_only_wakes_the_read(tmp_path: Path):
+def test_a_commit_reported_from_another_thread_is_left_to_the_journal(tmp_path: Path):
     async def main() -> None:
         records = write_journal(tmp_path / "j.sqlite3", [1, 2])
         feed = JournalFeed(tmp_path / "j.sqlite3", poll_interval=NO_POLL)
@@ -189,8 +194,11 @@ def test_a_commit_reported_from_another_thread_only_wakes_the_read(tmp_path: Pat
             reporter = threading.Thread(target=feed.committed, args=(more,))
             reporter.start()
             reporter.join()
+            await asyncio.sleep(0.05)
+            assert not waiting.done() and feed.kept == 0  # memory is the loop's only
+            feed.indexed(3)
             assert await asyncio.wait_for(waiting, WAIT) == more
-            assert feed.kept == 0 and feed.from_journal == 1
+            assert feed.from_journal == 1
             assert records  # written before the feed read
         finally:
             await feed.close()
@@ -198,10 +206,40 @@ def test_a_commit_reported_from_another_thread_only_wakes_the_read(tmp_path: Pat
     asyncio.run(main())
 
 
-def test_a_commit_not_yet_announced_is_left_to_its_announcement(tmp_path: Path):
+def test_a_journaled_commit_is_read_from_memory_before_sqlite_shows_it(tmp_path: Path):
+    """The tail has it, SQLite not yet: memory answers; what memory cannot
+    answer waits for the index's report rather than reading SQLite for it."""
+
+    async def main() -> None:
+        path = tmp_path / "j.sqlite3"
+        first = write_journal(path, [1])
+        feed = JournalFeed(path, poll_interval=NO_POLL, kept_records=2)
+        try:
+            assert await feed.read(0, 10) == first  # the first read looks
+            pending = [
+                JournalRecord(seq, 1.0 + seq, f"feed/{seq}", pack_body(f"feed/{seq}", {}))
+                for seq in (2, 3, 4)
+            ]
+            feed.committed(pending)  # in the tail only: 3 and 4 are kept
+            assert [r.seq for r in await feed.read(2, 10)] == [3, 4]
+            waiting = asyncio.create_task(feed.read(1, 10))  # 2 is behind the window
+            await asyncio.sleep(0.1)
+            assert not waiting.done(), "SQLite was read before it was said to show seq 2"
+            with Journal.open(path) as journal:
+                journal.append(pending)
+            feed.indexed(4)
+            assert [r.seq for r in await asyncio.wait_for(waiting, WAIT)] == [2, 3, 4]
+            assert (feed.from_memory, feed.from_journal) == (2, 4)
+        finally:
+            await feed.close()
+
+    asyncio.run(main())
+
+
+def test_a_commit_not_yet_reported_is_left_to_its_report(tmp_path: Path):
     """SQLite shows a commit before the loop is told of it: within the poll
-    interval a read waits for the announcement and takes it from memory; a
-    commit never announced is found by the next look at the journal."""
+    interval a read waits for the report and takes it from memory; a
+    commit never reported is found by the next look at the journal."""
 
     async def main() -> None:
         path = tmp_path / "j.sqlite3"
@@ -212,11 +250,11 @@ def test_a_commit_not_yet_announced_is_left_to_its_announcement(tmp_path: Path):
             second = write_journal(path, [2])
             waiting = asyncio.create_task(feed.read(1, 10))
             await asyncio.sleep(0.1)
-            assert not waiting.done()  # not announced, and looked at just now
+            assert not waiting.done()  # not reported, and looked at just now
             feed.committed(second)
             assert await asyncio.wait_for(waiting, WAIT) == second
             assert (feed.from_memory, feed.from_journal) == (1, 1)
-            third = write_journal(path, [3])  # never announced
+            third = write_journal(path, [3])  # never reported
             assert await asyncio.wait_for(feed.read(2, 10), WAIT) == third
             assert feed.from_journal == 2
         finally:

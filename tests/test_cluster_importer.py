@@ -70,7 +70,7 @@ def test_both_forms_are_read_and_a_resend_cut_differently_is_delivered_once(
 
     async def main() -> None:
         async with Server(config) as server, Bridge(config, intake=server.intake) as bridge:
-            server.commit_listeners.append(bridge.notify_committed)
+            bridge.attach(server)
             await bridge.wait_ready(WAIT)
             nc = await nats.connect(nats_server.url)
             js = nc.jetstream(timeout=10)

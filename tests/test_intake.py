@@ -163,7 +163,7 @@ def test_acks_and_returners_wait_for_the_index_and_delivery_does_not() -> None:
         sink.index_lags = True
         intake, delivered = make(sink)
         told: list[int] = []
-        intake.on_commit = lambda records: told.append(records[-1].seq)
+        intake.on_indexed = lambda records: told.append(records[-1].seq)
         source = Source()
         intake.accept(*bodies("a", 2), acks=[(1, 7)], source=source)
         await asyncio.sleep(0.01)
@@ -185,7 +185,9 @@ def test_acks_at_commit_are_answered_before_the_index_and_go_through_the_tail() 
         sink.index_lags = True
         intake, delivered = make(sink)
         told: list[int] = []
-        intake.on_commit = lambda records: told.append(records[-1].seq)
+        intake.on_indexed = lambda records: told.append(records[-1].seq)
+        journaled: list[int] = []
+        intake.on_journaled = lambda records: journaled.append(records[-1].seq)
         importer, client = Source(), Source()
         intake.accept(
             *bodies("i", 3), acks=[(0, 0), (1, 1), (2, 2)], source=importer, acks_at_commit=True
@@ -194,7 +196,8 @@ def test_acks_at_commit_are_answered_before_the_index_and_go_through_the_tail() 
         assert [r.seq for r in delivered.records] == [1, 2, 3]
         assert importer.acks == [(0, 1), (1, 2), (2, 3)], "answered before SQLite has them"
         assert sink.inline == [3], "committed tail first, as an unacked batch"
-        assert told == [], "the export and the returners still wait for the index"
+        assert told == [], "the returners still wait for the index"
+        assert journaled == [3], "the export is told once the tail has them"
         # Flushed with an ordinary acked fire, every ack of the flush waits.
         intake.accept(*bodies("u", 1))  # flushed at once: the two below are one flush
         intake.accept(*bodies("c", 1), acks=[(0, 5)], source=client)
@@ -206,7 +209,7 @@ def test_acks_at_commit_are_answered_before_the_index_and_go_through_the_tail() 
         sink.index_all()
         await asyncio.wait_for(intake.drained(), 5)
         assert importer.acks[-1] == (3, 6) and client.acks == [(5, 5)]
-        assert told == [3, 4, 6]
+        assert told == [3, 4, 6] and journaled == [3, 4, 6]
 
     run(main)
 
@@ -232,7 +235,7 @@ def test_index_reports_settle_batches_in_order_with_one_wake_up() -> None:
         sink.index_lags = True
         intake, delivered = make(sink)
         told: list[int] = []
-        intake.on_commit = lambda records: told.append(records[-1].seq)
+        intake.on_indexed = lambda records: told.append(records[-1].seq)
         source = Source()
         for n in range(3):
             intake.accept(*bodies("a", 1, n), acks=[(0, n)], source=source)

@@ -67,7 +67,7 @@ async def start_alongside(config: Config, server: Server) -> Bridge:
     # In the daemon's loop: imported events go straight to its intake, and
     # the export reads its journal, woken after each commit.
     bridge = Bridge(config, _settings(config), intake=server.intake)
-    server.commit_listeners.append(bridge.notify_committed)
+    bridge.attach(server)
     await bridge.start()
     server.stats_sources["cluster"] = bridge.stats
     settings = bridge.settings

@@ -9,8 +9,8 @@ It is a client of the local bus (it needs saltbus's publisher with its
 journal: the exporter resumes from it and the importer's acknowledged fires
 are journaled) and of NATS. Run in the daemon's loop (``saltbus serve``), it
 is given the daemon's intake: imported events go straight to it, and the
-export reads the journal in this process, woken by :meth:`notify_committed`
-(which the daemon calls after each commit) instead of listening to the bus.
+export reads the journal in this process, woken by the daemon after each
+commit (:meth:`attach`) instead of listening to the bus.
 Neither being away stops the other: while NATS is unreachable the local bus
 goes on and the exporter catches up from the journal later; while the local
 bus is away NATS keeps the node's messages.
@@ -23,9 +23,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import nats.errors
 
@@ -37,9 +37,11 @@ from saltbus.cluster.settings import ClusterSettings
 from saltbus.config import Config
 from saltbus.errors import ConfigError
 from saltbus.journal.paths import default_data_dir, journal_path
-from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.server.intake import Intake
+
+if TYPE_CHECKING:
+    from saltbus.server.app import Server
 
 log = logging.getLogger("saltbus.cluster")
 
@@ -56,7 +58,7 @@ class Bridge:
         intake: Intake | None = None,
     ) -> None:
         """``intake``: the bus's own, when this runs in the loop of its Server
-        (then have the Server call :meth:`notify_committed` after each commit)."""
+        (then :meth:`attach` the bridge to that Server)."""
         if config.journal == "none":
             raise ConfigError(
                 "cluster: needs the journal (journal: batch or fsync): the export "
@@ -88,11 +90,14 @@ class Bridge:
             while not self.ready:
                 await asyncio.sleep(0.05)
 
-    def notify_committed(self, records: Sequence[JournalRecord]) -> None:
-        """The local journal committed ``records``: the export reads them
-        (from memory while it keeps up; see feed.py)."""
+    def attach(self, server: Server) -> None:
+        """Have ``server`` (whose intake this bridge was given) tell the
+        export of each commit: its records as soon as they are journaled
+        (the export reads them from memory while it keeps up), and how far
+        SQLite shows them (what a read of the journal may find)."""
         if self._feed is not None:
-            self._feed.committed(records)
+            server.commit_listeners.append(self._feed.committed)
+            server.index_listeners.append(self._feed.indexed)
 
     def journal_position(self) -> int | None:
         """The last local seq exported (the journal must keep what follows it)."""

@@ -3,8 +3,8 @@
 Inside ``saltbus serve`` the export has no need of a client of its own bus:
 no framing, no socket, no msgpack decoding of every body. It reads the
 journal by position, as the returners do, and is woken by the server after
-each commit (:meth:`JournalFeed.committed`, registered in
-``Server.commit_listeners``); a poll now and then covers a wake-up missed.
+each commit (:meth:`JournalFeed.committed` and :meth:`JournalFeed.indexed`,
+registered by ``Bridge.attach``); a poll now and then covers a wake-up missed.
 The journal is also the backlog after an outage, so the live path and the
 catch-up are one path, and the records come in seq order with nothing
 dropped in between (a seq that never committed is simply absent).
@@ -18,6 +18,15 @@ reads back every import). Memory answers only an unbroken run of seqs that
 starts right after the position; anything else (a gap, the window passed
 by, a record reported by no commit) goes to the journal, so a missed report
 costs a read, never an event.
+
+A commit is reported once it is journaled and delivered, in the journal's
+tail as a rule, before SQLite indexes it (on a busy machine the index
+thread ran tens of milliseconds behind, and the export waited for it).
+What the tail took survives a kill -9 as SQLite's commits do (the next
+start indexes the tail first), and a listener has the events already, so
+exporting them then promises nothing more than their delivery did. SQLite
+itself is read only up to what the index was reported to show
+(:meth:`JournalFeed.indexed`).
 
 Reads of the journal run on one thread of their own, so they never block the
 bus's event loop and never overlap on the journal's connection.
@@ -41,7 +50,7 @@ from saltbus.journal.store import Journal
 
 T = TypeVar("T")
 
-# In case a commit's notify() is missed (or nobody registered it).
+# In case a commit's report is missed (or nobody registered the feed).
 POLL_INTERVAL: Final = 1.0
 # The window of committed records kept for reads: past either bound the
 # oldest go, and a read behind them is a read of the journal.
@@ -61,7 +70,7 @@ class JournalFeed:
     ) -> None:
         self.path = path
         self.poll_interval = poll_interval
-        self.latest = 0  # the last seq a commit was announced up to
+        self.latest = 0  # the last seq SQLite was reported to show
         self.kept_records = kept_records
         self.kept_bytes = kept_bytes
         self._kept: deque[JournalRecord] = deque()
@@ -75,9 +84,12 @@ class JournalFeed:
         self._loop_thread: int | None = None
         self._wake: asyncio.Event | None = None
 
-    def notify(self, last_seq: int) -> None:
-        """Events up to ``last_seq`` are committed. Cheap; any thread."""
+    def indexed(self, last_seq: int) -> None:
+        """SQLite shows the events up to ``last_seq``. Cheap; any thread."""
         self.latest = max(self.latest, last_seq)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
             return  # nobody waits yet: the first read looks anyway
@@ -87,19 +99,18 @@ class JournalFeed:
             loop.call_soon_threadsafe(wake.set)
 
     def committed(self, records: Sequence[JournalRecord]) -> None:
-        """A commit's ``records`` (in seq order, readable in the journal):
-        keep them for the next read, and wake it. On the event loop's thread;
-        from another, only :meth:`notify` is done."""
-        if not records:
+        """A commit's ``records`` (in seq order, journaled, perhaps not yet in
+        SQLite): keep them for the next read, and wake it. On the event
+        loop's thread; from another, they are left to the journal."""
+        if not records or self._loop_thread not in (None, threading.get_ident()):
             return
-        if self._loop_thread in (None, threading.get_ident()):
-            self._kept.extend(records)
-            self._kept_size += sum(len(record.body) for record in records)
-            while self._kept and (
-                len(self._kept) > self.kept_records or self._kept_size > self.kept_bytes
-            ):
-                self._drop_oldest()
-        self.notify(records[-1].seq)
+        self._kept.extend(records)
+        self._kept_size += sum(len(record.body) for record in records)
+        while self._kept and (
+            len(self._kept) > self.kept_records or self._kept_size > self.kept_bytes
+        ):
+            self._drop_oldest()
+        self._wake_reader()
 
     @property
     def kept(self) -> int:
@@ -113,12 +124,12 @@ class JournalFeed:
     async def read(self, since: int, limit: int) -> list[JournalRecord]:
         """Up to ``limit`` records after ``since``; waits until there is one.
 
-        The journal is read when a commit past ``since`` was announced that
-        memory cannot answer, or when it was not read for a poll interval
-        (the first read, a commit nobody announced); otherwise the read waits
-        for the next announcement. SQLite shows a commit a moment before the
-        loop is told of it: a read then would take from SQLite what memory
-        is about to hold."""
+        The journal is read when SQLite was reported to show a seq past
+        ``since`` that memory cannot answer, or when it was not read for a
+        poll interval (the first read, a commit nobody reported); otherwise
+        the read waits for the next report. SQLite shows a commit a moment
+        before the loop is told of it: a read then would take from SQLite
+        what memory is about to hold."""
         wake = self._waker()
         while True:
             wake.clear()  # a commit during the read below sets it again
@@ -130,15 +141,13 @@ class JournalFeed:
                 await asyncio.wait_for(wake.wait(), self.poll_interval)
 
     async def read_announced(self, since: int, limit: int) -> list[JournalRecord]:
-        """Up to ``limit`` records after ``since`` without waiting: none unless
-        a commit was announced after ``since`` (:attr:`latest`)."""
-        if self.latest <= since:
-            return []
+        """Up to ``limit`` records after ``since`` without waiting: those
+        memory holds, or SQLite if it was reported to show one after ``since``."""
         return await self._read(since, limit)
 
     async def _read(self, since: int, limit: int, look: bool = False) -> list[JournalRecord]:
-        """From memory if it can; else from the journal if ``look`` or a
-        commit past ``since`` was announced; else nothing."""
+        """From memory if it can; else from the journal if ``look`` or SQLite
+        was reported to show a seq past ``since``; else nothing."""
         kept = self._remembered(since, limit)
         if kept:
             self.from_memory += len(kept)

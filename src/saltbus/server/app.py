@@ -88,10 +88,13 @@ class Server:
         # Consumers in this process that must not miss journaled events
         # (returners; the federation export and the reactor register too).
         self.retention_holds = RetentionHolds()
-        # Told each commit's records (in seq order, once the journal's readers
-        # see them) on the loop's thread, by parts run beside the server that
-        # read the journal (the federation export).
+        # Told each commit's records (in seq order, on the loop's thread) as
+        # soon as they are journaled and delivered, in the tail as a rule,
+        # before SQLite shows them; and told the last seq SQLite shows after
+        # each index step. For parts run beside the server that read the
+        # journal (the federation export: cluster.Bridge.attach).
         self.commit_listeners: list[Callable[[Sequence[JournalRecord]], None]] = []
+        self.index_listeners: list[Callable[[int], None]] = []
         # Told the seconds each journal commit took (the metrics' histogram);
         # set before startup(). Called on the journal's thread or the loop's.
         self.commit_observer: Callable[[float], None] | None = None
@@ -133,7 +136,8 @@ class Server:
                 self.fanout,
                 journal,
                 self.pull_connections,
-                on_commit=self._notify_committed,
+                on_journaled=self._notify_journaled,
+                on_indexed=self._notify_indexed,
                 stamp_has_offset=cfg.generation.stamp_has_offset,
                 on_error=cfg.journal_on_error,
                 epoch=self.epoch,
@@ -225,11 +229,16 @@ class Server:
         for worker in runner.workers:
             self.retention_holds.hold(worker.cursor_name, worker.journal_position)
 
-    def _notify_committed(self, records: Sequence[JournalRecord]) -> None:
-        if self.returners is not None:
-            self.returners.notify(records[-1].seq)
+    def _notify_journaled(self, records: Sequence[JournalRecord]) -> None:
         for listener in self.commit_listeners:
             listener(records)
+
+    def _notify_indexed(self, records: Sequence[JournalRecord]) -> None:
+        last_seq = records[-1].seq
+        if self.returners is not None:
+            self.returners.notify(last_seq)
+        for listener in self.index_listeners:
+            listener(last_seq)
 
     def _close_returners(self) -> None:
         runner, self.returners = self.returners, None

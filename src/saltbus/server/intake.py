@@ -91,7 +91,8 @@ class Intake(JournalFailures):
         journal: JournalSink,
         readers: Collection[PausableReader],
         *,
-        on_commit: Callable[[Sequence[JournalRecord]], None] | None = None,
+        on_journaled: Callable[[Sequence[JournalRecord]], None] | None = None,
+        on_indexed: Callable[[Sequence[JournalRecord]], None] | None = None,
         stamp_has_offset: bool = False,
         on_error: str = "block",
         epoch: int | None = None,
@@ -107,9 +108,13 @@ class Intake(JournalFailures):
         self.redact_body = redact_body
         self.journal = journal
         self.readers = readers
+        # Told each commit's records, in seq order, once they are delivered:
+        # journaled (in the tail, as a rule), maybe not yet readable in SQLite
+        # (the federation export, which must not wait for the index).
+        self.on_journaled = on_journaled
         # Told each commit's records once the journal's readers see them, in
-        # seq order (the returner runner, the federation export).
-        self.on_commit = on_commit
+        # seq order (the returner runner; the export's reads of SQLite).
+        self.on_indexed = on_indexed
         self._stamp_has_offset = stamp_has_offset
         self._deliver_on_error = on_error == "deliver"
         # journal_on_error: deliver: the seqs delivered unjournaled so far.
@@ -323,6 +328,8 @@ class Intake(JournalFailures):
         self._settle(batch)
         if records:
             self._last_delivered = records[-1].seq
+            if self.on_journaled is not None:
+                self.on_journaled(records)
             self._after_indexed(batch)
         if self._gaps.span is not None:
             self._close_gap()
@@ -368,8 +375,8 @@ class Intake(JournalFailures):
 
     def _indexed(self, batch: _Batch) -> None:
         records = batch.records
-        if self.on_commit is not None:
-            self.on_commit(records)
+        if self.on_indexed is not None:
+            self.on_indexed(records)
         for source, pairs in batch.acks:
             source.send_acks([(rid, records[index].seq) for index, rid in pairs])
 
