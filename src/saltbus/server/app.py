@@ -21,7 +21,7 @@ from saltbus.journal.paths import default_data_dir, journal_path
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.journal.tailed import TailedWriter
-from saltbus.journal.writer import DEFAULT_LINGER, JournalWriter
+from saltbus.journal.writer import JournalWriter
 from saltbus.returners import ReturnerRunner, redactor_for
 from saltbus.server.access import AccessPolicy
 from saltbus.server.busypoll import BusyPoll, RunnableTasks
@@ -211,10 +211,6 @@ class Server:
                 max_age=cfg.journal_max_age,
                 max_bytes=cfg.journal_max_bytes,
                 holds=self.retention_holds.positions,
-                # The federation export reads SQLite: a group's linger would
-                # be added to every exported event's latency. A federated
-                # node pays an index transaction per batch instead.
-                linger=0.0 if cfg.cluster else DEFAULT_LINGER,
             )
         writer.commit_observer = self.commit_observer
         writer.start()
