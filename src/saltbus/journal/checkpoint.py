@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from saltbus.errors import JournalError
+from saltbus.journal.background import lower_this_thread
 from saltbus.journal.store import Journal
 
 log = logging.getLogger("saltbus.journal.writer")
@@ -30,8 +31,10 @@ class Checkpointer:
     own, at most once per CHECKPOINT_INTERVAL while commits come (see the
     module's docstring): neither the writer nor the readers wait for them."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, background: bool = False) -> None:
+        """``background``: at a lower CPU priority (see background.py)."""
         self.path = path
+        self._background = background
         self._poked = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -49,6 +52,8 @@ class Checkpointer:
         self._thread.join()
 
     def _run(self) -> None:
+        if self._background:
+            lower_this_thread()
         try:
             journal = Journal.open(self.path)
         except JournalError as exc:

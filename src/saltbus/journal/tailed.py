@@ -90,6 +90,7 @@ class TailedWriter:
             max_bytes=max_bytes,
             holds=holds,
             linger=linger,
+            background=True,  # nothing but acked fires waits for the index
         )
         self._reset_bytes = reset_bytes
         # Guards everything below: the event loop appends, the writer thread

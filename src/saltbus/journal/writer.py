@@ -53,6 +53,7 @@ from types import TracebackType
 from typing import Final
 
 from saltbus.errors import JournalError, JournalWriteError
+from saltbus.journal.background import lower_this_thread
 from saltbus.journal.checkpoint import Checkpointer
 from saltbus.journal.failures import as_journal_error
 from saltbus.journal.records import JournalRecord
@@ -124,7 +125,11 @@ class JournalWriter:
         max_group_records: int = DEFAULT_MAX_GROUP_RECORDS,
         holds: HoldsCallback | None = None,
         linger: float = DEFAULT_LINGER,
+        background: bool = False,
     ) -> None:
+        """``background``: the thread (and the checkpointer's) runs at a lower
+        CPU priority, for a journal nothing but acked fires waits for (the
+        tail's index: see background.py)."""
         if not retention_interval > 0:
             raise JournalError(f"retention_interval must be positive, not {retention_interval}")
         if max_group_records < 1:
@@ -136,6 +141,7 @@ class JournalWriter:
         self._retention_interval = retention_interval
         self._max_group = max_group_records
         self._holds = holds
+        self._background = background
         self._loss_warned_at = -math.inf
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._linger = linger
@@ -319,6 +325,8 @@ class JournalWriter:
     # -- the writer thread ----------------------------------------------------
 
     def _run(self) -> None:
+        if self._background:
+            lower_this_thread()
         try:
             journal = Journal.open(
                 self.path,
@@ -329,7 +337,7 @@ class JournalWriter:
             self._last_seq = journal.last_seq()
             if self._durability == "batch":
                 journal.checkpoint_in_background()
-                self._checkpointer = Checkpointer(self.path)
+                self._checkpointer = Checkpointer(self.path, background=self._background)
         except BaseException as exc:  # reported to start(), which raises it
             self._open_error = exc
             self._opened.set()
