@@ -114,6 +114,16 @@ def make(sink: Sink | NoJournal, readers: set[Source] | None = None) -> tuple[In
     return Intake(fanout, sink, readers if readers is not None else set()), delivered
 
 
+def with_index_lag() -> tuple[Sink, Intake, Delivered, list[int]]:
+    """An intake whose journal's index lags, and the last seqs ``on_indexed`` is told."""
+    sink = Sink()
+    sink.index_lags = True
+    intake, delivered = make(sink)
+    told: list[int] = []
+    intake.on_indexed = lambda records: told.append(records[-1].seq)
+    return sink, intake, delivered, told
+
+
 def run(coro_fn: object) -> None:
     asyncio.run(coro_fn())  # type: ignore[operator]
 
@@ -159,11 +169,7 @@ def test_a_burst_from_two_connections_is_one_commit_each_acked_with_its_seqs() -
 
 def test_acks_and_returners_wait_for_the_index_and_delivery_does_not() -> None:
     async def main() -> None:
-        sink = Sink()
-        sink.index_lags = True
-        intake, delivered = make(sink)
-        told: list[int] = []
-        intake.on_indexed = lambda records: told.append(records[-1].seq)
+        sink, intake, delivered, told = with_index_lag()
         source = Source()
         intake.accept(*bodies("a", 2), acks=[(1, 7)], source=source)
         await asyncio.sleep(0.01)
@@ -181,11 +187,7 @@ def test_acks_and_returners_wait_for_the_index_and_delivery_does_not() -> None:
 
 def test_acks_at_commit_are_answered_before_the_index_and_go_through_the_tail() -> None:
     async def main() -> None:
-        sink = Sink()
-        sink.index_lags = True
-        intake, delivered = make(sink)
-        told: list[int] = []
-        intake.on_indexed = lambda records: told.append(records[-1].seq)
+        sink, intake, delivered, told = with_index_lag()
         journaled: list[int] = []
         intake.on_journaled = lambda records: journaled.append(records[-1].seq)
         importer, client = Source(), Source()
@@ -214,28 +216,9 @@ def test_acks_at_commit_are_answered_before_the_index_and_go_through_the_tail() 
     run(main)
 
 
-def test_acks_at_commit_are_refused_and_not_delivered_when_the_tail_fails() -> None:
-    async def main() -> None:
-        sink = Sink()
-        intake, delivered = make(sink)
-        importer = Source()
-        sink.error = JournalWriteError("disk full", "no space left on device")
-        intake.accept(*bodies("i", 2), acks=[(0, 0), (1, 1)], source=importer, acks_at_commit=True)
-        await asyncio.sleep(0.01)
-        assert delivered.records == [] and importer.acks == []
-        assert [rid for rid, _ in importer.nacks] == [0, 1]
-        intake.close()
-
-    run(main)
-
-
 def test_index_reports_settle_batches_in_order_with_one_wake_up() -> None:
     async def main() -> None:
-        sink = Sink()
-        sink.index_lags = True
-        intake, delivered = make(sink)
-        told: list[int] = []
-        intake.on_indexed = lambda records: told.append(records[-1].seq)
+        sink, intake, delivered, told = with_index_lag()
         source = Source()
         for n in range(3):
             intake.accept(*bodies("a", 1, n), acks=[(0, n)], source=source)
@@ -264,13 +247,14 @@ def test_index_reports_settle_batches_in_order_with_one_wake_up() -> None:
     run(main)
 
 
-def test_a_batch_the_journal_cannot_store_is_refused_not_delivered() -> None:
+@pytest.mark.parametrize("acks_at_commit", [False, True])
+def test_a_batch_the_journal_cannot_store_is_refused_not_delivered(acks_at_commit: bool) -> None:
     async def main() -> None:
         sink = Sink()
         intake, delivered = make(sink)
         source = Source()
         sink.error = JournalError("seq 1 is not after the journal's last seq 5")
-        intake.accept(*bodies("x", 2), acks=[(0, 1)], source=source)
+        intake.accept(*bodies("x", 2), acks=[(0, 1)], source=source, acks_at_commit=acks_at_commit)
         await intake.drained()
         assert delivered.records == []
         assert source.nacks and intake.journal_failure is None and intake.refused == 1
