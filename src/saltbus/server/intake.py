@@ -12,8 +12,10 @@ journal commits on this thread (``commit_inline``: by default one append to
 its tail file, SQLite indexing behind); a busy one on its own thread, in
 groups. Acknowledgements and the returners' wake-up wait until SQLite holds
 the batch (``when_indexed``): an acknowledged event is in ``saltbus
-history``. Events arriving within :data:`COALESCE_SECONDS` of the last flush
-wait for the next one: one commit and one write per listener for a burst.
+history`` (the federation's importer asks for its answers at the commit
+instead: see :meth:`Intake.accept`). Events arriving within
+:data:`COALESCE_SECONDS` of the last flush wait for the next one: one commit
+and one write per listener for a burst.
 
 When the journal cannot commit (disk full, read-only, I/O error), nothing is
 delivered that a resuming reader would later miss. The intake *holds* what
