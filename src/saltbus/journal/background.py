@@ -6,7 +6,7 @@ one should run the delivery path first. On a 2-CPU machine saturated by a
 federation burst (three buses, NATS, a firing client, two listeners) the
 three buses' index threads took about a third of each bus's CPU while the
 listeners waited for theirs; at nice +10 the burst's last event landed
-0.082 → 0.045 s after the last fire (median of 48 rounds, alternated with
+0.076 → 0.056 s after the last fire (medians of 48 rounds, alternated with
 the same code at nice 0; benchmarks/NOTES.md). Linux keeps a nice value per
 thread, so only these threads are lowered, never the event loop's.
 
@@ -28,7 +28,7 @@ from typing import Final
 
 log = logging.getLogger("saltbus.journal.writer")
 
-# How much lower than the process's the background threads' priority is (of 0..19).
+# How much lower than the main thread's the background threads' priority is (of 0..19).
 BACKGROUND_NICE: Final = 10
 
 

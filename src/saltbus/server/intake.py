@@ -324,9 +324,7 @@ class Intake(JournalFailures):
         if self.on_delivered is not None and self.fanout.subscribers:
             self.on_delivered()
         if batch.acks_at_commit:
-            acks, batch.acks = batch.acks, []
-            for source, pairs in acks:
-                source.send_acks([(rid, records[index].seq) for index, rid in pairs])
+            self._answer(batch)
         self._settle(batch)
         if records:
             self._last_delivered = records[-1].seq
@@ -379,8 +377,14 @@ class Intake(JournalFailures):
         records = batch.records
         if self.on_indexed is not None:
             self.on_indexed(records)
-        for source, pairs in batch.acks:
-            source.send_acks([(rid, records[index].seq) for index, rid in pairs])
+        self._answer(batch)
+
+    @staticmethod
+    def _answer(batch: _Batch) -> None:
+        """Send ``batch``'s acks with their seqs, once (at the commit or the index)."""
+        acks, batch.acks = batch.acks, []
+        for source, pairs in acks:
+            source.send_acks([(rid, batch.records[index].seq) for index, rid in pairs])
 
     def _failed(self, batch: _Batch, error: JournalError) -> None:
         self.commit_failures += 1
