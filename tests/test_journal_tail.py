@@ -22,7 +22,15 @@ from saltbus.event import Event
 from saltbus.journal.paths import journal_path
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
-from saltbus.journal.tail import TailDamagedError, TailLog, decode, encode, tail_path
+from saltbus.journal.tail import (
+    HEADER_SIZE,
+    MAGIC,
+    TailDamagedError,
+    TailLog,
+    decode,
+    encode,
+    tail_path,
+)
 from saltbus.wire import unpack_body
 from tests.serve_support import ServeProcess, bus_flags
 
@@ -50,9 +58,31 @@ def test_a_tag_the_journal_could_not_store_is_refused() -> None:
         encode([JournalRecord(3, 0.0, "bad\udcff", b"x")])
 
 
-def test_a_frame_cut_short_is_dropped_with_one_line(
+def with_header(frames: bytes) -> bytes:
+    return MAGIC + (HEADER_SIZE + len(frames)).to_bytes(8, "little") + frames
+
+
+def test_an_append_not_published_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "j.tail"
+    tail, _ = TailLog.open(path)
+    tail.append(records(1, 2))
+    tail.close()
+    # A kill after the frames were copied and before the end moved.
+    published = path.read_bytes()
+    path.write_bytes(published + encode(records(3, 2)) + b"\0" * 100)
+    decoded = decode(path.read_bytes(), path)
+    assert [r.seq for r in decoded.records] == [1, 2] and decoded.torn == 0
+    again, found = TailLog.open(path)
+    assert [r.seq for r in found] == [1, 2]
+    again.append(records(3, 1))  # over the bytes never published
+    again.close()
+    assert [r.seq for r in decode(path.read_bytes(), path).records] == [1, 2, 3]
+
+
+def test_a_legacy_frame_cut_short_is_dropped_with_one_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # A tail written by write() before the header: a kill in the middle of one.
     path = tmp_path / "j.tail"
     whole = encode(records(1, 5))
     last = encode(records(6, 1))
@@ -63,7 +93,9 @@ def test_a_frame_cut_short_is_dropped_with_one_line(
             tail, found = TailLog.open(path)
         tail.close()
         assert [r.seq for r in found] == [1, 2, 3, 4, 5]
-        assert path.stat().st_size == len(whole), "the torn frame stays in the file"
+        rewritten = path.read_bytes()
+        assert rewritten.startswith(with_header(whole)), "rewritten with the header"
+        assert [r.seq for r in decode(rewritten, path).records] == [1, 2, 3, 4, 5]
         assert len(caplog.records) == 1 and "cut short" in caplog.records[0].getMessage()
 
 
@@ -91,6 +123,30 @@ def test_damage_before_the_end_is_refused_in_one_line(tmp_path: Path) -> None:
     assert path.read_bytes() == bytes(data), "a damaged tail is left as it is"
 
 
+@pytest.mark.parametrize(
+    ("damage", "where"),
+    [
+        (lambda data: data.__setitem__(HEADER_SIZE + 100, data[HEADER_SIZE + 100] ^ 0xFF), "seq"),
+        (lambda data: data.__setitem__(slice(8, 16), (1 << 40).to_bytes(8, "little")), "start"),
+        (lambda data: data.__setitem__(slice(8, 16), (3).to_bytes(8, "little")), "start"),
+    ],
+    ids=["a published frame", "an end past the file", "an end inside the header"],
+)
+def test_damage_in_a_tail_with_the_header_is_refused(
+    tmp_path: Path, damage: Callable[[bytearray], None], where: str
+) -> None:
+    path = tmp_path / "j.tail"
+    tail, _ = TailLog.open(path)
+    tail.append(records(1, 6))
+    tail.close()
+    data = bytearray(path.read_bytes())
+    damage(data)
+    path.write_bytes(bytes(data))
+    with pytest.raises(TailDamagedError, match=where):
+        TailLog.open(path)
+    assert path.read_bytes() == bytes(data), "a damaged tail is left as it is"
+
+
 def test_seqs_that_go_back_are_damage(tmp_path: Path) -> None:
     with pytest.raises(TailDamagedError, match="after seq 5"):
         decode(encode([*records(1, 5), *records(3, 1)]), tmp_path / "t")
@@ -102,13 +158,29 @@ def test_append_reset_and_reopen(tmp_path: Path) -> None:
     assert found == [] and path.stat().st_mode & 0o777 == 0o600
     tail.append(records(1, 2))
     tail.append(records(3, 1))
-    assert tail.last_seq == 3 and tail.size == path.stat().st_size
+    assert tail.last_seq == 3 and tail.size == len(encode(records(1, 3)))
     tail.reset()
     tail.append(records(4, 2))
     tail.close()
     again, found = TailLog.open(path)
-    again.close()
     assert [r.seq for r in found] == [4, 5]
+    again.reset()
+    again.close()
+    assert path.stat().st_size == 0, "an empty tail keeps no space"
+
+
+def test_a_batch_past_the_space_allocated_grows_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "j.tail"
+    tail, _ = TailLog.open(path)
+    allocated = path.stat().st_size
+    big = [JournalRecord(1, 0.0, "big", b"x" * allocated)]
+    tail.append(big)
+    assert path.stat().st_size > allocated
+    tail.append(records(2, 1))
+    tail.close()
+    again, found = TailLog.open(path)
+    again.close()
+    assert found == [*big, *records(2, 1)]
 
 
 def test_a_full_disk_leaves_no_part_of_the_batch(tmp_path: Path) -> None:
@@ -116,18 +188,20 @@ def test_a_full_disk_leaves_no_part_of_the_batch(tmp_path: Path) -> None:
     tail, _ = TailLog.open(path)
     tail.append(records(1, 1))
     size = tail.size
-    # The file system's limit on this process: the write fails part-way.
-    big = [JournalRecord(2, 0.0, "big", b"x" * (1 << 20))]
+    allocated = path.stat().st_size
+    # The file system's limit on this process: the file cannot grow to take it.
+    big = [JournalRecord(2, 0.0, "big", b"x" * (1 << 21))]
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 4096, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (allocated + 4096, hard))
     try:
         with pytest.raises(OSError):
             tail.append(big)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
-    assert path.stat().st_size == size and tail.size == size
+    assert tail.size == size
+    assert [r.seq for r in decode(path.read_bytes(), path).records] == [1]
     tail.append(records(3, 1))
     tail.close()
     again, found = TailLog.open(path)

@@ -1,7 +1,7 @@
 """The default journal (durability ``"batch"``): the tail file first, SQLite behind it.
 
 :meth:`TailedWriter.commit_inline` appends a batch to the tail
-(:mod:`saltbus.journal.tail`, one ``write()``) and returns: the publisher
+(:mod:`saltbus.journal.tail`, one copy into a mapped file) and returns: the publisher
 delivers it at once, and the batch is queued to the
 :class:`~saltbus.journal.writer.JournalWriter`, whose thread inserts it into
 SQLite behind, grouped. SQLite stays what every reader reads (history,

@@ -32,8 +32,8 @@ class TailView:
 
     path: Path
     records: list[JournalRecord]  # its whole frames, in seq order
-    size: int  # bytes
-    torn: int  # bytes of a last frame cut short (a kill in the middle of a write)
+    size: int  # bytes, with the space allocated past the end
+    torn: int  # bytes of a last frame cut short (a tail without the header only)
     damage: TailDamagedError | None  # a bad frame with data after it
 
     @property
@@ -74,5 +74,4 @@ def _read(path: Path) -> TailView | None:
     finally:
         os.close(fd)
     decoded = scan(data, path)
-    torn = 0 if decoded.damage is not None else len(data) - decoded.end
-    return TailView(path, decoded.records, len(data), torn, decoded.damage)
+    return TailView(path, decoded.records, len(data), decoded.torn, decoded.damage)
