@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--short", action="store_true", help="small counts, 1 repetition (CI)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     parser.add_argument(
-        "--repeat", type=int, help="repetitions of every case (default 3, latency 5, stuck 1)"
+        "--repeat", type=int, help="repetitions of every case (default 3, latency 9, stuck 1)"
     )
     parser.add_argument(
         "--scenario", action="append", choices=tuple(SCENARIOS), help="only these (repeatable)"
