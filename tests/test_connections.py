@@ -112,6 +112,40 @@ def test_good_frames_before_a_bad_one_are_published(
         sub.close()
 
 
+@pytest.mark.parametrize(
+    ("bad", "cause"),
+    [
+        (b"a tag without separator", "no tag separator"),
+        (b"t\n\n" + msgpack.packb({"pad": b"x" * 5000}), "over max_event_size (4096)"),
+    ],
+    ids=["no-separator", "over-max-event-size"],
+)
+def test_a_bad_frame_alone_in_a_read_closes_its_connection(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture, bad: bytes, cause: str
+) -> None:
+    """Once a connection's framing is known, a read of one whole frame takes
+    the idle publisher's shortcut: it checks the frame as any other."""
+    caplog.set_level("WARNING", logger="saltbus.server")
+    with EmbeddedPublisher(make_config(sock_dir, max_event_size=4096)) as bus:
+        sub = RawSubscriber(bus.pub_address)
+        wait_until(lambda: len(bus.subscriber_stats()) == 1, "subscriber")
+        firer = connect(bus.pull_address)
+        firer.sendall(encode_frame(body("first", 1)))
+        assert sub.read(1)[0].tag == "first"
+        time.sleep(0.05)  # read on its own, not with the first frame
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            firer.sendall(encode_frame(bad))
+        firer.settimeout(WAIT)
+        assert is_closed_by_peer(firer)
+        firer.close()
+        send(bus.pull_address, encode_frame(body("after", 2)))
+        assert [f.tag for f in sub.read(2)] == ["first", "after"]
+        sub.close()
+    warnings = [r.getMessage() for r in caplog.records]
+    closing = [w for w in warnings if "closing pull connection" in w]
+    assert len(closing) == 1 and cause in closing[0], closing
+
+
 def test_event_at_max_event_size_is_delivered(sock_dir: Path) -> None:
     """max_event_size bounds an event's data (Salt trims data to it); the tag
     and the frame's keys come on top, so an event of exactly that size passes."""

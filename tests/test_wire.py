@@ -416,6 +416,25 @@ def test_partial_frame_waits(framing: Framing) -> None:
 # -- size limits -----------------------------------------------------------------
 
 
+def test_plain_body_takes_one_whole_plain_frame_and_nothing_else() -> None:
+    plain = encode_frame(b"a/b\n\n\x80")
+    decoder = FrameDecoder()
+    assert decoder.plain_body(plain) is None, "the framing is not known yet"
+    decoder.receive_data(plain)
+    assert decoder.next_frame() == Frame(b"a/b\n\n\x80", {})
+    assert decoder.plain_body(plain) == b"a/b\n\n\x80"
+    assert decoder.next_frame() is None and decoder.buffered == 0, "taken whole"
+    assert decoder.plain_body(plain + plain) is None, "two frames"
+    assert decoder.plain_body(encode_frame(b"a/b\n\n\x80", {"ack": 1})) is None, "a head"
+    decoder.receive_data(plain[:10])
+    assert decoder.plain_body(plain) is None, "a frame is pending before it"
+    decoder.receive_data(plain[10:])
+    assert decoder.next_frame() == Frame(b"a/b\n\n\x80", {})
+    assert FrameDecoder(Framing.LENGTH_PREFIXED).plain_body(plain) is None
+    small = FrameDecoder(Framing.BARE, max_frame_size=len(plain) - 1)
+    assert small.plain_body(plain) is None, "over the frame limit: next_frame refuses it"
+
+
 def test_length_prefix_over_limit_raises_before_body() -> None:
     decoder = FrameDecoder(Framing.LENGTH_PREFIXED, max_frame_size=1000)
     decoder.receive_data(struct.pack(">I", 1001))  # the prefix alone, no body yet

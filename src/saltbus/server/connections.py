@@ -99,6 +99,16 @@ class Admission:
             self._timer = None
 
 
+def _checked_tag(body: bytes, limit: int) -> str:
+    """The tag of a fired body. Raises RemoteProtocolError for a body Salt's
+    listeners could not split, and for data over ``limit`` (max_event_size:
+    the same bound saltbus's own senders apply before sending)."""
+    tag, size = tag_and_data_size(body)
+    if size > limit:
+        raise _TooLargeError(f"event data of {size} bytes is over max_event_size ({limit})")
+    return tag
+
+
 class PullConnection(asyncio.Protocol):
     """A firing client: frames in, events to the intake. A bad frame closes
     this connection only, after the good frames before it were taken."""
@@ -122,6 +132,17 @@ class PullConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
+        if self._admission.authenticated and (body := decoder.plain_body(data)) is not None:
+            # One whole plain frame (an idle publisher's every read): the
+            # checks below, without the lists and the frame object.
+            self._progress = time.monotonic()
+            try:
+                tag = _checked_tag(body, self._state.config.max_event_size)
+            except RemoteProtocolError as exc:
+                self._refuse(exc)
+                return
+            self._state.intake.accept((body,), (tag,), (), self)
+            return
         bodies: list[bytes] = []
         tags: list[str] = []
         acks: list[tuple[int, int]] = []
@@ -134,26 +155,22 @@ class PullConnection(asyncio.Protocol):
                     if not admission.authenticate(frame):
                         return
                     continue
-                # A body Salt's listeners could not split is refused here.
-                tag, size = tag_and_data_size(frame.body)
-                if size > limit:
-                    # The same bound saltbus's own senders apply before sending.
-                    raise _TooLargeError(
-                        f"event data of {size} bytes is over max_event_size ({limit})"
-                    )
-                tags.append(tag)
+                tags.append(_checked_tag(frame.body, limit))
                 bodies.append(frame.body)
                 if frame.head and (request_id := ack_request_id(frame)) is not None:
                     acks.append((len(bodies) - 1, request_id))
         except RemoteProtocolError as exc:
-            reason = "too_large" if isinstance(exc, _TooLargeError) else "malformed"
-            self._state.refused[reason] += 1
-            log.warning("closing pull connection from %s: %s", self.peer, exc)
-            self.close()
+            self._refuse(exc)
         finally:
             self._progress = time.monotonic()
             if bodies:
                 self._state.intake.accept(bodies, tags, acks, self)
+
+    def _refuse(self, exc: RemoteProtocolError) -> None:
+        reason = "too_large" if isinstance(exc, _TooLargeError) else "malformed"
+        self._state.refused[reason] += 1
+        log.warning("closing pull connection from %s: %s", self.peer, exc)
+        self.close()
 
     def stalled_since(self, now: float) -> float:
         """Seconds this connection has held part of a frame without new data."""

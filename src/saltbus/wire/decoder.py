@@ -75,6 +75,23 @@ class FrameDecoder:
             self._framing = self._fail_on(lambda: detect_framing(data[0]))
         self._chunks.append(bytes(data))
 
+    def plain_body(self, data: bytes) -> bytes | None:
+        """The body of ``data`` when it is exactly one whole frame with an
+        empty head (Salt 3007's framing) and nothing received before it is
+        pending: the frame is then taken, as ``receive_data`` and
+        ``next_frame`` would take it, without buffering it. None otherwise,
+        and nothing taken. An idle publisher's every read is such a frame."""
+        if (
+            self._framing is not Framing.BARE
+            or self._chunks
+            or self._buffer
+            or self._scan_error is not None
+            or (self._unpacker is not None and self._unpacker.tell() != self._scanned)
+            or len(data) > self.max_frame_size
+        ):
+            return None
+        return plain_frame_body(data)
+
     def next_frame(self) -> Frame | None:
         if self._failed is not None:
             raise self._failed
