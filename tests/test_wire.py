@@ -433,6 +433,11 @@ def test_plain_body_takes_one_whole_plain_frame_and_nothing_else() -> None:
     assert FrameDecoder(Framing.LENGTH_PREFIXED).plain_body(plain) is None
     small = FrameDecoder(Framing.BARE, max_frame_size=len(plain) - 1)
     assert small.plain_body(plain) is None, "over the frame limit: next_frame refuses it"
+    failed = FrameDecoder(Framing.BARE)
+    failed.receive_data(b"\x82\xa4head\x80\xa4body\xc1\xc1\xc1garbage")
+    with pytest.raises(RemoteProtocolError):
+        failed.next_frame()
+    assert failed.plain_body(plain) is None, "a failed stream has lost its place"
 
 
 def test_length_prefix_over_limit_raises_before_body() -> None:

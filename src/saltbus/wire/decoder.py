@@ -82,15 +82,24 @@ class FrameDecoder:
         ``next_frame`` would take it, without buffering it. None otherwise,
         and nothing taken. An idle publisher's every read is such a frame."""
         if (
-            self._framing is not Framing.BARE
+            self._failed is not None
+            or self._framing is not Framing.BARE
             or self._chunks
-            or self._buffer
-            or self._scan_error is not None
-            or (self._unpacker is not None and self._unpacker.tell() != self._scanned)
+            or not self._nothing_pending()
             or len(data) > self.max_frame_size
         ):
             return None
         return plain_frame_body(data)
+
+    def _nothing_pending(self) -> bool:
+        """Bare framing: no part of a frame is held, nor whole frames the
+        unpacker has not returned yet (chunks not yet scanned aside)."""
+        unpacker = self._unpacker
+        return (
+            not self._buffer
+            and self._scan_error is None
+            and (unpacker is None or unpacker.tell() == self._scanned)
+        )
 
     def next_frame(self) -> Frame | None:
         if self._failed is not None:
@@ -146,9 +155,7 @@ class FrameDecoder:
         chunks = self._chunks
         if (
             len(chunks) == 1
-            and not self._buffer
-            and self._scan_error is None
-            and (unpacker is None or unpacker.tell() == self._scanned)
+            and self._nothing_pending()
             and len(chunks[0]) <= self.max_frame_size
             and (body := plain_frame_body(chunks[0])) is not None
         ):
