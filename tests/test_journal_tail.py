@@ -23,8 +23,10 @@ from saltbus.journal.paths import journal_path
 from saltbus.journal.records import JournalRecord
 from saltbus.journal.store import Journal
 from saltbus.journal.tail import (
+    CAPACITY,
     HEADER_SIZE,
     MAGIC,
+    SHRINK_ABOVE,
     TailDamagedError,
     TailLog,
     decode,
@@ -181,6 +183,20 @@ def test_a_batch_past_the_space_allocated_grows_the_file(tmp_path: Path) -> None
     again, found = TailLog.open(path)
     again.close()
     assert found == [*big, *records(2, 1)]
+
+
+def test_a_reset_gives_back_space_past_its_bound(tmp_path: Path) -> None:
+    path = tmp_path / "j.tail"
+    tail, _ = TailLog.open(path)
+    tail.append([JournalRecord(1, 0.0, "big", b"x" * SHRINK_ABOVE)])
+    assert path.stat().st_size > SHRINK_ABOVE
+    tail.reset()
+    assert path.stat().st_size == CAPACITY
+    tail.append(records(2, 1))
+    tail.close()
+    again, found = TailLog.open(path)
+    again.close()
+    assert found == records(2, 1)
 
 
 def test_a_full_disk_leaves_no_part_of_the_batch(tmp_path: Path) -> None:

@@ -222,7 +222,9 @@ class TailLog:
         self._capacity = 0
         self._map: mmap.mmap | None = None
         self._end_word: memoryview | None = None  # the header's end, as one u64
-        self._map_capacity(max(CAPACITY, _rounded(end)))
+        capacity = max(CAPACITY, _rounded(end))
+        self._allocate(capacity)
+        self._map_capacity(capacity)
 
     @property
     def size(self) -> int:
@@ -322,16 +324,22 @@ class TailLog:
 
     def _grow(self, needed: int) -> None:
         capacity = max(2 * self._capacity, _rounded(needed))
-        # Allocated before it is mapped: a full disk fails here, with an
-        # error, and not as a SIGBUS at a store into the mapping.
-        os.posix_fallocate(self._fd, self._capacity, capacity - self._capacity)
+        # Allocated while the old mapping stays: a full disk fails here and
+        # leaves the tail as it was.
+        self._allocate(capacity)
         self._unmap()
         self._map_capacity(capacity)
 
-    def _map_capacity(self, capacity: int) -> None:
+    def _allocate(self, capacity: int) -> None:
+        """Give the file its first ``capacity`` bytes on disk, before they are
+        mapped: a full disk fails here, with an error, and not as a SIGBUS at
+        a store into the mapping."""
         size = os.fstat(self._fd).st_size
         if size < capacity:
             os.posix_fallocate(self._fd, size, capacity - size)
+
+    def _map_capacity(self, capacity: int) -> None:
+        """Map the file's first ``capacity`` bytes (allocated already)."""
         mapped = mmap.mmap(self._fd, capacity)
         with memoryview(mapped) as whole:
             self._end_word = whole[len(MAGIC) : HEADER_SIZE].cast("Q")
